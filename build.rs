@@ -11,8 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("leanmq_descriptor.bin"))
         .bytes(".leanmq.v1")
         .compile_protos(
-            &["proto/leanmq/v1/broker.proto"],
-            &[std::path::Path::new("proto"), include.as_path()],
+            &[std::path::PathBuf::from("proto/leanmq/v1/broker.proto")],
+            &[std::path::PathBuf::from("proto"), include],
         )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

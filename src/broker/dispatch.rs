@@ -1,0 +1,520 @@
+//! Fan-out: one Redis reader per (queue, group) on this replica, feeding
+//! every local subscriber of that group by credit.
+//!
+//! A subscriber has `max_in_flight` credit. Each delivery it gets takes one;
+//! an Ack or Nack on this replica, or the end of the delivery's lease, gives
+//! it back. The reader fetches only as much as the subscribers can take, so
+//! a slow subscriber never makes leanmqd buffer without bound. When no entry
+//! is ready the reader blocks in `XREAD` on its own connection until one is
+//! appended or the next lease or retry falls due, so 10,000 idle
+//! subscribers cost one blocked Redis client, not 10,000.
+//!
+//! Credit is the only state kept here, and it heals by itself: a delivery
+//! acked on another replica frees its credit when its lease would have ended.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::limits::FETCH_BATCH;
+use super::{Broker, Delivery, Target};
+use crate::error::{Error, Result};
+
+type Item = Result<Delivery>;
+
+/// Longest single XREAD block, so a reader re-checks its state now and then.
+const MAX_BLOCK: Duration = Duration::from_secs(5);
+
+/// All readers of this replica.
+pub struct Dispatcher {
+    broker: Arc<Broker>,
+    readers: Mutex<HashMap<(String, String), Arc<Reader>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One (queue, group) reader and its subscribers.
+struct Reader {
+    target: Target,
+    state: Mutex<State>,
+    /// Subscribers or credit changed.
+    credit: Notify,
+    /// Something may have become due earlier than the reader thinks.
+    due: Notify,
+    /// Redis client id of the reader's blocking connection (0: none), for
+    /// `CLIENT UNBLOCK` when `due` fires mid-block.
+    client_id: AtomicI64,
+}
+
+#[derive(Default)]
+struct State {
+    subs: Vec<Sub>,
+    next_id: u64,
+    /// Round-robin start for the next delivery.
+    rr: usize,
+    /// Deliveries holding credit: entry id → (subscriber id, when the
+    /// credit comes back by itself).
+    owners: HashMap<String, (u64, Instant)>,
+    /// Earliest instant in `owners`.
+    earliest: Option<Instant>,
+}
+
+struct Sub {
+    id: u64,
+    tx: mpsc::Sender<Item>,
+    max_in_flight: u32,
+    in_flight: u32,
+    lease: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave State inconsistent in a way
+    // that matters more than stopping delivery; recover the guard.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    fn free(&mut self, id: &str) -> bool {
+        match self.owners.remove(id) {
+            Some((sub, _)) => {
+                if let Some(s) = self.subs.iter_mut().find(|s| s.id == sub) {
+                    s.in_flight = s.in_flight.saturating_sub(1);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Return credit of deliveries whose lease has run out.
+    fn expire(&mut self, now: Instant) {
+        if self.earliest.is_none_or(|e| e > now) {
+            return;
+        }
+        let expired: Vec<String> = self
+            .owners
+            .iter()
+            .filter(|(_, (_, t))| *t <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.free(&id);
+        }
+        self.earliest = self.owners.values().map(|(_, t)| *t).min();
+    }
+
+    fn credit(&self) -> (u32, Option<Duration>) {
+        let mut credit = 0u32;
+        let mut lease: Option<Duration> = None;
+        for s in &self.subs {
+            let c = s.max_in_flight.saturating_sub(s.in_flight);
+            if c > 0 && !s.tx.is_closed() {
+                credit = credit.saturating_add(c);
+                lease = Some(lease.map_or(s.lease, |l: Duration| l.min(s.lease)));
+            }
+        }
+        (credit, lease)
+    }
+}
+
+/// A local subscriber's end: deliveries arrive here. Dropping it
+/// unsubscribes and gives back what it never received.
+pub struct Subscription {
+    rx: mpsc::Receiver<Item>,
+    reader: Arc<Reader>,
+    broker: Arc<Broker>,
+    id: u64,
+    shutdown: watch::Receiver<bool>,
+    done: bool,
+}
+
+impl Subscription {
+    /// The next delivery; `Err(ShuttingDown)` once when leanmqd drains, then `None`.
+    pub async fn next(&mut self) -> Option<Item> {
+        if self.done {
+            return None;
+        }
+        let item = tokio::select! {
+            biased;
+            _ = self.shutdown.wait_for(|s| *s) => None,
+            item = self.rx.recv() => item,
+        };
+        match item {
+            Some(Ok(d)) => Some(Ok(d)),
+            Some(Err(e)) => {
+                self.done = true;
+                Some(Err(e))
+            }
+            None => {
+                self.done = true;
+                Some(Err(Error::ShuttingDown))
+            }
+        }
+    }
+
+    /// Stop receiving, and return what had already arrived (for Receive).
+    fn close(&mut self) -> Vec<Delivery> {
+        {
+            let mut st = lock(&self.reader.state);
+            st.subs.retain(|s| s.id != self.id);
+        }
+        self.reader.credit.notify_one();
+        self.rx.close();
+        let mut out = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(d) = item {
+                out.push(d);
+            }
+        }
+        self.done = true;
+        out
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let undelivered = self.close();
+        {
+            let mut st = lock(&self.reader.state);
+            let id = self.id;
+            st.owners.retain(|_, (sub, _)| *sub != id);
+        }
+        if undelivered.is_empty() {
+            return;
+        }
+        let pairs: Vec<(String, u32)> = undelivered.into_iter().map(|d| (d.message_id, d.attempt)).collect();
+        let broker = self.broker.clone();
+        let reader = self.reader.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = broker.release(&reader.target, &pairs).await {
+                    tracing::warn!(error = %e, n = pairs.len(), "could not release undelivered messages; they are redelivered when their lease ends");
+                }
+                reader.due.notify_one();
+            });
+        }
+    }
+}
+
+impl Dispatcher {
+    pub fn new(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            broker,
+            readers: Mutex::new(HashMap::new()),
+            shutdown,
+        })
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Register a local subscriber of `target`. The caller has ensured the
+    /// queue and group exist.
+    pub fn subscribe(self: &Arc<Self>, target: &Target, max_in_flight: u32, lease: Duration) -> Subscription {
+        // One spare slot so the channel never refuses a delivery the credit allows.
+        let (tx, rx) = mpsc::channel(max_in_flight as usize + 1);
+        let mut readers = lock(&self.readers);
+        let key = (target.route.queue.clone(), target.group.clone());
+        let reader = readers
+            .entry(key)
+            .or_insert_with(|| {
+                let r = Arc::new(Reader {
+                    target: target.clone(),
+                    state: Mutex::new(State::default()),
+                    credit: Notify::new(),
+                    due: Notify::new(),
+                    client_id: AtomicI64::new(0),
+                });
+                tokio::spawn(self.clone().run(r.clone()));
+                r
+            })
+            .clone();
+        let id = {
+            let mut st = lock(&reader.state);
+            st.next_id += 1;
+            let id = st.next_id;
+            st.subs.push(Sub {
+                id,
+                tx,
+                max_in_flight,
+                in_flight: 0,
+                lease,
+            });
+            id
+        };
+        drop(readers);
+        reader.credit.notify_one();
+        Subscription {
+            rx,
+            reader,
+            broker: self.broker.clone(),
+            id,
+            shutdown: self.shutdown.clone(),
+            done: false,
+        }
+    }
+
+    /// Pull up to `max` deliveries, waiting up to `wait` for the first.
+    pub async fn receive(self: &Arc<Self>, target: &Target, max: u32, lease: Duration, wait: Duration) -> Result<Vec<Delivery>> {
+        let fetched = self.broker.fetch(target, max, lease, false).await?;
+        self.dead_letter_exhausted(target, fetched.exhausted);
+        if !fetched.deliveries.is_empty() || wait.is_zero() {
+            return Ok(fetched.deliveries);
+        }
+        let mut sub = self.subscribe(target, max, lease);
+        let first = tokio::time::timeout(wait, sub.next()).await;
+        let mut out = Vec::new();
+        match first {
+            Ok(Some(Ok(d))) => out.push(d),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) | Err(_) => {}
+        }
+        out.extend(sub.close());
+        Ok(out)
+    }
+
+    /// Deliveries settled on this replica give their credit back now.
+    pub fn settled(&self, queue: &str, group: &str, ids: &[&str], due_changed: bool) {
+        let reader = lock(&self.readers).get(&(queue.to_string(), group.to_string())).cloned();
+        if let Some(r) = reader {
+            let freed = {
+                let mut st = lock(&r.state);
+                ids.iter().fold(false, |acc, id| st.free(id) | acc)
+            };
+            if freed {
+                r.credit.notify_one();
+            }
+            if due_changed {
+                r.wake_due();
+            }
+        }
+    }
+
+    /// A lease extended on this replica keeps its credit that much longer.
+    pub fn extended(&self, queue: &str, group: &str, id: &str, by: Duration) {
+        let reader = lock(&self.readers).get(&(queue.to_string(), group.to_string())).cloned();
+        if let Some(r) = reader {
+            let mut st = lock(&r.state);
+            let until = Instant::now() + by;
+            if let Some(owner) = st.owners.get_mut(id) {
+                owner.1 = until;
+            }
+            st.earliest = st.owners.values().map(|(_, t)| *t).min();
+        }
+    }
+
+    fn dead_letter_exhausted(&self, target: &Target, exhausted: Vec<super::Exhausted>) {
+        for e in exhausted {
+            let broker = self.broker.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Err(err) = broker.dead_letter_exhausted(&target, &e).await {
+                    tracing::warn!(error = %err, id = %e.id, "dead-lettering an exhausted message failed; another round retries it");
+                }
+            });
+        }
+    }
+
+    /// The reader loop of one (queue, group).
+    async fn run(self: Arc<Self>, reader: Arc<Reader>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut backoff = Duration::from_millis(100);
+        let scan_every = (self.broker.settings.orphan_timeout / 4).max(Duration::from_secs(1));
+        let mut last_scan: Option<Instant> = None;
+        tracing::debug!(queue = %reader.target.route.queue, group = %reader.target.group, "reader started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let (credit, lease, earliest) = {
+                let readers = lock(&self.readers);
+                let mut st = lock(&reader.state);
+                st.subs.retain(|s| !s.tx.is_closed());
+                if st.subs.is_empty() {
+                    drop(st);
+                    let mut readers = readers;
+                    readers.remove(&(reader.target.route.queue.clone(), reader.target.group.clone()));
+                    break;
+                }
+                drop(readers);
+                st.expire(Instant::now());
+                let (c, l) = st.credit();
+                (c, l, st.earliest)
+            };
+            let Some(lease) = lease.filter(|_| credit > 0) else {
+                let until = earliest.unwrap_or_else(|| Instant::now() + MAX_BLOCK);
+                tokio::select! {
+                    _ = reader.credit.notified() => {}
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            };
+            let count = credit.min(FETCH_BATCH);
+            let scan = last_scan.is_none_or(|t| t.elapsed() >= scan_every);
+            let fetched = match self.broker.fetch(&reader.target, count, lease, scan).await {
+                Ok(f) => {
+                    backoff = Duration::from_millis(100);
+                    if scan {
+                        last_scan = Some(Instant::now());
+                    }
+                    f
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %reader.target.route.queue, retry_in = ?backoff, "fetch failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let got = fetched.deliveries.len() as u32;
+            self.dead_letter_exhausted(&reader.target, fetched.exhausted);
+            let (leftover, bumps) = reader.dispatch(fetched.deliveries, lease);
+            if !leftover.is_empty() {
+                if let Err(e) = self.broker.release(&reader.target, &leftover).await {
+                    tracing::warn!(error = %e, "release failed; leases will expire instead");
+                }
+            }
+            for (receipt, by) in bumps {
+                if let Err(e) = self.broker.extend(&receipt, by).await {
+                    tracing::debug!(error = %e, "lease bump failed");
+                }
+            }
+            if got >= count {
+                continue;
+            }
+            // Nothing more ready: block until an append, a due time, or a wake-up.
+            let block = match fetched.next_due_ms {
+                Some(due) => Duration::from_millis(due.saturating_sub(fetched.now_ms).max(1)).min(MAX_BLOCK),
+                None => MAX_BLOCK,
+            };
+            if conn.is_none() {
+                match self.broker.redis.blocking().await {
+                    Ok(mut c) => {
+                        let id: redis::RedisResult<i64> = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await;
+                        reader.client_id.store(id.unwrap_or(0), Ordering::Relaxed);
+                        conn = Some(c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no blocking connection; polling");
+                        tokio::time::sleep(backoff.min(block)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(mut c) = conn.take() else { continue };
+            let stream = self.broker.keys(&reader.target.route.queue).stream;
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&fetched.last_id);
+            let limit = block + self.broker.redis.timeout();
+            let result = {
+                let xread = tokio::time::timeout(limit, cmd.query_async::<redis::Value>(&mut c));
+                tokio::pin!(xread);
+                tokio::select! {
+                    r = &mut xread => r,
+                    _ = reader.due.notified() => {
+                        // Something fell due sooner: cut the block short.
+                        self.unblock(reader.client_id.load(Ordering::Relaxed)).await;
+                        xread.await
+                    }
+                    _ = shutdown.changed() => break,
+                }
+            };
+            match result {
+                Ok(Ok(_)) => conn = Some(c),
+                Ok(Err(e)) => tracing::warn!(error = %e, "blocking read failed; reconnecting"),
+                Err(_) => tracing::warn!("blocking read timed out; reconnecting"),
+            }
+        }
+        tracing::debug!(queue = %reader.target.route.queue, group = %reader.target.group, "reader stopped");
+    }
+}
+
+impl Dispatcher {
+    /// `CLIENT UNBLOCK` a reader's blocked XREAD (it returns as if timed out).
+    async fn unblock(&self, client_id: i64) {
+        if client_id == 0 {
+            return;
+        }
+        if let Ok(mut lane) = self.broker.redis.lane().await {
+            let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(client_id)
+                .query_async(&mut lane.conn)
+                .await;
+            let _ = self.broker.redis.settle(&lane, r).await;
+        }
+    }
+}
+
+impl Reader {
+    /// Hand deliveries to subscribers with credit, round robin. Returns the
+    /// ones nobody could take (to release) and the leases to lengthen for
+    /// subscribers whose ack_deadline exceeds the one fetched with.
+    fn dispatch(&self, deliveries: Vec<Delivery>, fetched_lease: Duration) -> (Vec<(String, u32)>, Vec<(super::Receipt, Duration)>) {
+        let mut leftover = Vec::new();
+        let mut bumps = Vec::new();
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        'next: for mut d in deliveries {
+            let n = st.subs.len();
+            for k in 0..n {
+                let i = (st.rr + k) % n;
+                let s = &mut st.subs[i];
+                if s.in_flight >= s.max_in_flight {
+                    continue;
+                }
+                let lease = s.lease;
+                if lease > fetched_lease {
+                    d.lease_expires_ms += (lease - fetched_lease).as_millis() as u64;
+                }
+                let id = d.message_id.clone();
+                let receipt = d.receipt.clone();
+                match s.tx.try_send(Ok(d)) {
+                    Ok(()) => {
+                        s.in_flight += 1;
+                        let sub = s.id;
+                        st.free(&id);
+                        let until = now + lease;
+                        st.owners.insert(id, (sub, until));
+                        st.earliest = Some(st.earliest.map_or(until, |e| e.min(until)));
+                        st.rr = i + 1;
+                        if lease > fetched_lease {
+                            if let Ok(r) = super::Receipt::decode(&receipt) {
+                                bumps.push((r, lease));
+                            }
+                        }
+                        continue 'next;
+                    }
+                    Err(mpsc::error::TrySendError::Full(Ok(back)) | mpsc::error::TrySendError::Closed(Ok(back))) => {
+                        d = back;
+                        if lease > fetched_lease {
+                            d.lease_expires_ms -= (lease - fetched_lease).as_millis() as u64;
+                        }
+                    }
+                    Err(_) => continue 'next,
+                }
+            }
+            leftover.push((d.message_id, d.attempt));
+        }
+        (leftover, bumps)
+    }
+
+    fn wake_due(&self) {
+        self.due.notify_one();
+    }
+}

@@ -1,0 +1,410 @@
+//! LeanMQ's `data` envelope: how a message is stored in its stream entry,
+//! and how a stored entry (written by leanmq-grpc or by LeanMQ Python)
+//! becomes a delivery.
+//!
+//! Every entry has one field, `data`, holding a JSON object:
+//! - the user's keys at the top level (for JSON-object payloads);
+//! - `_leanmq`: `{"webhook": {"path", "timestamp"}}`, as LeanMQWebhook.send
+//!   writes it, plus `"grpc": {...}` for what LeanMQ has no place for:
+//!   `content_type`, `headers`, and `payload` (base64) for payloads that are
+//!   not JSON objects. It sits inside `_leanmq` because LeanMQ copies the
+//!   top-level keys when it dead-letters or requeues, but rebuilds
+//!   `_metadata` from scratch: anything stored there would be lost.
+//! - `_metadata`: `{"id": uuid4, "timestamp", "ttl"}`;
+//! - `_failures` / `_requeues`: LeanMQ's DLQ and requeue histories.
+//!
+//! Values are carried as raw JSON text ([`RawValue`]), so user values are
+//! never re-encoded: numbers, escapes and nesting stay byte for byte.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+
+/// LeanMQ's reserved top-level keys. A JSON-object payload may not use them.
+pub const RESERVED_KEYS: [&str; 4] = ["_metadata", "_leanmq", "_failures", "_requeues"];
+
+pub const JSON: &str = "application/json";
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+type Members = IndexMap<String, Box<RawValue>>;
+
+/// True for "application/json", with or without parameters, any case.
+pub fn is_json_content_type(ct: &str) -> bool {
+    ct.split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(JSON))
+}
+
+/// Seconds since the Unix epoch, as LeanMQ's `time.time()`.
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn json_str(s: &str) -> String {
+    // Serializing a &str cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+/// Build the `data` field for a message sent through gRPC.
+///
+/// `payload` must already be within the size limit; `headers` validated.
+pub fn encode(
+    path: &str,
+    payload: &[u8],
+    content_type: &str,
+    headers: &[(String, String)],
+    now: f64,
+) -> Result<String> {
+    let mut members: Option<Members> = None;
+    if is_json_content_type(content_type) {
+        match serde_json::from_slice::<Members>(payload) {
+            Ok(m) => {
+                if let Some(k) = RESERVED_KEYS.iter().find(|k| m.contains_key(**k)) {
+                    return Err(Error::invalid(format!(
+                        "payload uses the reserved top-level key {k:?}; LeanMQ keeps {RESERVED_KEYS:?} for itself"
+                    )));
+                }
+                members = Some(m);
+            }
+            Err(_) => {
+                // Not an object: still has to be JSON, since the sender said so.
+                serde_json::from_slice::<&RawValue>(payload).map_err(|e| {
+                    Error::invalid(format!(
+                        "content_type is application/json but the payload is not valid JSON: {e}"
+                    ))
+                })?;
+            }
+        }
+    }
+
+    let mut out = String::with_capacity(payload.len() + 256);
+    out.push('{');
+    if let Some(m) = &members {
+        for (k, v) in m {
+            out.push_str(&json_str(k));
+            out.push(':');
+            out.push_str(v.get());
+            out.push(',');
+        }
+    }
+    out.push_str("\"_leanmq\":{\"webhook\":{\"path\":");
+    out.push_str(&json_str(path));
+    out.push_str(",\"timestamp\":");
+    out.push_str(&now.to_string());
+    out.push('}');
+    let plain_json_object = members.is_some() && content_type == JSON;
+    if !plain_json_object || !headers.is_empty() {
+        out.push_str(",\"grpc\":{");
+        let mut first = true;
+        let mut sep = |out: &mut String| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+        };
+        if !plain_json_object {
+            sep(&mut out);
+            out.push_str("\"content_type\":");
+            out.push_str(&json_str(content_type));
+        }
+        if !headers.is_empty() {
+            sep(&mut out);
+            out.push_str("\"headers\":{");
+            for (i, (k, v)) in headers.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&json_str(k));
+                out.push(':');
+                out.push_str(&json_str(v));
+            }
+            out.push('}');
+        }
+        if members.is_none() {
+            sep(&mut out);
+            out.push_str("\"payload\":\"");
+            STANDARD.encode_string(payload, &mut out);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push_str("},\"_metadata\":{\"id\":\"");
+    out.push_str(&uuid::Uuid::new_v4().to_string());
+    out.push_str("\",\"timestamp\":");
+    out.push_str(&now.to_string());
+    out.push_str(",\"ttl\":null}}");
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    timestamp: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+struct LeanmqKey {
+    #[serde(default)]
+    webhook: Option<WebhookKey>,
+    #[serde(default)]
+    grpc: Option<GrpcKey>,
+}
+
+#[derive(Deserialize, Default)]
+struct WebhookKey {
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct GrpcKey {
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    headers: Option<IndexMap<String, String>>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+/// A stored message, decoded for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub payload: Bytes,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    /// `_leanmq.webhook.path`, when present.
+    pub path: Option<String>,
+    /// `_metadata.timestamp`, seconds since the epoch, when present.
+    pub published_at: Option<f64>,
+}
+
+fn parse_or_default<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> T {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
+}
+
+/// Decode the `data` field of an entry (or its absence) into a delivery.
+/// Never fails: an entry that is not a LeanMQ envelope is delivered raw,
+/// with the header `leanmq-envelope: invalid`, rather than dropped (LeanMQ
+/// acks and drops such entries; that loses data).
+pub fn decode(data: Option<&[u8]>) -> Decoded {
+    let raw_fallback = |bytes: &[u8]| Decoded {
+        payload: Bytes::copy_from_slice(bytes),
+        content_type: OCTET_STREAM.to_string(),
+        headers: vec![("leanmq-envelope".to_string(), "invalid".to_string())],
+        path: None,
+        published_at: None,
+    };
+    let Some(data) = data else {
+        return raw_fallback(b"");
+    };
+    let Ok(mut members) = serde_json::from_slice::<Members>(data) else {
+        return raw_fallback(data);
+    };
+    let metadata: Metadata = parse_or_default(members.get("_metadata").map(|b| &**b));
+    let leanmq: LeanmqKey = parse_or_default(members.get("_leanmq").map(|b| &**b));
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let grpc = leanmq.grpc.unwrap_or_default();
+    if let Some(h) = grpc.headers {
+        headers.extend(h);
+    }
+    if let Some(id) = metadata.id {
+        headers.push(("leanmq-id".to_string(), id));
+    }
+    for (key, header) in [("_failures", "leanmq-failures"), ("_requeues", "leanmq-requeues")] {
+        if let Some(v) = members.get(key) {
+            headers.push((header.to_string(), v.get().to_string()));
+        }
+    }
+    let (payload, content_type) = match grpc.payload {
+        Some(b64) => match STANDARD.decode(b64.as_bytes()) {
+            Ok(p) => (
+                Bytes::from(p),
+                grpc.content_type.unwrap_or_else(|| OCTET_STREAM.to_string()),
+            ),
+            Err(_) => return raw_fallback(data),
+        },
+        None => {
+            for k in RESERVED_KEYS {
+                members.shift_remove(k);
+            }
+            let mut out = String::with_capacity(data.len());
+            out.push('{');
+            for (i, (k, v)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&json_str(k));
+                out.push(':');
+                out.push_str(v.get());
+            }
+            out.push('}');
+            (
+                Bytes::from(out),
+                grpc.content_type.unwrap_or_else(|| JSON.to_string()),
+            )
+        }
+    };
+    Decoded {
+        payload,
+        content_type,
+        headers,
+        path: leanmq.webhook.and_then(|w| w.path),
+        published_at: metadata.timestamp,
+    }
+}
+
+/// One `_failures` record. LeanMQ writes `timestamp` and `reason`; the rest
+/// are leanmq-grpc's additions, which LeanMQ ignores.
+pub struct Failure<'a> {
+    pub reason: &'a str,
+    pub attempts: u32,
+    pub group: &'a str,
+    pub message_id: &'a str,
+    pub now: f64,
+}
+
+/// The `data` of the dead-letter copy of an entry: the original envelope with
+/// a `_failures` record appended and `_metadata` renewed (keeping its id),
+/// as LeanMQ's `move_to_dlq` does.
+pub fn dead_letter_data(data: Option<&[u8]>, f: &Failure<'_>) -> String {
+    let record = format!(
+        "{{\"timestamp\":{},\"reason\":{},\"attempts\":{},\"group\":{},\"message_id\":{}}}",
+        f.now,
+        json_str(f.reason),
+        f.attempts,
+        json_str(f.group),
+        json_str(f.message_id)
+    );
+    let mut members = match data.map(serde_json::from_slice::<Members>) {
+        Some(Ok(m)) => m,
+        other => {
+            // Not an envelope: keep the raw bytes as a binary payload.
+            let raw = match (other, data) {
+                (_, Some(d)) => d,
+                _ => b"",
+            };
+            let wrapped = format!(
+                "{{\"_leanmq\":{{\"grpc\":{{\"content_type\":\"{OCTET_STREAM}\",\"headers\":{{\"leanmq-envelope\":\"invalid\"}},\"payload\":\"{}\"}}}}}}",
+                STANDARD.encode(raw)
+            );
+            serde_json::from_str::<Members>(&wrapped).unwrap_or_default()
+        }
+    };
+    let metadata: Metadata = parse_or_default(members.get("_metadata").map(|b| &**b));
+    let id = metadata
+        .id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut failures: Vec<Box<RawValue>> = members
+        .get("_failures")
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default();
+    if let Ok(rec) = RawValue::from_string(record) {
+        failures.push(rec);
+    }
+    if let Ok(list) = serde_json::to_string(&failures).and_then(RawValue::from_string) {
+        members.insert("_failures".to_string(), list);
+    }
+    let meta = format!(
+        "{{\"id\":{},\"timestamp\":{},\"ttl\":null}}",
+        json_str(&id),
+        f.now
+    );
+    if let Ok(m) = RawValue::from_string(meta) {
+        members.insert("_metadata".to_string(), m);
+    }
+    serde_json::to_string(&members).unwrap_or_else(|_| "{}".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_object_round_trips_and_matches_leanmq_layout() {
+        let payload = br#"{"order_id": "ORD-1", "n": 12345678901234567890, "nested": {"a": [1, 2.50]}}"#;
+        let data = encode("/order/status", payload, JSON, &[], 1.5).expect("encode");
+        let v: serde_json::Value = serde_json::from_str(&data).expect("json");
+        assert_eq!(v["order_id"], "ORD-1");
+        assert_eq!(v["_leanmq"]["webhook"]["path"], "/order/status");
+        assert!(v["_leanmq"].get("grpc").is_none());
+        assert_eq!(v["_metadata"]["ttl"], serde_json::Value::Null);
+        let d = decode(Some(data.as_bytes()));
+        assert_eq!(
+            &d.payload[..],
+            br#"{"order_id":"ORD-1","n":12345678901234567890,"nested":{"a": [1, 2.50]}}"#
+        );
+        assert_eq!(d.content_type, JSON);
+        assert_eq!(d.path.as_deref(), Some("/order/status"));
+        assert_eq!(d.published_at, Some(1.5));
+    }
+
+    #[test]
+    fn binary_and_headers_round_trip() {
+        let payload = [0u8, 159, 146, 150, 255];
+        let headers = vec![("trace".to_string(), "abc".to_string())];
+        let data = encode("/bin", &payload, "image/png", &headers, 2.0).expect("encode");
+        let d = decode(Some(data.as_bytes()));
+        assert_eq!(&d.payload[..], &payload);
+        assert_eq!(d.content_type, "image/png");
+        assert_eq!(d.headers[0], ("trace".to_string(), "abc".to_string()));
+        assert!(d.headers.iter().any(|(k, _)| k == "leanmq-id"));
+    }
+
+    #[test]
+    fn json_non_object_is_stored_verbatim() {
+        let data = encode("/a", b" [1, 2] ", "application/json; charset=utf-8", &[], 0.0)
+            .expect("encode");
+        let d = decode(Some(data.as_bytes()));
+        assert_eq!(&d.payload[..], b" [1, 2] ");
+        assert_eq!(d.content_type, "application/json; charset=utf-8");
+    }
+
+    #[test]
+    fn rejects_reserved_keys_and_invalid_json() {
+        assert!(encode("/a", br#"{"_metadata": 1}"#, JSON, &[], 0.0).is_err());
+        assert!(encode("/a", b"{not json", JSON, &[], 0.0).is_err());
+    }
+
+    #[test]
+    fn decodes_a_leanmq_python_entry() {
+        let data = br#"{"order_id": "ORD-9", "_leanmq": {"webhook": {"path": "/order/status", "timestamp": 1.0}}, "_metadata": {"id": "u-1", "timestamp": 2.0, "ttl": null}, "_failures": [{"timestamp": 3.0, "reason": "boom"}]}"#;
+        let d = decode(Some(data));
+        assert_eq!(&d.payload[..], br#"{"order_id":"ORD-9"}"#);
+        assert_eq!(d.content_type, JSON);
+        assert!(d.headers.contains(&("leanmq-id".into(), "u-1".into())));
+        assert!(d.headers.iter().any(|(k, v)| k == "leanmq-failures" && v.contains("boom")));
+    }
+
+    #[test]
+    fn invalid_entries_are_delivered_raw() {
+        let d = decode(Some(b"not json"));
+        assert_eq!(&d.payload[..], b"not json");
+        assert!(d.headers.contains(&("leanmq-envelope".into(), "invalid".into())));
+    }
+
+    #[test]
+    fn dead_letter_appends_failures_and_keeps_id() {
+        let data = encode("/a", br#"{"k":1}"#, JSON, &[], 1.0).expect("encode");
+        let f = Failure { reason: "boom", attempts: 5, group: "a-group", message_id: "1-0", now: 9.0 };
+        let once = dead_letter_data(Some(data.as_bytes()), &f);
+        let twice = dead_letter_data(Some(once.as_bytes()), &f);
+        let v: serde_json::Value = serde_json::from_str(&twice).expect("json");
+        assert_eq!(v["_failures"].as_array().map(|a| a.len()), Some(2));
+        assert_eq!(v["_failures"][0]["reason"], "boom");
+        assert_eq!(v["_metadata"]["timestamp"], 9.0);
+        let orig: serde_json::Value = serde_json::from_str(&data).expect("json");
+        assert_eq!(v["_metadata"]["id"], orig["_metadata"]["id"]);
+        assert_eq!(v["k"], 1);
+    }
+}

@@ -1,0 +1,26 @@
+//! Request limits and defaults, shared by validation at the RPC edge and by
+//! the configuration checks. The proto documents each one.
+
+use std::time::Duration;
+
+/// Shortest and longest lease (`ack_deadline`, `Extend.extension`).
+pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(12 * 3600));
+/// Longest Receive wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Longest Nack delay.
+pub const MAX_NACK_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default and largest `max_in_flight` of a Subscribe stream.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 100;
+pub const MAX_IN_FLIGHT: u32 = 10_000;
+/// Default and largest `max_messages` of a Receive.
+pub const DEFAULT_MAX_MESSAGES: u32 = 10;
+pub const MAX_MESSAGES: u32 = 1000;
+/// Most receipts in one Ack.
+pub const MAX_ACK_RECEIPTS: usize = 1000;
+/// Most headers on a message, and their total size (keys plus values).
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest Nack reason kept (longer is truncated).
+pub const MAX_REASON_BYTES: usize = 4096;
+/// Most entries one fetch round takes from Redis.
+pub const FETCH_BATCH: u32 = 256;

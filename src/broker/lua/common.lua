@@ -1,0 +1,52 @@
+-- Shared helpers, prepended to every script.
+-- Holder consumer names. A delivery is valid only while its entry is
+-- pending under HOLDER with the delivery count the receipt carries.
+local HOLDER = 'leanmq-grpc'
+local RETRY = 'leanmq-grpc-retry'
+local DLQ_HOLD = 'leanmq-grpc-dlq'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Create a group at '$' (with MKSTREAM); an existing group is fine.
+local function mkgroup(key, group)
+  local r = redis.pcall('XGROUP', 'CREATE', key, group, '$', 'MKSTREAM')
+  if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
+    return redis.error_reply(r.err)
+  end
+  return nil
+end
+
+-- The queue pair, LeanMQ's groups, metadata and registry, as LeanMQ's
+-- create_queue_pair writes them (but keeping the first created_at).
+local function ensure_queue(stream, dlq, meta, dlq_meta, registry, qname, created_at)
+  local group = qname .. '-group'
+  local e = mkgroup(stream, group); if e then return e end
+  e = mkgroup(dlq, group .. '-dlq'); if e then return e end
+  redis.call('SADD', registry, stream, dlq)
+  redis.call('HSETNX', meta, 'created_at', created_at)
+  redis.call('HSET', meta, 'dlq', dlq, 'consumer_group', group)
+  redis.call('HSETNX', dlq_meta, 'created_at', created_at)
+  redis.call('HSET', dlq_meta, 'main_queue', stream, 'consumer_group', group .. '-dlq', 'is_dlq', 'true')
+  return nil
+end
+
+-- {consumer, count} of a pending entry, or nil.
+-- A missing stream or group (a forged receipt, a deleted queue) counts as
+-- not pending rather than an error.
+local function pending(stream, group, id)
+  local p = redis.pcall('XPENDING', stream, group, id, id, 1)
+  if type(p) ~= 'table' or p.err or #p == 0 then return nil end
+  return p[1][2], tonumber(p[1][4])
+end
+
+-- 1 when the receipt (id, count) still holds the lease; else 2 when the
+-- entry is not pending, 3 when it is pending under another delivery.
+local function holds(stream, group, id, count)
+  local consumer, n = pending(stream, group, id)
+  if consumer == nil then return 2 end
+  if consumer ~= HOLDER or n ~= count then return 3 end
+  return 1
+end

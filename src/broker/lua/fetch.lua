@@ -1,0 +1,66 @@
+-- Take up to COUNT deliveries for a group: first entries whose lease or
+-- retry time is due (and orphans), then new entries. Each delivered entry
+-- is leased until now + LEASE_MS. Entries that used their last attempt are
+-- handed back for dead-lettering instead of delivered.
+-- KEYS: stream, leases
+-- ARGV: group, count, lease_ms, max_attempts, orphan_idle_ms (0: no scan), hold_ms
+local stream, leases = KEYS[1], KEYS[2]
+local group = ARGV[1]
+local count = tonumber(ARGV[2])
+local lease_ms = tonumber(ARGV[3])
+local max_attempts = tonumber(ARGV[4])
+local orphan_ms = tonumber(ARGV[5])
+local hold_ms = tonumber(ARGV[6])
+local now = now_ms()
+
+local out, dead = {}, {}
+local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
+if orphan_ms > 0 and #due < count then
+  local idle = redis.call('XPENDING', stream, group, 'IDLE', orphan_ms, '-', '+', 100)
+  for _, p in ipairs(idle) do
+    if #due >= count then break end
+    if redis.call('ZSCORE', leases, p[1]) == false then due[#due + 1] = p[1] end
+  end
+end
+for _, id in ipairs(due) do
+  local consumer, n = pending(stream, group, id)
+  if consumer == nil then
+    redis.call('ZREM', leases, id) -- settled elsewhere
+  elseif n >= max_attempts then
+    local e = redis.call('XRANGE', stream, id, id)
+    if #e == 0 then
+      redis.call('XACK', stream, group, id)
+      redis.call('ZREM', leases, id)
+    else
+      redis.call('XCLAIM', stream, group, DLQ_HOLD, 0, id, 'JUSTID')
+      redis.call('ZADD', leases, now + hold_ms, id)
+      dead[#dead + 1] = {id, n, e[1][2]}
+    end
+  else
+    local c = redis.call('XCLAIM', stream, group, HOLDER, 0, id)
+    if #c == 0 or not c[1] then
+      redis.call('XACK', stream, group, id) -- entry deleted under us
+      redis.call('ZREM', leases, id)
+    else
+      redis.call('ZADD', leases, now + lease_ms, id)
+      out[#out + 1] = {id, n + 1, c[1][2]}
+    end
+  end
+end
+local want = count - #out
+if want > 0 then
+  local r = redis.call('XREADGROUP', 'GROUP', group, HOLDER, 'COUNT', want, 'STREAMS', stream, '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do
+      redis.call('ZADD', leases, now + lease_ms, e[1])
+      out[#out + 1] = {e[1], 1, e[2]}
+    end
+  end
+end
+local next_due = -1
+local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+if #first > 0 then next_due = tonumber(first[2]) end
+local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+local last_id = '0-0'
+if #last > 0 then last_id = last[1][1] end
+return {now, out, dead, next_due, last_id}

@@ -1,0 +1,540 @@
+//! The broker: the only code that speaks Redis.
+//!
+//! Every change that touches more than one key, or that must check state
+//! before changing it, is one Lua script (`lua/`), so it is atomic and any
+//! replica can run it. What a delivery *is* lives in Redis:
+//! - the entry's pending record in its group (holder consumer and delivery
+//!   count: the `attempt`);
+//! - its due time in `{stream}:leases:{group}`: the end of its lease while
+//!   a subscriber holds it, or its retry time after a Nack.
+//!
+//! A reader that finds an entry due re-claims it (the count goes up) and
+//! delivers it again. Nothing about a delivery is kept only in memory;
+//! [`dispatch`] keeps just flow-control credit, which is rebuilt by itself.
+
+pub mod dispatch;
+pub mod envelope;
+pub mod limits;
+pub mod receipt;
+pub mod redis;
+
+use std::time::Duration;
+
+use ::redis::{Script, Value};
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::error::{Error, Result};
+use crate::routing::{QueueKeys, Route};
+use receipt::Receipt;
+
+/// Consumer name of deliveries made by leanmq-grpc (see `lua/common.lua`).
+pub const HOLDER: &str = "leanmq-grpc";
+/// Consumer name of entries whose lease ran out on their last attempt,
+/// parked while a replica moves them to the DLQ.
+pub const DLQ_HOLD: &str = "leanmq-grpc-dlq";
+
+/// Broker settings, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Key prefix (`webhook:`).
+    pub prefix: String,
+    /// Deliveries per message before the DLQ.
+    pub max_attempts: u32,
+    /// Retry backoff bounds for a Nack without delay.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Idle time after which a pending entry nobody leases is reclaimed.
+    pub orphan_timeout: Duration,
+}
+
+/// A validated message to append.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub route: Route,
+    pub payload: Bytes,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A queue and one of its groups: what a subscription or Receive reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub route: Route,
+    /// Resolved group name (never empty).
+    pub group: String,
+}
+
+/// One delivery, in domain terms (the RPC edge turns it into protobuf).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub receipt: String,
+    pub message_id: String,
+    pub path: String,
+    pub payload: Bytes,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub attempt: u32,
+    /// Seconds since the epoch.
+    pub published_at: f64,
+    pub group: String,
+    /// Milliseconds since the epoch, Redis clock.
+    pub lease_expires_ms: u64,
+}
+
+/// An entry that used its last attempt and waits to be dead-lettered.
+#[derive(Debug, Clone)]
+pub struct Exhausted {
+    pub id: String,
+    pub count: u32,
+    pub data: Option<Vec<u8>>,
+}
+
+/// What one fetch round returned.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub deliveries: Vec<Delivery>,
+    pub exhausted: Vec<Exhausted>,
+    /// Redis clock at fetch time, ms.
+    pub now_ms: u64,
+    /// Earliest due time of any managed pending entry, ms.
+    pub next_due_ms: Option<u64>,
+    /// Last entry id in the stream: new entries come after it.
+    pub last_id: String,
+}
+
+/// Outcome of acking one receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    Acked,
+    NotPending,
+    Stale,
+}
+
+/// Outcome of a Nack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Redelivered at this time (ms since the epoch, Redis clock).
+    Retry { at_ms: u64 },
+    /// Moved to the DLQ under this entry id.
+    DeadLettered { dlq_id: String },
+}
+
+struct Scripts {
+    ensure: Script,
+    send: Script,
+    fetch: Script,
+    ack: Script,
+    retry: Script,
+    extend: Script,
+    dead_letter: Script,
+    release: Script,
+}
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lua/common.lua"), include_str!($file)))
+    };
+}
+
+/// The Redis side of leanmqd.
+pub struct Broker {
+    pub settings: Settings,
+    pub redis: redis::Redis,
+    scripts: Scripts,
+}
+
+fn lease_error(code: i64, group: &str) -> Error {
+    if code == 2 {
+        Error::LeaseLost(format!(
+            "the message is no longer pending in group {group:?}: it was already acked or dead-lettered"
+        ))
+    } else {
+        Error::LeaseLost(
+            "the receipt is stale: its lease expired or it was nacked, and the message was (or will be) redelivered under a new receipt"
+                .to_string(),
+        )
+    }
+}
+
+fn bad_reply(what: &str) -> Error {
+    Error::Internal(format!("unexpected Redis reply to {what}"))
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn as_array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// The `data` field of an entry's field list.
+fn data_field(fields: &Value) -> Option<Vec<u8>> {
+    let f = as_array(fields)?;
+    f.chunks(2).find_map(|kv| match kv {
+        [Value::BulkString(k), Value::BulkString(v)] if k == b"data" => Some(v.clone()),
+        _ => None,
+    })
+}
+
+/// Milliseconds part of a stream id, as seconds.
+fn id_secs(id: &str) -> f64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| ms as f64 / 1000.0)
+        .unwrap_or(0.0)
+}
+
+impl Broker {
+    pub fn new(settings: Settings, redis: redis::Redis) -> Self {
+        Broker {
+            settings,
+            redis,
+            scripts: Scripts {
+                ensure: script!("lua/ensure.lua"),
+                send: script!("lua/send.lua"),
+                fetch: script!("lua/fetch.lua"),
+                ack: script!("lua/ack.lua"),
+                retry: script!("lua/retry.lua"),
+                extend: script!("lua/extend.lua"),
+                dead_letter: script!("lua/dead_letter.lua"),
+                release: script!("lua/release.lua"),
+            },
+        }
+    }
+
+    pub fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.settings.prefix, queue)
+    }
+
+    async fn invoke<T: ::redis::FromRedisValue>(&self, inv: ::redis::ScriptInvocation<'_>) -> Result<T> {
+        let mut lane = self.redis.lane().await?;
+        let r = inv.invoke_async(&mut lane.conn).await;
+        self.redis.settle(&lane, r).await
+    }
+
+    /// Create the queue pair, LeanMQ's groups, metadata and registry entry,
+    /// and `group` if it is not LeanMQ's default. Idempotent.
+    pub async fn ensure(&self, target: &Target) -> Result<()> {
+        let k = self.keys(&target.route.queue);
+        let default = crate::routing::default_group(&target.route.queue);
+        let extra = if target.group == default { "" } else { target.group.as_str() };
+        let mut inv = self.scripts.ensure.prepare_invoke();
+        inv.key(&k.stream)
+            .key(&k.dlq)
+            .key(&k.meta)
+            .key(&k.dlq_meta)
+            .key(&k.registry)
+            .arg(&k.queue)
+            .arg(envelope::now_secs().to_string())
+            .arg(extra);
+        let _: i64 = self.invoke(inv).await?;
+        Ok(())
+    }
+
+    /// Append messages atomically (all or none); returns their entry ids.
+    pub async fn send(&self, msgs: &[Outgoing]) -> Result<Vec<String>> {
+        let now = envelope::now_secs();
+        let mut queues: Vec<&str> = Vec::new();
+        let mut pairs: Vec<(usize, String)> = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let qi = match queues.iter().position(|q| *q == m.route.queue) {
+                Some(i) => i,
+                None => {
+                    queues.push(&m.route.queue);
+                    queues.len() - 1
+                }
+            };
+            let data = envelope::encode(&m.route.path, &m.payload, &m.content_type, &m.headers, now)?;
+            pairs.push((qi + 1, data));
+        }
+        let mut inv = self.scripts.send.prepare_invoke();
+        inv.key(format!("{}registry", self.settings.prefix));
+        for q in &queues {
+            let k = self.keys(q);
+            inv.key(k.stream).key(k.dlq).key(k.meta).key(k.dlq_meta);
+        }
+        inv.arg(now.to_string()).arg(queues.len());
+        for q in &queues {
+            inv.arg(*q);
+        }
+        for (qi, data) in &pairs {
+            inv.arg(*qi).arg(data);
+        }
+        let ids: Vec<String> = self.invoke(inv).await?;
+        if ids.len() != msgs.len() {
+            return Err(bad_reply("send"));
+        }
+        Ok(ids)
+    }
+
+    /// One fetch round (see `lua/fetch.lua`). Recreates a vanished group
+    /// (NOGROUP: Redis restarted empty) and tries once more.
+    pub async fn fetch(&self, target: &Target, count: u32, lease: Duration, scan_orphans: bool) -> Result<Fetched> {
+        match self.fetch_once(target, count, lease, scan_orphans).await {
+            Err(e) if e.is_nogroup() => {
+                tracing::error!(
+                    queue = %target.route.queue, group = %target.group,
+                    "consumer group missing (NOGROUP): Redis lost its data or the key was deleted; recreating the group at the end of the stream"
+                );
+                self.ensure(target).await?;
+                self.fetch_once(target, count, lease, scan_orphans).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_once(&self, target: &Target, count: u32, lease: Duration, scan_orphans: bool) -> Result<Fetched> {
+        let k = self.keys(&target.route.queue);
+        let orphan_ms = if scan_orphans { self.settings.orphan_timeout.as_millis() as u64 } else { 0 };
+        let mut inv = self.scripts.fetch.prepare_invoke();
+        inv.key(&k.stream)
+            .key(k.leases(&target.group))
+            .arg(&target.group)
+            .arg(count)
+            .arg(lease.as_millis() as u64)
+            .arg(self.settings.max_attempts)
+            .arg(orphan_ms)
+            .arg(self.redis.timeout().as_millis() as u64 * 6);
+        let v: Value = self.invoke(inv).await?;
+        let top = as_array(&v).filter(|a| a.len() == 5).ok_or_else(|| bad_reply("fetch"))?;
+        let now_ms = as_i64(&top[0]).ok_or_else(|| bad_reply("fetch"))? as u64;
+        let lease_end = now_ms + lease.as_millis() as u64;
+        let mut out = Fetched {
+            now_ms,
+            next_due_ms: as_i64(&top[3]).filter(|d| *d >= 0).map(|d| d as u64),
+            last_id: as_string(&top[4]).unwrap_or_else(|| "0-0".into()),
+            ..Default::default()
+        };
+        for e in as_array(&top[1]).ok_or_else(|| bad_reply("fetch"))? {
+            let e = as_array(e).filter(|e| e.len() == 3).ok_or_else(|| bad_reply("fetch"))?;
+            let id = as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?;
+            let attempt = as_i64(&e[1]).ok_or_else(|| bad_reply("fetch"))? as u32;
+            let data = data_field(&e[2]);
+            out.deliveries.push(self.delivery(target, id, attempt, data.as_deref(), lease_end));
+        }
+        for e in as_array(&top[2]).ok_or_else(|| bad_reply("fetch"))? {
+            let e = as_array(e).filter(|e| e.len() == 3).ok_or_else(|| bad_reply("fetch"))?;
+            out.exhausted.push(Exhausted {
+                id: as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?,
+                count: as_i64(&e[1]).ok_or_else(|| bad_reply("fetch"))? as u32,
+                data: data_field(&e[2]),
+            });
+        }
+        Ok(out)
+    }
+
+    fn delivery(&self, target: &Target, id: String, attempt: u32, data: Option<&[u8]>, lease_end: u64) -> Delivery {
+        let d = envelope::decode(data);
+        let receipt = Receipt {
+            queue: target.route.queue.clone(),
+            group: target.group.clone(),
+            id: id.clone(),
+            attempt,
+        }
+        .encode();
+        Delivery {
+            receipt,
+            published_at: d.published_at.unwrap_or_else(|| id_secs(&id)),
+            message_id: id,
+            path: d.path.unwrap_or_else(|| target.route.path.clone()),
+            payload: d.payload,
+            content_type: d.content_type,
+            headers: d.headers,
+            attempt,
+            group: target.group.clone(),
+            lease_expires_ms: lease_end,
+        }
+    }
+
+    /// Ack receipts; one outcome per receipt, in order. Receipts of one
+    /// (queue, group) go to Redis in one script call.
+    pub async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        let mut out = vec![AckOutcome::NotPending; receipts.len()];
+        let mut groups: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+        for (i, r) in receipts.iter().enumerate() {
+            let key = (r.queue.as_str(), r.group.as_str());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        let calls = groups.iter().map(|((queue, group), idx)| {
+            let k = self.keys(queue);
+            let mut inv = self.scripts.ack.prepare_invoke();
+            inv.key(&k.stream).key(k.leases(group)).arg(*group);
+            for &i in idx {
+                inv.arg(&receipts[i].id).arg(receipts[i].attempt);
+            }
+            async move { self.invoke::<Vec<i64>>(inv).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        for ((_, idx), codes) in groups.iter().zip(results) {
+            let codes = codes?;
+            for (&i, c) in idx.iter().zip(codes) {
+                out[i] = match c {
+                    1 => AckOutcome::Acked,
+                    3 => AckOutcome::Stale,
+                    _ => AckOutcome::NotPending,
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    /// Exponential backoff with equal jitter for the n-th failed attempt.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let min = self.settings.retry_min.as_millis() as u64;
+        let max = self.settings.retry_max.as_millis() as u64;
+        let exp = min.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(max);
+        let half = exp / 2;
+        Duration::from_millis(half + rand::rng().random_range(0..=exp - half))
+    }
+
+    /// Nack: retry after `delay` (or the backoff), or dead-letter now when
+    /// asked or when this was the last allowed attempt.
+    pub async fn nack(&self, r: &Receipt, delay: Option<Duration>, dead_letter: bool, reason: &str) -> Result<NackOutcome> {
+        let k = self.keys(&r.queue);
+        if dead_letter || r.attempt >= self.settings.max_attempts {
+            let reason = if dead_letter {
+                if reason.is_empty() { "dead-lettered by the consumer".to_string() } else { reason.to_string() }
+            } else {
+                let why = if reason.is_empty() { "nacked" } else { reason };
+                format!("{why} (attempt {} of max_attempts {})", r.attempt, self.settings.max_attempts)
+            };
+            let data = self.read_data(&k.stream, &r.id).await?;
+            return self
+                .move_to_dlq(&r.queue, &r.group, &r.id, HOLDER, r.attempt, data.as_deref(), &reason)
+                .await
+                .map(|dlq_id| NackOutcome::DeadLettered { dlq_id });
+        }
+        let delay = delay.unwrap_or_else(|| self.backoff(r.attempt));
+        let mut inv = self.scripts.retry.prepare_invoke();
+        inv.key(&k.stream)
+            .key(k.leases(&r.group))
+            .arg(&r.group)
+            .arg(&r.id)
+            .arg(r.attempt)
+            .arg(delay.as_millis() as u64);
+        let (code, due): (i64, i64) = self.invoke(inv).await?;
+        if code != 1 {
+            return Err(lease_error(code, &r.group));
+        }
+        Ok(NackOutcome::Retry { at_ms: due as u64 })
+    }
+
+    /// Extend a lease to now + `by`; returns the new end (ms, Redis clock).
+    pub async fn extend(&self, r: &Receipt, by: Duration) -> Result<u64> {
+        let k = self.keys(&r.queue);
+        let mut inv = self.scripts.extend.prepare_invoke();
+        inv.key(&k.stream)
+            .key(k.leases(&r.group))
+            .arg(&r.group)
+            .arg(&r.id)
+            .arg(r.attempt)
+            .arg(by.as_millis() as u64);
+        let (code, end): (i64, i64) = self.invoke(inv).await?;
+        if code != 1 {
+            return Err(lease_error(code, &r.group));
+        }
+        Ok(end as u64)
+    }
+
+    /// Dead-letter an entry whose lease expired on its last attempt.
+    pub async fn dead_letter_exhausted(&self, target: &Target, e: &Exhausted) -> Result<String> {
+        let reason = format!(
+            "lease expired without ack on attempt {} (max_attempts {})",
+            e.count, self.settings.max_attempts
+        );
+        self.move_to_dlq(&target.route.queue, &target.group, &e.id, DLQ_HOLD, e.count, e.data.as_deref(), &reason)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn move_to_dlq(
+        &self,
+        queue: &str,
+        group: &str,
+        id: &str,
+        holder: &str,
+        count: u32,
+        data: Option<&[u8]>,
+        reason: &str,
+    ) -> Result<String> {
+        let k = self.keys(queue);
+        let dlq_data = envelope::dead_letter_data(
+            data,
+            &envelope::Failure {
+                reason,
+                attempts: count,
+                group,
+                message_id: id,
+                now: envelope::now_secs(),
+            },
+        );
+        let mut inv = self.scripts.dead_letter.prepare_invoke();
+        inv.key(&k.stream)
+            .key(k.leases(group))
+            .key(&k.dlq)
+            .arg(group)
+            .arg(id)
+            .arg(holder)
+            .arg(count)
+            .arg(dlq_data);
+        let (code, dlq_id): (i64, String) = self.invoke(inv).await?;
+        if code != 1 {
+            return Err(lease_error(code, group));
+        }
+        tracing::info!(queue, group, id, dlq_id = %dlq_id, reason, "message dead-lettered");
+        Ok(dlq_id)
+    }
+
+    async fn read_data(&self, stream: &str, id: &str) -> Result<Option<Vec<u8>>> {
+        let mut lane = self.redis.lane().await?;
+        let r: ::redis::RedisResult<Value> = ::redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut lane.conn)
+            .await;
+        let v = self.redis.settle(&lane, r).await?;
+        Ok(as_array(&v)
+            .and_then(|a| a.first())
+            .and_then(as_array)
+            .and_then(|e| e.get(1))
+            .and_then(data_field))
+    }
+
+    /// Give back deliveries no subscriber received: due now, uncounted.
+    pub async fn release(&self, target: &Target, deliveries: &[(String, u32)]) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let k = self.keys(&target.route.queue);
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(&k.stream).key(k.leases(&target.group)).arg(&target.group);
+        for (id, n) in deliveries {
+            inv.arg(id).arg(*n);
+        }
+        let _: i64 = self.invoke(inv).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! Command-line flags (each with a `LEANMQ_*` environment twin), validated
+//! before anything binds. Invalid configuration exits with code 64
+//! (EX_USAGE), as linkerd2-proxy does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Exit code for configuration errors (sysexits EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+/// Exit code when a required service cannot be started (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
+
+/// leanmqd: LeanMQ's webhook pattern as a gRPC broker on Redis Streams.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "leanmqd", version, about)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "LEANMQ_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Redis to use (redis://, rediss://, redis+unix://). Without it leanmqd
+    /// starts and supervises its own `redis-server` child (AOF on) with its
+    /// data in --data-dir.
+    #[arg(long, env = "LEANMQ_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Data directory of the embedded redis-server (used only without --redis-url).
+    #[arg(long, env = "LEANMQ_DATA_DIR", default_value = "leanmqd-data")]
+    pub data_dir: PathBuf,
+
+    /// The redis-server binary for the embedded mode.
+    #[arg(long, env = "LEANMQ_REDIS_SERVER_BIN", default_value = "redis-server")]
+    pub redis_server_bin: PathBuf,
+
+    /// Key prefix; LeanMQWebhook's default is "webhook:".
+    #[arg(long, env = "LEANMQ_PREFIX", default_value = "webhook:")]
+    pub prefix: String,
+
+    /// Largest accepted payload, in bytes.
+    #[arg(long, env = "LEANMQ_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+    pub max_payload_bytes: usize,
+
+    /// Most messages in one SendBatch.
+    #[arg(long, env = "LEANMQ_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
+    /// Deliveries per message before it moves to the DLQ.
+    #[arg(long, env = "LEANMQ_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+
+    /// Shortest retry backoff after a Nack without delay.
+    #[arg(long, env = "LEANMQ_RETRY_MIN", default_value = "1s", value_parser = parse_duration)]
+    pub retry_min: Duration,
+
+    /// Longest retry backoff after a Nack without delay.
+    #[arg(long, env = "LEANMQ_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max: Duration,
+
+    /// Lease length when a client gives no ack_deadline.
+    #[arg(long, env = "LEANMQ_ACK_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub ack_deadline: Duration,
+
+    /// A pending entry not leased by leanmq-grpc (e.g. held by a crashed
+    /// LeanMQ Python worker) is reclaimed after being idle this long.
+    #[arg(long, env = "LEANMQ_ORPHAN_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub orphan_timeout: Duration,
+
+    /// How long a SIGTERM/SIGINT drain may take before leanmqd exits anyway.
+    #[arg(long, env = "LEANMQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How long to wait for any Redis reply before answering UNAVAILABLE.
+    #[arg(long, env = "LEANMQ_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Shared, pipelined Redis connections for Send/Ack/Nack/Extend traffic.
+    #[arg(long, env = "LEANMQ_REDIS_LANES", default_value_t = 4)]
+    pub redis_lanes: usize,
+
+    /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
+    #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl Config {
+    /// Check every value that could make leanmqd misbehave. Called before
+    /// binding or starting Redis.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.redis_url {
+            redis::Client::open(url.as_str())
+                .map_err(|e| format!("--redis-url {url:?} is not a usable Redis URL: {e}"))?;
+        }
+        if self.prefix.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("--prefix must not contain whitespace or control characters".into());
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > 64 << 20 {
+            return Err("--max-payload-bytes must be between 1 and 67108864".into());
+        }
+        if self.max_batch == 0 || self.max_batch > 100_000 {
+            return Err("--max-batch must be between 1 and 100000".into());
+        }
+        if self.max_attempts == 0 || self.max_attempts > 1000 {
+            return Err("--max-attempts must be between 1 and 1000".into());
+        }
+        if self.retry_min.is_zero() || self.retry_min > self.retry_max {
+            return Err("--retry-min must be > 0 and <= --retry-max".into());
+        }
+        let lease = crate::broker::limits::LEASE_RANGE;
+        if self.ack_deadline < lease.0 || self.ack_deadline > lease.1 {
+            return Err("--ack-deadline must be between 100ms and 12h".into());
+        }
+        if self.orphan_timeout < Duration::from_secs(1) {
+            return Err("--orphan-timeout must be at least 1s".into());
+        }
+        if self.redis_timeout < Duration::from_millis(10) {
+            return Err("--redis-timeout must be at least 10ms".into());
+        }
+        if self.redis_lanes == 0 || self.redis_lanes > 64 {
+            return Err("--redis-lanes must be between 1 and 64".into());
+        }
+        if self.log_format != "text" && self.log_format != "json" {
+            return Err("--log-format must be \"text\" or \"json\"".into());
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests and embedding: defaults, a given Redis URL,
+    /// and an ephemeral port.
+    pub fn for_redis(url: &str) -> Self {
+        let mut c = Config::parse_from(["leanmqd"]);
+        c.redis_url = Some(url.to_string());
+        c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c
+    }
+}

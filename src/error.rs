@@ -1,0 +1,103 @@
+//! The one error type of leanmqd, and the one place it becomes a gRPC status.
+//!
+//! Everything below the RPC edge returns [`Error`]; `impl From<Error> for
+//! tonic::Status` decides the code a client sees. The rule that matters most:
+//! a Redis failure is never reported as OK, and a Redis that is unreachable,
+//! loading, paused or timing out is UNAVAILABLE (retryable), not INTERNAL.
+
+use std::fmt;
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong: a bad path, group, duration, header or
+    /// receipt. The message names the field and the rule it broke.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A payload larger than `--max-payload-bytes`.
+    #[error("payload is {size} bytes; the limit is {limit} bytes (--max-payload-bytes)")]
+    PayloadTooLarge { size: usize, limit: usize },
+
+    /// The receipt is well-formed but no longer holds the lease: the message
+    /// was acked, dead-lettered or redelivered since it was handed out.
+    #[error("{0}")]
+    LeaseLost(String),
+
+    /// Redis could not be reached or did not answer in time. The operation
+    /// may or may not have been applied; the client should retry.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+
+    /// leanmqd is draining for shutdown; reconnect (to another replica).
+    #[error("leanmqd is shutting down; reconnect to continue")]
+    ShuttingDown,
+
+    /// A bug or an unexpected Redis reply. Logged with detail.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(msg: impl fmt::Display) -> Self {
+        Error::InvalidArgument(msg.to_string())
+    }
+
+    /// True when the error is worth retrying after a pause (Redis trouble).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+
+    /// True when Redis answered NOGROUP: the stream or its group vanished
+    /// (Redis restarted empty, or someone deleted the key).
+    pub fn is_nogroup(&self) -> bool {
+        matches!(self, Error::Internal(m) if m.contains("NOGROUP"))
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Self {
+        let transient = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error()
+            || matches!(
+                e.code(),
+                Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
+            );
+        if transient {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Internal(format!("redis: {e}"))
+        }
+    }
+}
+
+impl From<deadpool_redis::PoolError> for Error {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        match e {
+            deadpool_redis::PoolError::Backend(e) => e.into(),
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            Error::InvalidArgument(_) | Error::PayloadTooLarge { .. } => Code::InvalidArgument,
+            Error::LeaseLost(_) => Code::FailedPrecondition,
+            Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %e, "internal error");
+        }
+        tonic::Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,184 @@
+//! Path → queue → Redis keys, exactly as LeanMQ 0.2.0 lays them out.
+//!
+//! | key | what |
+//! | --- | --- |
+//! | `{prefix}{q}` | the queue stream |
+//! | `{prefix}{q}:dlq` | its dead-letter stream |
+//! | `{prefix}{q}:metadata`, `{prefix}{q}:dlq:metadata` | LeanMQ's metadata hashes |
+//! | `{prefix}{q}:expiry` | LeanMQ's TTL sorted set |
+//! | `{prefix}registry` | set of every queue and DLQ stream key |
+//! | `{prefix}{q}:leases:{group}` | leanmq-grpc: due time (ms, Redis clock) of every pending entry the broker manages for `group` |
+//!
+//! Queue names hold only alphanumerics and `_`, so no queue's keys can
+//! collide with another queue's `:`-suffixed keys.
+
+use crate::error::{Error, Result};
+
+/// Longest accepted path, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Longest accepted group or consumer name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// A validated webhook path and the queue it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The path as LeanMQ normalizes it: leading `/`, no trailing `/`. Goes
+    /// into `_leanmq.webhook.path` and `Delivery.path`.
+    pub path: String,
+    /// The queue name (`order_status`), without the key prefix.
+    pub queue: String,
+}
+
+/// LeanMQ's `_normalize_path`: drop one trailing `/` (unless the path is `/`),
+/// then make sure it starts with `/`.
+pub fn normalize_path(path: &str) -> String {
+    let p = if path != "/" && path.ends_with('/') {
+        &path[..path.len() - 1]
+    } else {
+        path
+    };
+    if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("/{p}")
+    }
+}
+
+/// LeanMQ's `_path_to_queue_name`: strip every leading and trailing `/`,
+/// turn `/` into `_`, then every non-alphanumeric character into `_`.
+pub fn queue_name(normalized: &str) -> String {
+    normalized
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Validate a client path and map it to its queue.
+pub fn route(path: &str) -> Result<Route> {
+    if path.is_empty() {
+        return Err(Error::invalid("path is empty; give a webhook path such as \"/order/status/\""));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(Error::invalid(format!(
+            "path is {} bytes; the limit is {MAX_PATH_BYTES}",
+            path.len()
+        )));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "path contains control character U+{:04X}; paths are printable text",
+            c as u32
+        )));
+    }
+    let normalized = normalize_path(path);
+    let queue = queue_name(&normalized);
+    if queue.is_empty() {
+        return Err(Error::invalid(format!(
+            "path {path:?} maps to an empty queue name; use a path with at least one segment, such as \"/events\""
+        )));
+    }
+    Ok(Route {
+        path: normalized,
+        queue,
+    })
+}
+
+/// True when `name` could have come out of [`queue_name`] (used to validate
+/// receipts, which carry a queue name).
+pub fn is_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PATH_BYTES * 4
+        && name.chars().all(|c| c == '_' || c.is_alphanumeric())
+}
+
+/// Validate a group or consumer name (`what` names the field in errors).
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes; the limit is {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!("{what} contains a control character")));
+    }
+    Ok(())
+}
+
+/// LeanMQ's default group for a queue.
+pub fn default_group(queue: &str) -> String {
+    format!("{queue}-group")
+}
+
+/// The Redis keys of one queue under a prefix.
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    pub queue: String,
+    pub stream: String,
+    pub dlq: String,
+    pub meta: String,
+    pub dlq_meta: String,
+    pub expiry: String,
+    pub registry: String,
+}
+
+impl QueueKeys {
+    pub fn new(prefix: &str, queue: &str) -> Self {
+        let stream = format!("{prefix}{queue}");
+        QueueKeys {
+            queue: queue.to_string(),
+            dlq: format!("{stream}:dlq"),
+            meta: format!("{stream}:metadata"),
+            dlq_meta: format!("{stream}:dlq:metadata"),
+            expiry: format!("{stream}:expiry"),
+            registry: format!("{prefix}registry"),
+            stream,
+        }
+    }
+
+    /// The due-time sorted set leanmq-grpc keeps for one group.
+    pub fn leases(&self, group: &str) -> String {
+        format!("{}:leases:{group}", self.stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_paths_like_leanmq() {
+        for (path, q) in [
+            ("/order/status/", "order_status"),
+            ("order/status", "order_status"),
+            ("/Order.Status", "Order_Status"),
+            ("//a//b//", "a__b"),
+            ("/order-status", "order_status"),
+            ("/café/über", "café_über"),
+        ] {
+            assert_eq!(route(path).map(|r| r.queue).ok().as_deref(), Some(q), "{path}");
+        }
+        assert_eq!(route("/order/status/").map(|r| r.path).ok().as_deref(), Some("/order/status"));
+        assert_eq!(route("a/").map(|r| r.path).ok().as_deref(), Some("/a"));
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        for bad in ["", "/", "//", "/a\0b", "/a\nb", &"x".repeat(MAX_PATH_BYTES + 1)] {
+            assert!(matches!(route(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_wire_format() {
+        let k = QueueKeys::new("webhook:", "order_status");
+        assert_eq!(k.stream, "webhook:order_status");
+        assert_eq!(k.dlq, "webhook:order_status:dlq");
+        assert_eq!(k.meta, "webhook:order_status:metadata");
+        assert_eq!(k.dlq_meta, "webhook:order_status:dlq:metadata");
+        assert_eq!(k.expiry, "webhook:order_status:expiry");
+        assert_eq!(k.registry, "webhook:registry");
+        assert_eq!(default_group("order_status"), "order_status-group");
+    }
+}

@@ -1,0 +1,47 @@
+//! Ack: settle receipts; per-receipt outcomes.
+
+use super::BrokerService;
+use crate::broker::limits::MAX_ACK_RECEIPTS;
+use crate::broker::receipt::Receipt;
+use crate::broker::AckOutcome;
+use crate::error::{Error, Result};
+use crate::proto;
+
+pub async fn handle(svc: &BrokerService, req: proto::AckRequest) -> Result<proto::AckResponse> {
+    let n = req.receipts.len();
+    if n == 0 {
+        return Err(Error::invalid("receipts is empty"));
+    }
+    if n > MAX_ACK_RECEIPTS {
+        return Err(Error::invalid(format!("{n} receipts; the limit is {MAX_ACK_RECEIPTS}")));
+    }
+    let receipts = req
+        .receipts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Receipt::decode(r).map_err(|e| Error::invalid(format!("receipts[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let outcomes = svc.dispatcher.broker().ack(&receipts).await?;
+    for (r, o) in receipts.iter().zip(&outcomes) {
+        if *o != AckOutcome::Stale {
+            svc.dispatcher.settled(&r.queue, &r.group, &[r.id.as_str()], false);
+        }
+    }
+    Ok(proto::AckResponse {
+        results: req
+            .receipts
+            .into_iter()
+            .zip(outcomes)
+            .map(|(receipt, o)| proto::AckResult {
+                receipt,
+                outcome: match o {
+                    AckOutcome::Acked => proto::AckOutcome::Acked,
+                    AckOutcome::NotPending => proto::AckOutcome::NotPending,
+                    AckOutcome::Stale => proto::AckOutcome::Stale,
+                } as i32,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,193 @@
+//! Protobuf ↔ domain, at the edge: validation of every client-supplied
+//! field happens here, so `broker/` only ever sees checked domain values.
+
+use std::time::Duration;
+
+use crate::broker::envelope::OCTET_STREAM;
+use crate::broker::limits::{MAX_HEADERS, MAX_HEADER_BYTES};
+use crate::broker::{Delivery, Outgoing, Target};
+use crate::error::{Error, Result};
+use crate::proto;
+use crate::routing;
+
+/// Longest accepted content type.
+const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
+/// A `google.protobuf.Duration` field: unset or zero gives `default`;
+/// negative, malformed or out of `range` is INVALID_ARGUMENT.
+pub fn duration(
+    field: &str,
+    d: Option<prost_types::Duration>,
+    default: Duration,
+    range: (Duration, Duration),
+) -> Result<Duration> {
+    let Some(d) = d else { return Ok(default) };
+    if d.seconds == 0 && d.nanos == 0 {
+        return Ok(default);
+    }
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(Error::invalid(format!("{field} must not be negative")));
+    }
+    if d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(format!("{field} has nanos out of range (0..999999999)")));
+    }
+    let v = Duration::new(d.seconds as u64, d.nanos as u32);
+    if v < range.0 || v > range.1 {
+        return Err(Error::invalid(format!(
+            "{field} is {v:?}; it must be between {:?} and {:?}",
+            range.0, range.1
+        )));
+    }
+    Ok(v)
+}
+
+/// Like [`duration`], with no lower bound (zero means "use the default").
+pub fn optional_duration(field: &str, d: Option<prost_types::Duration>, max: Duration) -> Result<Option<Duration>> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(None),
+        Some(d) => duration(field, Some(d), Duration::ZERO, (Duration::ZERO, max)).map(Some),
+    }
+}
+
+/// Validate a SendRequest (`what` names it in errors, e.g. "messages[3]").
+pub fn outgoing(what: &str, r: proto::SendRequest, max_payload: usize) -> Result<Outgoing> {
+    let at = |e: Error| match e {
+        Error::InvalidArgument(m) if !what.is_empty() => Error::InvalidArgument(format!("{what}: {m}")),
+        other => other,
+    };
+    let route = routing::route(&r.path).map_err(at)?;
+    if r.payload.len() > max_payload {
+        return Err(at(Error::PayloadTooLarge {
+            size: r.payload.len(),
+            limit: max_payload,
+        }));
+    }
+    let content_type = if r.content_type.is_empty() {
+        OCTET_STREAM.to_string()
+    } else {
+        if r.content_type.len() > MAX_CONTENT_TYPE_BYTES || r.content_type.chars().any(|c| c.is_control()) {
+            return Err(at(Error::invalid(format!(
+                "content_type must be printable and at most {MAX_CONTENT_TYPE_BYTES} bytes"
+            ))));
+        }
+        r.content_type
+    };
+    if r.headers.len() > MAX_HEADERS {
+        return Err(at(Error::invalid(format!(
+            "{} headers; the limit is {MAX_HEADERS}",
+            r.headers.len()
+        ))));
+    }
+    let size: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_HEADER_BYTES {
+        return Err(at(Error::invalid(format!(
+            "headers total {size} bytes; the limit is {MAX_HEADER_BYTES}"
+        ))));
+    }
+    let mut headers: Vec<(String, String)> = r.headers.into_iter().collect();
+    headers.sort();
+    for (k, v) in &headers {
+        if k.is_empty() || k.chars().any(|c| c.is_control()) || v.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(at(Error::invalid(format!(
+                "header {k:?}: keys must be non-empty, and keys and values free of control characters"
+            ))));
+        }
+        if k.to_ascii_lowercase().starts_with("leanmq-") {
+            return Err(at(Error::invalid(format!(
+                "header {k:?}: the \"leanmq-\" prefix is reserved for headers the broker adds"
+            ))));
+        }
+    }
+    Ok(Outgoing {
+        route,
+        payload: r.payload,
+        content_type,
+        headers,
+    })
+}
+
+/// A path and group from Subscribe/Receive: empty group means LeanMQ's.
+pub fn target(path: &str, group: &str, consumer: &str) -> Result<Target> {
+    let route = routing::route(path)?;
+    routing::check_name("group", group)?;
+    routing::check_name("consumer", consumer)?;
+    let group = if group.is_empty() {
+        routing::default_group(&route.queue)
+    } else {
+        group.to_string()
+    };
+    Ok(Target { route, group })
+}
+
+pub fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn timestamp_secs(s: f64) -> prost_types::Timestamp {
+    let s = if s.is_finite() && s > 0.0 { s } else { 0.0 };
+    let seconds = s.trunc() as i64;
+    let nanos = ((s - s.trunc()) * 1e9).round().min(999_999_999.0) as i32;
+    prost_types::Timestamp { seconds, nanos }
+}
+
+pub fn delivery(d: Delivery) -> proto::Delivery {
+    proto::Delivery {
+        receipt: d.receipt,
+        message_id: d.message_id,
+        path: d.path,
+        payload: d.payload,
+        content_type: d.content_type,
+        headers: d.headers.into_iter().collect(),
+        attempt: d.attempt,
+        published_at: Some(timestamp_secs(d.published_at)),
+        group: d.group,
+        lease_expires_at: Some(timestamp_ms(d.lease_expires_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pd(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
+        Some(prost_types::Duration { seconds, nanos })
+    }
+
+    #[test]
+    fn durations() {
+        let range = (Duration::from_millis(100), Duration::from_secs(60));
+        let def = Duration::from_secs(30);
+        assert_eq!(duration("d", None, def, range).ok(), Some(def));
+        assert_eq!(duration("d", pd(0, 0), def, range).ok(), Some(def));
+        assert_eq!(duration("d", pd(1, 500_000_000), def, range).ok(), Some(Duration::from_millis(1500)));
+        for bad in [pd(-1, 0), pd(0, -5), pd(61, 0), pd(0, 1), pd(1, 1_000_000_000), pd(i64::MAX, 0)] {
+            assert!(duration("d", bad, def, range).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn send_request_validation() {
+        let ok = proto::SendRequest {
+            path: "/a".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            ..Default::default()
+        };
+        let o = outgoing("", ok.clone(), 10).expect("valid");
+        assert_eq!(o.content_type, OCTET_STREAM);
+        let mut big = ok.clone();
+        big.payload = bytes::Bytes::from(vec![0u8; 11]);
+        assert!(matches!(outgoing("", big, 10), Err(Error::PayloadTooLarge { .. })));
+        let mut reserved = ok.clone();
+        reserved.headers.insert("LeanMQ-id".into(), "x".into());
+        assert!(outgoing("", reserved, 10).is_err());
+        let mut many = ok;
+        for i in 0..=MAX_HEADERS {
+            many.headers.insert(format!("h{i}"), "v".into());
+        }
+        assert!(outgoing("", many, 10).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Extend: push a lease out to now + extension.
+
+use super::{convert, BrokerService};
+use crate::broker::limits::LEASE_RANGE;
+use crate::broker::receipt::Receipt;
+use crate::error::Result;
+use crate::proto;
+
+pub async fn handle(svc: &BrokerService, req: proto::ExtendRequest) -> Result<proto::ExtendResponse> {
+    let r = Receipt::decode(&req.receipt)?;
+    let by = convert::duration("extension", req.extension, svc.settings.default_lease, LEASE_RANGE)?;
+    let end = svc.dispatcher.broker().extend(&r, by).await?;
+    svc.dispatcher.extended(&r.queue, &r.group, &r.id, by);
+    Ok(proto::ExtendResponse {
+        lease_expires_at: Some(convert::timestamp_ms(end)),
+    })
+}

@@ -1,0 +1,87 @@
+//! The gRPC edge: one thin `impl` of the generated `Broker` trait that
+//! delegates each RPC to its own file. Each handler converts protobuf to
+//! domain values (`convert`), calls the broker, and converts back; errors
+//! become statuses only through `impl From<Error> for Status`.
+
+mod ack;
+pub mod convert;
+mod extend;
+mod nack;
+mod receive;
+mod send;
+mod send_batch;
+mod subscribe;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::broker::dispatch::Dispatcher;
+use crate::proto;
+
+/// Edge settings: limits and defaults applied while validating requests.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub max_payload_bytes: usize,
+    pub max_batch: usize,
+    /// Lease when a request gives none.
+    pub default_lease: Duration,
+}
+
+/// The `leanmq.v1.Broker` service.
+pub struct BrokerService {
+    dispatcher: Arc<Dispatcher>,
+    settings: EdgeSettings,
+}
+
+impl BrokerService {
+    pub fn new(dispatcher: Arc<Dispatcher>, settings: EdgeSettings) -> Self {
+        BrokerService { dispatcher, settings }
+    }
+}
+
+pub type DeliveryStream = Pin<Box<dyn futures::Stream<Item = Result<proto::Delivery, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::broker_server::Broker for BrokerService {
+    async fn send(&self, req: Request<proto::SendRequest>) -> Result<Response<proto::SendResponse>, Status> {
+        Ok(Response::new(send::handle(self, req.into_inner()).await?))
+    }
+
+    async fn send_batch(
+        &self,
+        req: Request<proto::SendBatchRequest>,
+    ) -> Result<Response<proto::SendBatchResponse>, Status> {
+        Ok(Response::new(send_batch::handle(self, req.into_inner()).await?))
+    }
+
+    type SubscribeStream = DeliveryStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Ok(Response::new(subscribe::handle(self, req.into_inner()).await?))
+    }
+
+    async fn receive(
+        &self,
+        req: Request<proto::ReceiveRequest>,
+    ) -> Result<Response<proto::ReceiveResponse>, Status> {
+        Ok(Response::new(receive::handle(self, req.into_inner()).await?))
+    }
+
+    async fn ack(&self, req: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+        Ok(Response::new(ack::handle(self, req.into_inner()).await?))
+    }
+
+    async fn nack(&self, req: Request<proto::NackRequest>) -> Result<Response<proto::NackResponse>, Status> {
+        Ok(Response::new(nack::handle(self, req.into_inner()).await?))
+    }
+
+    async fn extend(&self, req: Request<proto::ExtendRequest>) -> Result<Response<proto::ExtendResponse>, Status> {
+        Ok(Response::new(extend::handle(self, req.into_inner()).await?))
+    }
+}

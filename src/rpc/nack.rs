@@ -1,0 +1,50 @@
+//! Nack: retry later (explicit delay or backoff) or dead-letter now.
+
+use super::{convert, BrokerService};
+use crate::broker::limits::{MAX_NACK_DELAY, MAX_REASON_BYTES};
+use crate::broker::receipt::Receipt;
+use crate::broker::NackOutcome;
+use crate::error::Result;
+use crate::proto;
+
+/// Cut `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub async fn handle(svc: &BrokerService, req: proto::NackRequest) -> Result<proto::NackResponse> {
+    let r = Receipt::decode(&req.receipt)?;
+    let delay = convert::optional_duration("delay", req.delay, MAX_NACK_DELAY)?;
+    let reason = truncate(&req.reason, MAX_REASON_BYTES);
+    let outcome = svc.dispatcher.broker().nack(&r, delay, req.dead_letter, reason).await?;
+    let retry = matches!(outcome, NackOutcome::Retry { .. });
+    svc.dispatcher.settled(&r.queue, &r.group, &[r.id.as_str()], retry);
+    Ok(match outcome {
+        NackOutcome::Retry { at_ms } => proto::NackResponse {
+            outcome: proto::NackOutcome::RetryScheduled as i32,
+            retry_at: Some(convert::timestamp_ms(at_ms)),
+            dead_letter_id: String::new(),
+        },
+        NackOutcome::DeadLettered { dlq_id } => proto::NackResponse {
+            outcome: proto::NackOutcome::DeadLettered as i32,
+            retry_at: None,
+            dead_letter_id: dlq_id,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncates_on_char_boundary() {
+        assert_eq!(super::truncate("héllo", 2), "h");
+        assert_eq!(super::truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,29 @@
+//! Subscribe: register with this replica's reader for the (queue, group),
+//! and stream what it hands over. The stream ends with UNAVAILABLE when
+//! leanmqd drains; a client that goes away drops the subscription, which
+//! gives back anything it never received.
+
+use super::{convert, BrokerService, DeliveryStream};
+use crate::broker::limits::{DEFAULT_MAX_IN_FLIGHT, LEASE_RANGE, MAX_IN_FLIGHT};
+use crate::error::{Error, Result};
+use crate::proto;
+
+pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result<DeliveryStream> {
+    let target = convert::target(&req.path, &req.group, &req.consumer)?;
+    let max_in_flight = match req.max_in_flight {
+        0 => DEFAULT_MAX_IN_FLIGHT,
+        n if n > MAX_IN_FLIGHT => {
+            return Err(Error::invalid(format!("max_in_flight is {n}; the limit is {MAX_IN_FLIGHT}")))
+        }
+        n => n,
+    };
+    let lease = convert::duration("ack_deadline", req.ack_deadline, svc.settings.default_lease, LEASE_RANGE)?;
+    svc.dispatcher.broker().ensure(&target).await?;
+    let sub = svc.dispatcher.subscribe(&target, max_in_flight, lease);
+    tracing::debug!(queue = %target.route.queue, group = %target.group, consumer = %req.consumer, "subscribed");
+    let stream = futures::stream::unfold(sub, |mut sub| async move {
+        let item = sub.next().await?;
+        Some((item.map(convert::delivery).map_err(Into::into), sub))
+    });
+    Ok(Box::pin(stream))
+}
