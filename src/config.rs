@@ -97,7 +97,11 @@ impl Config {
             redis::Client::open(url.as_str())
                 .map_err(|e| format!("--redis-url {url:?} is not a usable Redis URL: {e}"))?;
         }
-        if self.prefix.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if self
+            .prefix
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err("--prefix must not contain whitespace or control characters".into());
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > 64 << 20 {

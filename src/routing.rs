@@ -57,7 +57,9 @@ pub fn queue_name(normalized: &str) -> String {
 /// Validate a client path and map it to its queue.
 pub fn route(path: &str) -> Result<Route> {
     if path.is_empty() {
-        return Err(Error::invalid("path is empty; give a webhook path such as \"/order/status/\""));
+        return Err(Error::invalid(
+            "path is empty; give a webhook path such as \"/order/status/\"",
+        ));
     }
     if path.len() > MAX_PATH_BYTES {
         return Err(Error::invalid(format!(
@@ -101,7 +103,9 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         )));
     }
     if name.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid(format!("{what} contains a control character")));
+        return Err(Error::invalid(format!(
+            "{what} contains a control character"
+        )));
     }
     Ok(())
 }
@@ -157,16 +161,33 @@ mod tests {
             ("/order-status", "order_status"),
             ("/café/über", "café_über"),
         ] {
-            assert_eq!(route(path).map(|r| r.queue).ok().as_deref(), Some(q), "{path}");
+            assert_eq!(
+                route(path).map(|r| r.queue).ok().as_deref(),
+                Some(q),
+                "{path}"
+            );
         }
-        assert_eq!(route("/order/status/").map(|r| r.path).ok().as_deref(), Some("/order/status"));
+        assert_eq!(
+            route("/order/status/").map(|r| r.path).ok().as_deref(),
+            Some("/order/status")
+        );
         assert_eq!(route("a/").map(|r| r.path).ok().as_deref(), Some("/a"));
     }
 
     #[test]
     fn rejects_bad_paths() {
-        for bad in ["", "/", "//", "/a\0b", "/a\nb", &"x".repeat(MAX_PATH_BYTES + 1)] {
-            assert!(matches!(route(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        for bad in [
+            "",
+            "/",
+            "//",
+            "/a\0b",
+            "/a\nb",
+            &"x".repeat(MAX_PATH_BYTES + 1),
+        ] {
+            assert!(
+                matches!(route(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
         }
     }
 

@@ -55,9 +55,14 @@ pub async fn start(cfg: &Config, redis_url: &str) -> Result<Running, String> {
 }
 
 /// Serve on an already-bound listener.
-pub async fn serve(cfg: &Config, redis_url: &str, listener: TcpListener) -> Result<Running, String> {
+pub async fn serve(
+    cfg: &Config,
+    redis_url: &str,
+    listener: TcpListener,
+) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let redis = broker::redis::Redis::new(redis_url, cfg.redis_lanes, cfg.redis_timeout).map_err(|e| e.to_string())?;
+    let redis = broker::redis::Redis::new(redis_url, cfg.redis_lanes, cfg.redis_timeout)
+        .map_err(|e| e.to_string())?;
     let broker = Arc::new(Broker::new(
         broker::Settings {
             prefix: cfg.prefix.clone(),
@@ -84,9 +89,17 @@ pub async fn serve(cfg: &Config, redis_url: &str, listener: TcpListener) -> Resu
         .max_encoding_message_size(max_request);
 
     let (reporter, health_svc) = tonic_health::server::health_reporter();
-    reporter.set_service_status(BROKER_SERVICE, ServingStatus::Serving).await;
-    reporter.set_service_status("", ServingStatus::Serving).await;
-    tokio::spawn(watch_redis(broker.clone(), reporter.clone(), drain.subscribe()));
+    reporter
+        .set_service_status(BROKER_SERVICE, ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    tokio::spawn(watch_redis(
+        broker.clone(),
+        reporter.clone(),
+        drain.subscribe(),
+    ));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -100,8 +113,12 @@ pub async fn serve(cfg: &Config, redis_url: &str, listener: TcpListener) -> Resu
     let drain_reporter = reporter.clone();
     let signal = async move {
         let _ = on_drain.wait_for(|d| *d).await;
-        drain_reporter.set_service_status(BROKER_SERVICE, ServingStatus::NotServing).await;
-        drain_reporter.set_service_status("", ServingStatus::NotServing).await;
+        drain_reporter
+            .set_service_status(BROKER_SERVICE, ServingStatus::NotServing)
+            .await;
+        drain_reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         tracing::info!("draining: health NOT_SERVING, streams ending");
     };
     let router = tonic::transport::Server::builder()
@@ -148,7 +165,11 @@ async fn watch_redis(
         let ok = broker.redis.ping().await.is_ok();
         if ok != serving && !*drain.borrow() {
             serving = ok;
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             if ok {
                 tracing::info!("redis reachable again: SERVING");
             } else {

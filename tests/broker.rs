@@ -19,7 +19,10 @@ async fn send_stores_a_leanmq_envelope_under_leanmq_keys() {
     let d = Leanmqd::start(&redis.url()).await;
     let mut c = d.client().await;
     let id = c
-        .send(json_send("/order/status/", r#"{"order_id":"ORD-1","status":"shipped"}"#))
+        .send(json_send(
+            "/order/status/",
+            r#"{"order_id":"ORD-1","status":"shipped"}"#,
+        ))
         .await
         .expect("send")
         .into_inner()
@@ -31,19 +34,41 @@ async fn send_stores_a_leanmq_envelope_under_leanmq_keys() {
     let data = &e[0].1;
     assert_eq!(data["order_id"], "ORD-1");
     assert_eq!(data["_leanmq"]["webhook"]["path"], "/order/status");
-    assert!(data["_metadata"]["id"].as_str().is_some_and(|s| s.len() == 36));
+    assert!(data["_metadata"]["id"]
+        .as_str()
+        .is_some_and(|s| s.len() == 36));
     let mut conn = redis.conn();
-    let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg("webhook:order_status").query(&mut conn).expect("groups");
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("webhook:order_status")
+        .query(&mut conn)
+        .expect("groups");
     assert_eq!(groups.len(), 1);
-    let meta: std::collections::HashMap<String, String> =
-        redis::cmd("HGETALL").arg("webhook:order_status:metadata").query(&mut conn).expect("meta");
-    assert_eq!(meta.get("dlq").map(String::as_str), Some("webhook:order_status:dlq"));
-    assert_eq!(meta.get("consumer_group").map(String::as_str), Some("order_status-group"));
-    let dlq_meta: std::collections::HashMap<String, String> =
-        redis::cmd("HGETALL").arg("webhook:order_status:dlq:metadata").query(&mut conn).expect("meta");
+    let meta: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("webhook:order_status:metadata")
+        .query(&mut conn)
+        .expect("meta");
+    assert_eq!(
+        meta.get("dlq").map(String::as_str),
+        Some("webhook:order_status:dlq")
+    );
+    assert_eq!(
+        meta.get("consumer_group").map(String::as_str),
+        Some("order_status-group")
+    );
+    let dlq_meta: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("webhook:order_status:dlq:metadata")
+        .query(&mut conn)
+        .expect("meta");
     assert_eq!(dlq_meta.get("is_dlq").map(String::as_str), Some("true"));
-    assert_eq!(dlq_meta.get("consumer_group").map(String::as_str), Some("order_status-group-dlq"));
-    let reg: HashSet<String> = redis::cmd("SMEMBERS").arg("webhook:registry").query(&mut conn).expect("registry");
+    assert_eq!(
+        dlq_meta.get("consumer_group").map(String::as_str),
+        Some("order_status-group-dlq")
+    );
+    let reg: HashSet<String> = redis::cmd("SMEMBERS")
+        .arg("webhook:registry")
+        .query(&mut conn)
+        .expect("registry");
     assert!(reg.contains("webhook:order_status") && reg.contains("webhook:order_status:dlq"));
 }
 
@@ -54,16 +79,28 @@ async fn payloads_round_trip_json_and_bytes_with_headers() {
     let mut c = d.client().await;
     let mut bin = bytes_send("/rt", &[0, 1, 2, 255, 254]);
     bin.content_type = "image/png".into();
-    bin.headers.insert("traceparent".into(), "00-abc-def-01".into());
+    bin.headers
+        .insert("traceparent".into(), "00-abc-def-01".into());
     c.send(bin).await.expect("send bin");
-    c.send(json_send("/rt", r#"{"a": 1, "b": [true, null], "big": 123456789012345678901234}"#)).await.expect("send json");
+    c.send(json_send(
+        "/rt",
+        r#"{"a": 1, "b": [true, null], "big": 123456789012345678901234}"#,
+    ))
+    .await
+    .expect("send json");
     let got = receive(&mut c, "/rt", "", 10, 30_000).await;
     assert_eq!(got.len(), 2);
     assert_eq!(&got[0].payload[..], &[0, 1, 2, 255, 254]);
     assert_eq!(got[0].content_type, "image/png");
-    assert_eq!(got[0].headers.get("traceparent").map(String::as_str), Some("00-abc-def-01"));
+    assert_eq!(
+        got[0].headers.get("traceparent").map(String::as_str),
+        Some("00-abc-def-01")
+    );
     assert_eq!(got[0].path, "/rt");
-    assert_eq!(&got[1].payload[..], br#"{"a":1,"b":[true, null],"big":123456789012345678901234}"#);
+    assert_eq!(
+        &got[1].payload[..],
+        br#"{"a":1,"b":[true, null],"big":123456789012345678901234}"#
+    );
     assert_eq!(got[1].content_type, "application/json");
     assert!(got[1].published_at.is_some());
     assert_eq!(got[1].attempt, 1);
@@ -77,7 +114,11 @@ async fn send_batch_is_all_or_nothing() {
     let mut c = d.client().await;
     let ok = c
         .send_batch(proto::SendBatchRequest {
-            messages: vec![bytes_send("/a", b"1"), bytes_send("/b", b"2"), bytes_send("/a", b"3")],
+            messages: vec![
+                bytes_send("/a", b"1"),
+                bytes_send("/b", b"2"),
+                bytes_send("/a", b"3"),
+            ],
         })
         .await
         .expect("batch")
@@ -98,7 +139,11 @@ async fn send_batch_is_all_or_nothing() {
     assert_eq!(xlen(&redis, "webhook:a"), 2);
 
     // A Redis-side failure (a key of the wrong type) also writes nothing.
-    let _: () = redis::cmd("SET").arg("webhook:blocked").arg("x").query(&mut redis.conn()).expect("set");
+    let _: () = redis::cmd("SET")
+        .arg("webhook:blocked")
+        .arg("x")
+        .query(&mut redis.conn())
+        .expect("set");
     let err = c
         .send_batch(proto::SendBatchRequest {
             messages: vec![bytes_send("/a", b"6"), bytes_send("/blocked", b"7")],
@@ -145,9 +190,18 @@ async fn different_groups_each_get_every_message() {
     let id = send(&mut c, "/fan", b"x").await;
     let b = next(&mut billing).await;
     let e = next(&mut email).await;
-    assert_eq!((b.message_id.as_str(), b.group.as_str()), (id.as_str(), "billing"));
-    assert_eq!((e.message_id.as_str(), e.group.as_str()), (id.as_str(), "email"));
-    assert_eq!(ack(&mut c, &[&b.receipt, &e.receipt]).await, vec![ACKED, ACKED]);
+    assert_eq!(
+        (b.message_id.as_str(), b.group.as_str()),
+        (id.as_str(), "billing")
+    );
+    assert_eq!(
+        (e.message_id.as_str(), e.group.as_str()),
+        (id.as_str(), "email")
+    );
+    assert_eq!(
+        ack(&mut c, &[&b.receipt, &e.receipt]).await,
+        vec![ACKED, ACKED]
+    );
 }
 
 #[tokio::test]
@@ -158,7 +212,10 @@ async fn empty_group_is_leanmqs_group() {
     send(&mut c, "/order/status/", b"x").await;
     let got = receive(&mut c, "/order/status", "", 1, 30_000).await;
     assert_eq!(got[0].group, "order_status-group");
-    assert_eq!(pending_count(&redis, "webhook:order_status", "order_status-group"), 1);
+    assert_eq!(
+        pending_count(&redis, "webhook:order_status", "order_status-group"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -169,9 +226,13 @@ async fn attempt_counts_every_redelivery_and_stale_receipts_are_refused() {
     send(&mut c, "/att", b"x").await;
     let first = receive(&mut c, "/att", "", 1, 30_000).await.remove(0);
     assert_eq!(first.attempt, 1);
-    c.nack(proto::NackRequest { receipt: first.receipt.clone(), delay: ms(1), ..Default::default() })
-        .await
-        .expect("nack");
+    c.nack(proto::NackRequest {
+        receipt: first.receipt.clone(),
+        delay: ms(1),
+        ..Default::default()
+    })
+    .await
+    .expect("nack");
     let second = receive(&mut c, "/att", "", 1, 200).await.remove(0);
     assert_eq!(second.attempt, 2);
     assert_eq!(second.message_id, first.message_id);
@@ -179,9 +240,15 @@ async fn attempt_counts_every_redelivery_and_stale_receipts_are_refused() {
     let third = receive(&mut c, "/att", "", 1, 30_000).await.remove(0);
     assert_eq!(third.attempt, 3);
     // Old receipts no longer settle anything.
-    assert_eq!(ack(&mut c, &[&first.receipt, &second.receipt]).await, vec![STALE, STALE]);
+    assert_eq!(
+        ack(&mut c, &[&first.receipt, &second.receipt]).await,
+        vec![STALE, STALE]
+    );
     let err = c
-        .nack(proto::NackRequest { receipt: second.receipt.clone(), ..Default::default() })
+        .nack(proto::NackRequest {
+            receipt: second.receipt.clone(),
+            ..Default::default()
+        })
         .await
         .expect_err("stale nack");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -244,18 +311,33 @@ async fn extend_pushes_the_lease_out() {
     send(&mut c, "/ext", b"x").await;
     let m = receive(&mut c, "/ext", "", 1, 300).await.remove(0);
     let r = c
-        .extend(proto::ExtendRequest { receipt: m.receipt.clone(), extension: dur(Duration::from_secs(60)) })
+        .extend(proto::ExtendRequest {
+            receipt: m.receipt.clone(),
+            extension: dur(Duration::from_secs(60)),
+        })
         .await
         .expect("extend")
         .into_inner();
     let end = r.lease_expires_at.expect("lease end");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
     assert!(end.seconds >= now + 55, "lease ends in ~60 s");
-    let score: f64 = redis::cmd("ZSCORE").arg("webhook:ext:leases:ext-group").arg(&m.message_id).query(&mut redis.conn()).expect("zscore");
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg("webhook:ext:leases:ext-group")
+        .arg(&m.message_id)
+        .query(&mut redis.conn())
+        .expect("zscore");
     assert!(score as i64 / 1000 >= now + 55);
     // Well past the original 300 ms lease, nothing is redelivered.
     let none = c
-        .receive(proto::ReceiveRequest { path: "/ext".into(), max_messages: 1, wait: ms(800), ..Default::default() })
+        .receive(proto::ReceiveRequest {
+            path: "/ext".into(),
+            max_messages: 1,
+            wait: ms(800),
+            ..Default::default()
+        })
         .await
         .expect("receive")
         .into_inner();
@@ -273,13 +355,22 @@ async fn nack_with_delay_redelivers_after_the_delay() {
     let m = next(&mut s).await;
     let t0 = Instant::now();
     let r = c
-        .nack(proto::NackRequest { receipt: m.receipt, delay: ms(700), reason: "busy".into(), dead_letter: false })
+        .nack(proto::NackRequest {
+            receipt: m.receipt,
+            delay: ms(700),
+            reason: "busy".into(),
+            dead_letter: false,
+        })
         .await
         .expect("nack")
         .into_inner();
     assert_eq!(r.outcome, proto::NackOutcome::RetryScheduled as i32);
     let again = next(&mut s).await;
-    assert!(t0.elapsed() >= Duration::from_millis(650), "redelivered after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(650),
+        "redelivered after {:?}",
+        t0.elapsed()
+    );
     assert_eq!(again.attempt, 2);
 }
 
@@ -297,16 +388,29 @@ async fn nack_without_delay_backs_off_exponentially() {
     for attempt in 1..=3u32 {
         let m = receive(&mut c, "/backoff", "", 1, 30_000).await.remove(0);
         assert_eq!(m.attempt, attempt);
-        let r = c.nack(proto::NackRequest { receipt: m.receipt, ..Default::default() }).await.expect("nack").into_inner();
+        let r = c
+            .nack(proto::NackRequest {
+                receipt: m.receipt,
+                ..Default::default()
+            })
+            .await
+            .expect("nack")
+            .into_inner();
         let at = r.retry_at.expect("retry_at");
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
         let gap = at.seconds as f64 + at.nanos as f64 / 1e9 - now.as_secs_f64();
         gaps.push(gap);
     }
     // Equal jitter: attempt n waits between base/2 and base, base = 400ms * 2^(n-1).
     for (i, gap) in gaps.iter().enumerate() {
         let base = 0.4 * 2f64.powi(i as i32);
-        assert!(*gap >= base / 2.0 - 0.05 && *gap <= base + 0.05, "attempt {}: {gap}s vs base {base}s", i + 1);
+        assert!(
+            *gap >= base / 2.0 - 0.05 && *gap <= base + 0.05,
+            "attempt {}: {gap}s vs base {base}s",
+            i + 1
+        );
     }
 }
 
@@ -315,16 +419,30 @@ async fn max_attempts_moves_the_message_to_the_dlq_with_a_failures_record() {
     let redis = RedisProc::start();
     let d = Leanmqd::start_with(&redis.url(), |c| c.max_attempts = 3).await;
     let mut c = d.client().await;
-    let id = c.send(json_send("/fail", r#"{"k":"v"}"#)).await.expect("send").into_inner().message_id;
+    let id = c
+        .send(json_send("/fail", r#"{"k":"v"}"#))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id;
     for attempt in 1..=3u32 {
         let m = receive(&mut c, "/fail", "", 1, 30_000).await.remove(0);
         assert_eq!(m.attempt, attempt);
         let r = c
-            .nack(proto::NackRequest { receipt: m.receipt, delay: ms(1), reason: format!("boom {attempt}"), dead_letter: false })
+            .nack(proto::NackRequest {
+                receipt: m.receipt,
+                delay: ms(1),
+                reason: format!("boom {attempt}"),
+                dead_letter: false,
+            })
             .await
             .expect("nack")
             .into_inner();
-        let expected = if attempt < 3 { proto::NackOutcome::RetryScheduled } else { proto::NackOutcome::DeadLettered };
+        let expected = if attempt < 3 {
+            proto::NackOutcome::RetryScheduled
+        } else {
+            proto::NackOutcome::DeadLettered
+        };
         assert_eq!(r.outcome, expected as i32);
     }
     assert_eq!(pending_count(&redis, "webhook:fail", "fail-group"), 0);
@@ -334,11 +452,16 @@ async fn max_attempts_moves_the_message_to_the_dlq_with_a_failures_record() {
     assert_eq!(data["k"], "v");
     let failures = data["_failures"].as_array().expect("_failures list");
     assert_eq!(failures.len(), 1);
-    assert!(failures[0]["reason"].as_str().is_some_and(|r| r.contains("boom 3")));
+    assert!(failures[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("boom 3")));
     assert_eq!(failures[0]["attempts"], 3);
     assert_eq!(failures[0]["message_id"], id.as_str());
     assert!(failures[0]["timestamp"].as_f64().is_some());
-    let zcard: i64 = redis::cmd("ZCARD").arg("webhook:fail:leases:fail-group").query(&mut redis.conn()).expect("zcard");
+    let zcard: i64 = redis::cmd("ZCARD")
+        .arg("webhook:fail:leases:fail-group")
+        .query(&mut redis.conn())
+        .expect("zcard");
     assert_eq!(zcard, 0);
 }
 
@@ -358,7 +481,9 @@ async fn a_stalled_consumer_exhausts_attempts_by_lease_expiry() {
         (!e.is_empty()).then_some(e)
     })
     .await;
-    assert!(dlq[0].1["_failures"][0]["reason"].as_str().is_some_and(|r| r.contains("lease expired")));
+    assert!(dlq[0].1["_failures"][0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("lease expired")));
     assert_eq!(pending_count(&redis, "webhook:stall", "stall-group"), 0);
 }
 
@@ -370,7 +495,12 @@ async fn nack_dead_letter_moves_at_once() {
     send(&mut c, "/dl", b"\x00binary").await;
     let m = receive(&mut c, "/dl", "", 1, 30_000).await.remove(0);
     let r = c
-        .nack(proto::NackRequest { receipt: m.receipt.clone(), dead_letter: true, reason: "invalid order".into(), delay: None })
+        .nack(proto::NackRequest {
+            receipt: m.receipt.clone(),
+            dead_letter: true,
+            reason: "invalid order".into(),
+            delay: None,
+        })
         .await
         .expect("nack")
         .into_inner();
@@ -391,7 +521,10 @@ async fn receive_waits_for_the_first_message() {
     let mut c = d.client().await;
     // Without wait: returns at once, empty.
     let empty = c
-        .receive(proto::ReceiveRequest { path: "/pull".into(), ..Default::default() })
+        .receive(proto::ReceiveRequest {
+            path: "/pull".into(),
+            ..Default::default()
+        })
         .await
         .expect("receive")
         .into_inner();
@@ -422,7 +555,10 @@ async fn flow_control_caps_unacked_deliveries_per_stream() {
     }
     // With three unacked, a fourth does not come.
     let fourth = tokio::time::timeout(Duration::from_millis(500), s.message()).await;
-    assert!(fourth.is_err(), "no fourth delivery while three are unacked");
+    assert!(
+        fourth.is_err(),
+        "no fourth delivery while three are unacked"
+    );
     assert_eq!(pending_count(&redis, "webhook:flow", "flow-group"), 3);
     // Acking one lets exactly one more through.
     ack(&mut c, &[&held[0].receipt]).await;
@@ -441,26 +577,49 @@ async fn shutdown_ends_streams_and_keeps_unacked_messages() {
     send(&mut c, "/drain", b"x").await;
     let held = next(&mut s).await;
     let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest { service: "leanmq.v1.Broker".into() })
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "leanmq.v1.Broker".into(),
+        })
         .await
         .expect("watch")
         .into_inner();
     let first = watch.message().await.expect("ok").expect("status");
-    assert_eq!(first.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        first.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let running = d.running.take().expect("running");
     running.drain();
-    let end = tokio::time::timeout(WAIT, s.message()).await.expect("stream ends");
-    assert_eq!(end.expect_err("ends with a status").code(), Code::Unavailable);
-    let not_serving = tokio::time::timeout(WAIT, watch.message()).await.expect("health update");
+    let end = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("stream ends");
+    assert_eq!(
+        end.expect_err("ends with a status").code(),
+        Code::Unavailable
+    );
+    let not_serving = tokio::time::timeout(WAIT, watch.message())
+        .await
+        .expect("health update");
     if let Ok(Some(m)) = not_serving {
-        assert_eq!(m.status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+        assert_eq!(
+            m.status,
+            tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        );
     }
-    tokio::time::timeout(WAIT, running.wait()).await.expect("exits in the grace period").expect("clean");
+    tokio::time::timeout(WAIT, running.wait())
+        .await
+        .expect("exits in the grace period")
+        .expect("clean");
     d.stop().await;
     // The unacked delivery is still pending in Redis, for redelivery.
     let p: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
-        .arg("webhook:drain").arg("drain-group").arg("-").arg("+").arg(10)
-        .query(&mut redis.conn()).expect("xpending");
+        .arg("webhook:drain")
+        .arg("drain-group")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut redis.conn())
+        .expect("xpending");
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, held.message_id);
 }
@@ -470,49 +629,114 @@ async fn bad_input_gets_precise_statuses() {
     let redis = RedisProc::start();
     let d = Leanmqd::start_with(&redis.url(), |c| c.max_payload_bytes = 1024).await;
     let mut c = d.client().await;
-    for path in ["", "/", "//", "/a\u{0}b", "/a\u{7}", &format!("/{}", "x".repeat(2000))] {
+    for path in [
+        "",
+        "/",
+        "//",
+        "/a\u{0}b",
+        "/a\u{7}",
+        &format!("/{}", "x".repeat(2000)),
+    ] {
         let e = c.send(bytes_send(path, b"x")).await.expect_err(path);
         assert_eq!(e.code(), Code::InvalidArgument, "{path:?}: {}", e.message());
         assert!(e.message().contains("path"), "{}", e.message());
     }
-    let e = c.send(bytes_send("/big", &[0u8; 1025])).await.expect_err("too big");
+    let e = c
+        .send(bytes_send("/big", &[0u8; 1025]))
+        .await
+        .expect_err("too big");
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("1025") && e.message().contains("1024"), "{}", e.message());
-    let e = c.send(json_send("/j", "{nope")).await.expect_err("bad json");
-    assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.send(json_send("/j", r#"{"_metadata":1}"#)).await.expect_err("reserved key");
-    assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.ack(proto::AckRequest { receipts: vec!["garbage".into()] }).await.expect_err("bad receipt");
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("receipt"), "{}", e.message());
-    let e = c.ack(proto::AckRequest { receipts: vec![] }).await.expect_err("no receipts");
-    assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.nack(proto::NackRequest { receipt: "x".into(), ..Default::default() }).await.expect_err("bad receipt");
-    assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.extend(proto::ExtendRequest { receipt: String::new(), extension: None }).await.expect_err("empty receipt");
+    assert!(
+        e.message().contains("1025") && e.message().contains("1024"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .send(json_send("/j", "{nope"))
+        .await
+        .expect_err("bad json");
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .receive(proto::ReceiveRequest { path: "/a".into(), wait: Some(prost_types::Duration { seconds: -1, nanos: 0 }), ..Default::default() })
+        .send(json_send("/j", r#"{"_metadata":1}"#))
+        .await
+        .expect_err("reserved key");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .ack(proto::AckRequest {
+            receipts: vec!["garbage".into()],
+        })
+        .await
+        .expect_err("bad receipt");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("receipt"), "{}", e.message());
+    let e = c
+        .ack(proto::AckRequest { receipts: vec![] })
+        .await
+        .expect_err("no receipts");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .nack(proto::NackRequest {
+            receipt: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad receipt");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .extend(proto::ExtendRequest {
+            receipt: String::new(),
+            extension: None,
+        })
+        .await
+        .expect_err("empty receipt");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .receive(proto::ReceiveRequest {
+            path: "/a".into(),
+            wait: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
         .await
         .expect_err("negative wait");
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .subscribe(proto::SubscribeRequest { path: "/a".into(), ack_deadline: dur(Duration::from_secs(86_400)), ..Default::default() })
+        .subscribe(proto::SubscribeRequest {
+            path: "/a".into(),
+            ack_deadline: dur(Duration::from_secs(86_400)),
+            ..Default::default()
+        })
         .await
         .expect_err("huge lease");
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .subscribe(proto::SubscribeRequest { path: "/a".into(), max_in_flight: 1_000_000, ..Default::default() })
+        .subscribe(proto::SubscribeRequest {
+            path: "/a".into(),
+            max_in_flight: 1_000_000,
+            ..Default::default()
+        })
         .await
         .expect_err("huge max_in_flight");
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .receive(proto::ReceiveRequest { path: "/a".into(), group: "bad\ngroup".into(), ..Default::default() })
+        .receive(proto::ReceiveRequest {
+            path: "/a".into(),
+            group: "bad\ngroup".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("control char in group");
     assert_eq!(e.code(), Code::InvalidArgument);
     // A receipt naming a message that never existed: nothing to ack.
-    let forged = leanmq_grpc::broker::receipt::Receipt { queue: "a".into(), group: "a-group".into(), id: "1-1".into(), attempt: 1 }.encode();
+    let forged = leanmq_grpc::broker::receipt::Receipt {
+        queue: "a".into(),
+        group: "a-group".into(),
+        id: "1-1".into(),
+        attempt: 1,
+    }
+    .encode();
     assert_eq!(ack(&mut c, &[&forged]).await, vec![NOT_PENDING]);
     // Nothing was stored by any of it, and the server still serves.
     assert_eq!(xlen(&redis, "webhook:big"), 0);
@@ -522,18 +746,29 @@ async fn bad_input_gets_precise_statuses() {
 #[tokio::test]
 async fn redis_outage_gives_unavailable_and_leanmqd_recovers() {
     let mut redis = RedisProc::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let d = Leanmqd::start_with(&redis.url(), |c| c.redis_timeout = Duration::from_millis(500)).await;
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.redis_timeout = Duration::from_millis(500)
+    })
+    .await;
     let mut c = d.client().await;
     let mut s = subscribe(&mut c, "/outage", "", 10, 30_000).await;
     let before = send(&mut c, "/outage", b"before").await;
     assert_eq!(next(&mut s).await.message_id, before);
     redis.kill();
-    let e = c.send(bytes_send("/outage", b"during")).await.expect_err("no redis");
+    let e = c
+        .send(bytes_send("/outage", b"during"))
+        .await
+        .expect_err("no redis");
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
     redis.restart();
     let after = eventually("sends succeed again", || {
         let mut c = c.clone();
-        async move { c.send(bytes_send("/outage", b"after")).await.ok().map(|r| r.into_inner().message_id) }
+        async move {
+            c.send(bytes_send("/outage", b"after"))
+                .await
+                .ok()
+                .map(|r| r.into_inner().message_id)
+        }
     })
     .await;
     // The subscriber, still connected, gets the new message.
@@ -576,38 +811,58 @@ async fn health_and_reflection_are_served() {
     let ch = d.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let r = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "leanmq.v1.Broker".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "leanmq.v1.Broker".into(),
+        })
         .await
         .expect("check")
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let mut refl = ServerReflectionClient::new(ch);
     let req = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection").into_inner();
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
     let msg = resp.message().await.expect("ok").expect("response");
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("list services") };
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("list services")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"leanmq.v1.Broker".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]
 async fn health_follows_redis_reachability() {
     let mut redis = RedisProc::start();
-    let d = Leanmqd::start_with(&redis.url(), |c| c.redis_timeout = Duration::from_millis(300)).await;
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.redis_timeout = Duration::from_millis(300)
+    })
+    .await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(d.channel().await);
-    let status = |h: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| {
-        let mut h = h.clone();
-        async move {
-            h.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+    let status =
+        |h: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| {
+            let mut h = h.clone();
+            async move {
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .map(|r| r.into_inner().status)
                 .ok()
-        }
-    };
+            }
+        };
     use tonic_health::pb::health_check_response::ServingStatus as S;
     redis.kill();
     eventually("NOT_SERVING while redis is down", || {

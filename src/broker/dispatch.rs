@@ -185,7 +185,10 @@ impl Drop for Subscription {
         if undelivered.is_empty() {
             return;
         }
-        let pairs: Vec<(String, u32)> = undelivered.into_iter().map(|d| (d.message_id, d.attempt)).collect();
+        let pairs: Vec<(String, u32)> = undelivered
+            .into_iter()
+            .map(|d| (d.message_id, d.attempt))
+            .collect();
         let broker = self.broker.clone();
         let reader = self.reader.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -214,7 +217,12 @@ impl Dispatcher {
 
     /// Register a local subscriber of `target`. The caller has ensured the
     /// queue and group exist.
-    pub fn subscribe(self: &Arc<Self>, target: &Target, max_in_flight: u32, lease: Duration) -> Subscription {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        target: &Target,
+        max_in_flight: u32,
+        lease: Duration,
+    ) -> Subscription {
         // One spare slot so the channel never refuses a delivery the credit allows.
         let (tx, rx) = mpsc::channel(max_in_flight as usize + 1);
         let mut readers = lock(&self.readers);
@@ -259,7 +267,13 @@ impl Dispatcher {
     }
 
     /// Pull up to `max` deliveries, waiting up to `wait` for the first.
-    pub async fn receive(self: &Arc<Self>, target: &Target, max: u32, lease: Duration, wait: Duration) -> Result<Vec<Delivery>> {
+    pub async fn receive(
+        self: &Arc<Self>,
+        target: &Target,
+        max: u32,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
         let fetched = self.broker.fetch(target, max, lease, false).await?;
         self.dead_letter_exhausted(target, fetched.exhausted);
         if !fetched.deliveries.is_empty() || wait.is_zero() {
@@ -279,7 +293,9 @@ impl Dispatcher {
 
     /// Deliveries settled on this replica give their credit back now.
     pub fn settled(&self, queue: &str, group: &str, ids: &[&str], due_changed: bool) {
-        let reader = lock(&self.readers).get(&(queue.to_string(), group.to_string())).cloned();
+        let reader = lock(&self.readers)
+            .get(&(queue.to_string(), group.to_string()))
+            .cloned();
         if let Some(r) = reader {
             let freed = {
                 let mut st = lock(&r.state);
@@ -296,7 +312,9 @@ impl Dispatcher {
 
     /// A lease extended on this replica keeps its credit that much longer.
     pub fn extended(&self, queue: &str, group: &str, id: &str, by: Duration) {
-        let reader = lock(&self.readers).get(&(queue.to_string(), group.to_string())).cloned();
+        let reader = lock(&self.readers)
+            .get(&(queue.to_string(), group.to_string()))
+            .cloned();
         if let Some(r) = reader {
             let mut st = lock(&r.state);
             let until = Instant::now() + by;
@@ -338,7 +356,10 @@ impl Dispatcher {
                 if st.subs.is_empty() {
                     drop(st);
                     let mut readers = readers;
-                    readers.remove(&(reader.target.route.queue.clone(), reader.target.group.clone()));
+                    readers.remove(&(
+                        reader.target.route.queue.clone(),
+                        reader.target.group.clone(),
+                    ));
                     break;
                 }
                 drop(readers);
@@ -377,7 +398,7 @@ impl Dispatcher {
             };
             let got = fetched.deliveries.len() as u32;
             self.dead_letter_exhausted(&reader.target, fetched.exhausted);
-            let (leftover, bumps) = reader.dispatch(fetched.deliveries, lease);
+            let Dispatched { leftover, bumps } = reader.dispatch(fetched.deliveries, lease);
             if !leftover.is_empty() {
                 if let Err(e) = self.broker.release(&reader.target, &leftover).await {
                     tracing::warn!(error = %e, "release failed; leases will expire instead");
@@ -393,13 +414,16 @@ impl Dispatcher {
             }
             // Nothing more ready: block until an append, a due time, or a wake-up.
             let block = match fetched.next_due_ms {
-                Some(due) => Duration::from_millis(due.saturating_sub(fetched.now_ms).max(1)).min(MAX_BLOCK),
+                Some(due) => {
+                    Duration::from_millis(due.saturating_sub(fetched.now_ms).max(1)).min(MAX_BLOCK)
+                }
                 None => MAX_BLOCK,
             };
             if conn.is_none() {
                 match self.broker.redis.blocking().await {
                     Ok(mut c) => {
-                        let id: redis::RedisResult<i64> = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await;
+                        let id: redis::RedisResult<i64> =
+                            redis::cmd("CLIENT").arg("ID").query_async(&mut c).await;
                         reader.client_id.store(id.unwrap_or(0), Ordering::Relaxed);
                         conn = Some(c);
                     }
@@ -444,6 +468,14 @@ impl Dispatcher {
     }
 }
 
+/// What a dispatch round could not finish by itself.
+struct Dispatched {
+    /// Deliveries nobody could take: (entry id, attempt), to release.
+    leftover: Vec<(String, u32)>,
+    /// Leases to lengthen for subscribers whose ack_deadline exceeds the one fetched with.
+    bumps: Vec<(super::Receipt, Duration)>,
+}
+
 impl Dispatcher {
     /// `CLIENT UNBLOCK` a reader's blocked XREAD (it returns as if timed out).
     async fn unblock(&self, client_id: i64) {
@@ -465,7 +497,7 @@ impl Reader {
     /// Hand deliveries to subscribers with credit, round robin. Returns the
     /// ones nobody could take (to release) and the leases to lengthen for
     /// subscribers whose ack_deadline exceeds the one fetched with.
-    fn dispatch(&self, deliveries: Vec<Delivery>, fetched_lease: Duration) -> (Vec<(String, u32)>, Vec<(super::Receipt, Duration)>) {
+    fn dispatch(&self, deliveries: Vec<Delivery>, fetched_lease: Duration) -> Dispatched {
         let mut leftover = Vec::new();
         let mut bumps = Vec::new();
         let mut st = lock(&self.state);
@@ -500,7 +532,10 @@ impl Reader {
                         }
                         continue 'next;
                     }
-                    Err(mpsc::error::TrySendError::Full(Ok(back)) | mpsc::error::TrySendError::Closed(Ok(back))) => {
+                    Err(
+                        mpsc::error::TrySendError::Full(Ok(back))
+                        | mpsc::error::TrySendError::Closed(Ok(back)),
+                    ) => {
                         d = back;
                         if lease > fetched_lease {
                             d.lease_expires_ms -= (lease - fetched_lease).as_millis() as u64;
@@ -511,7 +546,7 @@ impl Reader {
             }
             leftover.push((d.message_id, d.attempt));
         }
-        (leftover, bumps)
+        Dispatched { leftover, bumps }
     }
 
     fn wake_due(&self) {

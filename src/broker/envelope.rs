@@ -221,7 +221,10 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
     if let Some(id) = metadata.id {
         headers.push(("leanmq-id".to_string(), id));
     }
-    for (key, header) in [("_failures", "leanmq-failures"), ("_requeues", "leanmq-requeues")] {
+    for (key, header) in [
+        ("_failures", "leanmq-failures"),
+        ("_requeues", "leanmq-requeues"),
+    ] {
         if let Some(v) = members.get(key) {
             headers.push((header.to_string(), v.get().to_string()));
         }
@@ -230,7 +233,8 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
         Some(b64) => match STANDARD.decode(b64.as_bytes()) {
             Ok(p) => (
                 Bytes::from(p),
-                grpc.content_type.unwrap_or_else(|| OCTET_STREAM.to_string()),
+                grpc.content_type
+                    .unwrap_or_else(|| OCTET_STREAM.to_string()),
             ),
             Err(_) => return raw_fallback(data),
         },
@@ -332,7 +336,8 @@ mod tests {
 
     #[test]
     fn json_object_round_trips_and_matches_leanmq_layout() {
-        let payload = br#"{"order_id": "ORD-1", "n": 12345678901234567890, "nested": {"a": [1, 2.50]}}"#;
+        let payload =
+            br#"{"order_id": "ORD-1", "n": 12345678901234567890, "nested": {"a": [1, 2.50]}}"#;
         let data = encode("/order/status", payload, JSON, &[], 1.5).expect("encode");
         let v: serde_json::Value = serde_json::from_str(&data).expect("json");
         assert_eq!(v["order_id"], "ORD-1");
@@ -363,8 +368,14 @@ mod tests {
 
     #[test]
     fn json_non_object_is_stored_verbatim() {
-        let data = encode("/a", b" [1, 2] ", "application/json; charset=utf-8", &[], 0.0)
-            .expect("encode");
+        let data = encode(
+            "/a",
+            b" [1, 2] ",
+            "application/json; charset=utf-8",
+            &[],
+            0.0,
+        )
+        .expect("encode");
         let d = decode(Some(data.as_bytes()));
         assert_eq!(&d.payload[..], b" [1, 2] ");
         assert_eq!(d.content_type, "application/json; charset=utf-8");
@@ -383,20 +394,31 @@ mod tests {
         assert_eq!(&d.payload[..], br#"{"order_id":"ORD-9"}"#);
         assert_eq!(d.content_type, JSON);
         assert!(d.headers.contains(&("leanmq-id".into(), "u-1".into())));
-        assert!(d.headers.iter().any(|(k, v)| k == "leanmq-failures" && v.contains("boom")));
+        assert!(d
+            .headers
+            .iter()
+            .any(|(k, v)| k == "leanmq-failures" && v.contains("boom")));
     }
 
     #[test]
     fn invalid_entries_are_delivered_raw() {
         let d = decode(Some(b"not json"));
         assert_eq!(&d.payload[..], b"not json");
-        assert!(d.headers.contains(&("leanmq-envelope".into(), "invalid".into())));
+        assert!(d
+            .headers
+            .contains(&("leanmq-envelope".into(), "invalid".into())));
     }
 
     #[test]
     fn dead_letter_appends_failures_and_keeps_id() {
         let data = encode("/a", br#"{"k":1}"#, JSON, &[], 1.0).expect("encode");
-        let f = Failure { reason: "boom", attempts: 5, group: "a-group", message_id: "1-0", now: 9.0 };
+        let f = Failure {
+            reason: "boom",
+            attempts: 5,
+            group: "a-group",
+            message_id: "1-0",
+            now: 9.0,
+        };
         let once = dead_letter_data(Some(data.as_bytes()), &f);
         let twice = dead_letter_data(Some(once.as_bytes()), &f);
         let v: serde_json::Value = serde_json::from_str(&twice).expect("json");

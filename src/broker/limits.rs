@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 /// Shortest and longest lease (`ack_deadline`, `Extend.extension`).
-pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(12 * 3600));
+pub const LEASE_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(12 * 3600));
 /// Longest Receive wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Longest Nack delay.

@@ -225,7 +225,10 @@ impl Broker {
         QueueKeys::new(&self.settings.prefix, queue)
     }
 
-    async fn invoke<T: ::redis::FromRedisValue>(&self, inv: ::redis::ScriptInvocation<'_>) -> Result<T> {
+    async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        inv: ::redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
         let mut lane = self.redis.lane().await?;
         let r = inv.invoke_async(&mut lane.conn).await;
         self.redis.settle(&lane, r).await
@@ -236,7 +239,11 @@ impl Broker {
     pub async fn ensure(&self, target: &Target) -> Result<()> {
         let k = self.keys(&target.route.queue);
         let default = crate::routing::default_group(&target.route.queue);
-        let extra = if target.group == default { "" } else { target.group.as_str() };
+        let extra = if target.group == default {
+            ""
+        } else {
+            target.group.as_str()
+        };
         let mut inv = self.scripts.ensure.prepare_invoke();
         inv.key(&k.stream)
             .key(&k.dlq)
@@ -263,7 +270,8 @@ impl Broker {
                     queues.len() - 1
                 }
             };
-            let data = envelope::encode(&m.route.path, &m.payload, &m.content_type, &m.headers, now)?;
+            let data =
+                envelope::encode(&m.route.path, &m.payload, &m.content_type, &m.headers, now)?;
             pairs.push((qi + 1, data));
         }
         let mut inv = self.scripts.send.prepare_invoke();
@@ -288,7 +296,13 @@ impl Broker {
 
     /// One fetch round (see `lua/fetch.lua`). Recreates a vanished group
     /// (NOGROUP: Redis restarted empty) and tries once more.
-    pub async fn fetch(&self, target: &Target, count: u32, lease: Duration, scan_orphans: bool) -> Result<Fetched> {
+    pub async fn fetch(
+        &self,
+        target: &Target,
+        count: u32,
+        lease: Duration,
+        scan_orphans: bool,
+    ) -> Result<Fetched> {
         match self.fetch_once(target, count, lease, scan_orphans).await {
             Err(e) if e.is_nogroup() => {
                 tracing::error!(
@@ -302,9 +316,19 @@ impl Broker {
         }
     }
 
-    async fn fetch_once(&self, target: &Target, count: u32, lease: Duration, scan_orphans: bool) -> Result<Fetched> {
+    async fn fetch_once(
+        &self,
+        target: &Target,
+        count: u32,
+        lease: Duration,
+        scan_orphans: bool,
+    ) -> Result<Fetched> {
         let k = self.keys(&target.route.queue);
-        let orphan_ms = if scan_orphans { self.settings.orphan_timeout.as_millis() as u64 } else { 0 };
+        let orphan_ms = if scan_orphans {
+            self.settings.orphan_timeout.as_millis() as u64
+        } else {
+            0
+        };
         let mut inv = self.scripts.fetch.prepare_invoke();
         inv.key(&k.stream)
             .key(k.leases(&target.group))
@@ -315,7 +339,9 @@ impl Broker {
             .arg(orphan_ms)
             .arg(self.redis.timeout().as_millis() as u64 * 6);
         let v: Value = self.invoke(inv).await?;
-        let top = as_array(&v).filter(|a| a.len() == 5).ok_or_else(|| bad_reply("fetch"))?;
+        let top = as_array(&v)
+            .filter(|a| a.len() == 5)
+            .ok_or_else(|| bad_reply("fetch"))?;
         let now_ms = as_i64(&top[0]).ok_or_else(|| bad_reply("fetch"))? as u64;
         let lease_end = now_ms + lease.as_millis() as u64;
         let mut out = Fetched {
@@ -325,14 +351,19 @@ impl Broker {
             ..Default::default()
         };
         for e in as_array(&top[1]).ok_or_else(|| bad_reply("fetch"))? {
-            let e = as_array(e).filter(|e| e.len() == 3).ok_or_else(|| bad_reply("fetch"))?;
+            let e = as_array(e)
+                .filter(|e| e.len() == 3)
+                .ok_or_else(|| bad_reply("fetch"))?;
             let id = as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?;
             let attempt = as_i64(&e[1]).ok_or_else(|| bad_reply("fetch"))? as u32;
             let data = data_field(&e[2]);
-            out.deliveries.push(self.delivery(target, id, attempt, data.as_deref(), lease_end));
+            out.deliveries
+                .push(self.delivery(target, id, attempt, data.as_deref(), lease_end));
         }
         for e in as_array(&top[2]).ok_or_else(|| bad_reply("fetch"))? {
-            let e = as_array(e).filter(|e| e.len() == 3).ok_or_else(|| bad_reply("fetch"))?;
+            let e = as_array(e)
+                .filter(|e| e.len() == 3)
+                .ok_or_else(|| bad_reply("fetch"))?;
             out.exhausted.push(Exhausted {
                 id: as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?,
                 count: as_i64(&e[1]).ok_or_else(|| bad_reply("fetch"))? as u32,
@@ -342,7 +373,14 @@ impl Broker {
         Ok(out)
     }
 
-    fn delivery(&self, target: &Target, id: String, attempt: u32, data: Option<&[u8]>, lease_end: u64) -> Delivery {
+    fn delivery(
+        &self,
+        target: &Target,
+        id: String,
+        attempt: u32,
+        data: Option<&[u8]>,
+        lease_end: u64,
+    ) -> Delivery {
         let d = envelope::decode(data);
         let receipt = Receipt {
             queue: target.route.queue.clone(),
@@ -404,25 +442,48 @@ impl Broker {
     pub fn backoff(&self, attempt: u32) -> Duration {
         let min = self.settings.retry_min.as_millis() as u64;
         let max = self.settings.retry_max.as_millis() as u64;
-        let exp = min.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(max);
+        let exp = min
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
+            .min(max);
         let half = exp / 2;
         Duration::from_millis(half + rand::rng().random_range(0..=exp - half))
     }
 
     /// Nack: retry after `delay` (or the backoff), or dead-letter now when
     /// asked or when this was the last allowed attempt.
-    pub async fn nack(&self, r: &Receipt, delay: Option<Duration>, dead_letter: bool, reason: &str) -> Result<NackOutcome> {
+    pub async fn nack(
+        &self,
+        r: &Receipt,
+        delay: Option<Duration>,
+        dead_letter: bool,
+        reason: &str,
+    ) -> Result<NackOutcome> {
         let k = self.keys(&r.queue);
         if dead_letter || r.attempt >= self.settings.max_attempts {
             let reason = if dead_letter {
-                if reason.is_empty() { "dead-lettered by the consumer".to_string() } else { reason.to_string() }
+                if reason.is_empty() {
+                    "dead-lettered by the consumer".to_string()
+                } else {
+                    reason.to_string()
+                }
             } else {
                 let why = if reason.is_empty() { "nacked" } else { reason };
-                format!("{why} (attempt {} of max_attempts {})", r.attempt, self.settings.max_attempts)
+                format!(
+                    "{why} (attempt {} of max_attempts {})",
+                    r.attempt, self.settings.max_attempts
+                )
             };
             let data = self.read_data(&k.stream, &r.id).await?;
             return self
-                .move_to_dlq(&r.queue, &r.group, &r.id, HOLDER, r.attempt, data.as_deref(), &reason)
+                .move_to_dlq(
+                    &r.queue,
+                    &r.group,
+                    &r.id,
+                    HOLDER,
+                    r.attempt,
+                    data.as_deref(),
+                    &reason,
+                )
                 .await
                 .map(|dlq_id| NackOutcome::DeadLettered { dlq_id });
         }
@@ -464,8 +525,16 @@ impl Broker {
             "lease expired without ack on attempt {} (max_attempts {})",
             e.count, self.settings.max_attempts
         );
-        self.move_to_dlq(&target.route.queue, &target.group, &e.id, DLQ_HOLD, e.count, e.data.as_deref(), &reason)
-            .await
+        self.move_to_dlq(
+            &target.route.queue,
+            &target.group,
+            &e.id,
+            DLQ_HOLD,
+            e.count,
+            e.data.as_deref(),
+            &reason,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -530,7 +599,9 @@ impl Broker {
         }
         let k = self.keys(&target.route.queue);
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(&k.stream).key(k.leases(&target.group)).arg(&target.group);
+        inv.key(&k.stream)
+            .key(k.leases(&target.group))
+            .arg(&target.group);
         for (id, n) in deliveries {
             inv.arg(id).arg(*n);
         }

@@ -122,7 +122,10 @@ mod tests {
             forge("1\nq\ng\n1-0\n1\nextra"),
             "A".repeat(MAX_RECEIPT_BYTES + 1),
         ] {
-            assert!(matches!(Receipt::decode(&bad), Err(Error::InvalidArgument(_))), "{bad}");
+            assert!(
+                matches!(Receipt::decode(&bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
         }
     }
 }

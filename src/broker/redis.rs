@@ -41,7 +41,8 @@ pub struct LaneConn {
 
 impl Redis {
     pub fn new(url: &str, lanes: usize, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| Error::invalid(format!("redis url: {e}")))?;
+        let client =
+            redis::Client::open(url).map_err(|e| Error::invalid(format!("redis url: {e}")))?;
         let cfg = AsyncConnectionConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout));
@@ -84,7 +85,11 @@ impl Redis {
         match r {
             Ok(v) => Ok(v),
             Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error() {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+                {
                     *self.lanes[lane.lane].lock().await = None;
                 }
                 Err(e.into())

@@ -13,20 +13,21 @@ pub async fn handle(svc: &BrokerService, req: proto::AckRequest) -> Result<proto
         return Err(Error::invalid("receipts is empty"));
     }
     if n > MAX_ACK_RECEIPTS {
-        return Err(Error::invalid(format!("{n} receipts; the limit is {MAX_ACK_RECEIPTS}")));
+        return Err(Error::invalid(format!(
+            "{n} receipts; the limit is {MAX_ACK_RECEIPTS}"
+        )));
     }
     let receipts = req
         .receipts
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            Receipt::decode(r).map_err(|e| Error::invalid(format!("receipts[{i}]: {e}")))
-        })
+        .map(|(i, r)| Receipt::decode(r).map_err(|e| Error::invalid(format!("receipts[{i}]: {e}"))))
         .collect::<Result<Vec<_>>>()?;
     let outcomes = svc.dispatcher.broker().ack(&receipts).await?;
     for (r, o) in receipts.iter().zip(&outcomes) {
         if *o != AckOutcome::Stale {
-            svc.dispatcher.settled(&r.queue, &r.group, &[r.id.as_str()], false);
+            svc.dispatcher
+                .settled(&r.queue, &r.group, &[r.id.as_str()], false);
         }
     }
     Ok(proto::AckResponse {

@@ -29,7 +29,9 @@ pub fn duration(
         return Err(Error::invalid(format!("{field} must not be negative")));
     }
     if d.nanos >= 1_000_000_000 {
-        return Err(Error::invalid(format!("{field} has nanos out of range (0..999999999)")));
+        return Err(Error::invalid(format!(
+            "{field} has nanos out of range (0..999999999)"
+        )));
     }
     let v = Duration::new(d.seconds as u64, d.nanos as u32);
     if v < range.0 || v > range.1 {
@@ -42,7 +44,11 @@ pub fn duration(
 }
 
 /// Like [`duration`], with no lower bound (zero means "use the default").
-pub fn optional_duration(field: &str, d: Option<prost_types::Duration>, max: Duration) -> Result<Option<Duration>> {
+pub fn optional_duration(
+    field: &str,
+    d: Option<prost_types::Duration>,
+    max: Duration,
+) -> Result<Option<Duration>> {
     match d {
         None => Ok(None),
         Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(None),
@@ -53,7 +59,9 @@ pub fn optional_duration(field: &str, d: Option<prost_types::Duration>, max: Dur
 /// Validate a SendRequest (`what` names it in errors, e.g. "messages[3]").
 pub fn outgoing(what: &str, r: proto::SendRequest, max_payload: usize) -> Result<Outgoing> {
     let at = |e: Error| match e {
-        Error::InvalidArgument(m) if !what.is_empty() => Error::InvalidArgument(format!("{what}: {m}")),
+        Error::InvalidArgument(m) if !what.is_empty() => {
+            Error::InvalidArgument(format!("{what}: {m}"))
+        }
         other => other,
     };
     let route = routing::route(&r.path).map_err(at)?;
@@ -66,7 +74,9 @@ pub fn outgoing(what: &str, r: proto::SendRequest, max_payload: usize) -> Result
     let content_type = if r.content_type.is_empty() {
         OCTET_STREAM.to_string()
     } else {
-        if r.content_type.len() > MAX_CONTENT_TYPE_BYTES || r.content_type.chars().any(|c| c.is_control()) {
+        if r.content_type.len() > MAX_CONTENT_TYPE_BYTES
+            || r.content_type.chars().any(|c| c.is_control())
+        {
             return Err(at(Error::invalid(format!(
                 "content_type must be printable and at most {MAX_CONTENT_TYPE_BYTES} bytes"
             ))));
@@ -88,7 +98,10 @@ pub fn outgoing(what: &str, r: proto::SendRequest, max_payload: usize) -> Result
     let mut headers: Vec<(String, String)> = r.headers.into_iter().collect();
     headers.sort();
     for (k, v) in &headers {
-        if k.is_empty() || k.chars().any(|c| c.is_control()) || v.chars().any(|c| c.is_control() && c != '\t') {
+        if k.is_empty()
+            || k.chars().any(|c| c.is_control())
+            || v.chars().any(|c| c.is_control() && c != '\t')
+        {
             return Err(at(Error::invalid(format!(
                 "header {k:?}: keys must be non-empty, and keys and values free of control characters"
             ))));
@@ -163,8 +176,18 @@ mod tests {
         let def = Duration::from_secs(30);
         assert_eq!(duration("d", None, def, range).ok(), Some(def));
         assert_eq!(duration("d", pd(0, 0), def, range).ok(), Some(def));
-        assert_eq!(duration("d", pd(1, 500_000_000), def, range).ok(), Some(Duration::from_millis(1500)));
-        for bad in [pd(-1, 0), pd(0, -5), pd(61, 0), pd(0, 1), pd(1, 1_000_000_000), pd(i64::MAX, 0)] {
+        assert_eq!(
+            duration("d", pd(1, 500_000_000), def, range).ok(),
+            Some(Duration::from_millis(1500))
+        );
+        for bad in [
+            pd(-1, 0),
+            pd(0, -5),
+            pd(61, 0),
+            pd(0, 1),
+            pd(1, 1_000_000_000),
+            pd(i64::MAX, 0),
+        ] {
             assert!(duration("d", bad, def, range).is_err(), "{bad:?}");
         }
     }
@@ -180,7 +203,10 @@ mod tests {
         assert_eq!(o.content_type, OCTET_STREAM);
         let mut big = ok.clone();
         big.payload = bytes::Bytes::from(vec![0u8; 11]);
-        assert!(matches!(outgoing("", big, 10), Err(Error::PayloadTooLarge { .. })));
+        assert!(matches!(
+            outgoing("", big, 10),
+            Err(Error::PayloadTooLarge { .. })
+        ));
         let mut reserved = ok.clone();
         reserved.headers.insert("LeanMQ-id".into(), "x".into());
         assert!(outgoing("", reserved, 10).is_err());

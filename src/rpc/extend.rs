@@ -6,9 +6,17 @@ use crate::broker::receipt::Receipt;
 use crate::error::Result;
 use crate::proto;
 
-pub async fn handle(svc: &BrokerService, req: proto::ExtendRequest) -> Result<proto::ExtendResponse> {
+pub async fn handle(
+    svc: &BrokerService,
+    req: proto::ExtendRequest,
+) -> Result<proto::ExtendResponse> {
     let r = Receipt::decode(&req.receipt)?;
-    let by = convert::duration("extension", req.extension, svc.settings.default_lease, LEASE_RANGE)?;
+    let by = convert::duration(
+        "extension",
+        req.extension,
+        svc.settings.default_lease,
+        LEASE_RANGE,
+    )?;
     let end = svc.dispatcher.broker().extend(&r, by).await?;
     svc.dispatcher.extended(&r.queue, &r.group, &r.id, by);
     Ok(proto::ExtendResponse {

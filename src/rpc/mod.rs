@@ -38,15 +38,22 @@ pub struct BrokerService {
 
 impl BrokerService {
     pub fn new(dispatcher: Arc<Dispatcher>, settings: EdgeSettings) -> Self {
-        BrokerService { dispatcher, settings }
+        BrokerService {
+            dispatcher,
+            settings,
+        }
     }
 }
 
-pub type DeliveryStream = Pin<Box<dyn futures::Stream<Item = Result<proto::Delivery, Status>> + Send>>;
+pub type DeliveryStream =
+    Pin<Box<dyn futures::Stream<Item = Result<proto::Delivery, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl proto::broker_server::Broker for BrokerService {
-    async fn send(&self, req: Request<proto::SendRequest>) -> Result<Response<proto::SendResponse>, Status> {
+    async fn send(
+        &self,
+        req: Request<proto::SendRequest>,
+    ) -> Result<Response<proto::SendResponse>, Status> {
         Ok(Response::new(send::handle(self, req.into_inner()).await?))
     }
 
@@ -54,7 +61,9 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         req: Request<proto::SendBatchRequest>,
     ) -> Result<Response<proto::SendBatchResponse>, Status> {
-        Ok(Response::new(send_batch::handle(self, req.into_inner()).await?))
+        Ok(Response::new(
+            send_batch::handle(self, req.into_inner()).await?,
+        ))
     }
 
     type SubscribeStream = DeliveryStream;
@@ -63,25 +72,38 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         req: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Ok(Response::new(subscribe::handle(self, req.into_inner()).await?))
+        Ok(Response::new(
+            subscribe::handle(self, req.into_inner()).await?,
+        ))
     }
 
     async fn receive(
         &self,
         req: Request<proto::ReceiveRequest>,
     ) -> Result<Response<proto::ReceiveResponse>, Status> {
-        Ok(Response::new(receive::handle(self, req.into_inner()).await?))
+        Ok(Response::new(
+            receive::handle(self, req.into_inner()).await?,
+        ))
     }
 
-    async fn ack(&self, req: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+    async fn ack(
+        &self,
+        req: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
         Ok(Response::new(ack::handle(self, req.into_inner()).await?))
     }
 
-    async fn nack(&self, req: Request<proto::NackRequest>) -> Result<Response<proto::NackResponse>, Status> {
+    async fn nack(
+        &self,
+        req: Request<proto::NackRequest>,
+    ) -> Result<Response<proto::NackResponse>, Status> {
         Ok(Response::new(nack::handle(self, req.into_inner()).await?))
     }
 
-    async fn extend(&self, req: Request<proto::ExtendRequest>) -> Result<Response<proto::ExtendResponse>, Status> {
+    async fn extend(
+        &self,
+        req: Request<proto::ExtendRequest>,
+    ) -> Result<Response<proto::ExtendResponse>, Status> {
         Ok(Response::new(extend::handle(self, req.into_inner()).await?))
     }
 }

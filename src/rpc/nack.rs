@@ -23,9 +23,14 @@ pub async fn handle(svc: &BrokerService, req: proto::NackRequest) -> Result<prot
     let r = Receipt::decode(&req.receipt)?;
     let delay = convert::optional_duration("delay", req.delay, MAX_NACK_DELAY)?;
     let reason = truncate(&req.reason, MAX_REASON_BYTES);
-    let outcome = svc.dispatcher.broker().nack(&r, delay, req.dead_letter, reason).await?;
+    let outcome = svc
+        .dispatcher
+        .broker()
+        .nack(&r, delay, req.dead_letter, reason)
+        .await?;
     let retry = matches!(outcome, NackOutcome::Retry { .. });
-    svc.dispatcher.settled(&r.queue, &r.group, &[r.id.as_str()], retry);
+    svc.dispatcher
+        .settled(&r.queue, &r.group, &[r.id.as_str()], retry);
     Ok(match outcome {
         NackOutcome::Retry { at_ms } => proto::NackResponse {
             outcome: proto::NackOutcome::RetryScheduled as i32,

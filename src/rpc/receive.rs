@@ -5,17 +5,27 @@ use crate::broker::limits::{DEFAULT_MAX_MESSAGES, LEASE_RANGE, MAX_MESSAGES, MAX
 use crate::error::{Error, Result};
 use crate::proto;
 
-pub async fn handle(svc: &BrokerService, req: proto::ReceiveRequest) -> Result<proto::ReceiveResponse> {
+pub async fn handle(
+    svc: &BrokerService,
+    req: proto::ReceiveRequest,
+) -> Result<proto::ReceiveResponse> {
     let target = convert::target(&req.path, &req.group, &req.consumer)?;
     let max = match req.max_messages {
         0 => DEFAULT_MAX_MESSAGES,
         n if n > MAX_MESSAGES => {
-            return Err(Error::invalid(format!("max_messages is {n}; the limit is {MAX_MESSAGES}")))
+            return Err(Error::invalid(format!(
+                "max_messages is {n}; the limit is {MAX_MESSAGES}"
+            )))
         }
         n => n,
     };
     let wait = convert::optional_duration("wait", req.wait, MAX_WAIT)?.unwrap_or_default();
-    let lease = convert::duration("ack_deadline", req.ack_deadline, svc.settings.default_lease, LEASE_RANGE)?;
+    let lease = convert::duration(
+        "ack_deadline",
+        req.ack_deadline,
+        svc.settings.default_lease,
+        LEASE_RANGE,
+    )?;
     svc.dispatcher.broker().ensure(&target).await?;
     let deliveries = svc.dispatcher.receive(&target, max, lease, wait).await?;
     Ok(proto::ReceiveResponse {

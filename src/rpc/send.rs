@@ -6,7 +6,14 @@ use crate::proto;
 
 pub async fn handle(svc: &BrokerService, req: proto::SendRequest) -> Result<proto::SendResponse> {
     let msg = convert::outgoing("", req, svc.settings.max_payload_bytes)?;
-    let ids = svc.dispatcher.broker().send(std::slice::from_ref(&msg)).await?;
-    let message_id = ids.into_iter().next().ok_or_else(|| Error::Internal("send returned no id".into()))?;
+    let ids = svc
+        .dispatcher
+        .broker()
+        .send(std::slice::from_ref(&msg))
+        .await?;
+    let message_id = ids
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Internal("send returned no id".into()))?;
     Ok(proto::SendResponse { message_id })
 }

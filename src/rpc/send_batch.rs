@@ -4,7 +4,10 @@ use super::{convert, BrokerService};
 use crate::error::{Error, Result};
 use crate::proto;
 
-pub async fn handle(svc: &BrokerService, req: proto::SendBatchRequest) -> Result<proto::SendBatchResponse> {
+pub async fn handle(
+    svc: &BrokerService,
+    req: proto::SendBatchRequest,
+) -> Result<proto::SendBatchResponse> {
     let n = req.messages.len();
     if n == 0 {
         return Err(Error::invalid("messages is empty; send at least one"));
@@ -19,10 +22,15 @@ pub async fn handle(svc: &BrokerService, req: proto::SendBatchRequest) -> Result
         .messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| convert::outgoing(&format!("messages[{i}]"), m, svc.settings.max_payload_bytes))
+        .map(|(i, m)| {
+            convert::outgoing(&format!("messages[{i}]"), m, svc.settings.max_payload_bytes)
+        })
         .collect::<Result<Vec<_>>>()?;
     let ids = svc.dispatcher.broker().send(&msgs).await?;
     Ok(proto::SendBatchResponse {
-        results: ids.into_iter().map(|message_id| proto::SendResponse { message_id }).collect(),
+        results: ids
+            .into_iter()
+            .map(|message_id| proto::SendResponse { message_id })
+            .collect(),
     })
 }

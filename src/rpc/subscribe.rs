@@ -13,11 +13,18 @@ pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result
     let max_in_flight = match req.max_in_flight {
         0 => DEFAULT_MAX_IN_FLIGHT,
         n if n > MAX_IN_FLIGHT => {
-            return Err(Error::invalid(format!("max_in_flight is {n}; the limit is {MAX_IN_FLIGHT}")))
+            return Err(Error::invalid(format!(
+                "max_in_flight is {n}; the limit is {MAX_IN_FLIGHT}"
+            )))
         }
         n => n,
     };
-    let lease = convert::duration("ack_deadline", req.ack_deadline, svc.settings.default_lease, LEASE_RANGE)?;
+    let lease = convert::duration(
+        "ack_deadline",
+        req.ack_deadline,
+        svc.settings.default_lease,
+        LEASE_RANGE,
+    )?;
     svc.dispatcher.broker().ensure(&target).await?;
     let sub = svc.dispatcher.subscribe(&target, max_in_flight, lease);
     tracing::debug!(queue = %target.route.queue, group = %target.group, consumer = %req.consumer, "subscribed");

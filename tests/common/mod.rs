@@ -71,8 +71,12 @@ impl RedisProc {
         if !self.extra.iter().any(|a| a == "--appendonly") {
             cmd.arg("--appendonly").arg("no");
         }
-        cmd.args(&self.extra).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("redis-server on PATH (apt-get install redis-server)");
+        cmd.args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = redis::Client::open(self.url()).expect("url");
         while Instant::now() < deadline {
@@ -80,14 +84,23 @@ impl RedisProc {
                 return false; // port taken, most likely
             }
             if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    self.child = Some(child);
-                    return true;
+                // Make sure it is our server answering, not another test's
+                // that won a race for the same port.
+                if let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c) {
+                    let ours = format!("process_id:{}", child.id());
+                    if info.lines().any(|l| l.trim() == ours) {
+                        self.child = Some(child);
+                        return true;
+                    }
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
+        let _ = child.wait();
         false
     }
 
@@ -147,7 +160,9 @@ impl Leanmqd {
         let mut cfg = Config::for_redis(redis_url);
         cfg.shutdown_grace = Duration::from_secs(5);
         tweak(&mut cfg);
-        let running = server::start(&cfg, redis_url).await.expect("leanmqd starts");
+        let running = server::start(&cfg, redis_url)
+            .await
+            .expect("leanmqd starts");
         Leanmqd {
             addr: running.addr,
             running: Some(running),
@@ -218,7 +233,11 @@ pub fn bytes_send(path: &str, payload: &[u8]) -> proto::SendRequest {
 }
 
 pub async fn send(c: &mut Client, path: &str, payload: &[u8]) -> String {
-    c.send(bytes_send(path, payload)).await.expect("send").into_inner().message_id
+    c.send(bytes_send(path, payload))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id
 }
 
 pub async fn subscribe(
@@ -250,7 +269,13 @@ pub async fn next(s: &mut tonic::Streaming<proto::Delivery>) -> proto::Delivery 
 }
 
 /// Receive with a wait, expecting at least one delivery.
-pub async fn receive(c: &mut Client, path: &str, group: &str, max: u32, lease_ms: u64) -> Vec<proto::Delivery> {
+pub async fn receive(
+    c: &mut Client,
+    path: &str,
+    group: &str,
+    max: u32,
+    lease_ms: u64,
+) -> Vec<proto::Delivery> {
     c.receive(proto::ReceiveRequest {
         path: path.into(),
         group: group.into(),
@@ -298,7 +323,11 @@ where
 
 /// XPENDING summary count of a group.
 pub fn pending_count(r: &RedisProc, stream: &str, group: &str) -> i64 {
-    let v: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query(&mut r.conn()).expect("xpending");
+    let v: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query(&mut r.conn())
+        .expect("xpending");
     match v {
         redis::Value::Array(a) => match a.first() {
             Some(redis::Value::Int(n)) => *n,
@@ -309,7 +338,10 @@ pub fn pending_count(r: &RedisProc, stream: &str, group: &str) -> i64 {
 }
 
 pub fn xlen(r: &RedisProc, key: &str) -> i64 {
-    redis::cmd("XLEN").arg(key).query(&mut r.conn()).expect("xlen")
+    redis::cmd("XLEN")
+        .arg(key)
+        .query(&mut r.conn())
+        .expect("xlen")
 }
 
 /// The `data` JSON of every entry in a stream.
@@ -327,7 +359,10 @@ pub fn entries(r: &RedisProc, key: &str) -> Vec<(String, serde_json::Value)> {
                 .find(|(k, _)| k == "data")
                 .map(|(_, v)| v)
                 .unwrap_or_default();
-            (id, serde_json::from_str(&data).unwrap_or(serde_json::Value::Null))
+            (
+                id,
+                serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+            )
         })
         .collect()
 }
