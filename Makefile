@@ -1,0 +1,48 @@
+# leanmq-grpc — every entry point a person or CI needs.
+#   make run    start leanmqd on 127.0.0.1:50051 with an embedded redis-server
+#   make test   run every test (installs what it needs first)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: run test setup redis venv lint fmt clippy ci clean
+
+run: redis
+	$(CARGO) run --release --bin leanmqd -- $(ARGS)
+
+test: setup
+	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+setup: redis venv
+
+# redis-server from Debian's packages, when missing.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
+	@redis-server --version
+
+# The Python venv the LeanMQ interop tests drive (the real leanmq==0.2.0).
+venv: $(VENV)/.ok
+$(VENV)/.ok:
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q leanmq==0.2.0
+	touch $@
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+lint: fmt clippy
+
+ci: lint test
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) leanmqd-data

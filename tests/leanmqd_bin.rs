@@ -1,0 +1,150 @@
+//! The `leanmqd` binary itself: configuration errors, the embedded Redis,
+//! and the SIGTERM drain, with real processes and signals.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_leanmqd");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+#[test]
+fn bad_configuration_exits_64_before_binding() {
+    for args in [
+        vec!["--redis-url", "not-a-url"],
+        vec!["--listen", "nowhere"],
+        vec!["--max-attempts", "0"],
+        vec!["--retry-min", "10s", "--retry-max", "1s"],
+        vec!["--ack-deadline", "1ms"],
+        vec!["--log-format", "xml"],
+        vec!["--no-such-flag"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("LEANMQ_REDIS_URL")
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{args:?} explains itself");
+    }
+    let env = Command::new(BIN)
+        .env("LEANMQ_MAX_BATCH", "0")
+        .output()
+        .expect("run");
+    assert_eq!(env.status.code(), Some(64), "env twins are validated too");
+}
+
+#[tokio::test]
+async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("LEANMQ_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut c = eventually("leanmqd accepts connections", || {
+        let addr = addr.clone();
+        async move {
+            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let id = send(&mut c, "/embedded", b"kept").await;
+    let got = receive(&mut c, "/embedded", "", 1, 30_000).await;
+    assert_eq!(got[0].message_id, id);
+
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    let t0 = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "within the grace period"
+    );
+    // The data is in the AOF of the data dir, and the child redis is gone.
+    let aof = std::fs::read_dir(dir.path().join("appendonlydir"))
+        .expect("aof dir")
+        .count();
+    assert!(aof > 0);
+    assert!(
+        !dir.path().join("redis.sock").exists()
+            || std::os::unix::net::UnixStream::connect(dir.path().join("redis.sock")).is_err()
+    );
+
+    // Started again on the same data dir, the unacked message is still there.
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("LEANMQ_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    eventually("leanmqd accepts connections again", || {
+        let addr = addr.clone();
+        async move {
+            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    // The unacked message survived the restart, still pending for its group.
+    let url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("embedded redis");
+    let len: i64 = redis::cmd("XLEN")
+        .arg("webhook:embedded")
+        .query(&mut conn)
+        .expect("xlen");
+    assert_eq!(len, 1);
+    let p: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+        .arg("webhook:embedded")
+        .arg("embedded-group")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut conn)
+        .expect("xpending");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, id);
+    let _ = child.start_kill();
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
