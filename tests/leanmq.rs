@@ -211,3 +211,110 @@ async fn a_message_held_by_a_crashed_leanmq_worker_is_reclaimed() {
     assert_eq!(ack(&mut c, &[&m.receipt]).await, vec![1]);
     assert_eq!(pending_count(&redis, "webhook:orphan", "orphan-group"), 0);
 }
+
+/// The layout of `../shared/leanmq-wire-format.md`, written by hand with
+/// plain Redis commands: leanmqd must read it, and add to it, as LeanMQ does.
+#[tokio::test]
+async fn the_wire_format_written_by_hand_is_read_and_extended() {
+    let redis = RedisProc::start();
+    let mut r = redis.conn();
+    let q = "Order_Status";
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(format!("webhook:{q}"))
+        .arg(format!("{q}-group"))
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut r)
+        .expect("group");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(format!("webhook:{q}:dlq"))
+        .arg(format!("{q}-group-dlq"))
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut r)
+        .expect("dlq group");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("webhook:{q}:metadata"))
+        .arg("created_at")
+        .arg("1.5")
+        .arg("dlq")
+        .arg(format!("webhook:{q}:dlq"))
+        .arg("consumer_group")
+        .arg(format!("{q}-group"))
+        .query(&mut r)
+        .expect("meta");
+    let _: () = redis::cmd("SADD")
+        .arg("webhook:registry")
+        .arg(format!("webhook:{q}"))
+        .arg(format!("webhook:{q}:dlq"))
+        .query(&mut r)
+        .expect("registry");
+    let data = json!({
+        "order_id": "ORD-7",
+        "_metadata": {"id": "0b3a2c1e-0000-4000-8000-000000000000", "timestamp": 1732800000.5, "ttl": null},
+        "_leanmq": {"webhook": {"path": "/Order.Status", "timestamp": 1732800000.5}},
+        "_failures": [{"timestamp": 1732800001.0, "reason": "Processing error: boom"}],
+        "_requeues": [{"timestamp": 1732800002.0, "from_dlq": "webhook:Order_Status:dlq", "to_queue": "webhook:Order_Status"}]
+    });
+    let id: String = redis::cmd("XADD")
+        .arg(format!("webhook:{q}"))
+        .arg("*")
+        .arg("data")
+        .arg(data.to_string())
+        .query(&mut r)
+        .expect("xadd");
+
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    // "/Order.Status" maps to the same queue; the empty group is LeanMQ's.
+    let m = receive(&mut c, "/Order.Status", "", 1, 30_000)
+        .await
+        .remove(0);
+    assert_eq!(m.message_id, id);
+    assert_eq!(m.path, "/Order.Status");
+    assert_eq!(m.group, "Order_Status-group");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.payload).expect("json"),
+        json!({"order_id": "ORD-7"})
+    );
+    assert_eq!(
+        m.headers.get("leanmq-id").map(String::as_str),
+        Some("0b3a2c1e-0000-4000-8000-000000000000")
+    );
+    let failures: Value =
+        serde_json::from_str(m.headers.get("leanmq-failures").expect("failures")).expect("json");
+    assert_eq!(failures[0]["reason"], "Processing error: boom");
+    assert!(m.headers.contains_key("leanmq-requeues"));
+    assert_eq!(m.published_at.expect("published_at").seconds, 1732800000);
+    // Dead-lettering it appends to LeanMQ's `_failures` list and keeps `_metadata.id`.
+    c.nack(leanmq_grpc::proto::NackRequest {
+        receipt: m.receipt,
+        dead_letter: true,
+        reason: "second".into(),
+        delay: None,
+    })
+    .await
+    .expect("nack");
+    let dlq = entries(&redis, &format!("webhook:{q}:dlq"));
+    let f = dlq[0].1["_failures"].as_array().expect("list");
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[1]["reason"], "second");
+    assert_eq!(
+        dlq[0].1["_metadata"]["id"],
+        "0b3a2c1e-0000-4000-8000-000000000000"
+    );
+    assert_eq!(dlq[0].1["_requeues"], data["_requeues"]);
+    // A Send writes exactly one field, `data`.
+    send(&mut c, "/Order.Status", b"x").await;
+    let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("webhook:{q}"))
+        .arg("-")
+        .arg("+")
+        .query(&mut r)
+        .expect("xrange");
+    let last = &raw.last().expect("entry").1;
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].0, "data");
+}
