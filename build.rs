@@ -11,7 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("leanmq_descriptor.bin"))
         .bytes(".leanmq.v1")
         .compile_protos(
-            &[std::path::PathBuf::from("proto/leanmq/v1/broker.proto")],
+            &[
+                std::path::PathBuf::from("proto/leanmq/v1/broker.proto"),
+                std::path::PathBuf::from("proto/leanmq/v1/admin.proto"),
+            ],
             &[std::path::PathBuf::from("proto"), include],
         )?;
     println!("cargo:rerun-if-changed=proto");

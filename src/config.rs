@@ -72,6 +72,25 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_ORPHAN_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub orphan_timeout: Duration,
 
+    /// How long an idempotency key is remembered per queue.
+    #[arg(long, env = "LEANMQ_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+
+    /// Acked entries (acked by every group, pending nowhere) are kept this
+    /// long for replay and inspection, then trimmed. Unacked entries are
+    /// never trimmed by this. "0s" trims acked entries at the next sweep.
+    #[arg(long, env = "LEANMQ_RETENTION_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub retention_max_age: Duration,
+
+    /// How often the retention sweep runs.
+    #[arg(long, env = "LEANMQ_RETENTION_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Opt-in hard cap on stream length. LOSES DATA: the oldest entries go,
+    /// read or not. Counted (GetQueue `dropped`) and logged as a warning.
+    #[arg(long, env = "LEANMQ_MAX_LEN")]
+    pub max_len: Option<u64>,
+
     /// How long a SIGTERM/SIGINT drain may take before leanmqd exits anyway.
     #[arg(long, env = "LEANMQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -122,6 +141,15 @@ impl Config {
         }
         if self.orphan_timeout < Duration::from_secs(1) {
             return Err("--orphan-timeout must be at least 1s".into());
+        }
+        if self.dedup_window < Duration::from_secs(1) {
+            return Err("--dedup-window must be at least 1s".into());
+        }
+        if self.retention_interval < Duration::from_millis(100) {
+            return Err("--retention-interval must be at least 100ms".into());
+        }
+        if self.max_len == Some(0) {
+            return Err("--max-len must be at least 1 (leave it unset for no cap)".into());
         }
         if self.redis_timeout < Duration::from_millis(10) {
             return Err("--redis-timeout must be at least 10ms".into());

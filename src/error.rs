@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{0}")]
     LeaseLost(String),
 
+    /// The named queue (or other object) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
     /// Redis could not be reached or did not answer in time. The operation
     /// may or may not have been applied; the client should retry.
     #[error("redis unavailable: {0}")]
@@ -92,6 +96,7 @@ impl From<Error> for tonic::Status {
         let code = match &e {
             Error::InvalidArgument(_) | Error::PayloadTooLarge { .. } => Code::InvalidArgument,
             Error::LeaseLost(_) => Code::FailedPrecondition,
+            Error::NotFound(_) => Code::NotFound,
             Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         };

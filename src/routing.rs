@@ -8,6 +8,11 @@
 //! | `{prefix}{q}:expiry` | LeanMQ's TTL sorted set |
 //! | `{prefix}registry` | set of every queue and DLQ stream key |
 //! | `{prefix}{q}:leases:{group}` | leanmq-grpc: due time (ms, Redis clock) of every pending entry the broker manages for `group` |
+//! | `{prefix}{q}:delayed`, `{prefix}{q}:delayed:data` | leanmq-grpc: delayed messages (due ms) and their envelopes, until appended |
+//! | `{prefix}{q}:dedup:{key}` | leanmq-grpc: idempotency key → first message's id, expiring after the dedup window |
+//! | `{prefix}{q}:paths` | leanmq-grpc: the paths seen for this queue (for patterns and ListQueues) |
+//! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
+//! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
 //!
 //! Queue names hold only alphanumerics and `_`, so no queue's keys can
 //! collide with another queue's `:`-suffixed keys.
@@ -125,6 +130,11 @@ pub struct QueueKeys {
     pub dlq_meta: String,
     pub expiry: String,
     pub registry: String,
+    pub delayed: String,
+    pub delayed_data: String,
+    pub paths: String,
+    pub stats: String,
+    pub schedule: String,
 }
 
 impl QueueKeys {
@@ -137,6 +147,11 @@ impl QueueKeys {
             dlq_meta: format!("{stream}:dlq:metadata"),
             expiry: format!("{stream}:expiry"),
             registry: format!("{prefix}registry"),
+            delayed: format!("{stream}:delayed"),
+            delayed_data: format!("{stream}:delayed:data"),
+            paths: format!("{stream}:paths"),
+            stats: format!("{stream}:stats"),
+            schedule: format!("{prefix}schedule"),
             stream,
         }
     }
@@ -144,6 +159,70 @@ impl QueueKeys {
     /// The due-time sorted set leanmq-grpc keeps for one group.
     pub fn leases(&self, group: &str) -> String {
         format!("{}:leases:{group}", self.stream)
+    }
+}
+
+/// A Subscribe pattern, as NATS subjects: `*` matches one segment, a final
+/// `>` matches one or more.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    /// The pattern as given, normalized like a path.
+    pub text: String,
+    segments: Vec<String>,
+}
+
+/// The segments of a normalized path (`/a/b` → `["a", "b"]`).
+fn segments(normalized: &str) -> Vec<&str> {
+    normalized.trim_start_matches('/').split('/').collect()
+}
+
+impl Pattern {
+    /// `Ok(None)` when `path` is a plain path (no wildcard segment).
+    pub fn parse(path: &str) -> Result<Option<Pattern>> {
+        let normalized = normalize_path(path);
+        let segs = segments(&normalized);
+        if !segs.iter().any(|s| s.contains('*') || s.contains('>')) {
+            return Ok(None);
+        }
+        route(path)?; // length and character checks
+        for (i, s) in segs.iter().enumerate() {
+            let wild = *s == "*" || *s == ">";
+            if !wild && (s.contains('*') || s.contains('>')) {
+                return Err(Error::invalid(format!(
+                    "pattern {path:?}: a wildcard must be a whole segment (\"*\" or a final \">\")"
+                )));
+            }
+            if *s == ">" && i + 1 != segs.len() {
+                return Err(Error::invalid(format!(
+                    "pattern {path:?}: \">\" may only be the last segment"
+                )));
+            }
+            if s.is_empty() {
+                return Err(Error::invalid(format!(
+                    "pattern {path:?} has an empty segment"
+                )));
+            }
+        }
+        Ok(Some(Pattern {
+            segments: segs.iter().map(|s| s.to_string()).collect(),
+            text: normalized,
+        }))
+    }
+
+    /// Does a normalized path match?
+    pub fn matches(&self, path: &str) -> bool {
+        let segs = segments(path);
+        let mut i = 0;
+        for (k, p) in self.segments.iter().enumerate() {
+            if p == ">" {
+                return segs.len() > k;
+            }
+            match segs.get(i) {
+                Some(s) if p == "*" || p == s => i += 1,
+                _ => return false,
+            }
+        }
+        i == segs.len()
     }
 }
 
@@ -188,6 +267,22 @@ mod tests {
                 matches!(route(bad), Err(Error::InvalidArgument(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn patterns_match_like_nats_subjects() {
+        let p = |s: &str| Pattern::parse(s).ok().flatten().expect("pattern");
+        assert!(Pattern::parse("/order/status").ok().flatten().is_none());
+        assert!(p("/order/*").matches("/order/status"));
+        assert!(!p("/order/*").matches("/order/status/eu"));
+        assert!(!p("/order/*").matches("/order"));
+        assert!(p("/order/>").matches("/order/status/eu"));
+        assert!(!p("/order/>").matches("/order"));
+        assert!(p("/*/status").matches("/order/status"));
+        assert!(!p("/*/status").matches("/order/payment"));
+        for bad in ["/order/>/x", "/ord*", "/a/b>", "/a//*"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -13,12 +13,15 @@ use tonic_health::ServingStatus;
 use crate::broker::dispatch::Dispatcher;
 use crate::broker::{self, Broker};
 use crate::config::Config;
+use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
+use crate::rpc::admin::AdminService;
 use crate::rpc::{BrokerService, EdgeSettings};
 use crate::shutdown::Drain;
 
 /// Name under which health reports the broker (and "" for the server).
 const BROKER_SERVICE: &str = "leanmq.v1.Broker";
+const ADMIN_SERVICE: &str = "leanmq.v1.Admin";
 
 /// A running leanmqd.
 pub struct Running {
@@ -70,10 +73,21 @@ pub async fn serve(
             retry_min: cfg.retry_min,
             retry_max: cfg.retry_max,
             orphan_timeout: cfg.orphan_timeout,
+            dedup_window: cfg.dedup_window,
         },
         redis,
     ));
     let (drain, drain_rx) = Drain::new();
+    broker::background::spawn(
+        broker.clone(),
+        broker::background::Retention {
+            max_age: cfg.retention_max_age,
+            interval: cfg.retention_interval,
+            max_len: cfg.max_len,
+        },
+        drain.subscribe(),
+    );
+    let admin_svc = AdminServer::new(AdminService::new(broker.clone()));
     let dispatcher = Dispatcher::new(broker.clone(), drain_rx);
     let service = BrokerService::new(
         dispatcher,
@@ -129,7 +143,8 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(broker_svc);
+        .add_service(broker_svc)
+        .add_service(admin_svc);
     let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 
     let grace = cfg.shutdown_grace;
@@ -175,8 +190,9 @@ async fn watch_redis(
             } else {
                 tracing::error!("redis unreachable: NOT_SERVING");
             }
-            reporter.set_service_status(BROKER_SERVICE, status).await;
-            reporter.set_service_status("", status).await;
+            for name in ["", BROKER_SERVICE, ADMIN_SERVICE] {
+                reporter.set_service_status(name, status).await;
+            }
         }
     }
 }

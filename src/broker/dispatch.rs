@@ -13,16 +13,18 @@
 //! acked on another replica frees its credit when its lease would have ended.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::limits::FETCH_BATCH;
+use super::receipt::Receipt;
 use super::{Broker, Delivery, Target};
 use crate::error::{Error, Result};
+use crate::routing::Pattern;
 
 type Item = Result<Delivery>;
 
@@ -65,9 +67,57 @@ struct State {
 struct Sub {
     id: u64,
     tx: mpsc::Sender<Item>,
-    max_in_flight: u32,
-    in_flight: u32,
+    /// The stream's credit; shared by every reader a pattern subscription uses.
+    credit: Arc<Credit>,
     lease: Duration,
+}
+
+/// A subscription's `max_in_flight`, counted across all its readers.
+struct Credit {
+    max: u32,
+    in_flight: AtomicU32,
+    /// Readers drawing on this credit, woken when some comes back.
+    readers: Mutex<Vec<Weak<Reader>>>,
+}
+
+impl Credit {
+    fn new(max: u32) -> Arc<Self> {
+        Arc::new(Credit {
+            max,
+            in_flight: AtomicU32::new(0),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn available(&self) -> u32 {
+        self.max
+            .saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    fn take(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Return one unit without waking anyone (it was never used).
+    fn untake(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Return one unit and wake the readers that can use it.
+    fn give(&self) {
+        self.untake();
+        for r in lock(&self.readers).iter().filter_map(Weak::upgrade) {
+            r.credit.notify_one();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,8 +130,8 @@ impl State {
     fn free(&mut self, id: &str) -> bool {
         match self.owners.remove(id) {
             Some((sub, _)) => {
-                if let Some(s) = self.subs.iter_mut().find(|s| s.id == sub) {
-                    s.in_flight = s.in_flight.saturating_sub(1);
+                if let Some(s) = self.subs.iter().find(|s| s.id == sub) {
+                    s.credit.give();
                 }
                 true
             }
@@ -110,7 +160,7 @@ impl State {
         let mut credit = 0u32;
         let mut lease: Option<Duration> = None;
         for s in &self.subs {
-            let c = s.max_in_flight.saturating_sub(s.in_flight);
+            let c = s.credit.available();
             if c > 0 && !s.tx.is_closed() {
                 credit = credit.saturating_add(c);
                 lease = Some(lease.map_or(s.lease, |l: Duration| l.min(s.lease)));
@@ -120,13 +170,17 @@ impl State {
     }
 }
 
+/// Where a subscription is registered: (reader, subscriber id) pairs.
+type Registrations = Arc<Mutex<Vec<(Arc<Reader>, u64)>>>;
+
 /// A local subscriber's end: deliveries arrive here. Dropping it
 /// unsubscribes and gives back what it never received.
 pub struct Subscription {
     rx: mpsc::Receiver<Item>,
-    reader: Arc<Reader>,
+    /// Where this subscription is registered: (reader, subscriber id). One
+    /// for a path; one per matching queue for a pattern (grows as queues appear).
+    regs: Registrations,
     broker: Arc<Broker>,
-    id: u64,
     shutdown: watch::Receiver<bool>,
     done: bool,
 }
@@ -157,11 +211,10 @@ impl Subscription {
 
     /// Stop receiving, and return what had already arrived (for Receive).
     fn close(&mut self) -> Vec<Delivery> {
-        {
-            let mut st = lock(&self.reader.state);
-            st.subs.retain(|s| s.id != self.id);
+        for (reader, id) in lock(&self.regs).iter() {
+            lock(&reader.state).subs.retain(|s| s.id != *id);
+            reader.credit.notify_one();
         }
-        self.reader.credit.notify_one();
         self.rx.close();
         let mut out = Vec::new();
         while let Ok(item) = self.rx.try_recv() {
@@ -177,26 +230,30 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let undelivered = self.close();
-        {
-            let mut st = lock(&self.reader.state);
-            let id = self.id;
-            st.owners.retain(|_, (sub, _)| *sub != id);
+        let regs: Vec<(Arc<Reader>, u64)> = std::mem::take(&mut *lock(&self.regs));
+        for (reader, id) in &regs {
+            lock(&reader.state).owners.retain(|_, (sub, _)| sub != id);
         }
         if undelivered.is_empty() {
             return;
         }
-        let pairs: Vec<(String, u32)> = undelivered
-            .into_iter()
-            .map(|d| (d.message_id, d.attempt))
-            .collect();
         let broker = self.broker.clone();
-        let reader = self.reader.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = broker.release(&reader.target, &pairs).await {
-                    tracing::warn!(error = %e, n = pairs.len(), "could not release undelivered messages; they are redelivered when their lease ends");
+                for (reader, _) in regs {
+                    let pairs: Vec<(String, u32)> = undelivered
+                        .iter()
+                        .filter(|d| Receipt::decode(&d.receipt).is_ok_and(|r| r.queue == reader.target.route.queue))
+                        .map(|d| (d.message_id.clone(), d.attempt))
+                        .collect();
+                    if pairs.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = broker.release(&reader.target, &pairs).await {
+                        tracing::warn!(error = %e, n = pairs.len(), "could not release undelivered messages; they are redelivered when their lease ends");
+                    }
+                    reader.due.notify_one();
                 }
-                reader.due.notify_one();
             });
         }
     }
@@ -225,6 +282,81 @@ impl Dispatcher {
     ) -> Subscription {
         // One spare slot so the channel never refuses a delivery the credit allows.
         let (tx, rx) = mpsc::channel(max_in_flight as usize + 1);
+        let credit = Credit::new(max_in_flight);
+        let reg = self.register(target, tx, credit, lease);
+        Subscription {
+            rx,
+            regs: Arc::new(Mutex::new(vec![reg])),
+            broker: self.broker.clone(),
+            shutdown: self.shutdown.clone(),
+            done: false,
+        }
+    }
+
+    /// Subscribe to every queue whose path matches `pattern`, now and as
+    /// queues appear (checked every second), sharing one credit.
+    pub fn subscribe_pattern(
+        self: &Arc<Self>,
+        pattern: Pattern,
+        group: Option<String>,
+        start: String,
+        max_in_flight: u32,
+        lease: Duration,
+    ) -> Subscription {
+        let (tx, rx) = mpsc::channel(max_in_flight as usize + 1);
+        let credit = Credit::new(max_in_flight);
+        let regs = Arc::new(Mutex::new(Vec::new()));
+        let weak = Arc::downgrade(&regs);
+        let this = self.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut attached: std::collections::HashSet<String> = std::collections::HashSet::new();
+            loop {
+                let Some(regs) = weak.upgrade() else { return };
+                match this.broker.matching_queues(&pattern).await {
+                    Ok(routes) => {
+                        for route in routes {
+                            if attached.contains(&route.queue) {
+                                continue;
+                            }
+                            let group = group
+                                .clone()
+                                .unwrap_or_else(|| crate::routing::default_group(&route.queue));
+                            let target = Target { route, group };
+                            if let Err(e) = this.broker.ensure(&target, &start, None).await {
+                                tracing::warn!(error = %e, queue = %target.route.queue, "pattern: cannot attach queue");
+                                continue;
+                            }
+                            attached.insert(target.route.queue.clone());
+                            let reg = this.register(&target, tx.clone(), credit.clone(), lease);
+                            lock(&regs).push(reg);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "pattern: cannot list queues"),
+                }
+                drop(regs);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Subscription {
+            rx,
+            regs,
+            broker: self.broker.clone(),
+            shutdown: self.shutdown.clone(),
+            done: false,
+        }
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        target: &Target,
+        tx: mpsc::Sender<Item>,
+        credit: Arc<Credit>,
+        lease: Duration,
+    ) -> (Arc<Reader>, u64) {
         let mut readers = lock(&self.readers);
         let key = (target.route.queue.clone(), target.group.clone());
         let reader = readers
@@ -241,6 +373,7 @@ impl Dispatcher {
                 r
             })
             .clone();
+        lock(&credit.readers).push(Arc::downgrade(&reader));
         let id = {
             let mut st = lock(&reader.state);
             st.next_id += 1;
@@ -248,22 +381,14 @@ impl Dispatcher {
             st.subs.push(Sub {
                 id,
                 tx,
-                max_in_flight,
-                in_flight: 0,
+                credit,
                 lease,
             });
             id
         };
         drop(readers);
         reader.credit.notify_one();
-        Subscription {
-            rx,
-            reader,
-            broker: self.broker.clone(),
-            id,
-            shutdown: self.shutdown.clone(),
-            done: false,
-        }
+        (reader, id)
     }
 
     /// Pull up to `max` deliveries, waiting up to `wait` for the first.
@@ -507,7 +632,7 @@ impl Reader {
             for k in 0..n {
                 let i = (st.rr + k) % n;
                 let s = &mut st.subs[i];
-                if s.in_flight >= s.max_in_flight {
+                if !s.credit.take() {
                     continue;
                 }
                 let lease = s.lease;
@@ -518,7 +643,6 @@ impl Reader {
                 let receipt = d.receipt.clone();
                 match s.tx.try_send(Ok(d)) {
                     Ok(()) => {
-                        s.in_flight += 1;
                         let sub = s.id;
                         st.free(&id);
                         let until = now + lease;
@@ -541,7 +665,10 @@ impl Reader {
                             d.lease_expires_ms -= (lease - fetched_lease).as_millis() as u64;
                         }
                     }
-                    Err(_) => continue 'next,
+                    Err(_) => {
+                        s.credit.untake();
+                        continue 'next;
+                    }
                 }
             }
             leftover.push((d.message_id, d.attempt));

@@ -61,6 +61,7 @@ pub fn encode(
     payload: &[u8],
     content_type: &str,
     headers: &[(String, String)],
+    ttl_secs: Option<u64>,
     now: f64,
 ) -> Result<String> {
     let mut members: Option<Members> = None;
@@ -140,7 +141,14 @@ pub fn encode(
     out.push_str(&uuid::Uuid::new_v4().to_string());
     out.push_str("\",\"timestamp\":");
     out.push_str(&now.to_string());
-    out.push_str(",\"ttl\":null}}");
+    match ttl_secs {
+        Some(t) => {
+            out.push_str(",\"ttl\":");
+            out.push_str(&t.to_string());
+            out.push_str("}}");
+        }
+        None => out.push_str(",\"ttl\":null}}"),
+    }
     Ok(out)
 }
 
@@ -268,6 +276,84 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
     }
 }
 
+/// The `data` of a requeued copy of a dead letter: a LeanMQ `_requeues`
+/// record appended and `_metadata` renewed (keeping its id), as LeanMQ's
+/// `requeue_messages` does.
+pub fn requeue_data(data: Option<&[u8]>, from_dlq: &str, to_queue: &str, now: f64) -> String {
+    let mut members = match data.map(serde_json::from_slice::<Members>) {
+        Some(Ok(m)) => m,
+        _ => {
+            let wrapped = format!(
+                "{{\"_leanmq\":{{\"grpc\":{{\"content_type\":\"{OCTET_STREAM}\",\"payload\":\"{}\"}}}}}}",
+                STANDARD.encode(data.unwrap_or_default())
+            );
+            serde_json::from_str::<Members>(&wrapped).unwrap_or_default()
+        }
+    };
+    let record = format!(
+        "{{\"timestamp\":{now},\"from_dlq\":{},\"to_queue\":{}}}",
+        json_str(from_dlq),
+        json_str(to_queue)
+    );
+    let mut list: Vec<Box<RawValue>> = members
+        .get("_requeues")
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default();
+    if let Ok(rec) = RawValue::from_string(record) {
+        list.push(rec);
+    }
+    if let Ok(l) = serde_json::to_string(&list).and_then(RawValue::from_string) {
+        members.insert("_requeues".to_string(), l);
+    }
+    renew_metadata(&mut members, now);
+    serde_json::to_string(&members).unwrap_or_else(|_| "{}".to_string())
+}
+
+fn renew_metadata(members: &mut Members, now: f64) {
+    let metadata: Metadata = parse_or_default(members.get("_metadata").map(|b| &**b));
+    let id = metadata
+        .id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let meta = format!(
+        "{{\"id\":{},\"timestamp\":{},\"ttl\":null}}",
+        json_str(&id),
+        now
+    );
+    if let Ok(m) = RawValue::from_string(meta) {
+        members.insert("_metadata".to_string(), m);
+    }
+}
+
+/// One recorded failure, read back from `_failures`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FailureRecord {
+    #[serde(default)]
+    pub timestamp: f64,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub message_id: String,
+}
+
+/// The `_failures` history of an entry (LeanMQ's or ours), oldest first.
+pub fn failures(data: Option<&[u8]>) -> Vec<FailureRecord> {
+    data.and_then(|d| serde_json::from_slice::<Members>(d).ok())
+        .and_then(|m| {
+            m.get("_failures")
+                .and_then(|r| serde_json::from_str::<Vec<serde_json::Value>>(r.get()).ok())
+        })
+        .map(|list| {
+            list.into_iter()
+                .filter_map(|v| serde_json::from_value(v).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One `_failures` record. LeanMQ writes `timestamp` and `reason`; the rest
 /// are leanmq-grpc's additions, which LeanMQ ignores.
 pub struct Failure<'a> {
@@ -305,10 +391,6 @@ pub fn dead_letter_data(data: Option<&[u8]>, f: &Failure<'_>) -> String {
             serde_json::from_str::<Members>(&wrapped).unwrap_or_default()
         }
     };
-    let metadata: Metadata = parse_or_default(members.get("_metadata").map(|b| &**b));
-    let id = metadata
-        .id
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut failures: Vec<Box<RawValue>> = members
         .get("_failures")
         .and_then(|r| serde_json::from_str(r.get()).ok())
@@ -319,14 +401,7 @@ pub fn dead_letter_data(data: Option<&[u8]>, f: &Failure<'_>) -> String {
     if let Ok(list) = serde_json::to_string(&failures).and_then(RawValue::from_string) {
         members.insert("_failures".to_string(), list);
     }
-    let meta = format!(
-        "{{\"id\":{},\"timestamp\":{},\"ttl\":null}}",
-        json_str(&id),
-        f.now
-    );
-    if let Ok(m) = RawValue::from_string(meta) {
-        members.insert("_metadata".to_string(), m);
-    }
+    renew_metadata(&mut members, f.now);
     serde_json::to_string(&members).unwrap_or_else(|_| "{}".to_string())
 }
 
@@ -338,7 +413,7 @@ mod tests {
     fn json_object_round_trips_and_matches_leanmq_layout() {
         let payload =
             br#"{"order_id": "ORD-1", "n": 12345678901234567890, "nested": {"a": [1, 2.50]}}"#;
-        let data = encode("/order/status", payload, JSON, &[], 1.5).expect("encode");
+        let data = encode("/order/status", payload, JSON, &[], None, 1.5).expect("encode");
         let v: serde_json::Value = serde_json::from_str(&data).expect("json");
         assert_eq!(v["order_id"], "ORD-1");
         assert_eq!(v["_leanmq"]["webhook"]["path"], "/order/status");
@@ -358,7 +433,7 @@ mod tests {
     fn binary_and_headers_round_trip() {
         let payload = [0u8, 159, 146, 150, 255];
         let headers = vec![("trace".to_string(), "abc".to_string())];
-        let data = encode("/bin", &payload, "image/png", &headers, 2.0).expect("encode");
+        let data = encode("/bin", &payload, "image/png", &headers, None, 2.0).expect("encode");
         let d = decode(Some(data.as_bytes()));
         assert_eq!(&d.payload[..], &payload);
         assert_eq!(d.content_type, "image/png");
@@ -373,6 +448,7 @@ mod tests {
             b" [1, 2] ",
             "application/json; charset=utf-8",
             &[],
+            None,
             0.0,
         )
         .expect("encode");
@@ -383,8 +459,8 @@ mod tests {
 
     #[test]
     fn rejects_reserved_keys_and_invalid_json() {
-        assert!(encode("/a", br#"{"_metadata": 1}"#, JSON, &[], 0.0).is_err());
-        assert!(encode("/a", b"{not json", JSON, &[], 0.0).is_err());
+        assert!(encode("/a", br#"{"_metadata": 1}"#, JSON, &[], None, 0.0).is_err());
+        assert!(encode("/a", b"{not json", JSON, &[], None, 0.0).is_err());
     }
 
     #[test]
@@ -411,7 +487,7 @@ mod tests {
 
     #[test]
     fn dead_letter_appends_failures_and_keeps_id() {
-        let data = encode("/a", br#"{"k":1}"#, JSON, &[], 1.0).expect("encode");
+        let data = encode("/a", br#"{"k":1}"#, JSON, &[], None, 1.0).expect("encode");
         let f = Failure {
             reason: "boom",
             attempts: 5,
@@ -428,5 +504,20 @@ mod tests {
         let orig: serde_json::Value = serde_json::from_str(&data).expect("json");
         assert_eq!(v["_metadata"]["id"], orig["_metadata"]["id"]);
         assert_eq!(v["k"], 1);
+        let recs = failures(Some(twice.as_bytes()));
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].attempts, 5);
+        let back = requeue_data(Some(twice.as_bytes()), "webhook:a:dlq", "webhook:a", 10.0);
+        let v: serde_json::Value = serde_json::from_str(&back).expect("json");
+        assert_eq!(v["_requeues"][0]["from_dlq"], "webhook:a:dlq");
+        assert_eq!(v["_metadata"]["id"], orig["_metadata"]["id"]);
+        assert_eq!(v["_failures"].as_array().map(|a| a.len()), Some(2));
+    }
+
+    #[test]
+    fn ttl_is_written_in_whole_seconds() {
+        let data = encode("/a", b"x", OCTET_STREAM, &[], Some(3), 1.0).expect("encode");
+        let v: serde_json::Value = serde_json::from_str(&data).expect("json");
+        assert_eq!(v["_metadata"]["ttl"], 3);
     }
 }

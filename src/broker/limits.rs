@@ -25,3 +25,10 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_REASON_BYTES: usize = 4096;
 /// Most entries one fetch round takes from Redis.
 pub const FETCH_BATCH: u32 = 256;
+/// Longest TTL or delay.
+pub const MAX_SCHEDULE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Default and largest ListDeadLetters page.
+pub const DEFAULT_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = 1000;

@@ -12,6 +12,8 @@
 //! delivers it again. Nothing about a delivery is kept only in memory;
 //! [`dispatch`] keeps just flow-control credit, which is rebuilt by itself.
 
+pub mod admin;
+pub mod background;
 pub mod dispatch;
 pub mod envelope;
 pub mod limits;
@@ -46,6 +48,8 @@ pub struct Settings {
     pub retry_max: Duration,
     /// Idle time after which a pending entry nobody leases is reclaimed.
     pub orphan_timeout: Duration,
+    /// How long an idempotency key is remembered.
+    pub dedup_window: Duration,
 }
 
 /// A validated message to append.
@@ -55,6 +59,23 @@ pub struct Outgoing {
     pub payload: Bytes,
     pub content_type: String,
     pub headers: Vec<(String, String)>,
+    /// Time to live, from the send.
+    pub ttl: Option<Duration>,
+    /// Invisible until this much later.
+    pub delay: Option<Duration>,
+    /// Deduplication key within the queue.
+    pub idempotency_key: Option<String>,
+}
+
+/// What one appended (or deduplicated) message got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Stream entry id; empty for a delayed message.
+    pub message_id: String,
+    /// Schedule id of a delayed message; empty otherwise.
+    pub schedule_id: String,
+    /// An earlier message had the same idempotency key.
+    pub duplicate: bool,
 }
 
 /// A queue and one of its groups: what a subscription or Receive reads.
@@ -88,6 +109,8 @@ pub struct Exhausted {
     pub id: String,
     pub count: u32,
     pub data: Option<Vec<u8>>,
+    /// Its TTL passed (rather than its attempts running out).
+    pub expired: bool,
 }
 
 /// What one fetch round returned.
@@ -129,6 +152,14 @@ struct Scripts {
     extend: Script,
     dead_letter: Script,
     release: Script,
+    due_queues: Script,
+    promote: Script,
+    retention: Script,
+    requeue: Script,
+    delete_dead: Script,
+    purge_dlq: Script,
+    purge_queue: Script,
+    delete_queue: Script,
 }
 
 macro_rules! script {
@@ -157,11 +188,11 @@ fn lease_error(code: i64, group: &str) -> Error {
     }
 }
 
-fn bad_reply(what: &str) -> Error {
+pub(crate) fn bad_reply(what: &str) -> Error {
     Error::Internal(format!("unexpected Redis reply to {what}"))
 }
 
-fn as_i64(v: &Value) -> Option<i64> {
+pub(crate) fn as_i64(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
@@ -170,7 +201,7 @@ fn as_i64(v: &Value) -> Option<i64> {
     }
 }
 
-fn as_string(v: &Value) -> Option<String> {
+pub(crate) fn as_string(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -178,7 +209,7 @@ fn as_string(v: &Value) -> Option<String> {
     }
 }
 
-fn as_array(v: &Value) -> Option<&[Value]> {
+pub(crate) fn as_array(v: &Value) -> Option<&[Value]> {
     match v {
         Value::Array(a) => Some(a),
         _ => None,
@@ -186,7 +217,7 @@ fn as_array(v: &Value) -> Option<&[Value]> {
 }
 
 /// The `data` field of an entry's field list.
-fn data_field(fields: &Value) -> Option<Vec<u8>> {
+pub(crate) fn data_field(fields: &Value) -> Option<Vec<u8>> {
     let f = as_array(fields)?;
     f.chunks(2).find_map(|kv| match kv {
         [Value::BulkString(k), Value::BulkString(v)] if k == b"data" => Some(v.clone()),
@@ -217,6 +248,14 @@ impl Broker {
                 extend: script!("lua/extend.lua"),
                 dead_letter: script!("lua/dead_letter.lua"),
                 release: script!("lua/release.lua"),
+                due_queues: script!("lua/due_queues.lua"),
+                promote: script!("lua/promote.lua"),
+                retention: script!("lua/retention.lua"),
+                requeue: script!("lua/requeue.lua"),
+                delete_dead: script!("lua/delete_dead.lua"),
+                purge_dlq: script!("lua/purge_dlq.lua"),
+                purge_queue: script!("lua/purge_queue.lua"),
+                delete_queue: script!("lua/delete_queue.lua"),
             },
         }
     }
@@ -225,7 +264,7 @@ impl Broker {
         QueueKeys::new(&self.settings.prefix, queue)
     }
 
-    async fn invoke<T: ::redis::FromRedisValue>(
+    pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
         &self,
         inv: ::redis::ScriptInvocation<'_>,
     ) -> Result<T> {
@@ -235,33 +274,32 @@ impl Broker {
     }
 
     /// Create the queue pair, LeanMQ's groups, metadata and registry entry,
-    /// and `group` if it is not LeanMQ's default. Idempotent.
-    pub async fn ensure(&self, target: &Target) -> Result<()> {
+    /// and `target.group` (at `start`, a stream id or `$`, when new), and
+    /// record `path`. Idempotent.
+    pub async fn ensure(&self, target: &Target, start: &str, path: Option<&str>) -> Result<()> {
         let k = self.keys(&target.route.queue);
-        let default = crate::routing::default_group(&target.route.queue);
-        let extra = if target.group == default {
-            ""
-        } else {
-            target.group.as_str()
-        };
         let mut inv = self.scripts.ensure.prepare_invoke();
         inv.key(&k.stream)
             .key(&k.dlq)
             .key(&k.meta)
             .key(&k.dlq_meta)
             .key(&k.registry)
+            .key(&k.paths)
             .arg(&k.queue)
             .arg(envelope::now_secs().to_string())
-            .arg(extra);
+            .arg(&target.group)
+            .arg(start)
+            .arg(path.unwrap_or(""));
         let _: i64 = self.invoke(inv).await?;
         Ok(())
     }
 
-    /// Append messages atomically (all or none); returns their entry ids.
-    pub async fn send(&self, msgs: &[Outgoing]) -> Result<Vec<String>> {
+    /// Append messages atomically (all or none), honouring TTL, delay and
+    /// idempotency keys; one result per message, in order.
+    pub async fn send(&self, msgs: &[Outgoing]) -> Result<Vec<Sent>> {
         let now = envelope::now_secs();
         let mut queues: Vec<&str> = Vec::new();
-        let mut pairs: Vec<(usize, String)> = Vec::with_capacity(msgs.len());
+        let mut per_msg: Vec<(usize, String)> = Vec::with_capacity(msgs.len());
         for m in msgs {
             let qi = match queues.iter().position(|q| *q == m.route.queue) {
                 Some(i) => i,
@@ -270,28 +308,65 @@ impl Broker {
                     queues.len() - 1
                 }
             };
-            let data =
-                envelope::encode(&m.route.path, &m.payload, &m.content_type, &m.headers, now)?;
-            pairs.push((qi + 1, data));
+            let ttl_secs = m.ttl.map(|t| t.as_secs() + u64::from(t.subsec_nanos() > 0));
+            let data = envelope::encode(
+                &m.route.path,
+                &m.payload,
+                &m.content_type,
+                &m.headers,
+                ttl_secs,
+                now,
+            )?;
+            per_msg.push((qi + 1, data));
         }
         let mut inv = self.scripts.send.prepare_invoke();
-        inv.key(format!("{}registry", self.settings.prefix));
+        inv.key(format!("{}registry", self.settings.prefix))
+            .key(format!("{}schedule", self.settings.prefix));
         for q in &queues {
             let k = self.keys(q);
-            inv.key(k.stream).key(k.dlq).key(k.meta).key(k.dlq_meta);
+            inv.key(k.stream)
+                .key(k.dlq)
+                .key(k.meta)
+                .key(k.dlq_meta)
+                .key(k.expiry)
+                .key(k.delayed)
+                .key(k.delayed_data)
+                .key(k.paths);
         }
-        inv.arg(now.to_string()).arg(queues.len());
+        inv.arg(now.to_string())
+            .arg(queues.len())
+            .arg(self.settings.dedup_window.as_millis() as u64);
         for q in &queues {
             inv.arg(*q);
         }
-        for (qi, data) in &pairs {
-            inv.arg(*qi).arg(data);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis().to_string()).unwrap_or_default();
+        for (m, (qi, data)) in msgs.iter().zip(&per_msg) {
+            inv.arg(*qi)
+                .arg(data)
+                .arg(ms(m.ttl))
+                .arg(ms(m.delay.filter(|d| !d.is_zero())))
+                .arg(m.idempotency_key.as_deref().unwrap_or(""))
+                .arg(&m.route.path);
         }
-        let ids: Vec<String> = self.invoke(inv).await?;
-        if ids.len() != msgs.len() {
+        let flat: Vec<(String, i64)> = self.invoke(inv).await?;
+        if flat.len() != msgs.len() {
             return Err(bad_reply("send"));
         }
-        Ok(ids)
+        Ok(flat
+            .into_iter()
+            .map(|(v, dup)| {
+                let (message_id, schedule_id) = match v.split_once(':') {
+                    Some(("s", sid)) => (String::new(), sid.to_string()),
+                    Some((_, id)) => (id.to_string(), String::new()),
+                    None => (v, String::new()),
+                };
+                Sent {
+                    message_id,
+                    schedule_id,
+                    duplicate: dup == 1,
+                }
+            })
+            .collect())
     }
 
     /// One fetch round (see `lua/fetch.lua`). Recreates a vanished group
@@ -309,7 +384,7 @@ impl Broker {
                     queue = %target.route.queue, group = %target.group,
                     "consumer group missing (NOGROUP): Redis lost its data or the key was deleted; recreating the group at the end of the stream"
                 );
-                self.ensure(target).await?;
+                self.ensure(target, "$", None).await?;
                 self.fetch_once(target, count, lease, scan_orphans).await
             }
             other => other,
@@ -332,6 +407,8 @@ impl Broker {
         let mut inv = self.scripts.fetch.prepare_invoke();
         inv.key(&k.stream)
             .key(k.leases(&target.group))
+            .key(&k.expiry)
+            .key(&k.stats)
             .arg(&target.group)
             .arg(count)
             .arg(lease.as_millis() as u64)
@@ -362,12 +439,13 @@ impl Broker {
         }
         for e in as_array(&top[2]).ok_or_else(|| bad_reply("fetch"))? {
             let e = as_array(e)
-                .filter(|e| e.len() == 3)
+                .filter(|e| e.len() == 4)
                 .ok_or_else(|| bad_reply("fetch"))?;
             out.exhausted.push(Exhausted {
                 id: as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?,
                 count: as_i64(&e[1]).ok_or_else(|| bad_reply("fetch"))? as u32,
                 data: data_field(&e[2]),
+                expired: as_string(&e[3]).as_deref() == Some("expired"),
             });
         }
         Ok(out)
@@ -519,12 +597,17 @@ impl Broker {
         Ok(end as u64)
     }
 
-    /// Dead-letter an entry whose lease expired on its last attempt.
+    /// Dead-letter an entry whose lease expired on its last attempt, or
+    /// whose TTL passed before delivery (reason "expired").
     pub async fn dead_letter_exhausted(&self, target: &Target, e: &Exhausted) -> Result<String> {
-        let reason = format!(
-            "lease expired without ack on attempt {} (max_attempts {})",
-            e.count, self.settings.max_attempts
-        );
+        let reason = if e.expired {
+            "expired".to_string()
+        } else {
+            format!(
+                "lease expired without ack on attempt {} (max_attempts {})",
+                e.count, self.settings.max_attempts
+            )
+        };
         self.move_to_dlq(
             &target.route.queue,
             &target.group,
@@ -576,7 +659,7 @@ impl Broker {
         Ok(dlq_id)
     }
 
-    async fn read_data(&self, stream: &str, id: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) async fn read_data(&self, stream: &str, id: &str) -> Result<Option<Vec<u8>>> {
         let mut lane = self.redis.lane().await?;
         let r: ::redis::RedisResult<Value> = ::redis::cmd("XRANGE")
             .arg(stream)

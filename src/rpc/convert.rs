@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use crate::broker::envelope::OCTET_STREAM;
-use crate::broker::limits::{MAX_HEADERS, MAX_HEADER_BYTES};
+use crate::broker::limits::{
+    MAX_HEADERS, MAX_HEADER_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SCHEDULE,
+};
 use crate::broker::{Delivery, Outgoing, Target};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -112,11 +114,75 @@ pub fn outgoing(what: &str, r: proto::SendRequest, max_payload: usize) -> Result
             ))));
         }
     }
+    let ttl = optional_duration("ttl", r.ttl, MAX_SCHEDULE).map_err(at)?;
+    let delay = optional_duration("delay", r.delay, MAX_SCHEDULE).map_err(at)?;
+    let delay = match (delay, r.deliver_at) {
+        (Some(_), Some(_)) => return Err(at(Error::invalid("give delay or deliver_at, not both"))),
+        (d, None) => d,
+        (None, Some(ts)) => {
+            if ts.nanos < 0 || ts.nanos >= 1_000_000_000 {
+                return Err(at(Error::invalid("deliver_at has nanos out of range")));
+            }
+            let at_ms = ts
+                .seconds
+                .saturating_mul(1000)
+                .saturating_add(i64::from(ts.nanos / 1_000_000));
+            let now_ms = (crate::broker::envelope::now_secs() * 1000.0) as i64;
+            let d = Duration::from_millis(at_ms.saturating_sub(now_ms).max(0) as u64);
+            if d > MAX_SCHEDULE {
+                return Err(at(Error::invalid("deliver_at is more than 365 days ahead")));
+            }
+            (!d.is_zero()).then_some(d)
+        }
+    };
+    let idempotency_key = if r.idempotency_key.is_empty() {
+        None
+    } else if r.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || r.idempotency_key.chars().any(|c| c.is_control())
+    {
+        return Err(at(Error::invalid(format!(
+            "idempotency_key must be at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes, without control characters"
+        ))));
+    } else {
+        Some(r.idempotency_key)
+    };
     Ok(Outgoing {
         route,
         payload: r.payload,
         content_type,
         headers,
+        ttl,
+        delay,
+        idempotency_key,
+    })
+}
+
+/// Where a new group starts, as an XGROUP CREATE id ("$" when unset).
+pub fn start_position(p: Option<proto::StartPosition>) -> Result<String> {
+    use proto::start_position::Position;
+    Ok(match p.and_then(|p| p.position) {
+        None | Some(Position::Now(_)) => "$".to_string(),
+        Some(Position::Beginning(_)) => "0".to_string(),
+        Some(Position::AfterId(id)) => {
+            if !crate::broker::receipt::is_entry_id(&id) {
+                return Err(Error::invalid(format!(
+                    "start.after_id {id:?} is not a stream entry id"
+                )));
+            }
+            id
+        }
+        Some(Position::AtTime(ts)) => {
+            if ts.seconds < 0 || ts.nanos < 0 || ts.nanos >= 1_000_000_000 {
+                return Err(Error::invalid("start.at_time is not a valid time"));
+            }
+            let ms = (ts.seconds as u64).saturating_mul(1000) + (ts.nanos / 1_000_000) as u64;
+            // Entries after (ms - 1, any seq): those at or after `ms`.
+            if ms == 0 {
+                "0".to_string()
+            } else {
+                format!("{}-{}", ms - 1, u64::MAX)
+            }
+        }
     })
 }
 
@@ -145,6 +211,14 @@ pub fn timestamp_secs(s: f64) -> prost_types::Timestamp {
     let seconds = s.trunc() as i64;
     let nanos = ((s - s.trunc()) * 1e9).round().min(999_999_999.0) as i32;
     prost_types::Timestamp { seconds, nanos }
+}
+
+pub fn sent(s: crate::broker::Sent) -> proto::SendResponse {
+    proto::SendResponse {
+        message_id: s.message_id,
+        duplicate: s.duplicate,
+        schedule_id: s.schedule_id,
+    }
 }
 
 pub fn delivery(d: Delivery) -> proto::Delivery {

@@ -4,6 +4,7 @@
 //! become statuses only through `impl From<Error> for Status`.
 
 mod ack;
+pub mod admin;
 pub mod convert;
 mod extend;
 mod nack;

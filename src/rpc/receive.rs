@@ -9,6 +9,11 @@ pub async fn handle(
     svc: &BrokerService,
     req: proto::ReceiveRequest,
 ) -> Result<proto::ReceiveResponse> {
+    if crate::routing::Pattern::parse(&req.path)?.is_some() {
+        return Err(Error::invalid(
+            "path patterns (\"*\", \">\") are for Subscribe; Receive takes one path",
+        ));
+    }
     let target = convert::target(&req.path, &req.group, &req.consumer)?;
     let max = match req.max_messages {
         0 => DEFAULT_MAX_MESSAGES,
@@ -26,7 +31,11 @@ pub async fn handle(
         svc.settings.default_lease,
         LEASE_RANGE,
     )?;
-    svc.dispatcher.broker().ensure(&target).await?;
+    let start = convert::start_position(req.start)?;
+    svc.dispatcher
+        .broker()
+        .ensure(&target, &start, Some(&target.route.path))
+        .await?;
     let deliveries = svc.dispatcher.receive(&target, max, lease, wait).await?;
     Ok(proto::ReceiveResponse {
         deliveries: deliveries.into_iter().map(convert::delivery).collect(),

@@ -6,14 +6,14 @@ use crate::proto;
 
 pub async fn handle(svc: &BrokerService, req: proto::SendRequest) -> Result<proto::SendResponse> {
     let msg = convert::outgoing("", req, svc.settings.max_payload_bytes)?;
-    let ids = svc
+    let sent = svc
         .dispatcher
         .broker()
         .send(std::slice::from_ref(&msg))
         .await?;
-    let message_id = ids
+    let s = sent
         .into_iter()
         .next()
         .ok_or_else(|| Error::Internal("send returned no id".into()))?;
-    Ok(proto::SendResponse { message_id })
+    Ok(convert::sent(s))
 }

@@ -26,11 +26,8 @@ pub async fn handle(
             convert::outgoing(&format!("messages[{i}]"), m, svc.settings.max_payload_bytes)
         })
         .collect::<Result<Vec<_>>>()?;
-    let ids = svc.dispatcher.broker().send(&msgs).await?;
+    let sent = svc.dispatcher.broker().send(&msgs).await?;
     Ok(proto::SendBatchResponse {
-        results: ids
-            .into_iter()
-            .map(|message_id| proto::SendResponse { message_id })
-            .collect(),
+        results: sent.into_iter().map(convert::sent).collect(),
     })
 }

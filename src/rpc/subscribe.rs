@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::proto;
 
 pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result<DeliveryStream> {
-    let target = convert::target(&req.path, &req.group, &req.consumer)?;
+    let pattern = crate::routing::Pattern::parse(&req.path)?;
     let max_in_flight = match req.max_in_flight {
         0 => DEFAULT_MAX_IN_FLIGHT,
         n if n > MAX_IN_FLIGHT => {
@@ -25,9 +25,26 @@ pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result
         svc.settings.default_lease,
         LEASE_RANGE,
     )?;
-    svc.dispatcher.broker().ensure(&target).await?;
-    let sub = svc.dispatcher.subscribe(&target, max_in_flight, lease);
-    tracing::debug!(queue = %target.route.queue, group = %target.group, consumer = %req.consumer, "subscribed");
+    let start = convert::start_position(req.start)?;
+    let sub = match pattern {
+        Some(pattern) => {
+            crate::routing::check_name("group", &req.group)?;
+            crate::routing::check_name("consumer", &req.consumer)?;
+            tracing::debug!(pattern = %pattern.text, group = %req.group, consumer = %req.consumer, "subscribed to a pattern");
+            let group = (!req.group.is_empty()).then(|| req.group.clone());
+            svc.dispatcher
+                .subscribe_pattern(pattern, group, start, max_in_flight, lease)
+        }
+        None => {
+            let target = convert::target(&req.path, &req.group, &req.consumer)?;
+            svc.dispatcher
+                .broker()
+                .ensure(&target, &start, Some(&target.route.path))
+                .await?;
+            tracing::debug!(queue = %target.route.queue, group = %target.group, consumer = %req.consumer, "subscribed");
+            svc.dispatcher.subscribe(&target, max_in_flight, lease)
+        }
+    };
     let stream = futures::stream::unfold(sub, |mut sub| async move {
         let item = sub.next().await?;
         Some((item.map(convert::delivery).map_err(Into::into), sub))

@@ -219,7 +219,7 @@ pub fn json_send(path: &str, json: &str) -> proto::SendRequest {
         path: path.into(),
         payload: bytes::Bytes::copy_from_slice(json.as_bytes()),
         content_type: "application/json".into(),
-        headers: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -227,8 +227,7 @@ pub fn bytes_send(path: &str, payload: &[u8]) -> proto::SendRequest {
     proto::SendRequest {
         path: path.into(),
         payload: bytes::Bytes::copy_from_slice(payload),
-        content_type: String::new(),
-        headers: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -253,6 +252,7 @@ pub async fn subscribe(
         consumer: "test".into(),
         max_in_flight,
         ack_deadline: ms(lease_ms),
+        start: None,
     })
     .await
     .expect("subscribe")
@@ -283,6 +283,7 @@ pub async fn receive(
         max_messages: max,
         wait: dur(WAIT),
         ack_deadline: ms(lease_ms),
+        start: None,
     })
     .await
     .expect("receive")

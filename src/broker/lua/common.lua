@@ -10,9 +10,9 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Create a group at '$' (with MKSTREAM); an existing group is fine.
-local function mkgroup(key, group)
-  local r = redis.pcall('XGROUP', 'CREATE', key, group, '$', 'MKSTREAM')
+-- Create a group at START (default '$', with MKSTREAM); an existing group is fine.
+local function mkgroup(key, group, start)
+  local r = redis.pcall('XGROUP', 'CREATE', key, group, start or '$', 'MKSTREAM')
   if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
     return redis.error_reply(r.err)
   end
@@ -49,4 +49,27 @@ local function holds(stream, group, id, count)
   if consumer == nil then return 2 end
   if consumer ~= HOLDER or n ~= count then return 3 end
   return 1
+end
+
+-- Stream ids: parse and compare.
+local function parse_id(id)
+  local d = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+end
+local function id_lt(a, b)
+  local am, as = parse_id(a)
+  local bm, bs = parse_id(b)
+  return am < bm or (am == bm and as < bs)
+end
+
+-- Names of a stream's consumer groups.
+local function group_names(stream)
+  local names = {}
+  if redis.call('EXISTS', stream) == 0 then return names end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then names[#names + 1] = g[i + 1] end
+    end
+  end
+  return names
 end

@@ -1,8 +1,8 @@
 -- Take up to COUNT deliveries for a group: first entries whose lease or
 -- retry time is due (and orphans), then new entries. Each delivered entry
--- is leased until now + LEASE_MS. Entries that used their last attempt are
--- handed back for dead-lettering instead of delivered.
--- KEYS: stream, leases
+-- is leased until now + LEASE_MS. Entries that used their last attempt, or
+-- whose TTL has passed, are handed back for dead-lettering instead.
+-- KEYS: stream, leases, expiry, stats
 -- ARGV: group, count, lease_ms, max_attempts, orphan_idle_ms (0: no scan), hold_ms
 local stream, leases = KEYS[1], KEYS[2]
 local group = ARGV[1]
@@ -12,8 +12,23 @@ local max_attempts = tonumber(ARGV[4])
 local orphan_ms = tonumber(ARGV[5])
 local hold_ms = tonumber(ARGV[6])
 local now = now_ms()
+local has_expiry = redis.call('EXISTS', KEYS[3]) == 1
+
+local function expired(id)
+  if not has_expiry then return false end
+  local at = redis.call('ZSCORE', KEYS[3], id)
+  return at and tonumber(at) * 1000 <= now
+end
 
 local out, dead = {}, {}
+-- Park an entry for a replica to dead-letter, uncounted as a delivery.
+local function to_dead(id, n, fields, why)
+  redis.call('XCLAIM', stream, group, DLQ_HOLD, 0, id, 'JUSTID')
+  redis.call('ZADD', leases, now + hold_ms, id)
+  if why == 'expired' then redis.call('HINCRBY', KEYS[4], 'expired', 1) end
+  dead[#dead + 1] = {id, n, fields, why}
+end
+
 local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
 if orphan_ms > 0 and #due < count then
   local idle = redis.call('XPENDING', stream, group, 'IDLE', orphan_ms, '-', '+', 100)
@@ -26,24 +41,29 @@ for _, id in ipairs(due) do
   local consumer, n = pending(stream, group, id)
   if consumer == nil then
     redis.call('ZREM', leases, id) -- settled elsewhere
-  elseif n >= max_attempts then
-    local e = redis.call('XRANGE', stream, id, id)
-    if #e == 0 then
-      redis.call('XACK', stream, group, id)
-      redis.call('ZREM', leases, id)
-    else
-      redis.call('XCLAIM', stream, group, DLQ_HOLD, 0, id, 'JUSTID')
-      redis.call('ZADD', leases, now + hold_ms, id)
-      dead[#dead + 1] = {id, n, e[1][2]}
-    end
   else
-    local c = redis.call('XCLAIM', stream, group, HOLDER, 0, id)
-    if #c == 0 or not c[1] then
-      redis.call('XACK', stream, group, id) -- entry deleted under us
-      redis.call('ZREM', leases, id)
+    local exhausted = n >= max_attempts
+    if exhausted or expired(id) then
+      local e = redis.call('XRANGE', stream, id, id)
+      if #e == 0 then
+        redis.call('XACK', stream, group, id)
+        redis.call('ZREM', leases, id)
+      elseif consumer == DLQ_HOLD then
+        -- already parked: a replica died before moving it; hand it out again
+        redis.call('ZADD', leases, now + hold_ms, id)
+        dead[#dead + 1] = {id, n, e[1][2], exhausted and 'exhausted' or 'expired'}
+      else
+        to_dead(id, n, e[1][2], exhausted and 'exhausted' or 'expired')
+      end
     else
-      redis.call('ZADD', leases, now + lease_ms, id)
-      out[#out + 1] = {id, n + 1, c[1][2]}
+      local c = redis.call('XCLAIM', stream, group, HOLDER, 0, id)
+      if #c == 0 or not c[1] then
+        redis.call('XACK', stream, group, id) -- entry deleted under us
+        redis.call('ZREM', leases, id)
+      else
+        redis.call('ZADD', leases, now + lease_ms, id)
+        out[#out + 1] = {id, n + 1, c[1][2]}
+      end
     end
   end
 end
@@ -52,8 +72,12 @@ if want > 0 then
   local r = redis.call('XREADGROUP', 'GROUP', group, HOLDER, 'COUNT', want, 'STREAMS', stream, '>')
   if r then
     for _, e in ipairs(r[1][2]) do
-      redis.call('ZADD', leases, now + lease_ms, e[1])
-      out[#out + 1] = {e[1], 1, e[2]}
+      if expired(e[1]) then
+        to_dead(e[1], 1, e[2], 'expired')
+      else
+        redis.call('ZADD', leases, now + lease_ms, e[1])
+        out[#out + 1] = {e[1], 1, e[2]}
+      end
     end
   end
 end

@@ -1,9 +1,14 @@
 -- Append a batch atomically: all messages or none.
--- KEYS: registry, then per queue i: stream, dlq, meta, dlq_meta
--- ARGV: created_at, nqueues, queue names..., then pairs (queue index, data)
+-- KEYS: registry, schedule, then per queue i (8 each): stream, dlq, meta,
+--       dlq_meta, expiry, delayed, delayed_data, paths
+-- ARGV: created_at, nqueues, dedup_window_ms, queue names...,
+--       then per message (6 each): queue index, data, ttl_ms | '',
+--       delay_ms | '', idempotency key | '', path
+-- Returns per message: value ('m:<entry id>' or 's:<schedule id>'), duplicate (0/1)
 local nq = tonumber(ARGV[2])
-local function k(i, j) return KEYS[1 + (i - 1) * 4 + j] end
--- Check every key's type first, so no XADD can fail half-way through.
+local window = tonumber(ARGV[3])
+local function k(i, j) return KEYS[2 + (i - 1) * 8 + j] end
+-- Check every key's type first, so no write can fail half-way through.
 for i = 1, nq do
   local t = redis.call('TYPE', k(i, 1))['ok']
   if t ~= 'none' and t ~= 'stream' then
@@ -12,12 +17,41 @@ for i = 1, nq do
 end
 for i = 1, nq do
   if redis.call('EXISTS', k(i, 3)) == 0 or redis.call('EXISTS', k(i, 1)) == 0 then
-    local e = ensure_queue(k(i, 1), k(i, 2), k(i, 3), k(i, 4), KEYS[1], ARGV[2 + i], ARGV[1])
+    local e = ensure_queue(k(i, 1), k(i, 2), k(i, 3), k(i, 4), KEYS[1], ARGV[3 + i], ARGV[1])
     if e then return e end
   end
 end
-local ids = {}
-for j = 3 + nq, #ARGV, 2 do
-  ids[#ids + 1] = redis.call('XADD', k(tonumber(ARGV[j]), 1), '*', 'data', ARGV[j + 1])
+local now = now_ms()
+local out = {}
+for j = 4 + nq, #ARGV, 6 do
+  local qi = tonumber(ARGV[j])
+  local data, ttl, delay, dkey, path = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], ARGV[j + 5]
+  local stream = k(qi, 1)
+  redis.call('SADD', k(qi, 8), path)
+  local dup = false
+  if dkey ~= '' then dup = redis.call('GET', stream .. ':dedup:' .. dkey) end
+  if dup then
+    out[#out + 1] = dup
+    out[#out + 1] = 1
+  else
+    local exp = ''
+    if ttl ~= '' then exp = now + tonumber(ttl) end
+    local val
+    if delay ~= '' then
+      local sid = tostring(redis.call('INCR', stream .. ':delayed:seq'))
+      local due = now + tonumber(delay)
+      redis.call('ZADD', k(qi, 6), due, sid)
+      redis.call('HSET', k(qi, 7), sid, exp .. '\n' .. data)
+      redis.call('ZADD', KEYS[2], 'LT', due, ARGV[3 + qi])
+      val = 's:' .. sid
+    else
+      local id = redis.call('XADD', stream, '*', 'data', data)
+      if exp ~= '' then redis.call('ZADD', k(qi, 5), exp / 1000, id) end
+      val = 'm:' .. id
+    end
+    if dkey ~= '' then redis.call('SET', stream .. ':dedup:' .. dkey, val, 'PX', window) end
+    out[#out + 1] = val
+    out[#out + 1] = 0
+  end
 end
-return ids
+return out

@@ -1,0 +1,506 @@
+//! Queue and dead-letter administration: inspect, requeue, delete, purge.
+//! Works on every queue in the registry, LeanMQ's included; every change is
+//! one script, atomic per message.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use super::envelope::{self, Decoded, FailureRecord};
+use super::receipt::is_entry_id;
+use super::{as_array, as_i64, as_string, bad_reply, data_field, Broker, Target};
+use crate::error::{Error, Result};
+use crate::routing::{self, Route};
+
+/// Pending entries parked for retry are held under this consumer.
+const RETRY: &str = "leanmq-grpc-retry";
+/// Most dead letters one "all"/"since" requeue moves.
+const MAX_REQUEUE: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct QueueSummary {
+    pub queue: String,
+    pub stream: String,
+    pub length: i64,
+    pub dead_letters: i64,
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    pub name: String,
+    pub pending: i64,
+    pub consumers: i64,
+    pub lag: i64,
+    pub oldest_unacked_age_ms: Option<u64>,
+    pub retrying: i64,
+    pub last_delivered_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    pub queue: String,
+    pub stream: String,
+    pub length: i64,
+    pub groups: Vec<GroupInfo>,
+    pub dead_letters: i64,
+    pub delayed: i64,
+    pub expired: i64,
+    pub dropped: i64,
+    pub created_at: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    pub decoded: Decoded,
+    pub failures: Vec<FailureRecord>,
+}
+
+/// Which dead letters to requeue.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Ids(Vec<String>),
+    All,
+    /// Dead-lettered at or after this time (ms since the epoch).
+    Since(u64),
+}
+
+/// A path ("/order/status") or a bare queue name ("order_status").
+pub fn resolve(path_or_queue: &str) -> Result<Route> {
+    if routing::is_queue_name(path_or_queue) {
+        return Ok(Route {
+            path: format!("/{path_or_queue}"),
+            queue: path_or_queue.to_string(),
+        });
+    }
+    routing::route(path_or_queue)
+}
+
+/// A RESP2 field/value array as a map.
+fn fields(v: &Value) -> HashMap<String, Value> {
+    let mut m = HashMap::new();
+    if let Some(a) = as_array(v) {
+        for kv in a.chunks(2) {
+            if let [k, v] = kv {
+                if let Some(k) = as_string(k) {
+                    m.insert(k, v.clone());
+                }
+            }
+        }
+    }
+    m
+}
+
+fn id_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+impl Broker {
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let mut lane = self.redis.lane().await?;
+        let r = cmd.query_async(&mut lane.conn).await;
+        self.redis.settle(&lane, r).await
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        let mut lane = self.redis.lane().await?;
+        let r = pipe.query_async(&mut lane.conn).await;
+        self.redis.settle(&lane, r).await
+    }
+
+    /// Redis' clock, ms.
+    async fn redis_now_ms(&self) -> Result<u64> {
+        let (s, us): (u64, u64) = self.query(&redis::cmd("TIME")).await?;
+        Ok(s * 1000 + us / 1000)
+    }
+
+    /// Every queue (not DLQ) in the registry.
+    pub async fn list_queues(&self) -> Result<Vec<QueueSummary>> {
+        let registry = format!("{}registry", self.settings.prefix);
+        let mut members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&registry)).await?;
+        members.sort();
+        let queues: Vec<String> = members
+            .iter()
+            .filter_map(|k| k.strip_prefix(self.settings.prefix.as_str()))
+            .filter(|q| !q.ends_with(":dlq") && routing::is_queue_name(q))
+            .map(str::to_string)
+            .collect();
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            let k = self.keys(q);
+            // XLEN of a missing key is 0.
+            pipe.cmd("XLEN")
+                .arg(&k.stream)
+                .cmd("XLEN")
+                .arg(&k.dlq)
+                .cmd("SMEMBERS")
+                .arg(&k.paths);
+        }
+        let rows: Vec<(i64, i64, Vec<String>)> = {
+            let flat: Vec<Value> = self.query_pipe(&pipe).await?;
+            flat.chunks(3)
+                .map(|c| match c {
+                    [a, b, p] => {
+                        let paths = as_array(p)
+                            .map(|a| a.iter().filter_map(as_string).collect())
+                            .unwrap_or_default();
+                        Ok((as_i64(a).unwrap_or(0), as_i64(b).unwrap_or(0), paths))
+                    }
+                    _ => Err(bad_reply("list queues")),
+                })
+                .collect::<Result<_>>()?
+        };
+        Ok(queues
+            .into_iter()
+            .zip(rows)
+            .map(|(queue, (length, dead_letters, mut paths))| {
+                paths.sort();
+                QueueSummary {
+                    stream: self.keys(&queue).stream,
+                    queue,
+                    length,
+                    dead_letters,
+                    paths,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn get_queue(&self, queue: &str) -> Result<QueueInfo> {
+        let k = self.keys(queue);
+        let (exists, meta_exists): (bool, bool) = self
+            .query_pipe(
+                redis::pipe()
+                    .cmd("EXISTS")
+                    .arg(&k.stream)
+                    .cmd("EXISTS")
+                    .arg(&k.meta),
+            )
+            .await?;
+        if !exists && !meta_exists {
+            return Err(Error::NotFound(format!(
+                "no queue {queue:?} ({})",
+                k.stream
+            )));
+        }
+        let now = self.redis_now_ms().await?;
+        let mut groups = Vec::new();
+        let mut length = 0;
+        if exists {
+            length = self.query(redis::cmd("XLEN").arg(&k.stream)).await?;
+            let infos: Value = self
+                .query(redis::cmd("XINFO").arg("GROUPS").arg(&k.stream))
+                .await?;
+            for g in as_array(&infos).unwrap_or_default() {
+                let f = fields(g);
+                let name = f.get("name").and_then(as_string).unwrap_or_default();
+                let summary: Value = self
+                    .query(redis::cmd("XPENDING").arg(&k.stream).arg(&name))
+                    .await?;
+                let s = as_array(&summary).unwrap_or_default();
+                let oldest = s.get(1).and_then(as_string).and_then(|id| id_ms(&id));
+                let retrying = s
+                    .get(3)
+                    .and_then(as_array)
+                    .map(|cs| {
+                        cs.iter()
+                            .filter_map(as_array)
+                            .filter(|c| c.first().and_then(as_string).as_deref() == Some(RETRY))
+                            .filter_map(|c| c.get(1).and_then(as_i64))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                groups.push(GroupInfo {
+                    pending: f.get("pending").and_then(as_i64).unwrap_or(0),
+                    consumers: f.get("consumers").and_then(as_i64).unwrap_or(0),
+                    lag: f.get("lag").and_then(as_i64).unwrap_or(-1),
+                    oldest_unacked_age_ms: oldest.map(|ms| now.saturating_sub(ms)),
+                    retrying,
+                    last_delivered_id: f
+                        .get("last-delivered-id")
+                        .and_then(as_string)
+                        .unwrap_or_default(),
+                    name,
+                });
+            }
+        }
+        let (dead_letters, delayed, stats, created): (
+            i64,
+            i64,
+            HashMap<String, i64>,
+            Option<String>,
+        ) = self
+            .query_pipe(
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(&k.dlq)
+                    .cmd("ZCARD")
+                    .arg(&k.delayed)
+                    .cmd("HGETALL")
+                    .arg(&k.stats)
+                    .cmd("HGET")
+                    .arg(&k.meta)
+                    .arg("created_at"),
+            )
+            .await?;
+        Ok(QueueInfo {
+            queue: queue.to_string(),
+            stream: k.stream,
+            length,
+            groups,
+            dead_letters,
+            delayed,
+            expired: stats.get("expired").copied().unwrap_or(0),
+            dropped: stats.get("dropped").copied().unwrap_or(0),
+            created_at: created.and_then(|c| c.parse().ok()),
+        })
+    }
+
+    /// A page of dead letters after `after` (exclusive), oldest first; the
+    /// next page token when more may follow.
+    pub async fn list_dead_letters(
+        &self,
+        queue: &str,
+        page: usize,
+        after: &str,
+    ) -> Result<(Vec<DeadLetter>, String)> {
+        if !after.is_empty() && !is_entry_id(after) {
+            return Err(Error::invalid("page_token is not one this server issued"));
+        }
+        let k = self.keys(queue);
+        let start = if after.is_empty() {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
+        let v: Value = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(&k.dlq)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(page + 1),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for e in as_array(&v).unwrap_or_default().iter().take(page) {
+            let e = as_array(e).ok_or_else(|| bad_reply("xrange"))?;
+            let id = e
+                .first()
+                .and_then(as_string)
+                .ok_or_else(|| bad_reply("xrange"))?;
+            let data = e.get(1).and_then(data_field);
+            out.push(DeadLetter {
+                id,
+                decoded: envelope::decode(data.as_deref()),
+                failures: envelope::failures(data.as_deref()),
+            });
+        }
+        let more = as_array(&v).map(|a| a.len() > page).unwrap_or(false);
+        let next = if more {
+            out.last().map(|d| d.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((out, next))
+    }
+
+    /// Requeue dead letters; returns (dlq id, new id) pairs and the ids not found.
+    pub async fn requeue(
+        &self,
+        route: &Route,
+        selector: Selector,
+    ) -> Result<(Vec<(String, String)>, Vec<String>)> {
+        let k = self.keys(&route.queue);
+        let target = Target {
+            route: route.clone(),
+            group: routing::default_group(&route.queue),
+        };
+        self.ensure(&target, "$", None).await?;
+        let ids: Vec<String> = match selector {
+            Selector::Ids(ids) => {
+                if let Some(bad) = ids.iter().find(|i| !is_entry_id(i)) {
+                    return Err(Error::invalid(format!("{bad:?} is not a stream entry id")));
+                }
+                ids
+            }
+            Selector::All | Selector::Since(_) => {
+                let start = match selector {
+                    Selector::Since(ms) => format!("{ms}-0"),
+                    _ => "-".to_string(),
+                };
+                let v: Value = self
+                    .query(
+                        redis::cmd("XRANGE")
+                            .arg(&k.dlq)
+                            .arg(&start)
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(MAX_REQUEUE),
+                    )
+                    .await?;
+                as_array(&v)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| as_array(e).and_then(|e| e.first()).and_then(as_string))
+                    .collect()
+            }
+        };
+        let dlq_group = format!("{}-dlq", routing::default_group(&route.queue));
+        let mut done = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            let entry: Value = self
+                .query(redis::cmd("XRANGE").arg(&k.dlq).arg(&id).arg(&id))
+                .await?;
+            let Some(fields) = as_array(&entry)
+                .and_then(|a| a.first())
+                .and_then(as_array)
+                .and_then(|e| e.get(1))
+            else {
+                missing.push(id);
+                continue;
+            };
+            let data = data_field(fields);
+            let new =
+                envelope::requeue_data(data.as_deref(), &k.dlq, &k.stream, envelope::now_secs());
+            let mut inv = self.scripts.requeue.prepare_invoke();
+            inv.key(&k.dlq)
+                .key(&k.stream)
+                .arg(&dlq_group)
+                .arg(&id)
+                .arg(new);
+            let new_id: String = self.invoke(inv).await?;
+            if new_id.is_empty() {
+                missing.push(id);
+            } else {
+                tracing::info!(queue = %route.queue, dead_letter = %id, message_id = %new_id, "requeued");
+                done.push((id, new_id));
+            }
+        }
+        Ok((done, missing))
+    }
+
+    pub async fn delete_dead_letters(&self, queue: &str, ids: &[String]) -> Result<i64> {
+        if let Some(bad) = ids.iter().find(|i| !is_entry_id(i)) {
+            return Err(Error::invalid(format!("{bad:?} is not a stream entry id")));
+        }
+        let k = self.keys(queue);
+        let mut inv = self.scripts.delete_dead.prepare_invoke();
+        inv.key(&k.dlq)
+            .arg(format!("{}-dlq", routing::default_group(queue)));
+        for id in ids {
+            inv.arg(id);
+        }
+        self.invoke(inv).await
+    }
+
+    pub async fn purge_dead_letters(&self, queue: &str) -> Result<i64> {
+        let k = self.keys(queue);
+        let mut inv = self.scripts.purge_dlq.prepare_invoke();
+        inv.key(&k.dlq)
+            .arg(format!("{}-dlq", routing::default_group(queue)));
+        self.invoke(inv).await
+    }
+
+    pub async fn purge_queue(&self, queue: &str) -> Result<i64> {
+        let k = self.keys(queue);
+        let mut inv = self.scripts.purge_queue.prepare_invoke();
+        inv.key(&k.stream)
+            .key(&k.expiry)
+            .key(&k.delayed)
+            .key(&k.delayed_data)
+            .key(&k.schedule)
+            .arg(queue);
+        let n = self.invoke(inv).await?;
+        tracing::warn!(queue, purged = n, "queue purged");
+        Ok(n)
+    }
+
+    pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
+        let k = self.keys(queue);
+        let mut inv = self.scripts.delete_queue.prepare_invoke();
+        inv.key(&k.stream)
+            .key(&k.expiry)
+            .key(&k.delayed)
+            .key(&k.delayed_data)
+            .key(&k.schedule)
+            .key(&k.meta)
+            .key(&k.paths)
+            .key(&k.stats)
+            .key(&k.registry)
+            .key(&k.dlq)
+            .key(&k.dlq_meta)
+            .arg(queue)
+            .arg(if with_dlq { "1" } else { "0" });
+        let n = self.invoke(inv).await?;
+        tracing::warn!(queue, with_dlq, deleted = n, "queue deleted");
+        Ok(n)
+    }
+
+    /// Queues whose recorded paths match a pattern (LeanMQ queues, with no
+    /// recorded path, as "/" + name with "_" read as "/"). Each with the
+    /// first matching path.
+    pub async fn matching_queues(&self, pattern: &crate::routing::Pattern) -> Result<Vec<Route>> {
+        Ok(self
+            .list_queues()
+            .await?
+            .into_iter()
+            .filter_map(|q| {
+                let guessed;
+                let candidates: &[String] = if q.paths.is_empty() {
+                    guessed = [format!("/{}", q.queue.replace('_', "/"))];
+                    &guessed
+                } else {
+                    &q.paths
+                };
+                candidates
+                    .iter()
+                    .find(|p| pattern.matches(p))
+                    .map(|p| Route {
+                        path: p.clone(),
+                        queue: q.queue.clone(),
+                    })
+            })
+            .collect())
+    }
+
+    /// Queues with due delayed messages: (Redis now, names, next due).
+    pub async fn due_queues(&self) -> Result<(u64, Vec<String>, Option<u64>)> {
+        let mut inv = self.scripts.due_queues.prepare_invoke();
+        inv.key(format!("{}schedule", self.settings.prefix))
+            .arg(100);
+        let (now, names, next): (i64, Vec<String>, i64) = self.invoke(inv).await?;
+        Ok((now as u64, names, (next >= 0).then_some(next as u64)))
+    }
+
+    /// Append a queue's due delayed messages; returns how many.
+    pub async fn promote(&self, queue: &str) -> Result<i64> {
+        let k = self.keys(queue);
+        let mut inv = self.scripts.promote.prepare_invoke();
+        inv.key(&k.schedule)
+            .key(&k.stream)
+            .key(&k.delayed)
+            .key(&k.delayed_data)
+            .key(&k.expiry)
+            .arg(queue)
+            .arg(1000);
+        self.invoke(inv).await
+    }
+
+    /// One retention pass over a queue: (trimmed, dropped by --max-len).
+    pub async fn retain(&self, queue: &str, max_age_ms: u64, max_len: u64) -> Result<(i64, i64)> {
+        let k = self.keys(queue);
+        let mut inv = self.scripts.retention.prepare_invoke();
+        inv.key(&k.stream)
+            .key(&k.stats)
+            .arg(max_age_ms)
+            .arg(max_len);
+        self.invoke(inv).await
+    }
+}

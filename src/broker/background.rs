@@ -1,0 +1,107 @@
+//! Work no request drives: appending delayed messages when they fall due,
+//! and the retention sweep. Every replica runs both; the scripts are atomic,
+//! so replicas never do the same work twice, and nothing is lost when one
+//! stops (the schedule lives in Redis).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Broker;
+
+/// Longest the scheduler sleeps between looks at the schedule, so a delayed
+/// message is appended within this much of its due time.
+const SCHEDULER_TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub interval: Duration,
+    /// Opt-in cap; loses data.
+    pub max_len: Option<u64>,
+}
+
+pub fn spawn(broker: Arc<Broker>, retention: Retention, drain: watch::Receiver<bool>) {
+    tokio::spawn(scheduler(broker.clone(), drain.clone()));
+    tokio::spawn(sweeper(broker, retention, drain));
+}
+
+async fn pause(d: Duration, drain: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = drain.wait_for(|d| *d) => true,
+    }
+}
+
+async fn scheduler(broker: Arc<Broker>, mut drain: watch::Receiver<bool>) {
+    loop {
+        let wait = match broker.due_queues().await {
+            Ok((now, queues, next)) => {
+                for q in &queues {
+                    match broker.promote(q).await {
+                        Ok(n) if n > 0 => {
+                            tracing::debug!(queue = %q, n, "delayed messages appended")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(queue = %q, error = %e, "appending delayed messages failed")
+                        }
+                    }
+                }
+                if queues.len() >= 100 {
+                    Duration::ZERO
+                } else {
+                    next.map(|n| Duration::from_millis(n.saturating_sub(now)))
+                        .unwrap_or(SCHEDULER_TICK)
+                        .min(SCHEDULER_TICK)
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "schedule check failed");
+                Duration::from_secs(1)
+            }
+        };
+        if pause(wait, &mut drain).await {
+            return;
+        }
+    }
+}
+
+async fn sweeper(broker: Arc<Broker>, r: Retention, mut drain: watch::Receiver<bool>) {
+    loop {
+        if pause(r.interval, &mut drain).await {
+            return;
+        }
+        let queues = match broker.list_queues().await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!(error = %e, "retention: cannot list queues");
+                continue;
+            }
+        };
+        for q in queues {
+            match broker
+                .retain(
+                    &q.queue,
+                    r.max_age.as_millis() as u64,
+                    r.max_len.unwrap_or(0),
+                )
+                .await
+            {
+                Ok((trimmed, dropped)) => {
+                    if trimmed > 0 {
+                        tracing::debug!(queue = %q.queue, trimmed, "retention trimmed acked entries");
+                    }
+                    if dropped > 0 {
+                        tracing::warn!(
+                            queue = %q.queue, dropped,
+                            "--max-len dropped entries, possibly unread: data lost by configuration"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(queue = %q.queue, error = %e, "retention pass failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+-- Append a queue's due delayed messages to its stream, in due order.
+-- KEYS: schedule, stream, delayed, delayed_data, expiry
+-- ARGV: queue name, limit
+-- Returns the number appended.
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, sid in ipairs(due) do
+  local v = redis.call('HGET', KEYS[4], sid)
+  if v then
+    local nl = string.find(v, '\n', 1, true)
+    local exp, data = string.sub(v, 1, nl - 1), string.sub(v, nl + 1)
+    local id = redis.call('XADD', KEYS[2], '*', 'data', data)
+    if exp ~= '' then redis.call('ZADD', KEYS[5], tonumber(exp) / 1000, id) end
+  end
+  redis.call('HDEL', KEYS[4], sid)
+  redis.call('ZREM', KEYS[3], sid)
+end
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if #first > 0 then
+  redis.call('ZADD', KEYS[1], first[2], ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return #due

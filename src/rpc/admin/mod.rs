@@ -1,0 +1,120 @@
+//! The `leanmq.v1.Admin` service: one thin `impl` delegating to one file per RPC.
+
+mod delete_dead_letters;
+mod delete_queue;
+mod get_queue;
+mod list_dead_letters;
+mod list_queues;
+mod purge_dead_letters;
+mod purge_queue;
+mod requeue;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::broker::admin::resolve;
+use crate::broker::Broker;
+use crate::error::{Error, Result};
+use crate::proto;
+use crate::routing::Route;
+
+pub struct AdminService {
+    broker: Arc<Broker>,
+}
+
+impl AdminService {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        AdminService { broker }
+    }
+}
+
+/// The queue a request names, or INVALID_ARGUMENT.
+fn queue_of(path: &str) -> Result<Route> {
+    resolve(path)
+}
+
+/// Destructive calls must name the queue again in `confirm`.
+fn confirmed(route: &Route, confirm: &str) -> Result<()> {
+    if confirm != route.queue {
+        return Err(Error::invalid(format!(
+            "this deletes data: set confirm to the queue name {:?} to proceed",
+            route.queue
+        )));
+    }
+    Ok(())
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn list_queues(
+        &self,
+        req: Request<proto::ListQueuesRequest>,
+    ) -> Reply<proto::ListQueuesResponse> {
+        Ok(Response::new(
+            list_queues::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_queue(&self, req: Request<proto::GetQueueRequest>) -> Reply<proto::QueueInfo> {
+        Ok(Response::new(
+            get_queue::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<proto::ListDeadLettersRequest>,
+    ) -> Reply<proto::ListDeadLettersResponse> {
+        Ok(Response::new(
+            list_dead_letters::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+
+    async fn requeue_dead_letters(
+        &self,
+        req: Request<proto::RequeueDeadLettersRequest>,
+    ) -> Reply<proto::RequeueDeadLettersResponse> {
+        Ok(Response::new(
+            requeue::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_dead_letters(
+        &self,
+        req: Request<proto::DeleteDeadLettersRequest>,
+    ) -> Reply<proto::DeleteDeadLettersResponse> {
+        Ok(Response::new(
+            delete_dead_letters::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        req: Request<proto::PurgeDeadLettersRequest>,
+    ) -> Reply<proto::PurgeDeadLettersResponse> {
+        Ok(Response::new(
+            purge_dead_letters::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+
+    async fn purge_queue(
+        &self,
+        req: Request<proto::PurgeQueueRequest>,
+    ) -> Reply<proto::PurgeQueueResponse> {
+        Ok(Response::new(
+            purge_queue::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<proto::DeleteQueueRequest>,
+    ) -> Reply<proto::DeleteQueueResponse> {
+        Ok(Response::new(
+            delete_queue::handle(&self.broker, req.into_inner()).await?,
+        ))
+    }
+}

@@ -1,0 +1,41 @@
+//! RequeueDeadLetters: back to the queue, atomically per message.
+
+use super::queue_of;
+use crate::broker::admin::Selector;
+use crate::broker::Broker;
+use crate::error::{Error, Result};
+use crate::proto;
+use crate::proto::requeue_dead_letters_request::Selector as Sel;
+
+pub async fn handle(
+    broker: &Broker,
+    req: proto::RequeueDeadLettersRequest,
+) -> Result<proto::RequeueDeadLettersResponse> {
+    let route = queue_of(&req.path)?;
+    let selector = match req.selector {
+        Some(Sel::Ids(ids)) if !ids.ids.is_empty() && ids.ids.len() <= 1000 => {
+            Selector::Ids(ids.ids)
+        }
+        Some(Sel::Ids(_)) => return Err(Error::invalid("ids must list 1 to 1000 DLQ entry ids")),
+        Some(Sel::All(true)) => Selector::All,
+        Some(Sel::Since(ts)) if ts.seconds >= 0 => {
+            Selector::Since((ts.seconds as u64) * 1000 + (ts.nanos.max(0) / 1_000_000) as u64)
+        }
+        _ => {
+            return Err(Error::invalid(
+                "choose what to requeue: ids, all = true, or since",
+            ))
+        }
+    };
+    let (done, missing) = broker.requeue(&route, selector).await?;
+    Ok(proto::RequeueDeadLettersResponse {
+        requeued: done
+            .into_iter()
+            .map(|(dead_letter_id, message_id)| proto::Requeued {
+                dead_letter_id,
+                message_id,
+            })
+            .collect(),
+        missing,
+    })
+}
