@@ -177,9 +177,28 @@ type SendRequest struct {
 	// 16 KiB in total (keys plus values). Keys must be non-empty, without
 	// control characters, and must not start with "leanmq-", which the broker
 	// reserves for the headers it adds on delivery.
-	Headers       map[string]string `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Headers map[string]string `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Time to live, counted from now. An expired message is never delivered:
+	// when a reader finds it expired it moves it to the DLQ with reason
+	// "expired" (so it can be inspected and requeued) and counts it. Also
+	// written to LeanMQ's `:expiry` set (whole seconds, `_metadata.ttl`), so
+	// LeanMQ's own sweep agrees. Unset or zero: no TTL. At most 365 days.
+	Ttl *durationpb.Duration `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Make the message visible only after this delay. The schedule lives in
+	// Redis and survives restarts of leanmqd and of Redis (with AOF); it is
+	// appended to the stream when due, so LeanMQ consumers see it then too.
+	// At most 365 days. Not together with `deliver_at`.
+	Delay *durationpb.Duration `protobuf:"bytes,6,opt,name=delay,proto3" json:"delay,omitempty"`
+	// Make the message visible at this time (a time in the past means now).
+	// Not together with `delay`.
+	DeliverAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=deliver_at,json=deliverAt,proto3" json:"deliver_at,omitempty"`
+	// Deduplication key: a Send with a key already used on the same queue
+	// within the dedup window (`--dedup-window`, default 24 h) stores nothing
+	// and returns the first message's ids with `duplicate = true`. Atomic
+	// under concurrent duplicates. At most 256 bytes, no control characters.
+	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SendRequest) Reset() {
@@ -240,11 +259,45 @@ func (x *SendRequest) GetHeaders() map[string]string {
 	return nil
 }
 
+func (x *SendRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *SendRequest) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *SendRequest) GetDeliverAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeliverAt
+	}
+	return nil
+}
+
+func (x *SendRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 type SendResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The Redis stream entry id, e.g. "1732800000000-0". Stable for the life of
-	// the message and shown by admin tools.
-	MessageId     string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// the message and shown by admin tools. Empty for a delayed message, which
+	// gets its entry id when it becomes visible; `schedule_id` names it until then.
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// True when `idempotency_key` matched an earlier message: nothing new was
+	// stored, and the ids are the first message's.
+	Duplicate bool `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	// For a delayed message: its id in the schedule. Empty otherwise.
+	ScheduleId    string `protobuf:"bytes,3,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -282,6 +335,20 @@ func (*SendResponse) Descriptor() ([]byte, []int) {
 func (x *SendResponse) GetMessageId() string {
 	if x != nil {
 		return x.MessageId
+	}
+	return ""
+}
+
+func (x *SendResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+func (x *SendResponse) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
 	}
 	return ""
 }
@@ -383,6 +450,17 @@ type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Webhook path to consume. Same rules as SendRequest.path. The queue, DLQ
 	// and group are created if missing.
+	//
+	// Or a pattern, as NATS subjects: a segment "*" matches exactly one path
+	// segment, a last segment ">" matches one or more. "/order/*" gets
+	// "/order/status" and "/order/payment"; "/order/>" also gets
+	// "/order/status/eu". The stream delivers from every matching queue,
+	// including queues created after it opened (found within a second), with
+	// `Delivery.path` set to the concrete path; `max_in_flight` is shared by
+	// all of them. Patterns match the paths queues were created with (LeanMQ
+	// queues, which do not record one, are matched as "/" + name with "_" read
+	// as "/"). Because LeanMQ maps "/order-status" and "/order/status" to one
+	// queue, a pattern that matches either gets both paths' messages.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// Consumer group. Empty means LeanMQ's group for the path
 	// ("<queue>-group"), so gRPC subscribers and LeanMQ Python handlers share
@@ -401,7 +479,11 @@ type SubscribeRequest struct {
 	// becomes due again for any subscriber of the group, on any replica.
 	// Default (unset or zero): 30 s. Range 100 ms to 12 h; negative or larger
 	// is INVALID_ARGUMENT.
-	AckDeadline   *durationpb.Duration `protobuf:"bytes,5,opt,name=ack_deadline,json=ackDeadline,proto3" json:"ack_deadline,omitempty"`
+	AckDeadline *durationpb.Duration `protobuf:"bytes,5,opt,name=ack_deadline,json=ackDeadline,proto3" json:"ack_deadline,omitempty"`
+	// Where a group that does not exist yet starts. Unset: at the end of the
+	// stream (only messages sent from now on), like LeanMQ's groups. Ignored
+	// for a group that exists.
+	Start         *StartPosition `protobuf:"bytes,6,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,6 +553,132 @@ func (x *SubscribeRequest) GetAckDeadline() *durationpb.Duration {
 	return nil
 }
 
+func (x *SubscribeRequest) GetStart() *StartPosition {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+// Where a new consumer group starts reading (replay).
+type StartPosition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Position:
+	//
+	//	*StartPosition_Beginning
+	//	*StartPosition_Now
+	//	*StartPosition_AfterId
+	//	*StartPosition_AtTime
+	Position      isStartPosition_Position `protobuf_oneof:"position"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartPosition) Reset() {
+	*x = StartPosition{}
+	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartPosition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartPosition) ProtoMessage() {}
+
+func (x *StartPosition) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
+func (*StartPosition) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StartPosition) GetPosition() isStartPosition_Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *StartPosition) GetBeginning() bool {
+	if x != nil {
+		if x, ok := x.Position.(*StartPosition_Beginning); ok {
+			return x.Beginning
+		}
+	}
+	return false
+}
+
+func (x *StartPosition) GetNow() bool {
+	if x != nil {
+		if x, ok := x.Position.(*StartPosition_Now); ok {
+			return x.Now
+		}
+	}
+	return false
+}
+
+func (x *StartPosition) GetAfterId() string {
+	if x != nil {
+		if x, ok := x.Position.(*StartPosition_AfterId); ok {
+			return x.AfterId
+		}
+	}
+	return ""
+}
+
+func (x *StartPosition) GetAtTime() *timestamppb.Timestamp {
+	if x != nil {
+		if x, ok := x.Position.(*StartPosition_AtTime); ok {
+			return x.AtTime
+		}
+	}
+	return nil
+}
+
+type isStartPosition_Position interface {
+	isStartPosition_Position()
+}
+
+type StartPosition_Beginning struct {
+	// Every message still in the stream.
+	Beginning bool `protobuf:"varint,1,opt,name=beginning,proto3,oneof"`
+}
+
+type StartPosition_Now struct {
+	// Only messages sent from now on (the default).
+	Now bool `protobuf:"varint,2,opt,name=now,proto3,oneof"`
+}
+
+type StartPosition_AfterId struct {
+	// Messages after this stream entry id.
+	AfterId string `protobuf:"bytes,3,opt,name=after_id,json=afterId,proto3,oneof"`
+}
+
+type StartPosition_AtTime struct {
+	// Messages sent at or after this time.
+	AtTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at_time,json=atTime,proto3,oneof"`
+}
+
+func (*StartPosition_Beginning) isStartPosition_Position() {}
+
+func (*StartPosition_Now) isStartPosition_Position() {}
+
+func (*StartPosition_AfterId) isStartPosition_Position() {}
+
+func (*StartPosition_AtTime) isStartPosition_Position() {}
+
 // One delivery of one message.
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -514,7 +722,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +734,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +747,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Delivery) GetReceipt() string {
@@ -627,14 +835,16 @@ type ReceiveRequest struct {
 	// INVALID_ARGUMENT.
 	Wait *durationpb.Duration `protobuf:"bytes,5,opt,name=wait,proto3" json:"wait,omitempty"`
 	// As SubscribeRequest.ack_deadline.
-	AckDeadline   *durationpb.Duration `protobuf:"bytes,6,opt,name=ack_deadline,json=ackDeadline,proto3" json:"ack_deadline,omitempty"`
+	AckDeadline *durationpb.Duration `protobuf:"bytes,6,opt,name=ack_deadline,json=ackDeadline,proto3" json:"ack_deadline,omitempty"`
+	// As SubscribeRequest.start.
+	Start         *StartPosition `protobuf:"bytes,7,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReceiveRequest) Reset() {
 	*x = ReceiveRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +856,7 @@ func (x *ReceiveRequest) String() string {
 func (*ReceiveRequest) ProtoMessage() {}
 
 func (x *ReceiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +869,7 @@ func (x *ReceiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiveRequest.ProtoReflect.Descriptor instead.
 func (*ReceiveRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReceiveRequest) GetPath() string {
@@ -704,6 +914,13 @@ func (x *ReceiveRequest) GetAckDeadline() *durationpb.Duration {
 	return nil
 }
 
+func (x *ReceiveRequest) GetStart() *StartPosition {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
 type ReceiveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Zero or more deliveries, oldest first.
@@ -714,7 +931,7 @@ type ReceiveResponse struct {
 
 func (x *ReceiveResponse) Reset() {
 	*x = ReceiveResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +943,7 @@ func (x *ReceiveResponse) String() string {
 func (*ReceiveResponse) ProtoMessage() {}
 
 func (x *ReceiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +956,7 @@ func (x *ReceiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiveResponse.ProtoReflect.Descriptor instead.
 func (*ReceiveResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReceiveResponse) GetDeliveries() []*Delivery {
@@ -760,7 +977,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +989,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1002,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AckRequest) GetReceipts() []string {
@@ -806,7 +1023,7 @@ type AckResult struct {
 
 func (x *AckResult) Reset() {
 	*x = AckResult{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +1035,7 @@ func (x *AckResult) String() string {
 func (*AckResult) ProtoMessage() {}
 
 func (x *AckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +1048,7 @@ func (x *AckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
 func (*AckResult) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AckResult) GetReceipt() string {
@@ -858,7 +1075,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1087,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1100,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AckResponse) GetResults() []*AckResult {
@@ -913,7 +1130,7 @@ type NackRequest struct {
 
 func (x *NackRequest) Reset() {
 	*x = NackRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1142,7 @@ func (x *NackRequest) String() string {
 func (*NackRequest) ProtoMessage() {}
 
 func (x *NackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1155,7 @@ func (x *NackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
 func (*NackRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NackRequest) GetReceipt() string {
@@ -982,7 +1199,7 @@ type NackResponse struct {
 
 func (x *NackResponse) Reset() {
 	*x = NackResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1211,7 @@ func (x *NackResponse) String() string {
 func (*NackResponse) ProtoMessage() {}
 
 func (x *NackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1224,7 @@ func (x *NackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
 func (*NackResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NackResponse) GetOutcome() NackOutcome {
@@ -1045,7 +1262,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1274,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1287,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExtendRequest) GetReceipt() string {
@@ -1097,7 +1314,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1326,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1339,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExtendResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
@@ -1136,28 +1353,44 @@ var File_leanmq_v1_broker_proto protoreflect.FileDescriptor
 
 const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x01\n" +
+	"\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n" +
 	"\vSendRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
 	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12=\n" +
-	"\aheaders\x18\x04 \x03(\v2#.leanmq.v1.SendRequest.HeadersEntryR\aheaders\x1a:\n" +
+	"\aheaders\x18\x04 \x03(\v2#.leanmq.v1.SendRequest.HeadersEntryR\aheaders\x12+\n" +
+	"\x03ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12/\n" +
+	"\x05delay\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x129\n" +
+	"\n" +
+	"deliver_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tdeliverAt\x12'\n" +
+	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"-\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"l\n" +
 	"\fSendResponse\x12\x1d\n" +
 	"\n" +
-	"message_id\x18\x01 \x01(\tR\tmessageId\"F\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1c\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x1f\n" +
+	"\vschedule_id\x18\x03 \x01(\tR\n" +
+	"scheduleId\"F\n" +
 	"\x10SendBatchRequest\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.leanmq.v1.SendRequestR\bmessages\"F\n" +
 	"\x11SendBatchResponse\x121\n" +
-	"\aresults\x18\x01 \x03(\v2\x17.leanmq.v1.SendResponseR\aresults\"\xba\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.leanmq.v1.SendResponseR\aresults\"\xea\x01\n" +
 	"\x10SubscribeRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1a\n" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\"\n" +
 	"\rmax_in_flight\x18\x04 \x01(\rR\vmaxInFlight\x12<\n" +
-	"\fack_deadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\"\xc1\x03\n" +
+	"\fack_deadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\x12.\n" +
+	"\x05start\x18\x06 \x01(\v2\x18.leanmq.v1.StartPositionR\x05start\"\xa3\x01\n" +
+	"\rStartPosition\x12\x1e\n" +
+	"\tbeginning\x18\x01 \x01(\bH\x00R\tbeginning\x12\x12\n" +
+	"\x03now\x18\x02 \x01(\bH\x00R\x03now\x12\x1b\n" +
+	"\bafter_id\x18\x03 \x01(\tH\x00R\aafterId\x125\n" +
+	"\aat_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\x06atTimeB\n" +
+	"\n" +
+	"\bposition\"\xc1\x03\n" +
 	"\bDelivery\x12\x18\n" +
 	"\areceipt\x18\x01 \x01(\tR\areceipt\x12\x1d\n" +
 	"\n" +
@@ -1173,14 +1406,15 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe6\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
 	"\x0eReceiveRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1a\n" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12!\n" +
 	"\fmax_messages\x18\x04 \x01(\rR\vmaxMessages\x12-\n" +
 	"\x04wait\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12<\n" +
-	"\fack_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\"F\n" +
+	"\fack_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\x12.\n" +
+	"\x05start\x18\a \x01(\v2\x18.leanmq.v1.StartPositionR\x05start\"F\n" +
 	"\x0fReceiveResponse\x123\n" +
 	"\n" +
 	"deliveries\x18\x01 \x03(\v2\x13.leanmq.v1.DeliveryR\n" +
@@ -1241,7 +1475,7 @@ func file_leanmq_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_leanmq_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_leanmq_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_leanmq_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_leanmq_v1_broker_proto_goTypes = []any{
 	(AckOutcome)(0),               // 0: leanmq.v1.AckOutcome
 	(NackOutcome)(0),              // 1: leanmq.v1.NackOutcome
@@ -1250,58 +1484,65 @@ var file_leanmq_v1_broker_proto_goTypes = []any{
 	(*SendBatchRequest)(nil),      // 4: leanmq.v1.SendBatchRequest
 	(*SendBatchResponse)(nil),     // 5: leanmq.v1.SendBatchResponse
 	(*SubscribeRequest)(nil),      // 6: leanmq.v1.SubscribeRequest
-	(*Delivery)(nil),              // 7: leanmq.v1.Delivery
-	(*ReceiveRequest)(nil),        // 8: leanmq.v1.ReceiveRequest
-	(*ReceiveResponse)(nil),       // 9: leanmq.v1.ReceiveResponse
-	(*AckRequest)(nil),            // 10: leanmq.v1.AckRequest
-	(*AckResult)(nil),             // 11: leanmq.v1.AckResult
-	(*AckResponse)(nil),           // 12: leanmq.v1.AckResponse
-	(*NackRequest)(nil),           // 13: leanmq.v1.NackRequest
-	(*NackResponse)(nil),          // 14: leanmq.v1.NackResponse
-	(*ExtendRequest)(nil),         // 15: leanmq.v1.ExtendRequest
-	(*ExtendResponse)(nil),        // 16: leanmq.v1.ExtendResponse
-	nil,                           // 17: leanmq.v1.SendRequest.HeadersEntry
-	nil,                           // 18: leanmq.v1.Delivery.HeadersEntry
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*StartPosition)(nil),         // 7: leanmq.v1.StartPosition
+	(*Delivery)(nil),              // 8: leanmq.v1.Delivery
+	(*ReceiveRequest)(nil),        // 9: leanmq.v1.ReceiveRequest
+	(*ReceiveResponse)(nil),       // 10: leanmq.v1.ReceiveResponse
+	(*AckRequest)(nil),            // 11: leanmq.v1.AckRequest
+	(*AckResult)(nil),             // 12: leanmq.v1.AckResult
+	(*AckResponse)(nil),           // 13: leanmq.v1.AckResponse
+	(*NackRequest)(nil),           // 14: leanmq.v1.NackRequest
+	(*NackResponse)(nil),          // 15: leanmq.v1.NackResponse
+	(*ExtendRequest)(nil),         // 16: leanmq.v1.ExtendRequest
+	(*ExtendResponse)(nil),        // 17: leanmq.v1.ExtendResponse
+	nil,                           // 18: leanmq.v1.SendRequest.HeadersEntry
+	nil,                           // 19: leanmq.v1.Delivery.HeadersEntry
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_leanmq_v1_broker_proto_depIdxs = []int32{
-	17, // 0: leanmq.v1.SendRequest.headers:type_name -> leanmq.v1.SendRequest.HeadersEntry
-	2,  // 1: leanmq.v1.SendBatchRequest.messages:type_name -> leanmq.v1.SendRequest
-	3,  // 2: leanmq.v1.SendBatchResponse.results:type_name -> leanmq.v1.SendResponse
-	19, // 3: leanmq.v1.SubscribeRequest.ack_deadline:type_name -> google.protobuf.Duration
-	18, // 4: leanmq.v1.Delivery.headers:type_name -> leanmq.v1.Delivery.HeadersEntry
-	20, // 5: leanmq.v1.Delivery.published_at:type_name -> google.protobuf.Timestamp
-	20, // 6: leanmq.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
-	19, // 7: leanmq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
-	19, // 8: leanmq.v1.ReceiveRequest.ack_deadline:type_name -> google.protobuf.Duration
-	7,  // 9: leanmq.v1.ReceiveResponse.deliveries:type_name -> leanmq.v1.Delivery
-	0,  // 10: leanmq.v1.AckResult.outcome:type_name -> leanmq.v1.AckOutcome
-	11, // 11: leanmq.v1.AckResponse.results:type_name -> leanmq.v1.AckResult
-	19, // 12: leanmq.v1.NackRequest.delay:type_name -> google.protobuf.Duration
-	1,  // 13: leanmq.v1.NackResponse.outcome:type_name -> leanmq.v1.NackOutcome
-	20, // 14: leanmq.v1.NackResponse.retry_at:type_name -> google.protobuf.Timestamp
-	19, // 15: leanmq.v1.ExtendRequest.extension:type_name -> google.protobuf.Duration
-	20, // 16: leanmq.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 17: leanmq.v1.Broker.Send:input_type -> leanmq.v1.SendRequest
-	4,  // 18: leanmq.v1.Broker.SendBatch:input_type -> leanmq.v1.SendBatchRequest
-	6,  // 19: leanmq.v1.Broker.Subscribe:input_type -> leanmq.v1.SubscribeRequest
-	8,  // 20: leanmq.v1.Broker.Receive:input_type -> leanmq.v1.ReceiveRequest
-	10, // 21: leanmq.v1.Broker.Ack:input_type -> leanmq.v1.AckRequest
-	13, // 22: leanmq.v1.Broker.Nack:input_type -> leanmq.v1.NackRequest
-	15, // 23: leanmq.v1.Broker.Extend:input_type -> leanmq.v1.ExtendRequest
-	3,  // 24: leanmq.v1.Broker.Send:output_type -> leanmq.v1.SendResponse
-	5,  // 25: leanmq.v1.Broker.SendBatch:output_type -> leanmq.v1.SendBatchResponse
-	7,  // 26: leanmq.v1.Broker.Subscribe:output_type -> leanmq.v1.Delivery
-	9,  // 27: leanmq.v1.Broker.Receive:output_type -> leanmq.v1.ReceiveResponse
-	12, // 28: leanmq.v1.Broker.Ack:output_type -> leanmq.v1.AckResponse
-	14, // 29: leanmq.v1.Broker.Nack:output_type -> leanmq.v1.NackResponse
-	16, // 30: leanmq.v1.Broker.Extend:output_type -> leanmq.v1.ExtendResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	18, // 0: leanmq.v1.SendRequest.headers:type_name -> leanmq.v1.SendRequest.HeadersEntry
+	20, // 1: leanmq.v1.SendRequest.ttl:type_name -> google.protobuf.Duration
+	20, // 2: leanmq.v1.SendRequest.delay:type_name -> google.protobuf.Duration
+	21, // 3: leanmq.v1.SendRequest.deliver_at:type_name -> google.protobuf.Timestamp
+	2,  // 4: leanmq.v1.SendBatchRequest.messages:type_name -> leanmq.v1.SendRequest
+	3,  // 5: leanmq.v1.SendBatchResponse.results:type_name -> leanmq.v1.SendResponse
+	20, // 6: leanmq.v1.SubscribeRequest.ack_deadline:type_name -> google.protobuf.Duration
+	7,  // 7: leanmq.v1.SubscribeRequest.start:type_name -> leanmq.v1.StartPosition
+	21, // 8: leanmq.v1.StartPosition.at_time:type_name -> google.protobuf.Timestamp
+	19, // 9: leanmq.v1.Delivery.headers:type_name -> leanmq.v1.Delivery.HeadersEntry
+	21, // 10: leanmq.v1.Delivery.published_at:type_name -> google.protobuf.Timestamp
+	21, // 11: leanmq.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	20, // 12: leanmq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
+	20, // 13: leanmq.v1.ReceiveRequest.ack_deadline:type_name -> google.protobuf.Duration
+	7,  // 14: leanmq.v1.ReceiveRequest.start:type_name -> leanmq.v1.StartPosition
+	8,  // 15: leanmq.v1.ReceiveResponse.deliveries:type_name -> leanmq.v1.Delivery
+	0,  // 16: leanmq.v1.AckResult.outcome:type_name -> leanmq.v1.AckOutcome
+	12, // 17: leanmq.v1.AckResponse.results:type_name -> leanmq.v1.AckResult
+	20, // 18: leanmq.v1.NackRequest.delay:type_name -> google.protobuf.Duration
+	1,  // 19: leanmq.v1.NackResponse.outcome:type_name -> leanmq.v1.NackOutcome
+	21, // 20: leanmq.v1.NackResponse.retry_at:type_name -> google.protobuf.Timestamp
+	20, // 21: leanmq.v1.ExtendRequest.extension:type_name -> google.protobuf.Duration
+	21, // 22: leanmq.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 23: leanmq.v1.Broker.Send:input_type -> leanmq.v1.SendRequest
+	4,  // 24: leanmq.v1.Broker.SendBatch:input_type -> leanmq.v1.SendBatchRequest
+	6,  // 25: leanmq.v1.Broker.Subscribe:input_type -> leanmq.v1.SubscribeRequest
+	9,  // 26: leanmq.v1.Broker.Receive:input_type -> leanmq.v1.ReceiveRequest
+	11, // 27: leanmq.v1.Broker.Ack:input_type -> leanmq.v1.AckRequest
+	14, // 28: leanmq.v1.Broker.Nack:input_type -> leanmq.v1.NackRequest
+	16, // 29: leanmq.v1.Broker.Extend:input_type -> leanmq.v1.ExtendRequest
+	3,  // 30: leanmq.v1.Broker.Send:output_type -> leanmq.v1.SendResponse
+	5,  // 31: leanmq.v1.Broker.SendBatch:output_type -> leanmq.v1.SendBatchResponse
+	8,  // 32: leanmq.v1.Broker.Subscribe:output_type -> leanmq.v1.Delivery
+	10, // 33: leanmq.v1.Broker.Receive:output_type -> leanmq.v1.ReceiveResponse
+	13, // 34: leanmq.v1.Broker.Ack:output_type -> leanmq.v1.AckResponse
+	15, // 35: leanmq.v1.Broker.Nack:output_type -> leanmq.v1.NackResponse
+	17, // 36: leanmq.v1.Broker.Extend:output_type -> leanmq.v1.ExtendResponse
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_leanmq_v1_broker_proto_init() }
@@ -1309,13 +1550,19 @@ func file_leanmq_v1_broker_proto_init() {
 	if File_leanmq_v1_broker_proto != nil {
 		return
 	}
+	file_leanmq_v1_broker_proto_msgTypes[5].OneofWrappers = []any{
+		(*StartPosition_Beginning)(nil),
+		(*StartPosition_Now)(nil),
+		(*StartPosition_AfterId)(nil),
+		(*StartPosition_AtTime)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leanmq_v1_broker_proto_rawDesc), len(file_leanmq_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,433 @@
+"""asyncio webhook layer on ``grpc.aio``: ``AsyncWebhook``."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, TypeVar
+
+import grpc
+import grpc.aio
+
+from ._common import (
+    ACK_OK,
+    FATAL_STREAM_CODES,
+    RETRYABLE_CODES,
+    SETTLE_ATTEMPTS,
+    Backoff,
+    BatchItem,
+    Delivery,
+    Metadata,
+    Route,
+    Router,
+    Settlement,
+    build_batch_request,
+    build_send_request,
+    default_consumer,
+    first_extend_delay,
+    handler_argument,
+    logger,
+    rpc_code,
+    settlement_for,
+    shutdown_settlement,
+    to_duration,
+)
+from ._proto.leanmq.v1 import broker_pb2 as pb
+from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Job:
+    """A delivery being handled; settled exactly once."""
+
+    __slots__ = ("route", "delivery", "settled", "task")
+
+    def __init__(self, route: Route, delivery: Delivery) -> None:
+        self.route = route
+        self.delivery = delivery
+        self.settled = False
+        self.task: Optional["asyncio.Task[None]"] = None
+
+    def claim(self) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        return True
+
+
+class AsyncWebhook:
+    """asyncio twin of :class:`leanmq_grpc.Webhook`.
+
+    Same constructor arguments (``target`` is ``"host:port"`` or a
+    ``grpc.aio.Channel``). Handlers may be ``async def`` (awaited on the loop)
+    or plain functions (run in the loop's default executor).
+
+    ``run()`` consumes until cancelled or :meth:`stop` is called, then stops
+    gracefully: no new deliveries, running handlers get ``shutdown_timeout``
+    seconds to finish, the rest are nacked (and their tasks cancelled).
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        group: str = "",
+        consumer: Optional[str] = None,
+        concurrency: int = 10,
+        ack_deadline: float = 30.0,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        metadata: Optional[Metadata] = None,
+        options: Optional[Sequence[Any]] = None,
+        rpc_timeout: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not 0.1 <= ack_deadline <= 12 * 3600:
+            raise ValueError("ack_deadline must be between 0.1 s and 12 h")
+        self.target = target
+        self.group = group
+        self.consumer = consumer or default_consumer()
+        self.concurrency = concurrency
+        self.ack_deadline = float(ack_deadline)
+        self.rpc_timeout = rpc_timeout
+        self._credentials = credentials
+        self._options = options
+        self._metadata = tuple(metadata or ())
+        self._channel: Any = None
+        self._owns_channel = False
+        self._stub: Any = None
+        if not isinstance(target, str):
+            self._channel, self._owns_channel = target, False
+            self._stub = pb_grpc.BrokerStub(target)
+        self._router = Router()
+        self._stop_event: Optional[asyncio.Event] = None
+        self._stop_requested = False
+        self._ready: Dict[str, asyncio.Event] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------ registration
+
+    @property
+    def routes(self) -> List[Route]:
+        return list(self._router.routes.values())
+
+    def get(self, path: str, *, raw: bool = False) -> Callable[[F], F]:
+        """Register ``handler(data)`` (``handler(delivery)`` with ``raw=True``) for ``path``."""
+
+        def decorator(func: F) -> F:
+            self._router.add(path, func, raw)
+            return func
+
+        return decorator
+
+    def add_handler(self, path: str, handler: Callable[[Any], Any], *, raw: bool = False) -> None:
+        self._router.add(path, handler, raw)
+
+    # ------------------------------------------------------------ channel
+
+    def _get_stub(self) -> Any:
+        if self._stub is None:
+            if self._closed:
+                raise RuntimeError("AsyncWebhook is closed")
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            self._owns_channel = True
+            self._stub = pb_grpc.BrokerStub(self._channel)
+        return self._stub
+
+    # ------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        path: str,
+        data: Any,
+        *,
+        headers: Optional[Mapping[str, str]] = None,
+        content_type: Optional[str] = None,
+    ) -> str:
+        req = build_send_request(path, data, headers, content_type)
+        resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        return str(resp.message_id)
+
+    async def send_batch(self, messages: Iterable[BatchItem]) -> List[str]:
+        req = build_batch_request(messages)
+        resp = await self._get_stub().SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        return [r.message_id for r in resp.results]
+
+    # ------------------------------------------------------------ pull processing
+
+    async def process_messages(self, block: bool = False, timeout: float = 1, count: int = 10) -> int:
+        """As :meth:`Webhook.process_messages`; handlers run one after another."""
+        stub = self._get_stub()
+        processed = 0
+        for route in self._router.subscriptions():
+            req = pb.ReceiveRequest(
+                path=route.path,
+                group=self.group,
+                consumer=self.consumer,
+                max_messages=max(1, min(int(count), 1000)),  # the broker's limits
+                ack_deadline=to_duration(self.ack_deadline),
+            )
+            wait = min(float(timeout), 300.0) if block and timeout else 0.0
+            if wait > 0:
+                req.wait.CopyFrom(to_duration(wait))
+            try:
+                resp = await stub.Receive(req, timeout=wait + self.rpc_timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                logger.error("Error fetching messages for route %s: %s", route.path, e)
+                continue
+            deliveries = [Delivery.from_proto(d) for d in resp.deliveries]
+            keepers = [asyncio.ensure_future(self._keep_lease(d)) for d in deliveries]
+            try:
+                for d, keeper in zip(deliveries, keepers):
+                    job = _Job(self._router.route_for(route, d), d)
+                    if await self._run_and_settle(job, keeper):
+                        processed += 1
+            finally:
+                for k in keepers:
+                    k.cancel()
+        return processed
+
+    # ------------------------------------------------------------ push processing
+
+    def stop(self) -> None:
+        """Ask a running :meth:`run` to stop gracefully and return."""
+        self._stop_requested = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def wait_ready(self, timeout: Optional[float] = None) -> bool:
+        """Wait until :meth:`run` has every path's Subscribe stream open."""
+
+        async def _all() -> None:
+            # run() creates the events (on its loop); poll until it has.
+            while not (self._ready and all(e.is_set() for e in self._ready.values())):
+                await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.wait_for(_all(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def run(self, *, shutdown_timeout: float = 5.0) -> None:
+        """Consume every registered path until cancelled or :meth:`stop`.
+
+        Cancellation is honoured: the graceful stop runs, then
+        ``CancelledError`` propagates. A non-retryable stream error
+        (e.g. INVALID_ARGUMENT) stops the run and is raised.
+        """
+        routes = self._router.subscriptions()
+        if not routes:
+            raise RuntimeError("no handlers registered; use @webhook.get(path) first")
+        self._get_stub()
+        self._stop_event = asyncio.Event()
+        if self._stop_requested:
+            self._stop_event.set()
+        self._ready = {r.path: asyncio.Event() for r in routes}
+        jobs: Set[_Job] = set()
+        fatal: List[BaseException] = []
+        readers = [asyncio.ensure_future(self._subscribe_loop(r, jobs, fatal)) for r in routes]
+        stop_wait = asyncio.ensure_future(self._stop_event.wait())
+        cancelled = False
+        try:
+            await asyncio.wait([stop_wait, *readers], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            cancelled = True
+        finally:
+            # Graceful stop: shielded so a second cancel cannot skip the nacks.
+            stopping = asyncio.ensure_future(self._graceful_stop(readers, stop_wait, jobs, shutdown_timeout))
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                cancelled = True
+                await stopping
+            self._stop_event = None
+            self._stop_requested = False
+        if cancelled:
+            raise asyncio.CancelledError
+        if fatal:
+            raise fatal[0]
+        for r in readers:
+            if r.done() and not r.cancelled() and r.exception() is not None:
+                raise r.exception()  # type: ignore[misc]
+
+    async def _graceful_stop(
+        self, readers: Sequence["asyncio.Future[None]"], stop_wait: "asyncio.Future[Any]", jobs: Set[_Job], timeout: float
+    ) -> None:
+        for t in (*readers, stop_wait):
+            t.cancel()
+        await asyncio.gather(*readers, stop_wait, return_exceptions=True)
+        pending = [j.task for j in jobs if j.task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for job in list(jobs):
+            if job.claim():
+                logger.warning("message %s did not finish within %gs; nacking it", job.delivery.message_id, timeout)
+                await self._settle(job.delivery, shutdown_settlement(timeout))
+                if job.task is not None:
+                    job.task.cancel()
+        leftovers = [j.task for j in jobs if j.task is not None and not j.task.done()]
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=1.0)
+
+    async def _subscribe_loop(self, route: Route, jobs: Set[_Job], fatal: List[BaseException]) -> None:
+        stub = self._get_stub()
+        sem = asyncio.Semaphore(self.concurrency)
+        backoff = Backoff()
+        failures = 0
+        req = pb.SubscribeRequest(
+            path=route.path,
+            group=self.group,
+            consumer=self.consumer,
+            max_in_flight=self.concurrency,
+            ack_deadline=to_duration(self.ack_deadline),
+        )
+        while True:
+            call = stub.Subscribe(req, metadata=self._metadata)
+            try:
+                await call.initial_metadata()
+                if not call.done():
+                    backoff.reset()
+                    failures = 0
+                    self._ready[route.path].set()
+                    logger.info("subscribed to %s (group %r)", route.path, self.group or "<default>")
+                async for msg in call:
+                    backoff.reset()
+                    delivery = Delivery.from_proto(msg)
+                    await sem.acquire()
+                    job = _Job(self._router.route_for(route, delivery), delivery)
+                    jobs.add(job)
+                    job.task = asyncio.ensure_future(self._work(job, sem, jobs))
+                logger.warning("stream for %s ended; reconnecting", route.path)
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            except grpc.RpcError as e:
+                code = rpc_code(e)
+                if code in FATAL_STREAM_CODES:
+                    logger.error("subscription to %s failed: %s", route.path, e)
+                    fatal.append(e)
+                    return
+                failures += 1
+                logger.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "stream for %s broke (%s: %s); reconnecting",
+                    route.path,
+                    code,
+                    e.details() if hasattr(e, "details") else e,
+                )
+            await asyncio.sleep(backoff.next())
+
+    async def _work(self, job: _Job, sem: asyncio.Semaphore, jobs: Set[_Job]) -> None:
+        keeper = asyncio.ensure_future(self._keep_lease(job.delivery))
+        try:
+            await self._run_and_settle(job, keeper)
+        except asyncio.CancelledError:
+            pass  # abandoned at stop (already nacked)
+        finally:
+            keeper.cancel()
+            sem.release()
+            jobs.discard(job)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def close(self) -> None:
+        self.stop()
+        self._closed = True
+        if self._channel is not None and self._owns_channel:
+            await self._channel.close()
+        self._channel = None
+        self._stub = None
+
+    async def __aenter__(self) -> "AsyncWebhook":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ internals
+
+    async def _call_handler(self, job: _Job) -> None:
+        arg = handler_argument(job.route, job.delivery)
+        if job.route.is_async:
+            await job.route.handler(arg)
+            return
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, functools.partial(job.route.handler, arg))
+        if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
+            await result
+
+    async def _run_and_settle(self, job: _Job, keeper: "asyncio.Future[None]") -> bool:
+        error: Optional[BaseException] = None
+        try:
+            await self._call_handler(job)
+        except asyncio.CancelledError:
+            keeper.cancel()
+            if job.claim():  # cancelled from outside (e.g. process_messages' caller)
+                await asyncio.shield(self._settle(job.delivery, Settlement(ack=False, reason="cancelled")))
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure is settled
+            error = e
+            logger.info("handler for %s failed on message %s: %r", job.route.path, job.delivery.message_id, e)
+        keeper.cancel()
+        if not job.claim():
+            return False
+        return await self._settle(job.delivery, settlement_for(error))
+
+    async def _call_with_retry(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        backoff = Backoff()
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                return await method(request, timeout=self.rpc_timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if rpc_code(e) not in RETRYABLE_CODES or attempt == SETTLE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(backoff.next())
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _settle(self, delivery: Delivery, settlement: Settlement) -> bool:
+        stub = self._get_stub()
+        try:
+            if settlement.ack:
+                resp = await self._call_with_retry(stub.Ack, pb.AckRequest(receipts=[delivery.receipt]))
+                outcome = resp.results[0].outcome if resp.results else pb.ACK_OUTCOME_UNSPECIFIED
+                if outcome in ACK_OK:
+                    return True
+                logger.warning(
+                    "ack of message %s was stale: its lease had expired, it will be processed again",
+                    delivery.message_id,
+                )
+                return False
+            await self._call_with_retry(stub.Nack, settlement.nack_request(delivery.receipt))
+            return False
+        except grpc.RpcError as e:
+            if rpc_code(e) == grpc.StatusCode.FAILED_PRECONDITION:
+                logger.warning("lease lost before settling message %s: %s", delivery.message_id, e)
+            else:
+                logger.error("settling message %s failed: %s", delivery.message_id, e)
+            return False
+
+    async def _keep_lease(self, delivery: Delivery) -> None:
+        """Extend the lease at about half of it until cancelled."""
+        stub = self._get_stub()
+        lease = self.ack_deadline
+        delay = first_extend_delay(delivery, lease)
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await stub.Extend(
+                    pb.ExtendRequest(receipt=delivery.receipt, extension=to_duration(lease)),
+                    timeout=min(self.rpc_timeout, max(lease / 2, 1.0)),
+                    metadata=self._metadata,
+                )
+                delay = lease / 2
+            except grpc.RpcError as e:
+                if rpc_code(e) == grpc.StatusCode.FAILED_PRECONDITION:
+                    logger.warning("lease lost for message %s", delivery.message_id)
+                    return
+                logger.warning("Extend failed for message %s: %s; retrying", delivery.message_id, e)
+                delay = min(1.0, lease / 4)
