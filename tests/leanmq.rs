@@ -318,3 +318,73 @@ async fn the_wire_format_written_by_hand_is_read_and_extended() {
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].0, "data");
 }
+
+/// What LeanMQ dead-lettered is listable and requeueable through the Admin
+/// service, and the requeued copy is delivered again with attempts reset.
+#[tokio::test]
+async fn admin_lists_and_requeues_a_leanmq_dead_letter() {
+    use leanmq_grpc::proto;
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut a = proto::admin_client::AdminClient::new(d.channel().await);
+    run_peer(
+        &redis,
+        &["send", "/legacy/orders", r#"{"order_id": "ORD-77"}"#],
+    )
+    .await;
+    run_peer(&redis, &["handle", "/legacy/orders", "1", "fail"]).await;
+    let list = a
+        .list_dead_letters(proto::ListDeadLettersRequest {
+            path: "/legacy/orders".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.dead_letters.len(), 1);
+    let dl = &list.dead_letters[0];
+    assert_eq!(
+        serde_json::from_slice::<Value>(&dl.payload).expect("json"),
+        json!({"order_id": "ORD-77"})
+    );
+    assert!(
+        dl.last_reason.contains("python handler says no"),
+        "{}",
+        dl.last_reason
+    );
+    assert_eq!(dl.path, "/legacy/orders");
+    let queues = a
+        .list_queues(proto::ListQueuesRequest {})
+        .await
+        .expect("queues")
+        .into_inner();
+    assert!(queues
+        .queues
+        .iter()
+        .any(|q| q.queue == "legacy_orders" && q.dead_letters == 1));
+    let r = a
+        .requeue_dead_letters(proto::RequeueDeadLettersRequest {
+            path: "/legacy/orders".into(),
+            selector: Some(proto::requeue_dead_letters_request::Selector::All(true)),
+        })
+        .await
+        .expect("requeue")
+        .into_inner();
+    assert_eq!(r.requeued.len(), 1);
+    assert_eq!(xlen(&redis, "webhook:legacy_orders:dlq"), 0);
+    // The copy is back in the queue and reaches LeanMQ's own handler again.
+    let again = run_peer(&redis, &["handle", "/legacy/orders", "1"]).await;
+    assert_eq!(again[0]["order_id"], "ORD-77");
+    let m = entries(&redis, "webhook:legacy_orders");
+    let copy = &m
+        .iter()
+        .find(|(id, _)| *id == r.requeued[0].message_id)
+        .expect("copy")
+        .1;
+    assert_eq!(copy["_requeues"][0]["to_queue"], "webhook:legacy_orders");
+    assert_eq!(
+        pending_count(&redis, "webhook:legacy_orders", "legacy_orders-group"),
+        0
+    );
+    let _ = &mut c;
+}
