@@ -386,5 +386,4 @@ async fn admin_lists_and_requeues_a_leanmq_dead_letter() {
         pending_count(&redis, "webhook:legacy_orders", "legacy_orders-group"),
         0
     );
-    let _ = &mut c;
 }
