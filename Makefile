@@ -7,13 +7,22 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test setup redis venv lint fmt clippy ci clean
+.PHONY: run test test-rust test-clients setup redis venv lint fmt clippy ci clean
 
 run: redis
 	$(CARGO) run --release --bin leanmqd -- $(ARGS)
 
-test: setup
+# Every test: the server's, each client's (unit tests + generated-code
+# staleness), and the cross-language suite.
+test: setup test-rust test-clients
+
+test-rust: setup
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+test-clients:
+	$(MAKE) -C clients/python setup test check-gen
+	$(MAKE) -C clients/go setup test check-gen
+	$(MAKE) -C clients/node setup test check-gen
 
 setup: redis venv
 
