@@ -129,3 +129,36 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: no input makes the codec panic, and every receipt it
+    //! issues decodes to itself. `PROPTEST_CASES=100000 cargo test fuzz`
+    //! runs longer than CI's default.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_text_never_panics(s in ".{0,300}") {
+            let _ = Receipt::decode(&s);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_as_base64_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Receipt::decode(&URL_SAFE_NO_PAD.encode(&b));
+        }
+
+        #[test]
+        fn issued_receipts_round_trip(
+            queue in "[A-Za-z0-9_]{1,40}",
+            group in "[^\\p{Cc}]{1,60}",
+            ms in any::<u64>(),
+            seq in any::<u64>(),
+            attempt in 1u32..,
+        ) {
+            let r = Receipt { queue, group, id: format!("{ms}-{seq}"), attempt };
+            prop_assert_eq!(Receipt::decode(&r.encode()).ok(), Some(r));
+        }
+    }
+}

@@ -291,3 +291,68 @@ mod tests {
         assert!(outgoing("", many, 10).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests over the request → domain conversion: arbitrary
+    //! requests are either accepted with every limit holding, or refused
+    //! with INVALID_ARGUMENT; nothing panics.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
+        proptest::option::of(
+            (any::<i64>(), any::<i32>())
+                .prop_map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn send_requests_are_validated_without_panics(
+            path in ".{0,80}",
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+            content_type in prop_oneof![Just(String::new()), Just("application/json".to_string()), ".{0,40}"],
+            headers in proptest::collection::hash_map(".{0,20}", ".{0,20}", 0..80),
+            ttl in arb_duration(),
+            delay in arb_duration(),
+            key in ".{0,300}",
+        ) {
+            let req = proto::SendRequest {
+                path, payload: bytes::Bytes::from(payload), content_type, headers,
+                ttl, delay, deliver_at: None, idempotency_key: key,
+            };
+            match outgoing("", req, 100) {
+                Ok(o) => {
+                    prop_assert!(o.payload.len() <= 100);
+                    prop_assert!(o.headers.len() <= MAX_HEADERS);
+                    prop_assert!(!o.route.queue.is_empty());
+                    prop_assert!(o.ttl.is_none_or(|t| t <= MAX_SCHEDULE));
+                    prop_assert!(o.idempotency_key.is_none_or(|k| k.len() <= MAX_IDEMPOTENCY_KEY_BYTES));
+                    // The envelope of anything accepted encodes (or is refused as bad JSON).
+                    let _ = crate::broker::envelope::encode(&o.route.path, &o.payload, &o.content_type, &o.headers, None, 1.0);
+                }
+                Err(e) => {
+                    let refused = matches!(e, Error::InvalidArgument(_) | Error::PayloadTooLarge { .. });
+                    prop_assert!(refused, "unexpected error kind: {}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn durations_are_bounded(d in arb_duration()) {
+            let range = (Duration::from_millis(100), Duration::from_secs(3600));
+            if let Ok(v) = duration("d", d, Duration::from_secs(30), range) {
+                prop_assert!(v >= range.0 && v <= range.1);
+            }
+        }
+
+        #[test]
+        fn stored_envelopes_decode_without_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = crate::broker::envelope::decode(Some(&data));
+            let f = crate::broker::envelope::Failure { reason: "r", attempts: 1, group: "g", message_id: "1-1", now: 1.0 };
+            let dl = crate::broker::envelope::dead_letter_data(Some(&data), &f);
+            prop_assert!(serde_json::from_str::<serde_json::Value>(&dl).is_ok());
+        }
+    }
+}

@@ -15,6 +15,17 @@ cd "$ROOT"
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 die() { printf '[e2e] error: %s\n' "$*" >&2; exit 1; }
+# Run a noisy set-up command; show its output only when it fails.
+quiet() {
+  local out
+  out="$(mktemp)"
+  if ! "$@" >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    die "failed: $*"
+  fi
+  rm -f "$out"
+}
 
 # --- the broker under test -------------------------------------------------
 LEANMQD="${LEANMQD:-target/debug/leanmqd}"
@@ -58,8 +69,8 @@ if [ ! -f "$VENV/.deps-ok" ]; then
   log "creating $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VPY" -m pip install -q --upgrade pip
-  "$VPY" -m pip install -q pytest pytest-timeout "leanmq==0.2.0" redis
+  quiet "$VPY" -m pip install -q --upgrade pip
+  quiet "$VPY" -m pip install -q pytest pytest-timeout "leanmq==0.2.0" redis
   touch "$VENV/.deps-ok"
 fi
 # (Re)install the Python SDK whenever its sources changed.
@@ -71,8 +82,8 @@ if [ "$(cat "$VENV/.sdk-hash" 2>/dev/null || true)" != "$SDK_HASH" ]; then
   mkdir -p "$TMP/python-sdk"
   tar -C clients/python --exclude=./.venv --exclude=./build --exclude=./dist \
     --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$TMP/python-sdk" -xf -
-  "$VPY" -m pip install -q "$TMP/python-sdk"
-  "$VPY" -m pip install -q --force-reinstall --no-deps "$TMP/python-sdk"
+  quiet "$VPY" -m pip install -q "$TMP/python-sdk"
+  quiet "$VPY" -m pip install -q --force-reinstall --no-deps "$TMP/python-sdk"
   echo "$SDK_HASH" >"$VENV/.sdk-hash"
 fi
 
