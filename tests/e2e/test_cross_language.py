@@ -8,7 +8,6 @@ from collections import Counter
 from typing import Any, Dict, List
 
 import grpc
-import pytest
 from leanmq_grpc import Webhook
 
 from harness import (
