@@ -24,8 +24,20 @@ pub struct EmbeddedRedis {
 }
 
 fn spawn(bin: &Path, dir: &Path, socket: &Path) -> std::io::Result<Child> {
-    Command::new(bin)
-        .arg("--port")
+    let mut cmd = Command::new(bin);
+    // If leanmqd dies without cleaning up (SIGKILL, a crash), the kernel sends
+    // the child SIGTERM, so Redis syncs its AOF and frees the socket instead of
+    // lingering as an orphan that blocks the next start.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.arg("--port")
         .arg("0")
         .arg("--unixsocket")
         .arg(socket)

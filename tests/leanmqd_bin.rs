@@ -141,7 +141,56 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
         .expect("xpending");
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, id);
-    let _ = child.start_kill();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc_kill(child.id().expect("pid") as i32, 15) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_killed_leanmqd_takes_its_embedded_redis_with_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("LEANMQ_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let addr = format!("http://127.0.0.1:{port}");
+    eventually("leanmqd accepts connections", || {
+        let addr = addr.clone();
+        async move {
+            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let socket = dir.path().join("redis.sock");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "embedded redis is up"
+    );
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+    eventually("the orphaned redis-server stops", || {
+        let socket = socket.clone();
+        async move {
+            std::os::unix::net::UnixStream::connect(&socket)
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 extern "C" {
