@@ -37,7 +37,9 @@ FATAL_STREAM_CODES = frozenset(
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
-SETTLE_ATTEMPTS = 4
+#: How long a settlement keeps retrying: long enough to ride out a leanmqd
+#: restart or failover, so a handled message is not processed twice.
+SETTLE_RETRY_FOR = 10.0
 
 Metadata = Sequence[Tuple[str, Union[str, bytes]]]
 Target = Union[str, grpc.Channel]

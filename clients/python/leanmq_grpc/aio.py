@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import functools
 import logging
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, TypeVar
@@ -13,7 +14,7 @@ from ._common import (
     ACK_OK,
     FATAL_STREAM_CODES,
     RETRYABLE_CODES,
-    SETTLE_ATTEMPTS,
+    SETTLE_RETRY_FOR,
     Backoff,
     BatchItem,
     Delivery,
@@ -380,14 +381,14 @@ class AsyncWebhook:
 
     async def _call_with_retry(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
         backoff = Backoff()
-        for attempt in range(SETTLE_ATTEMPTS):
+        deadline = time.monotonic() + SETTLE_RETRY_FOR
+        while True:
             try:
                 return await method(request, timeout=self.rpc_timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if rpc_code(e) not in RETRYABLE_CODES or attempt == SETTLE_ATTEMPTS - 1:
+                if rpc_code(e) not in RETRYABLE_CODES or time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(backoff.next())
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _settle(self, delivery: Delivery, settlement: Settlement) -> bool:
         stub = self._get_stub()

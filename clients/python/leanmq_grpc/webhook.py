@@ -14,7 +14,7 @@ from ._common import (
     ACK_OK,
     FATAL_STREAM_CODES,
     RETRYABLE_CODES,
-    SETTLE_ATTEMPTS,
+    SETTLE_RETRY_FOR,
     Backoff,
     BatchItem,
     Delivery,
@@ -361,14 +361,14 @@ class Webhook:
 
     def _call_with_retry(self, method: Callable[..., Any], request: Any) -> Any:
         backoff = Backoff()
-        for attempt in range(SETTLE_ATTEMPTS):
+        deadline = time.monotonic() + SETTLE_RETRY_FOR
+        while True:
             try:
                 return method(request, timeout=self.rpc_timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if rpc_code(e) not in RETRYABLE_CODES or attempt == SETTLE_ATTEMPTS - 1:
+                if rpc_code(e) not in RETRYABLE_CODES or time.monotonic() >= deadline:
                     raise
                 time.sleep(backoff.next())
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _settle(self, delivery: Delivery, settlement: Settlement) -> bool:
         try:
