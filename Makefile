@@ -7,22 +7,38 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test test-rust test-clients setup redis venv lint fmt clippy ci clean
+.PHONY: run test test-rust test-clients test-e2e bench bench-short setup redis venv lint fmt clippy ci clean
 
 run: redis
 	$(CARGO) run --release --bin leanmqd -- $(ARGS)
 
 # Every test: the server's, each client's (unit tests + generated-code
 # staleness), and the cross-language suite.
-test: setup test-rust test-clients
+test: setup test-rust test-clients test-e2e
 
 test-rust: setup
-	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
 
 test-clients:
 	$(MAKE) -C clients/python setup test check-gen
 	$(MAKE) -C clients/go setup test check-gen
 	$(MAKE) -C clients/node setup test check-gen
+
+# Cross-language end-to-end and LeanMQ interop through the three SDKs,
+# against a real leanmqd and redis-server.
+test-e2e: setup
+	$(CARGO) build --bin leanmqd
+	LEANMQD=target/debug/leanmqd bash tests/e2e/run.sh
+
+# Benchmarks (docs/benchmarks.md): every figure is a ratio to a baseline
+# measured in the same run. bench-short is CI's quick form.
+bench: redis
+	$(CARGO) build --release --workspace --bins
+	LEANMQD=target/release/leanmqd target/release/leanmq-bench --out target/bench
+
+bench-short: redis
+	$(CARGO) build --release --workspace --bins
+	LEANMQD=target/release/leanmqd target/release/leanmq-bench --short --out target/bench
 
 setup: redis venv
 
@@ -46,7 +62,7 @@ fmt:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 lint: fmt clippy
 
