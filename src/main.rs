@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: less time in malloc on the hot path than glibc's, and less
+/// fragmentation for a long-running server.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use leanmq_grpc::config::{Config, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use leanmq_grpc::embedded::EmbeddedRedis;

@@ -6,7 +6,8 @@
 //! figure next to a baseline measured moments before, as a ratio, because the
 //! machine is shared and noisy; absolute numbers are for context only.
 //!
-//! Usage: leanmq-bench [--short] [--out DIR]   (LEANMQD=path to the server binary)
+//! Usage: leanmq-bench [--short] [--only unary,batch,drain,ack,e2e,idle] [--out DIR]
+//! (LEANMQD=path to the server binary)
 
 mod procs;
 mod scenarios;
@@ -74,7 +75,9 @@ async fn noop_server(listen: &str) -> Result<(), String> {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(proto::broker_server::BrokerServer::new(Noop))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await
         .map_err(|e| e.to_string())
 }
@@ -83,6 +86,8 @@ async fn noop_server(listen: &str) -> Result<(), String> {
 #[derive(Clone, Copy)]
 pub struct Mode {
     pub short: bool,
+    /// Run only these scenario groups (unary, batch, drain, ack, e2e, idle); empty: all.
+    pub only: &'static [String],
     /// Length of one throughput measurement.
     pub window: Duration,
 }
@@ -114,8 +119,15 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bench"));
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let mode = Mode {
         short,
+        only: Box::leak(only.into_boxed_slice()),
         window: if short {
             Duration::from_millis(1500)
         } else {

@@ -103,7 +103,12 @@ async fn unary_sends(
 }
 
 async fn redis_conns(url: &str, n: usize) -> Res<Vec<redis::aio::MultiplexedConnection>> {
-    let client = redis::Client::open(url).map_err(err)?;
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(err)?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info).map_err(err)?;
     let mut out = Vec::new();
     for _ in 0..n {
         let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
@@ -182,7 +187,12 @@ async fn unary_sweep(env: &Env, mode: Mode, rows: &mut Vec<Row>) -> Res<()> {
         let m = CpuMeter::start(&[&env.noop]);
         let (n_ops, n_t) = unary_sends(&nq, conc, mode.window, "/bench/unary").await?;
         let noop = rate(n_ops, n_t);
-        let _ = m;
+        let noop_cpu = m
+            .per_op_us(n_ops)
+            .into_iter()
+            .find(|(n, _)| n == "noop")
+            .map(|(_, c)| c)
+            .unwrap_or(0.0);
         let (x_ops, x_t) = raw_xadds(&rc, conc, 1, mode.window, "bench:raw").await?;
         let raw = rate(x_ops, x_t);
         del(env, &["bench:raw"]).await?;
@@ -205,7 +215,9 @@ async fn unary_sweep(env: &Env, mode: Mode, rows: &mut Vec<Row>) -> Res<()> {
             )
         });
         rows.push(Row {
-            scenario: format!("Send, concurrency {conc}, 4 channels"),
+            scenario: format!(
+                "Send, concurrency {conc}, 4 channels (no-op server: {noop_cpu:.1} µs/req)"
+            ),
             value: v,
             unit: "msg/s",
             baseline_name: "no-op tonic server".into(),
@@ -1051,18 +1063,32 @@ pub async fn run_all(mode: Mode, out: &Path) -> Res<Vec<String>> {
     let _keep: &Proc = &env.redis;
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    println!("== unary Send");
-    unary_sweep(&env, mode, &mut rows).await?;
-    println!("== SendBatch");
-    batch_sweep(&env, mode, &mut rows).await?;
-    println!("== delivery + ack");
-    failures.extend(delivery_and_ack(&env, mode, &mut rows).await?);
-    println!("== Ack throughput");
-    ack_throughput(&env, mode, &mut rows).await?;
-    println!("== end-to-end latency");
-    failures.extend(end_to_end(&env, mode, &mut rows).await?);
-    println!("== idle subscribers");
-    failures.extend(idle_subscribers(&env, mode, &mut rows).await?);
+    let want = |name: &str| mode.only.is_empty() || mode.only.iter().any(|o| o == name);
+    if want("idle") {
+        // First, on a fresh leanmqd, so its memory figure is not that of earlier scenarios.
+        println!("== idle subscribers");
+        failures.extend(idle_subscribers(&env, mode, &mut rows).await?);
+    }
+    if want("unary") {
+        println!("== unary Send");
+        unary_sweep(&env, mode, &mut rows).await?;
+    }
+    if want("batch") {
+        println!("== SendBatch");
+        batch_sweep(&env, mode, &mut rows).await?;
+    }
+    if want("drain") {
+        println!("== delivery + ack");
+        failures.extend(delivery_and_ack(&env, mode, &mut rows).await?);
+    }
+    if want("ack") {
+        println!("== Ack throughput");
+        ack_throughput(&env, mode, &mut rows).await?;
+    }
+    if want("e2e") {
+        println!("== end-to-end latency");
+        failures.extend(end_to_end(&env, mode, &mut rows).await?);
+    }
     report(&rows, out)?;
     Ok(failures)
 }

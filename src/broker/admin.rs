@@ -160,7 +160,7 @@ impl Broker {
             .map(|(queue, (length, dead_letters, mut paths))| {
                 paths.sort();
                 QueueSummary {
-                    stream: self.keys(&queue).stream,
+                    stream: self.keys(&queue).stream.clone(),
                     queue,
                     length,
                     dead_letters,
@@ -249,7 +249,7 @@ impl Broker {
             .await?;
         Ok(QueueInfo {
             queue: queue.to_string(),
-            stream: k.stream,
+            stream: k.stream.clone(),
             length,
             groups,
             dead_letters,

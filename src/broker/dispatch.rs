@@ -560,7 +560,7 @@ impl Dispatcher {
                 }
             }
             let Some(mut c) = conn.take() else { continue };
-            let stream = self.broker.keys(&reader.target.route.queue).stream;
+            let stream = self.broker.keys(&reader.target.route.queue).stream.clone();
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
                 .arg(1)

@@ -173,6 +173,8 @@ pub struct Broker {
     pub settings: Settings,
     pub redis: redis::Redis,
     scripts: Scripts,
+    /// Queue name → its key strings, so the hot path does not rebuild them.
+    key_cache: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<QueueKeys>>>,
 }
 
 fn lease_error(code: i64, group: &str) -> Error {
@@ -239,6 +241,7 @@ impl Broker {
         Broker {
             settings,
             redis,
+            key_cache: Default::default(),
             scripts: Scripts {
                 ensure: script!("lua/ensure.lua"),
                 send: script!("lua/send.lua"),
@@ -260,8 +263,25 @@ impl Broker {
         }
     }
 
-    pub fn keys(&self, queue: &str) -> QueueKeys {
-        QueueKeys::new(&self.settings.prefix, queue)
+    /// The keys of a queue, built once per queue and shared.
+    pub fn keys(&self, queue: &str) -> std::sync::Arc<QueueKeys> {
+        if let Some(k) = self
+            .key_cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(queue).cloned())
+        {
+            return k;
+        }
+        let k = std::sync::Arc::new(QueueKeys::new(&self.settings.prefix, queue));
+        if let Ok(mut c) = self.key_cache.write() {
+            // Bounded: a flood of distinct paths must not grow memory forever.
+            if c.len() >= 100_000 {
+                c.clear();
+            }
+            c.insert(queue.to_string(), k.clone());
+        }
+        k
     }
 
     pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
@@ -324,14 +344,14 @@ impl Broker {
             .key(format!("{}schedule", self.settings.prefix));
         for q in &queues {
             let k = self.keys(q);
-            inv.key(k.stream)
-                .key(k.dlq)
-                .key(k.meta)
-                .key(k.dlq_meta)
-                .key(k.expiry)
-                .key(k.delayed)
-                .key(k.delayed_data)
-                .key(k.paths);
+            inv.key(&k.stream)
+                .key(&k.dlq)
+                .key(&k.meta)
+                .key(&k.dlq_meta)
+                .key(&k.expiry)
+                .key(&k.delayed)
+                .key(&k.delayed_data)
+                .key(&k.paths);
         }
         inv.arg(now.to_string())
             .arg(queues.len())
