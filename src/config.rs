@@ -103,6 +103,10 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_REDIS_LANES", default_value_t = 4)]
     pub redis_lanes: usize,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
+    #[arg(long, env = "LEANMQ_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -19,11 +19,14 @@
 //!   - `broker::dispatch` — one reader per (queue, group), fan-out by credit;
 //!   - `broker/lua/` — every multi-step change as one atomic script.
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
+//! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics).
 
 pub mod broker;
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod layers;
+pub mod observe;
 pub mod routing;
 pub mod rpc;
 pub mod server;

@@ -58,6 +58,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config) -> ExitCode {
+    if let Some(addr) = cfg.metrics_listen {
+        if let Err(e) = leanmq_grpc::observe::install(addr) {
+            tracing::error!("{e}");
+            return exit(EXIT_UNAVAILABLE);
+        }
+        tracing::info!(%addr, "metrics at /metrics");
+    }
     let (embedded, url) = match &cfg.redis_url {
         Some(url) => (None, url.clone()),
         None => match EmbeddedRedis::start(&cfg.redis_server_bin, &cfg.data_dir).await {

@@ -83,6 +83,7 @@ pub async fn serve(
             max_age: cfg.retention_max_age,
             interval: cfg.retention_interval,
             max_len: cfg.max_len,
+            sample_gauges: cfg.metrics_listen.is_some(),
         },
         drain.subscribe(),
     );
@@ -135,6 +136,7 @@ pub async fn serve(
         tracing::info!("draining: health NOT_SERVING, streams ending");
     };
     let router = tonic::transport::Server::builder()
+        .layer(tower::ServiceBuilder::new().layer(crate::layers::RpcMetricsLayer))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -197,3 +197,126 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// GET /metrics over plain TCP; the body.
+async fn scrape(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_the_traffic_and_redis_errors() {
+    let redis = RedisProc::start();
+    let port = free_port();
+    let mport = free_port();
+    let _child = tokio::process::Command::new(BIN)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis.url(),
+        ])
+        .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut c = eventually("leanmqd accepts connections", || {
+        let addr = addr.clone();
+        async move {
+            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let mut s = subscribe(&mut c, "/metered", "", 10, 30_000).await;
+    for i in 0..3 {
+        send(&mut c, "/metered", format!("{i}").as_bytes()).await;
+    }
+    let a = next(&mut s).await;
+    let b = next(&mut s).await;
+    let d = next(&mut s).await;
+    ack(&mut c, &[&a.receipt, &b.receipt]).await;
+    c.nack(leanmq_grpc::proto::NackRequest {
+        receipt: d.receipt,
+        dead_letter: true,
+        reason: "bad".into(),
+        delay: None,
+    })
+    .await
+    .expect("nack");
+    let e = c.send(bytes_send("", b"x")).await.expect_err("bad path");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let body = eventually("metrics are served", || scrape(mport)).await;
+    assert_eq!(
+        sample(&body, "leanmq_messages_sent_total{queue=\"metered\"}"),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "leanmq_deliveries_total{queue=\"metered\",group=\"metered-group\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "leanmq_acks_total{queue=\"metered\",group=\"metered-group\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&body, "leanmq_dead_lettered_total{queue=\"metered\",group=\"metered-group\",reason=\"consumer\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "leanmq_rpc_duration_seconds_count{method=\"/leanmq.v1.Broker/Send\",code=\"OK\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&body, "leanmq_rpc_duration_seconds_count{method=\"/leanmq.v1.Broker/Send\",code=\"INVALID_ARGUMENT\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&body, "leanmq_open_streams"), Some(1.0), "{body}");
+    assert!(sample(&body, "leanmq_redis_duration_seconds_count").is_some_and(|n| n > 0.0));
+
+    // Redis loses its data: the reader hits NOGROUP, recreates the group and counts it.
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut redis.conn())
+        .expect("flushall");
+    eventually("a NOGROUP error is counted", || async {
+        let body = scrape(mport).await?;
+        sample(&body, "leanmq_redis_errors_total{kind=\"nogroup\"}").filter(|n| *n >= 1.0)
+    })
+    .await;
+    let id = send(&mut c, "/metered", b"after the flush").await;
+    assert_eq!(
+        next(&mut s).await.message_id,
+        id,
+        "the subscriber keeps working"
+    );
+}

@@ -20,10 +20,15 @@ pub struct Retention {
     pub interval: Duration,
     /// Opt-in cap; loses data.
     pub max_len: Option<u64>,
+    /// Sample per-queue gauges for /metrics (only when metrics are served).
+    pub sample_gauges: bool,
 }
 
 pub fn spawn(broker: Arc<Broker>, retention: Retention, drain: watch::Receiver<bool>) {
     tokio::spawn(scheduler(broker.clone(), drain.clone()));
+    if retention.sample_gauges {
+        tokio::spawn(gauges(broker.clone(), drain.clone()));
+    }
     tokio::spawn(sweeper(broker, retention, drain));
 }
 
@@ -102,6 +107,37 @@ async fn sweeper(broker: Arc<Broker>, r: Retention, mut drain: watch::Receiver<b
                 }
                 Err(e) => tracing::warn!(queue = %q.queue, error = %e, "retention pass failed"),
             }
+        }
+    }
+}
+
+/// Per-queue gauges for /metrics, every 15 s (first 1000 queues).
+async fn gauges(broker: Arc<Broker>, mut drain: watch::Receiver<bool>) {
+    loop {
+        if let Ok(queues) = broker.list_queues().await {
+            for q in queues.iter().take(1000) {
+                if let Ok(info) = broker.get_queue(&q.queue).await {
+                    let pending = info.groups.iter().map(|g| g.pending).sum();
+                    let oldest = info
+                        .groups
+                        .iter()
+                        .filter_map(|g| g.oldest_unacked_age_ms)
+                        .max()
+                        .map(Duration::from_millis);
+                    let retrying: i64 = info.groups.iter().map(|g| g.retrying).sum();
+                    crate::observe::queue_gauges(
+                        &q.queue,
+                        info.length,
+                        pending,
+                        oldest,
+                        info.dead_letters,
+                        info.delayed + retrying,
+                    );
+                }
+            }
+        }
+        if pause(Duration::from_secs(15), &mut drain).await {
+            return;
         }
     }
 }

@@ -372,6 +372,11 @@ impl Broker {
         if flat.len() != msgs.len() {
             return Err(bad_reply("send"));
         }
+        for (m, (_, dup)) in msgs.iter().zip(&flat) {
+            if *dup == 0 {
+                crate::observe::sent(&m.route.queue, 1);
+            }
+        }
         Ok(flat
             .into_iter()
             .map(|(v, dup)| {
@@ -454,6 +459,7 @@ impl Broker {
             let id = as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?;
             let attempt = as_i64(&e[1]).ok_or_else(|| bad_reply("fetch"))? as u32;
             let data = data_field(&e[2]);
+            crate::observe::delivered(&target.route.queue, &target.group, attempt);
             out.deliveries
                 .push(self.delivery(target, id, attempt, data.as_deref(), lease_end));
         }
@@ -525,6 +531,10 @@ impl Broker {
         let results = futures::future::join_all(calls).await;
         for ((_, idx), codes) in groups.iter().zip(results) {
             let codes = codes?;
+            let acked = codes.iter().filter(|c| **c == 1).count() as u64;
+            if let Some(&first) = idx.first() {
+                crate::observe::acked(&receipts[first].queue, &receipts[first].group, acked);
+            }
             for (&i, c) in idx.iter().zip(codes) {
                 out[i] = match c {
                     1 => AckOutcome::Acked,
@@ -572,7 +582,7 @@ impl Broker {
                 )
             };
             let data = self.read_data(&k.stream, &r.id).await?;
-            return self
+            let dlq_id = self
                 .move_to_dlq(
                     &r.queue,
                     &r.group,
@@ -582,8 +592,10 @@ impl Broker {
                     data.as_deref(),
                     &reason,
                 )
-                .await
-                .map(|dlq_id| NackOutcome::DeadLettered { dlq_id });
+                .await?;
+            let why = if dead_letter { "consumer" } else { "max_attempts" };
+            crate::observe::dead_lettered(&r.queue, &r.group, why);
+            return Ok(NackOutcome::DeadLettered { dlq_id });
         }
         let delay = delay.unwrap_or_else(|| self.backoff(r.attempt));
         let mut inv = self.scripts.retry.prepare_invoke();
@@ -597,6 +609,7 @@ impl Broker {
         if code != 1 {
             return Err(lease_error(code, &r.group));
         }
+        crate::observe::nacked(&r.queue, &r.group);
         Ok(NackOutcome::Retry { at_ms: due as u64 })
     }
 
@@ -638,6 +651,14 @@ impl Broker {
             &reason,
         )
         .await
+        .inspect(|_| {
+            let why = if e.expired {
+                "expired"
+            } else {
+                "lease_expired"
+            };
+            crate::observe::dead_lettered(&target.route.queue, &target.group, why);
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

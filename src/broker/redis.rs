@@ -37,6 +37,8 @@ pub struct Redis {
 pub struct LaneConn {
     pub conn: MultiplexedConnection,
     lane: usize,
+    /// When the call began, for the Redis latency histogram.
+    started: std::time::Instant,
 }
 
 impl Redis {
@@ -72,16 +74,28 @@ impl Redis {
             return Ok(LaneConn {
                 conn: conn.clone(),
                 lane,
+                started: std::time::Instant::now(),
             });
         }
-        let conn = Connection::take(self.pool.get().await?);
+        let conn = match self.pool.get().await {
+            Ok(c) => Connection::take(c),
+            Err(e) => {
+                crate::observe::redis_error("unavailable");
+                return Err(e.into());
+            }
+        };
         *slot = Some(conn.clone());
-        Ok(LaneConn { conn, lane })
+        Ok(LaneConn {
+            conn,
+            lane,
+            started: std::time::Instant::now(),
+        })
     }
 
     /// Report the outcome of a lane call; a connection-level failure retires
     /// the lane's connection so the next call reconnects.
     pub async fn settle<T>(&self, lane: &LaneConn, r: redis::RedisResult<T>) -> Result<T> {
+        crate::observe::redis_call(lane.started.elapsed());
         match r {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -92,7 +106,13 @@ impl Redis {
                 {
                     *self.lanes[lane.lane].lock().await = None;
                 }
-                Err(e.into())
+                let err = Error::from(e);
+                crate::observe::redis_error(match &err {
+                    Error::Unavailable(_) => "unavailable",
+                    e if e.is_nogroup() => "nogroup",
+                    _ => "other",
+                });
+                Err(err)
             }
         }
     }

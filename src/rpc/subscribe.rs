@@ -45,9 +45,25 @@ pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result
             svc.dispatcher.subscribe(&target, max_in_flight, lease)
         }
     };
-    let stream = futures::stream::unfold(sub, |mut sub| async move {
+    let stream = futures::stream::unfold((sub, OpenStream::new()), |(mut sub, open)| async move {
         let item = sub.next().await?;
-        Some((item.map(convert::delivery).map_err(Into::into), sub))
+        Some((item.map(convert::delivery).map_err(Into::into), (sub, open)))
     });
     Ok(Box::pin(stream))
+}
+
+/// Counts the stream in `leanmq_open_streams` while it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        crate::observe::stream_opened();
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        crate::observe::stream_closed();
+    }
 }

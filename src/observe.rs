@@ -1,0 +1,128 @@
+//! Metrics, exported for Prometheus on `--metrics-listen` (a separate HTTP
+//! port). Without that flag no recorder is installed and every call here is
+//! a no-op.
+//!
+//! | metric | labels | what |
+//! | --- | --- | --- |
+//! | `leanmq_messages_sent_total` | queue | appended (or scheduled) by Send/SendBatch |
+//! | `leanmq_deliveries_total` | queue, group | deliveries made |
+//! | `leanmq_redeliveries_total` | queue, group | deliveries with attempt > 1 |
+//! | `leanmq_acks_total` | queue, group | receipts acked |
+//! | `leanmq_nacks_total` | queue, group | nacks scheduled for retry |
+//! | `leanmq_dead_lettered_total` | queue, group, reason | moved to the DLQ (`consumer`, `max_attempts`, `lease_expired`, `expired`) |
+//! | `leanmq_expired_total` | queue, group | TTL passed before delivery |
+//! | `leanmq_queue_depth`, `_pending`, `_oldest_unacked_seconds`, `_dead_letters`, `_scheduled` | queue | sampled every 15 s |
+//! | `leanmq_rpc_duration_seconds` | method, code | gRPC handling time (to response headers for streams) |
+//! | `leanmq_redis_duration_seconds` | | Redis round trips of the shared lanes |
+//! | `leanmq_redis_errors_total` | kind (`unavailable`, `nogroup`, `other`) | Redis failures |
+//! | `leanmq_open_streams` | | Subscribe streams open on this replica |
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+/// Install the Prometheus recorder and its HTTP listener.
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ])
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
+
+pub fn sent(queue: &str, n: u64) {
+    counter!("leanmq_messages_sent_total", "queue" => queue.to_string()).increment(n);
+}
+
+pub fn delivered(queue: &str, group: &str, attempt: u32) {
+    counter!("leanmq_deliveries_total", "queue" => queue.to_string(), "group" => group.to_string())
+        .increment(1);
+    if attempt > 1 {
+        counter!("leanmq_redeliveries_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(1);
+    }
+}
+
+pub fn acked(queue: &str, group: &str, n: u64) {
+    counter!("leanmq_acks_total", "queue" => queue.to_string(), "group" => group.to_string())
+        .increment(n);
+}
+
+pub fn nacked(queue: &str, group: &str) {
+    counter!("leanmq_nacks_total", "queue" => queue.to_string(), "group" => group.to_string())
+        .increment(1);
+}
+
+pub fn dead_lettered(queue: &str, group: &str, reason: &'static str) {
+    counter!("leanmq_dead_lettered_total", "queue" => queue.to_string(), "group" => group.to_string(), "reason" => reason)
+        .increment(1);
+    if reason == "expired" {
+        counter!("leanmq_expired_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(1);
+    }
+}
+
+pub fn queue_gauges(
+    queue: &str,
+    depth: i64,
+    pending: i64,
+    oldest: Option<Duration>,
+    dead: i64,
+    scheduled: i64,
+) {
+    let q = queue.to_string();
+    gauge!("leanmq_queue_depth", "queue" => q.clone()).set(depth as f64);
+    gauge!("leanmq_queue_pending", "queue" => q.clone()).set(pending as f64);
+    gauge!("leanmq_queue_oldest_unacked_seconds", "queue" => q.clone())
+        .set(oldest.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    gauge!("leanmq_queue_dead_letters", "queue" => q.clone()).set(dead as f64);
+    gauge!("leanmq_queue_scheduled", "queue" => q).set(scheduled as f64);
+}
+
+pub fn rpc(method: String, code: &'static str, took: Duration) {
+    histogram!("leanmq_rpc_duration_seconds", "method" => method, "code" => code)
+        .record(took.as_secs_f64());
+}
+
+pub fn redis_call(took: Duration) {
+    histogram!("leanmq_redis_duration_seconds").record(took.as_secs_f64());
+}
+
+pub fn redis_error(kind: &'static str) {
+    counter!("leanmq_redis_errors_total", "kind" => kind).increment(1);
+}
+
+pub fn stream_opened() {
+    gauge!("leanmq_open_streams").increment(1.0);
+}
+
+pub fn stream_closed() {
+    gauge!("leanmq_open_streams").decrement(1.0);
+}
+
+/// gRPC status code names, for the `code` label.
+pub fn code_name(code: &str) -> &'static str {
+    match code {
+        "0" => "OK",
+        "1" => "CANCELLED",
+        "2" => "UNKNOWN",
+        "3" => "INVALID_ARGUMENT",
+        "4" => "DEADLINE_EXCEEDED",
+        "5" => "NOT_FOUND",
+        "6" => "ALREADY_EXISTS",
+        "7" => "PERMISSION_DENIED",
+        "8" => "RESOURCE_EXHAUSTED",
+        "9" => "FAILED_PRECONDITION",
+        "10" => "ABORTED",
+        "11" => "OUT_OF_RANGE",
+        "12" => "UNIMPLEMENTED",
+        "13" => "INTERNAL",
+        "14" => "UNAVAILABLE",
+        "15" => "DATA_LOSS",
+        "16" => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
