@@ -25,4 +25,6 @@ ENV LEANMQ_LISTEN=0.0.0.0:50051 \
 EXPOSE 50051
 VOLUME ["/var/lib/leanmqd"]
 STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/leanmqd", "healthcheck", "127.0.0.1:50051"]
 ENTRYPOINT ["/usr/local/bin/leanmqd"]

@@ -30,7 +30,48 @@ fn init_logging(format: &str) {
     }
 }
 
+/// `leanmqd healthcheck [ADDR]`: exit 0 when the leanmqd at ADDR (default
+/// 127.0.0.1:50051) reports SERVING over gRPC health, 1 otherwise. For
+/// container HEALTHCHECKs, with no extra probe binary in the image.
+fn healthcheck(addr: &str) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::FAILURE;
+    };
+    let serving = rt.block_on(async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+        let channel = tokio::time::timeout(std::time::Duration::from_secs(3), endpoint.connect())
+            .await
+            .ok()?
+            .ok()?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(3), client.check(req))
+            .await
+            .ok()?
+            .ok()?;
+        Some(
+            resp.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+        )
+    });
+    if serving == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("leanmqd at {addr} is not serving");
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("healthcheck") {
+        return healthcheck(args.get(2).map(String::as_str).unwrap_or("127.0.0.1:50051"));
+    }
     let cfg = match Config::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -58,6 +99,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config) -> ExitCode {
+    let mut signals = match shutdown::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return exit(EXIT_UNAVAILABLE);
+        }
+    };
     if let Some(addr) = cfg.metrics_listen {
         if let Err(e) = leanmq_grpc::observe::install(addr) {
             tracing::error!("{e}");
@@ -80,7 +128,7 @@ async fn run(cfg: Config) -> ExitCode {
     };
     let code = match server::start(&cfg, &url).await {
         Ok(running) => {
-            shutdown::signal().await;
+            signals.recv().await;
             match running.stop().await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -73,6 +73,14 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
         }
     })
     .await;
+    let hc = Command::new(BIN)
+        .args(["healthcheck", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("healthcheck");
+    assert!(
+        hc.status.success(),
+        "healthcheck passes against a serving leanmqd"
+    );
     let id = send(&mut c, "/embedded", b"kept").await;
     let got = receive(&mut c, "/embedded", "", 1, 30_000).await;
     assert_eq!(got[0].message_id, id);
@@ -89,6 +97,15 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
     assert!(
         t0.elapsed() < Duration::from_secs(15),
         "within the grace period"
+    );
+    let hc = Command::new(BIN)
+        .args(["healthcheck", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("healthcheck");
+    assert_eq!(
+        hc.status.code(),
+        Some(1),
+        "healthcheck fails once leanmqd is gone"
     );
     // The data is in the AOF of the data dir, and the child redis is gone.
     let aof = std::fs::read_dir(dir.path().join("appendonlydir"))
@@ -147,7 +164,7 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
         .await
         .expect("exits")
         .expect("status");
-    assert!(status.success());
+    assert!(status.success(), "second instance: {status:?}");
 }
 
 #[tokio::test]

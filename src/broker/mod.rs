@@ -593,7 +593,11 @@ impl Broker {
                     &reason,
                 )
                 .await?;
-            let why = if dead_letter { "consumer" } else { "max_attempts" };
+            let why = if dead_letter {
+                "consumer"
+            } else {
+                "max_attempts"
+            };
             crate::observe::dead_lettered(&r.queue, &r.group, why);
             return Ok(NackOutcome::DeadLettered { dlq_id });
         }
