@@ -10,6 +10,21 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leanmqd");
 
+/// leanmqd in embedded mode (its own redis-server in `dir`) on `port`.
+fn spawn_embedded(port: u16, dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("LEANMQ_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -52,17 +67,7 @@ fn bad_configuration_exits_64_before_binding() {
 async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env_remove("LEANMQ_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_embedded(port, dir.path());
     let addr = format!("http://127.0.0.1:{port}");
     let mut c = eventually("leanmqd accepts connections", || {
         let addr = addr.clone();
@@ -118,17 +123,7 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
     );
 
     // Started again on the same data dir, the unacked message is still there.
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env_remove("LEANMQ_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_embedded(port, dir.path());
     eventually("leanmqd accepts connections again", || {
         let addr = addr.clone();
         async move {
@@ -171,17 +166,7 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
 async fn a_killed_leanmqd_takes_its_embedded_redis_with_it() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env_remove("LEANMQ_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_embedded(port, dir.path());
     let addr = format!("http://127.0.0.1:{port}");
     eventually("leanmqd accepts connections", || {
         let addr = addr.clone();

@@ -280,16 +280,7 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
 /// record appended and `_metadata` renewed (keeping its id), as LeanMQ's
 /// `requeue_messages` does.
 pub fn requeue_data(data: Option<&[u8]>, from_dlq: &str, to_queue: &str, now: f64) -> String {
-    let mut members = match data.map(serde_json::from_slice::<Members>) {
-        Some(Ok(m)) => m,
-        _ => {
-            let wrapped = format!(
-                "{{\"_leanmq\":{{\"grpc\":{{\"content_type\":\"{OCTET_STREAM}\",\"payload\":\"{}\"}}}}}}",
-                STANDARD.encode(data.unwrap_or_default())
-            );
-            serde_json::from_str::<Members>(&wrapped).unwrap_or_default()
-        }
-    };
+    let mut members = members_or_wrapped(data);
     let record = format!(
         "{{\"timestamp\":{now},\"from_dlq\":{},\"to_queue\":{}}}",
         json_str(from_dlq),
@@ -307,6 +298,20 @@ pub fn requeue_data(data: Option<&[u8]>, from_dlq: &str, to_queue: &str, now: f6
     }
     renew_metadata(&mut members, now);
     serde_json::to_string(&members).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// The top-level members of a stored envelope; an entry that is not one is
+/// wrapped as a binary payload (marked `leanmq-envelope: invalid`), so a
+/// DLQ or requeue copy still carries its bytes.
+fn members_or_wrapped(data: Option<&[u8]>) -> Members {
+    if let Some(Ok(m)) = data.map(serde_json::from_slice::<Members>) {
+        return m;
+    }
+    let wrapped = format!(
+        "{{\"_leanmq\":{{\"grpc\":{{\"content_type\":\"{OCTET_STREAM}\",\"headers\":{{\"leanmq-envelope\":\"invalid\"}},\"payload\":\"{}\"}}}}}}",
+        STANDARD.encode(data.unwrap_or_default())
+    );
+    serde_json::from_str::<Members>(&wrapped).unwrap_or_default()
 }
 
 fn renew_metadata(members: &mut Members, now: f64) {
@@ -376,21 +381,7 @@ pub fn dead_letter_data(data: Option<&[u8]>, f: &Failure<'_>) -> String {
         json_str(f.group),
         json_str(f.message_id)
     );
-    let mut members = match data.map(serde_json::from_slice::<Members>) {
-        Some(Ok(m)) => m,
-        other => {
-            // Not an envelope: keep the raw bytes as a binary payload.
-            let raw = match (other, data) {
-                (_, Some(d)) => d,
-                _ => b"",
-            };
-            let wrapped = format!(
-                "{{\"_leanmq\":{{\"grpc\":{{\"content_type\":\"{OCTET_STREAM}\",\"headers\":{{\"leanmq-envelope\":\"invalid\"}},\"payload\":\"{}\"}}}}}}",
-                STANDARD.encode(raw)
-            );
-            serde_json::from_str::<Members>(&wrapped).unwrap_or_default()
-        }
-    };
+    let mut members = members_or_wrapped(data);
     let mut failures: Vec<Box<RawValue>> = members
         .get("_failures")
         .and_then(|r| serde_json::from_str(r.get()).ok())

@@ -602,36 +602,33 @@ impl Broker {
             return Ok(NackOutcome::DeadLettered { dlq_id });
         }
         let delay = delay.unwrap_or_else(|| self.backoff(r.attempt));
-        let mut inv = self.scripts.retry.prepare_invoke();
-        inv.key(&k.stream)
-            .key(k.leases(&r.group))
-            .arg(&r.group)
-            .arg(&r.id)
-            .arg(r.attempt)
-            .arg(delay.as_millis() as u64);
-        let (code, due): (i64, i64) = self.invoke(inv).await?;
-        if code != 1 {
-            return Err(lease_error(code, &r.group));
-        }
+        let at_ms = self.relet(&self.scripts.retry, r, delay).await?;
         crate::observe::nacked(&r.queue, &r.group);
-        Ok(NackOutcome::Retry { at_ms: due as u64 })
+        Ok(NackOutcome::Retry { at_ms })
     }
 
     /// Extend a lease to now + `by`; returns the new end (ms, Redis clock).
     pub async fn extend(&self, r: &Receipt, by: Duration) -> Result<u64> {
+        self.relet(&self.scripts.extend, r, by).await
+    }
+
+    /// Run a script that re-times a held delivery (`retry.lua` parks it for
+    /// a retry, `extend.lua` keeps it leased) and return its new due time;
+    /// a receipt that no longer holds the lease is LeaseLost.
+    async fn relet(&self, script: &Script, r: &Receipt, after: Duration) -> Result<u64> {
         let k = self.keys(&r.queue);
-        let mut inv = self.scripts.extend.prepare_invoke();
+        let mut inv = script.prepare_invoke();
         inv.key(&k.stream)
             .key(k.leases(&r.group))
             .arg(&r.group)
             .arg(&r.id)
             .arg(r.attempt)
-            .arg(by.as_millis() as u64);
-        let (code, end): (i64, i64) = self.invoke(inv).await?;
+            .arg(after.as_millis() as u64);
+        let (code, due): (i64, i64) = self.invoke(inv).await?;
         if code != 1 {
             return Err(lease_error(code, &r.group));
         }
-        Ok(end as u64)
+        Ok(due as u64)
     }
 
     /// Dead-letter an entry whose lease expired on its last attempt, or

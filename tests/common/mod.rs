@@ -89,8 +89,18 @@ impl RedisProc {
                 if let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c) {
                     let ours = format!("process_id:{}", child.id());
                     if info.lines().any(|l| l.trim() == ours) {
-                        self.child = Some(child);
-                        return true;
+                        // Ours: now wait until it has loaded its AOF, so the
+                        // first command of a test does not meet LOADING.
+                        let loaded = redis::cmd("INFO")
+                            .arg("persistence")
+                            .query::<String>(&mut c)
+                            .is_ok_and(|p| p.lines().any(|l| l.trim() == "loading:0"));
+                        if loaded {
+                            self.child = Some(child);
+                            return true;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
                     }
                     let _ = child.kill();
                     let _ = child.wait();

@@ -26,12 +26,12 @@ if [ ! -f "$STAMP" ] || [ "$REPO/clients/python/pyproject.toml" -nt "$STAMP" ]; 
   # Install the SDK from a copy so pip's in-tree build leaves nothing behind
   # in clients/python.
   SDK="$(mktemp -d)"
-  trap 'rm -rf "$SDK"' EXIT
   cp -r "$REPO/clients/python/pyproject.toml" "$REPO/clients/python/README.md" \
         "$REPO/clients/python/leanmq_grpc" "$SDK/"
   rm -rf "$SDK/leanmq_grpc/__pycache__"
   "$PY" -m pip install --quiet --disable-pip-version-check \
     'grpcio>=1.76.0' 'protobuf>=6.31.1,<7' 'redis>=5' "$SDK"
+  rm -rf "$SDK"
   touch "$STAMP"
 fi
 
