@@ -138,8 +138,10 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         .layer(tower::ServiceBuilder::new().layer(crate::layers::RpcMetricsLayer))
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // A subscriber whose connection died without a close is noticed
+        // within ~15 s; its streams end and its leases run out for others.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
         .add_service(health_svc)
         .add_service(reflection_v1)

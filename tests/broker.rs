@@ -884,3 +884,67 @@ async fn health_follows_redis_reachability() {
     })
     .await;
 }
+
+/// Regression (found by the fault suite's subscriber-cut): a stream that
+/// takes deliveries but never settles them must not keep getting its full
+/// credit back every lease, burning the attempts of messages a healthy
+/// subscriber would have handled.
+#[tokio::test]
+async fn a_stalled_subscriber_gets_probes_not_its_full_credit() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    let mut dead = subscribe(&mut c, "/stalls", "", 10, 200).await;
+    let mut healthy = subscribe(&mut c, "/stalls", "", 10, 30_000).await;
+    let mut sent = HashSet::new();
+    for i in 0..200 {
+        sent.insert(send(&mut c, "/stalls", format!("{i}").as_bytes()).await);
+    }
+    let mut acked = HashSet::new();
+    let mut to_dead = 0;
+    while acked.len() < sent.len() {
+        tokio::select! {
+            m = dead.message() => { m.expect("ok").expect("open"); to_dead += 1; }
+            m = healthy.message() => {
+                let m = m.expect("ok").expect("open");
+                assert_eq!(ack(&mut c, &[&m.receipt]).await, vec![ACKED]);
+                acked.insert(m.message_id);
+            }
+            _ = tokio::time::sleep(WAIT) => panic!("stalled at {} acked", acked.len()),
+        }
+    }
+    assert_eq!(acked, sent);
+    assert_eq!(
+        xlen(&redis, "webhook:stalls:dlq"),
+        0,
+        "no healthy message was dead-lettered"
+    );
+    assert!(to_dead < 60, "the stalled stream got {to_dead} deliveries");
+}
+
+/// Regression (found by the fault suite's redis-flush): a named group lost
+/// with Redis' data is recreated where its reader had got to, so messages
+/// appended after the loss still reach it.
+#[tokio::test]
+async fn a_named_group_lost_with_redis_data_misses_nothing_sent_after() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    let mut audit = subscribe(&mut c, "/flushed", "audit", 100, 30_000).await;
+    let before = send(&mut c, "/flushed", b"before").await;
+    assert_eq!(next(&mut audit).await.message_id, before);
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut redis.conn())
+        .expect("flushall");
+    let mut after = HashSet::new();
+    for i in 0..20 {
+        after.insert(send(&mut c, "/flushed", format!("{i}").as_bytes()).await);
+    }
+    let mut got = HashSet::new();
+    while got.len() < after.len() {
+        let m = next(&mut audit).await;
+        ack(&mut c, &[&m.receipt]).await;
+        got.insert(m.message_id);
+    }
+    assert_eq!(got, after);
+}

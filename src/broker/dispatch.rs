@@ -31,6 +31,15 @@ type Item = Result<Delivery>;
 /// Longest single XREAD block, so a reader re-checks its state now and then.
 const MAX_BLOCK: Duration = Duration::from_secs(5);
 
+/// A subscriber whose last this-many deliveries all ran out their lease,
+/// with nothing settled or extended in between, is treated as stalled (its
+/// connection may be dead but not yet closed). While a healthy subscriber
+/// shares its reader, it gets one probe delivery per lease until it settles
+/// something, so it cannot burn the attempts of messages the healthy one
+/// would handle. When every subscriber is stalled they keep their credit,
+/// so attempts climb and messages reach the DLQ at max_attempts.
+const STALL_AFTER: u32 = 3;
+
 /// All readers of this replica.
 pub struct Dispatcher {
     broker: Arc<Broker>,
@@ -70,6 +79,29 @@ struct Sub {
     /// The stream's credit; shared by every reader a pattern subscription uses.
     credit: Arc<Credit>,
     lease: Duration,
+    /// Consecutive deliveries whose lease ran out unsettled.
+    expired_streak: u32,
+    /// While stalled: when the next probe delivery may go.
+    probe_at: Option<Instant>,
+}
+
+impl Sub {
+    fn stalled(&self) -> bool {
+        self.probe_at.is_some()
+    }
+
+    /// How many deliveries this subscriber may take now; `healthy_peer`:
+    /// some other subscriber of this reader is not stalled.
+    fn usable(&self, now: Instant, healthy_peer: bool) -> u32 {
+        if self.tx.is_closed() {
+            return 0;
+        }
+        match self.probe_at {
+            Some(t) if healthy_peer && t > now => 0,
+            Some(_) if healthy_peer => self.credit.available().min(1),
+            _ => self.credit.available(),
+        }
+    }
 }
 
 /// A subscription's `max_in_flight`, counted across all its readers.
@@ -127,11 +159,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    fn free(&mut self, id: &str) -> bool {
+    /// Give a delivery's credit back. `settled`: the subscriber acked,
+    /// nacked or extended it here, which also proves it alive.
+    fn free(&mut self, id: &str, settled: bool) -> bool {
         match self.owners.remove(id) {
             Some((sub, _)) => {
-                if let Some(s) = self.subs.iter().find(|s| s.id == sub) {
+                if let Some(s) = self.subs.iter_mut().find(|s| s.id == sub) {
                     s.credit.give();
+                    if settled {
+                        s.expired_streak = 0;
+                        s.probe_at = None;
+                    }
                 }
                 true
             }
@@ -139,34 +177,53 @@ impl State {
         }
     }
 
-    /// Return credit of deliveries whose lease has run out.
+    /// Return credit of deliveries whose lease has run out, and mark a
+    /// subscriber stalled after [`STALL_AFTER`] such expiries in a row.
     fn expire(&mut self, now: Instant) {
         if self.earliest.is_none_or(|e| e > now) {
             return;
         }
-        let expired: Vec<String> = self
+        let expired: Vec<(String, u64)> = self
             .owners
             .iter()
             .filter(|(_, (_, t))| *t <= now)
-            .map(|(id, _)| id.clone())
+            .map(|(id, (sub, _))| (id.clone(), *sub))
             .collect();
-        for id in expired {
-            self.free(&id);
+        for (id, sub) in expired {
+            self.free(&id, false);
+            if let Some(s) = self.subs.iter_mut().find(|s| s.id == sub) {
+                s.expired_streak += 1;
+                if s.expired_streak >= STALL_AFTER {
+                    if s.probe_at.is_none() {
+                        tracing::warn!(
+                            streak = s.expired_streak,
+                            "a subscriber let its leases expire; sending it one probe per lease until it settles one"
+                        );
+                    }
+                    s.probe_at = Some(now + s.lease);
+                }
+            }
         }
         self.earliest = self.owners.values().map(|(_, t)| *t).min();
     }
 
-    fn credit(&self) -> (u32, Option<Duration>) {
+    /// Credit available now, the shortest lease among subscribers with
+    /// credit, and the next probe time of a stalled subscriber.
+    fn credit(&self, now: Instant) -> (u32, Option<Duration>, Option<Instant>) {
         let mut credit = 0u32;
         let mut lease: Option<Duration> = None;
+        let mut probe: Option<Instant> = None;
+        let healthy = self.subs.iter().any(|s| !s.stalled() && !s.tx.is_closed());
         for s in &self.subs {
-            let c = s.credit.available();
-            if c > 0 && !s.tx.is_closed() {
+            let c = s.usable(now, healthy);
+            if c > 0 {
                 credit = credit.saturating_add(c);
                 lease = Some(lease.map_or(s.lease, |l: Duration| l.min(s.lease)));
+            } else if let Some(t) = s.probe_at.filter(|t| *t > now) {
+                probe = Some(probe.map_or(t, |p: Instant| p.min(t)));
             }
         }
-        (credit, lease)
+        (credit, lease, probe)
     }
 }
 
@@ -383,6 +440,8 @@ impl Dispatcher {
                 tx,
                 credit,
                 lease,
+                expired_streak: 0,
+                probe_at: None,
             });
             id
         };
@@ -399,7 +458,7 @@ impl Dispatcher {
         lease: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
-        let fetched = self.broker.fetch(target, max, lease, false).await?;
+        let fetched = self.broker.fetch(target, max, lease, false, "0").await?;
         self.dead_letter_exhausted(target, fetched.exhausted);
         if !fetched.deliveries.is_empty() || wait.is_zero() {
             return Ok(fetched.deliveries);
@@ -424,7 +483,7 @@ impl Dispatcher {
         if let Some(r) = reader {
             let freed = {
                 let mut st = lock(&r.state);
-                ids.iter().fold(false, |acc, id| st.free(id) | acc)
+                ids.iter().fold(false, |acc, id| st.free(id, true) | acc)
             };
             if freed {
                 r.credit.notify_one();
@@ -445,6 +504,11 @@ impl Dispatcher {
             let until = Instant::now() + by;
             if let Some(owner) = st.owners.get_mut(id) {
                 owner.1 = until;
+                let sub = owner.0;
+                if let Some(s) = st.subs.iter_mut().find(|s| s.id == sub) {
+                    s.expired_streak = 0;
+                    s.probe_at = None;
+                }
             }
             st.earliest = st.owners.values().map(|(_, t)| *t).min();
         }
@@ -469,6 +533,9 @@ impl Dispatcher {
         let mut backoff = Duration::from_millis(100);
         let scan_every = (self.broker.settings.orphan_timeout / 4).max(Duration::from_secs(1));
         let mut last_scan: Option<Instant> = None;
+        // The last stream id this reader has seen: where a lost group is
+        // recreated. "0" before the first round (the group was just ensured).
+        let mut seen = String::from("0");
         tracing::debug!(queue = %reader.target.route.queue, group = %reader.target.group, "reader started");
         loop {
             if *shutdown.borrow() {
@@ -488,9 +555,14 @@ impl Dispatcher {
                     break;
                 }
                 drop(readers);
-                st.expire(Instant::now());
-                let (c, l) = st.credit();
-                (c, l, st.earliest)
+                let now = Instant::now();
+                st.expire(now);
+                let (c, l, probe) = st.credit(now);
+                let wake = match (st.earliest, probe) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (c, l, wake)
             };
             let Some(lease) = lease.filter(|_| credit > 0) else {
                 let until = earliest.unwrap_or_else(|| Instant::now() + MAX_BLOCK);
@@ -503,7 +575,11 @@ impl Dispatcher {
             };
             let count = credit.min(FETCH_BATCH);
             let scan = last_scan.is_none_or(|t| t.elapsed() >= scan_every);
-            let fetched = match self.broker.fetch(&reader.target, count, lease, scan).await {
+            let fetched = match self
+                .broker
+                .fetch(&reader.target, count, lease, scan, &seen)
+                .await
+            {
                 Ok(f) => {
                     backoff = Duration::from_millis(100);
                     if scan {
@@ -522,6 +598,7 @@ impl Dispatcher {
                 }
             };
             let got = fetched.deliveries.len() as u32;
+            seen.clone_from(&fetched.last_id);
             self.dead_letter_exhausted(&reader.target, fetched.exhausted);
             let Dispatched { leftover, bumps } = reader.dispatch(fetched.deliveries, lease);
             if !leftover.is_empty() {
@@ -627,13 +704,18 @@ impl Reader {
         let mut bumps = Vec::new();
         let mut st = lock(&self.state);
         let now = Instant::now();
+        let healthy = st.subs.iter().any(|s| !s.stalled() && !s.tx.is_closed());
         'next: for mut d in deliveries {
             let n = st.subs.len();
             for k in 0..n {
                 let i = (st.rr + k) % n;
                 let s = &mut st.subs[i];
-                if !s.credit.take() {
+                if s.usable(now, healthy) == 0 || !s.credit.take() {
                     continue;
+                }
+                if healthy && s.stalled() {
+                    // A stalled subscriber's one probe; the next after a lease.
+                    s.probe_at = Some(now + s.lease);
                 }
                 let lease = s.lease;
                 if lease > fetched_lease {
@@ -644,7 +726,7 @@ impl Reader {
                 match s.tx.try_send(Ok(d)) {
                     Ok(()) => {
                         let sub = s.id;
-                        st.free(&id);
+                        st.free(&id, false);
                         let until = now + lease;
                         st.owners.insert(id, (sub, until));
                         st.earliest = Some(st.earliest.map_or(until, |e| e.min(until)));

@@ -394,22 +394,26 @@ impl Broker {
             .collect())
     }
 
-    /// One fetch round (see `lua/fetch.lua`). Recreates a vanished group
-    /// (NOGROUP: Redis restarted empty) and tries once more.
+    /// One fetch round (see `lua/fetch.lua`). When the group has vanished
+    /// (NOGROUP: Redis restarted empty, or the key was deleted) it is
+    /// recreated at `recover_at` — the last stream id this caller had seen,
+    /// so entries appended since (ids are time-based) are still delivered —
+    /// and the round is tried once more.
     pub async fn fetch(
         &self,
         target: &Target,
         count: u32,
         lease: Duration,
         scan_orphans: bool,
+        recover_at: &str,
     ) -> Result<Fetched> {
         match self.fetch_once(target, count, lease, scan_orphans).await {
             Err(e) if e.is_nogroup() => {
                 tracing::error!(
-                    queue = %target.route.queue, group = %target.group,
-                    "consumer group missing (NOGROUP): Redis lost its data or the key was deleted; recreating the group at the end of the stream"
+                    queue = %target.route.queue, group = %target.group, recover_at,
+                    "consumer group missing (NOGROUP): Redis lost its data or the key was deleted; recreating the group"
                 );
-                self.ensure(target, "$", None).await?;
+                self.ensure(target, recover_at, None).await?;
                 self.fetch_once(target, count, lease, scan_orphans).await
             }
             other => other,
