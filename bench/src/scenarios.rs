@@ -968,7 +968,7 @@ async fn idle_subscribers(env: &Env, mode: Mode, rows: &mut Vec<Row>) -> Res<Vec
         let idle_pct = (crate::procs::cpu_secs(pid) - cpu0) / idle.as_secs_f64() * 100.0;
         let rss1 = rss_mib(pid);
         let extra_clients = clients1 - clients0;
-        if extra_clients > 4.0 {
+        if extra_clients > 8.0 {
             failures.push(format!(
                 "{n} idle subscribers opened {extra_clients} Redis connections"
             ));
