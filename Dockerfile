@@ -7,7 +7,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
-RUN cargo build --release --locked --bin leanmqd \
+# The workspace's other member must be present for cargo to resolve it.
+COPY bench ./bench
+RUN cargo build --release --locked -p leanmq-grpc --bin leanmqd \
  && strip target/release/leanmqd
 
 FROM debian:bookworm-slim
