@@ -51,6 +51,7 @@ soak-short: redis
 bench: redis
 	$(CARGO) build --release --workspace --bins
 	LEANMQD=target/release/leanmqd target/release/leanmq-bench --out target/bench
+	bash bench/python.sh
 
 bench-short: redis
 	$(CARGO) build --release --workspace --bins
