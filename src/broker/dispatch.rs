@@ -707,8 +707,19 @@ impl Reader {
         let healthy = st.subs.iter().any(|s| !s.stalled() && !s.tx.is_closed());
         'next: for mut d in deliveries {
             let n = st.subs.len();
-            for k in 0..n {
-                let i = (st.rr + k) % n;
+            // Healthy subscribers first; a stalled one only gets what no
+            // healthy one can take (so a message whose lease ran out on a
+            // stalled stream is not handed straight back to it).
+            let order = (0..n)
+                .map(|k| (st.rr + k) % n)
+                .filter(|&i| !st.subs[i].stalled())
+                .chain(
+                    (0..n)
+                        .map(|k| (st.rr + k) % n)
+                        .filter(|&i| st.subs[i].stalled()),
+                )
+                .collect::<Vec<_>>();
+            for i in order {
                 let s = &mut st.subs[i];
                 if s.usable(now, healthy) == 0 || !s.credit.take() {
                     continue;
