@@ -207,13 +207,18 @@ impl State {
         self.earliest = self.owners.values().map(|(_, t)| *t).min();
     }
 
+    /// Is some open subscriber not stalled? (Stalled ones are then held to probes.)
+    fn has_healthy(&self) -> bool {
+        self.subs.iter().any(|s| !s.stalled() && !s.tx.is_closed())
+    }
+
     /// Credit available now, the shortest lease among subscribers with
     /// credit, and the next probe time of a stalled subscriber.
     fn credit(&self, now: Instant) -> (u32, Option<Duration>, Option<Instant>) {
         let mut credit = 0u32;
         let mut lease: Option<Duration> = None;
         let mut probe: Option<Instant> = None;
-        let healthy = self.subs.iter().any(|s| !s.stalled() && !s.tx.is_closed());
+        let healthy = self.has_healthy();
         for s in &self.subs {
             let c = s.usable(now, healthy);
             if c > 0 {
@@ -704,7 +709,7 @@ impl Reader {
         let mut bumps = Vec::new();
         let mut st = lock(&self.state);
         let now = Instant::now();
-        let healthy = st.subs.iter().any(|s| !s.stalled() && !s.tx.is_closed());
+        let healthy = st.has_healthy();
         'next: for mut d in deliveries {
             let n = st.subs.len();
             // Healthy subscribers first; a stalled one only gets what no

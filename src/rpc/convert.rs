@@ -45,6 +45,17 @@ pub fn duration(
     Ok(v)
 }
 
+/// A count field: 0 gives `default`; above `max` is INVALID_ARGUMENT.
+pub fn count(field: &str, n: u32, default: u32, max: u32) -> Result<u32> {
+    match n {
+        0 => Ok(default),
+        n if n > max => Err(Error::invalid(format!(
+            "{field} is {n}; the limit is {max}"
+        ))),
+        n => Ok(n),
+    }
+}
+
 /// Like [`duration`], with no lower bound (zero means "use the default").
 pub fn optional_duration(
     field: &str,
@@ -264,6 +275,15 @@ mod tests {
         ] {
             assert!(duration("d", bad, def, range).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(count("n", 0, 10, 100).ok(), Some(10));
+        assert_eq!(count("n", 100, 10, 100).ok(), Some(100));
+        assert!(
+            matches!(count("n", 101, 10, 100), Err(Error::InvalidArgument(m)) if m == "n is 101; the limit is 100")
+        );
     }
 
     #[test]

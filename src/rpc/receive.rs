@@ -15,15 +15,12 @@ pub async fn handle(
         ));
     }
     let target = convert::target(&req.path, &req.group, &req.consumer)?;
-    let max = match req.max_messages {
-        0 => DEFAULT_MAX_MESSAGES,
-        n if n > MAX_MESSAGES => {
-            return Err(Error::invalid(format!(
-                "max_messages is {n}; the limit is {MAX_MESSAGES}"
-            )))
-        }
-        n => n,
-    };
+    let max = convert::count(
+        "max_messages",
+        req.max_messages,
+        DEFAULT_MAX_MESSAGES,
+        MAX_MESSAGES,
+    )?;
     let wait = convert::optional_duration("wait", req.wait, MAX_WAIT)?.unwrap_or_default();
     let lease = convert::duration(
         "ack_deadline",

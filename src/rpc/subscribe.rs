@@ -5,20 +5,17 @@
 
 use super::{convert, BrokerService, DeliveryStream};
 use crate::broker::limits::{DEFAULT_MAX_IN_FLIGHT, LEASE_RANGE, MAX_IN_FLIGHT};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::proto;
 
 pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result<DeliveryStream> {
     let pattern = crate::routing::Pattern::parse(&req.path)?;
-    let max_in_flight = match req.max_in_flight {
-        0 => DEFAULT_MAX_IN_FLIGHT,
-        n if n > MAX_IN_FLIGHT => {
-            return Err(Error::invalid(format!(
-                "max_in_flight is {n}; the limit is {MAX_IN_FLIGHT}"
-            )))
-        }
-        n => n,
-    };
+    let max_in_flight = convert::count(
+        "max_in_flight",
+        req.max_in_flight,
+        DEFAULT_MAX_IN_FLIGHT,
+        MAX_IN_FLIGHT,
+    )?;
     let lease = convert::duration(
         "ack_deadline",
         req.ack_deadline,

@@ -3,24 +3,16 @@
 use super::queue_of;
 use crate::broker::limits::{DEFAULT_PAGE, MAX_PAGE};
 use crate::broker::Broker;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::proto;
-use crate::rpc::convert::timestamp_secs;
+use crate::rpc::convert::{self, timestamp_secs};
 
 pub async fn handle(
     broker: &Broker,
     req: proto::ListDeadLettersRequest,
 ) -> Result<proto::ListDeadLettersResponse> {
     let route = queue_of(&req.path)?;
-    let page = match req.page_size {
-        0 => DEFAULT_PAGE,
-        n if n > MAX_PAGE => {
-            return Err(Error::invalid(format!(
-                "page_size is {n}; the limit is {MAX_PAGE}"
-            )))
-        }
-        n => n,
-    };
+    let page = convert::count("page_size", req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
     let (letters, next) = broker
         .list_dead_letters(&route.queue, page as usize, &req.page_token)
         .await?;
