@@ -107,6 +107,56 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Also serve gRPC health alone, in plaintext and without auth, on this
+    /// address: for Kubernetes probes and load balancers, which can present
+    /// neither a token nor a client certificate.
+    #[arg(long, env = "LEANMQ_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Serve gRPC over TLS with this PEM certificate chain (needs --tls-key).
+    /// SIGHUP re-reads it without dropping open connections.
+    #[arg(long, env = "LEANMQ_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LEANMQ_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this PEM CA bundle (mTLS).
+    #[arg(long, env = "LEANMQ_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// TOML file of bearer-token hashes and their per-path grants. Without
+    /// it auth is off (a warning is logged). SIGHUP re-reads it.
+    #[arg(long, env = "LEANMQ_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// Largest total size of one message's headers (names + values), in bytes.
+    #[arg(long, env = "LEANMQ_MAX_HEADERS_BYTES", default_value_t = 16 << 10)]
+    pub max_headers_bytes: usize,
+
+    /// Most Subscribe streams open at once on one client connection.
+    #[arg(
+        long,
+        env = "LEANMQ_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024
+    )]
+    pub max_streams_per_connection: usize,
+
+    /// Most unary calls in flight on this replica; more are shed at once
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LEANMQ_MAX_CONCURRENT_RPCS", default_value_t = 10_000)]
+    pub max_concurrent_rpcs: usize,
+
+    /// Most Subscribe streams open at once on this replica.
+    #[arg(long, env = "LEANMQ_MAX_SUBSCRIPTIONS", default_value_t = 100_000)]
+    pub max_subscriptions: usize,
+
+    /// PEM CA bundle to verify a rediss:// server with (default: the
+    /// system's roots). ACL user and password go in the URL.
+    #[arg(long, env = "LEANMQ_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -161,10 +211,41 @@ impl Config {
         if self.redis_lanes == 0 || self.redis_lanes > 64 {
             return Err("--redis-lanes must be between 1 and 64".into());
         }
+        if self.max_headers_bytes == 0 || self.max_headers_bytes > 1 << 20 {
+            return Err("--max-headers-bytes must be between 1 and 1048576".into());
+        }
+        if self.max_streams_per_connection == 0 || self.max_streams_per_connection > 100_000 {
+            return Err("--max-streams-per-connection must be between 1 and 100000".into());
+        }
+        if self.max_concurrent_rpcs == 0 || self.max_concurrent_rpcs > 1_000_000 {
+            return Err("--max-concurrent-rpcs must be between 1 and 1000000".into());
+        }
+        if self.max_subscriptions == 0 || self.max_subscriptions > 10_000_000 {
+            return Err("--max-subscriptions must be between 1 and 10000000".into());
+        }
+        if let Some(files) = self.tls_files() {
+            crate::tls::Tls::load(files)?;
+        }
+        if let Some(path) = &self.auth_tokens {
+            crate::auth::Auth::from_file(path)?;
+        }
+        if let Some(ca) = &self.redis_tls_ca {
+            std::fs::read(ca)
+                .map_err(|e| format!("cannot read --redis-tls-ca {}: {e}", ca.display()))?;
+        }
         if self.log_format != "text" && self.log_format != "json" {
             return Err("--log-format must be \"text\" or \"json\"".into());
         }
         Ok(())
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// A configuration for tests and embedding: defaults, a given Redis URL,

@@ -40,6 +40,19 @@ pub enum Error {
     #[error("leanmqd is shutting down; reconnect to continue")]
     ShuttingDown,
 
+    /// No valid `authorization: Bearer` token.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// The token is valid but its grant does not reach this path.
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// A limit that protects the shared service: load shedding, stream
+    /// counts, a token's rate.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
     /// A bug or an unexpected Redis reply. Logged with detail.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,6 +77,11 @@ impl Error {
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
+        if e.code() == Some("OOM") {
+            return Error::ResourceExhausted(
+                "redis is out of memory (maxmemory reached); nothing was written, retry after consumers catch up".into(),
+            );
+        }
         let transient = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
@@ -98,6 +116,9 @@ impl From<Error> for tonic::Status {
             Error::LeaseLost(_) => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
             Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         };
         if code == Code::Internal {

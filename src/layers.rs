@@ -60,3 +60,150 @@ where
         })
     }
 }
+
+/// gRPC health stays open to everyone: load balancers and Kubernetes probes
+/// carry no token.
+fn is_health(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+}
+
+/// A Subscribe stream lives as long as its subscriber, so it is bounded by
+/// stream limits, not by the in-flight call limit.
+fn is_long_lived(path: &str) -> bool {
+    path == "/leanmq.v1.Broker/Subscribe" || path == "/grpc.health.v1.Health/Watch"
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// Authenticates every call but health: a missing or unknown bearer token
+/// is UNAUTHENTICATED, a token over its rate RESOURCE_EXHAUSTED. The
+/// caller's [`crate::auth::Grant`] goes into the request extensions, where
+/// the RPC edge asks it about paths.
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub auth: std::sync::Arc<crate::auth::Auth>,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: std::sync::Arc<crate::auth::Auth>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if !is_health(req.uri().path()) {
+            let grant = self
+                .auth
+                .authenticate(req.headers().get("authorization").map(|v| v.as_bytes()))
+                .and_then(|g| g.take().map(|()| g));
+            match grant {
+                Ok(g) => {
+                    req.extensions_mut().insert(g);
+                }
+                Err(e) => {
+                    let status = tonic::Status::from(e);
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// Load shedding: at most `limit` unary calls in flight on this replica;
+/// one more is answered RESOURCE_EXHAUSTED at once instead of queueing, so
+/// an overloaded replica stays responsive and clients back off or go to
+/// another replica. Subscribe streams are bounded separately.
+#[derive(Clone)]
+pub struct ShedLayer {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl ShedLayer {
+    pub fn new(limit: usize) -> Self {
+        ShedLayer {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Shed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if is_long_lived(req.uri().path()) {
+            return Box::pin(self.inner.call(req));
+        }
+        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            observe::shed();
+            let status = tonic::Status::resource_exhausted(format!(
+                "leanmqd is at its limit of {} calls in flight (--max-concurrent-rpcs); retry with backoff",
+                self.layer.limit
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(permit);
+            r
+        })
+    }
+}

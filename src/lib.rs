@@ -18,9 +18,12 @@
 //!   - `broker::receipt` — self-contained delivery receipts;
 //!   - `broker::dispatch` — one reader per (queue, group), fan-out by credit;
 //!   - `broker/lua/` — every multi-step change as one atomic script.
+//! - [`auth`] — bearer tokens (hashes in a file) and the one place that decides per-path permissions.
+//! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
-//! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics).
+//! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod embedded;
@@ -31,6 +34,7 @@ pub mod routing;
 pub mod rpc;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for `leanmq.v1`.
 pub mod proto {

@@ -67,8 +67,30 @@ fn healthcheck(addr: &str) -> ExitCode {
     }
 }
 
+/// `leanmqd hash-token`: read a token on stdin, print the form the tokens
+/// file stores (`sha256:<hex>`). The token never needs to be written down
+/// anywhere leanmqd reads.
+fn hash_token() -> ExitCode {
+    use std::io::Read;
+    let mut token = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut token) {
+        eprintln!("leanmqd hash-token: cannot read stdin: {e}");
+        return exit(EXIT_CONFIG);
+    }
+    let token = token.trim_end_matches(['\n', '\r']);
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        eprintln!("leanmqd hash-token: give one token on stdin, without spaces");
+        return exit(EXIT_CONFIG);
+    }
+    println!("{}", leanmq_grpc::auth::hash_token(token));
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hash-token") {
+        return hash_token();
+    }
     if args.get(1).map(String::as_str) == Some("healthcheck") {
         return healthcheck(args.get(2).map(String::as_str).unwrap_or("127.0.0.1:50051"));
     }
@@ -128,7 +150,12 @@ async fn run(cfg: Config) -> ExitCode {
     };
     let code = match server::start(&cfg, &url).await {
         Ok(running) => {
-            signals.recv().await;
+            while signals.recv().await == shutdown::SignalEvent::Reload {
+                match running.reload() {
+                    Ok(()) => tracing::info!("reload done"),
+                    Err(e) => tracing::error!("reload failed, keeping what was in force: {e}"),
+                }
+            }
             match running.stop().await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -95,6 +95,11 @@ pub fn redis_error(kind: &'static str) {
     counter!("leanmq_redis_errors_total", "kind" => kind).increment(1);
 }
 
+/// A call refused by load shedding (`--max-concurrent-rpcs`).
+pub fn shed() {
+    counter!("leanmq_load_shed_total").increment(1);
+}
+
 pub fn stream_opened() {
     gauge!("leanmq_open_streams").increment(1.0);
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
+use crate::auth::Auth;
 use crate::broker::dispatch::Dispatcher;
 use crate::broker::{self, Broker};
 use crate::config::Config;
@@ -17,6 +18,7 @@ use crate::proto::broker_server::BrokerServer;
 use crate::rpc::admin::AdminService;
 use crate::rpc::{BrokerService, EdgeSettings};
 use crate::shutdown::Drain;
+use crate::tls::Tls;
 
 /// Name under which health reports the broker (and "" for the server).
 const BROKER_SERVICE: &str = "leanmq.v1.Broker";
@@ -26,11 +28,29 @@ const ADMIN_SERVICE: &str = "leanmq.v1.Admin";
 pub struct Running {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// Where `--health-listen` bound, when set.
+    pub health_addr: Option<SocketAddr>,
     drain: Drain,
     task: tokio::task::JoinHandle<Result<(), String>>,
+    /// TLS files and tokens, re-read by [`Running::reload`] (SIGHUP).
+    tls: Option<Arc<Tls>>,
+    auth: Arc<Auth>,
 }
 
 impl Running {
+    /// Re-read the TLS certificate, key and client CA and the tokens file.
+    /// Connections and streams already open are untouched; on any error
+    /// what is in force stays in force.
+    pub fn reload(&self) -> Result<(), String> {
+        let tls = self.tls.as_ref().map(|t| t.reload()).unwrap_or(Ok(()));
+        let auth = self.auth.reload();
+        match (tls, auth) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
+    }
+
     /// Start the drain without waiting for it.
     pub fn drain(&self) {
         self.drain.trigger();
@@ -63,7 +83,26 @@ pub async fn serve(
     listener: TcpListener,
 ) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let redis = broker::redis::Redis::new(redis_url, cfg.redis_lanes, cfg.redis_timeout)
+    crate::tls::install_crypto();
+    let tls = match cfg.tls_files() {
+        Some(files) => Some(Arc::new(Tls::load(files)?)),
+        None => None,
+    };
+    let auth = Arc::new(match &cfg.auth_tokens {
+        Some(path) => Auth::from_file(path)?,
+        None => {
+            tracing::warn!("auth is OFF: any client may send, subscribe and administer every path; set --auth-tokens for a shared deployment");
+            Auth::off()
+        }
+    });
+    let redis_ca = match &cfg.redis_tls_ca {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| format!("cannot read --redis-tls-ca {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let redis = broker::redis::Redis::new(redis_url, cfg.redis_lanes, cfg.redis_timeout, redis_ca)
         .map_err(|e| e.to_string())?;
     let broker = Arc::new(Broker::new(
         broker::Settings {
@@ -93,6 +132,9 @@ pub async fn serve(
         dispatcher,
         EdgeSettings {
             max_payload_bytes: cfg.max_payload_bytes,
+            max_headers_bytes: cfg.max_headers_bytes,
+            max_streams_per_connection: cfg.max_streams_per_connection,
+            max_subscriptions: cfg.max_subscriptions,
             max_batch: cfg.max_batch,
             default_lease: cfg.ack_deadline,
         },
@@ -115,6 +157,32 @@ pub async fn serve(
         drain.subscribe(),
     ));
 
+    let health_addr = match cfg.health_listen {
+        Some(at) => {
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("cannot listen on {at} (--health-listen): {e}"))?;
+            let bound = l.local_addr().map_err(|e| e.to_string())?;
+            let mut on_drain = drain.subscribe();
+            let health_only = tonic::transport::Server::builder()
+                .add_service(health_svc.clone())
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(l),
+                    async move {
+                        let _ = on_drain.wait_for(|d| *d).await;
+                    },
+                );
+            tokio::spawn(async move {
+                if let Err(e) = health_only.await {
+                    tracing::error!("health listener: {e}");
+                }
+            });
+            tracing::info!(addr = %bound, "gRPC health (plaintext) listening");
+            Some(bound)
+        }
+        None => None,
+    };
+
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -136,8 +204,19 @@ pub async fn serve(
         tracing::info!("draining: health NOT_SERVING, streams ending");
     };
     let router = tonic::transport::Server::builder()
-        .layer(tower::ServiceBuilder::new().layer(crate::layers::RpcMetricsLayer))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::layers::RpcMetricsLayer)
+                .layer(crate::layers::ShedLayer::new(cfg.max_concurrent_rpcs))
+                .layer(crate::layers::AuthLayer { auth: auth.clone() }),
+        )
         .tcp_nodelay(true)
+        // Subscribe streams per connection are counted (and refused with a
+        // clear status) by the Subscribe edge; this HTTP/2 cap leaves room
+        // above it for unary calls on the same connection.
+        .max_concurrent_streams(Some(
+            u32::try_from(cfg.max_streams_per_connection + 1024).unwrap_or(u32::MAX),
+        ))
         // A subscriber whose connection died without a close is noticed
         // within ~15 s; its streams end and its leases run out for others.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -151,10 +230,20 @@ pub async fn serve(
     // Options on the builder apply only to listeners tonic binds itself; on
     // ours, TCP_NODELAY must be set here, or small trailing writes wait ~40 ms
     // for the client's delayed ACK.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    let serve = router.serve_with_incoming_shutdown(incoming, signal);
+    type ServeFuture = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    >;
+    let serve: ServeFuture = match &tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60)));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls.clone().incoming(listener), signal))
+        }
+    };
 
     let grace = cfg.shutdown_grace;
     let mut grace_rx = drain.subscribe();
@@ -170,8 +259,15 @@ pub async fn serve(
             }
         }
     });
-    tracing::info!(%addr, "leanmqd listening");
-    Ok(Running { addr, drain, task })
+    tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
+    Ok(Running {
+        addr,
+        health_addr,
+        drain,
+        task,
+        tls,
+        auth,
+    })
 }
 
 /// Health follows Redis: NOT_SERVING while it is unreachable, SERVING again after.

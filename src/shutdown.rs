@@ -17,6 +17,18 @@ pub struct Signals {
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    /// SIGHUP: re-read TLS files and tokens, keep serving.
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SignalEvent {
+    /// SIGINT or SIGTERM: drain and exit.
+    Stop,
+    /// SIGHUP: reload certificates and tokens.
+    Reload,
 }
 
 impl Signals {
@@ -27,6 +39,7 @@ impl Signals {
             Ok(Signals {
                 int: signal(SignalKind::interrupt())?,
                 term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]
@@ -35,18 +48,20 @@ impl Signals {
         }
     }
 
-    /// Resolves on the first SIGINT or SIGTERM.
-    pub async fn recv(&mut self) {
+    /// Resolves on the next SIGINT, SIGTERM or SIGHUP.
+    pub async fn recv(&mut self) -> SignalEvent {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = self.int.recv() => tracing::info!("SIGINT: draining"),
-                _ = self.term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = self.int.recv() => { tracing::info!("SIGINT: draining"); SignalEvent::Stop }
+                _ = self.term.recv() => { tracing::info!("SIGTERM: draining"); SignalEvent::Stop }
+                _ = self.hup.recv() => { tracing::info!("SIGHUP: reloading TLS files and tokens"); SignalEvent::Reload }
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            SignalEvent::Stop
         }
     }
 }

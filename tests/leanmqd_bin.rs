@@ -25,13 +25,6 @@ fn spawn_embedded(port: u16, dir: &std::path::Path) -> tokio::process::Child {
         .expect("spawn")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 #[test]
 fn bad_configuration_exits_64_before_binding() {
     for args in [
@@ -41,6 +34,15 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--retry-min", "10s", "--retry-max", "1s"],
         vec!["--ack-deadline", "1ms"],
         vec!["--log-format", "xml"],
+        vec![
+            "--tls-cert",
+            "/nonexistent.crt",
+            "--tls-key",
+            "/nonexistent.key",
+        ],
+        vec!["--tls-cert", "/nonexistent.crt"],
+        vec!["--auth-tokens", "/nonexistent.toml"],
+        vec!["--max-concurrent-rpcs", "0"],
         vec!["--no-such-flag"],
     ] {
         let out = Command::new(BIN)
@@ -321,4 +323,93 @@ async fn metrics_count_the_traffic_and_redis_errors() {
         id,
         "the subscriber keeps working"
     );
+}
+
+#[tokio::test]
+async fn hash_token_then_sighup_reloads_the_tokens_file() {
+    // `leanmqd hash-token` prints what the file stores.
+    let mut child = Command::new(BIN)
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"second-secret\n").expect("write");
+    }
+    let out = child.wait_with_output().expect("hash-token");
+    assert!(out.status.success());
+    let hashed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(hashed, leanmq_grpc::auth::hash_token("second-secret"));
+
+    let redis = RedisProc::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let tokens = dir.path().join("tokens.toml");
+    let entry = |name: &str, hash: &str| {
+        format!("[[tokens]]\nname = \"{name}\"\nhash = \"{hash}\"\nsend = [\">\"]\n")
+    };
+    std::fs::write(
+        &tokens,
+        entry("first", &leanmq_grpc::auth::hash_token("first-secret")),
+    )
+    .expect("write");
+    let (port, hport) = (free_port(), free_port());
+    let child = tokio::process::Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--health-listen", &format!("127.0.0.1:{hport}")])
+        .args(["--redis-url", &redis.url()])
+        .arg("--auth-tokens")
+        .arg(&tokens)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let pid = child.id().expect("pid") as i32;
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut c = eventually("leanmqd accepts connections", || {
+        let addr = addr.clone();
+        async move {
+            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let send_as = |token: &'static str| {
+        let mut r = tonic::Request::new(bytes_send("/hup", b"x"));
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+        r
+    };
+    c.send(send_as("first-secret")).await.expect("first token");
+    let e = c.send(send_as("second-secret")).await.expect_err("not yet");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // The plaintext health port answers without a token.
+    let status = Command::new(BIN)
+        .args(["healthcheck", &format!("127.0.0.1:{hport}")])
+        .status()
+        .expect("healthcheck");
+    assert!(status.success());
+
+    std::fs::write(
+        &tokens,
+        entry("first", &leanmq_grpc::auth::hash_token("first-secret")) + &entry("second", &hashed),
+    )
+    .expect("rewrite");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    eventually("SIGHUP loaded the new token", || {
+        let mut c = c.clone();
+        async move { c.send(send_as("second-secret")).await.ok() }
+    })
+    .await;
+    c.send(send_as("first-secret"))
+        .await
+        .expect("the old token still works; leanmqd kept running");
 }

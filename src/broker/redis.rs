@@ -42,14 +42,34 @@ pub struct LaneConn {
 }
 
 impl Redis {
-    pub fn new(url: &str, lanes: usize, timeout: Duration) -> Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| Error::invalid(format!("redis url: {e}")))?;
+    /// `tls_ca`: a PEM CA bundle to verify a `rediss://` server with,
+    /// instead of the system's roots.
+    pub fn new(
+        url: &str,
+        lanes: usize,
+        timeout: Duration,
+        tls_ca: Option<Vec<u8>>,
+    ) -> Result<Self> {
+        let bad_url = |e: redis::RedisError| Error::invalid(format!("redis url: {e}"));
+        let client = match tls_ca {
+            None => redis::Client::open(url).map_err(bad_url)?,
+            Some(ca) => {
+                crate::tls::install_crypto();
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca),
+                    },
+                )
+                .map_err(bad_url)?
+            }
+        };
         let cfg = AsyncConnectionConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout));
-        let manager = Manager::new_with_config(url, cfg)
-            .map_err(|e| Error::invalid(format!("redis url: {e}")))?;
+        let manager =
+            Manager::new_with_config(client.get_connection_info().clone(), cfg).map_err(bad_url)?;
         let pool = Pool::builder(manager)
             .max_size(lanes.max(1) * 2)
             .wait_timeout(Some(timeout))

@@ -1,13 +1,18 @@
 //! Ack: settle receipts; per-receipt outcomes.
 
-use super::BrokerService;
+use super::{BrokerService, Caller};
+use crate::auth::Action;
 use crate::broker::limits::MAX_ACK_RECEIPTS;
 use crate::broker::receipt::Receipt;
 use crate::broker::AckOutcome;
 use crate::error::{Error, Result};
 use crate::proto;
 
-pub async fn handle(svc: &BrokerService, req: proto::AckRequest) -> Result<proto::AckResponse> {
+pub async fn handle(
+    svc: &BrokerService,
+    caller: &Caller,
+    req: proto::AckRequest,
+) -> Result<proto::AckResponse> {
     let n = req.receipts.len();
     if n == 0 {
         return Err(Error::invalid("receipts is empty"));
@@ -23,6 +28,9 @@ pub async fn handle(svc: &BrokerService, req: proto::AckRequest) -> Result<proto
         .enumerate()
         .map(|(i, r)| Receipt::decode(r).map_err(|e| Error::invalid(format!("receipts[{i}]: {e}"))))
         .collect::<Result<Vec<_>>>()?;
+    for r in &receipts {
+        caller.grant.check_queue(Action::Subscribe, &r.queue)?;
+    }
     let outcomes = svc.dispatcher.broker().ack(&receipts).await?;
     for (r, o) in receipts.iter().zip(&outcomes) {
         if *o != AckOutcome::Stale {

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use crate::broker::envelope::OCTET_STREAM;
-use crate::broker::limits::{
-    MAX_HEADERS, MAX_HEADER_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SCHEDULE,
-};
+use crate::broker::limits::{MAX_HEADERS, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SCHEDULE};
 use crate::broker::{Delivery, Outgoing, Target};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -70,7 +68,22 @@ pub fn optional_duration(
 }
 
 /// Validate a SendRequest (`what` names it in errors, e.g. "messages[3]").
-pub fn outgoing(what: &str, r: proto::SendRequest, max_payload: usize) -> Result<Outgoing> {
+/// A Send's message as the broker takes it. `traceparent`, the call's
+/// W3C trace context, becomes the message's `traceparent` header unless it
+/// has one, so the trace reaches the consumer.
+pub fn outgoing(
+    what: &str,
+    mut r: proto::SendRequest,
+    settings: &super::EdgeSettings,
+    traceparent: Option<&str>,
+) -> Result<Outgoing> {
+    let max_payload = settings.max_payload_bytes;
+    let max_header_bytes = settings.max_headers_bytes;
+    if let Some(tp) = traceparent {
+        if !r.headers.contains_key("traceparent") {
+            r.headers.insert("traceparent".into(), tp.to_string());
+        }
+    }
     let at = |e: Error| match e {
         Error::InvalidArgument(m) if !what.is_empty() => {
             Error::InvalidArgument(format!("{what}: {m}"))
@@ -103,9 +116,9 @@ pub fn outgoing(what: &str, r: proto::SendRequest, max_payload: usize) -> Result
         ))));
     }
     let size: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if size > MAX_HEADER_BYTES {
+    if size > max_header_bytes {
         return Err(at(Error::invalid(format!(
-            "headers total {size} bytes; the limit is {MAX_HEADER_BYTES}"
+            "headers total {size} bytes; the limit is {max_header_bytes} (--max-headers-bytes)"
         ))));
     }
     let mut headers: Vec<(String, String)> = r.headers.into_iter().collect();
@@ -293,22 +306,55 @@ mod tests {
             payload: bytes::Bytes::from_static(b"x"),
             ..Default::default()
         };
-        let o = outgoing("", ok.clone(), 10).expect("valid");
+        let o = outgoing("", ok.clone(), &edge(10), None).expect("valid");
         assert_eq!(o.content_type, OCTET_STREAM);
         let mut big = ok.clone();
         big.payload = bytes::Bytes::from(vec![0u8; 11]);
         assert!(matches!(
-            outgoing("", big, 10),
+            outgoing("", big, &edge(10), None),
             Err(Error::PayloadTooLarge { .. })
         ));
         let mut reserved = ok.clone();
         reserved.headers.insert("LeanMQ-id".into(), "x".into());
-        assert!(outgoing("", reserved, 10).is_err());
+        assert!(outgoing("", reserved, &edge(10), None).is_err());
         let mut many = ok;
         for i in 0..=MAX_HEADERS {
             many.headers.insert(format!("h{i}"), "v".into());
         }
-        assert!(outgoing("", many, 10).is_err());
+        assert!(outgoing("", many.clone(), &edge(10), None).is_err());
+        // The call's trace context reaches the message, unless it has its own.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut one = many;
+        one.headers.clear();
+        let o = outgoing("", one.clone(), &edge(10), Some(tp)).expect("valid");
+        assert!(o
+            .headers
+            .contains(&("traceparent".to_string(), tp.to_string())));
+        one.headers.insert("traceparent".into(), "mine".into());
+        let o = outgoing("", one.clone(), &edge(10), Some(tp)).expect("valid");
+        assert!(o
+            .headers
+            .contains(&("traceparent".to_string(), "mine".to_string())));
+        let mut fat = one;
+        fat.headers.insert("big".into(), "x".repeat(100));
+        let mut small = edge(10);
+        small.max_headers_bytes = 64;
+        assert!(
+            matches!(outgoing("", fat, &small, None), Err(Error::InvalidArgument(m)) if m.contains("--max-headers-bytes"))
+        );
+    }
+}
+
+/// Edge settings for tests, with `max_payload_bytes` set.
+#[cfg(test)]
+pub(crate) fn edge(max_payload_bytes: usize) -> super::EdgeSettings {
+    super::EdgeSettings {
+        max_payload_bytes,
+        max_headers_bytes: crate::broker::limits::MAX_HEADER_BYTES,
+        max_streams_per_connection: 10,
+        max_subscriptions: 10,
+        max_batch: 10,
+        default_lease: std::time::Duration::from_secs(30),
     }
 }
 
@@ -342,7 +388,7 @@ mod fuzz {
                 path, payload: bytes::Bytes::from(payload), content_type, headers,
                 ttl, delay, deliver_at: None, idempotency_key: key,
             };
-            match outgoing("", req, 100) {
+            match outgoing("", req, &edge(100), None) {
                 Ok(o) => {
                     prop_assert!(o.payload.len() <= 100);
                     prop_assert!(o.headers.len() <= MAX_HEADERS);

@@ -1,6 +1,7 @@
 //! Extend: push a lease out to now + extension.
 
-use super::{convert, BrokerService};
+use super::{convert, BrokerService, Caller};
+use crate::auth::Action;
 use crate::broker::limits::LEASE_RANGE;
 use crate::broker::receipt::Receipt;
 use crate::error::Result;
@@ -8,9 +9,11 @@ use crate::proto;
 
 pub async fn handle(
     svc: &BrokerService,
+    caller: &Caller,
     req: proto::ExtendRequest,
 ) -> Result<proto::ExtendResponse> {
     let r = Receipt::decode(&req.receipt)?;
+    caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     let by = convert::duration(
         "extension",
         req.extension,

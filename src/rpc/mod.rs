@@ -13,12 +13,14 @@ mod send;
 mod send_batch;
 mod subscribe;
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Grant;
 use crate::broker::dispatch::Dispatcher;
 use crate::proto;
 
@@ -26,6 +28,9 @@ use crate::proto;
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
     pub max_payload_bytes: usize,
+    pub max_headers_bytes: usize,
+    pub max_streams_per_connection: usize,
+    pub max_subscriptions: usize,
     pub max_batch: usize,
     /// Lease when a request gives none.
     pub default_lease: Duration,
@@ -35,6 +40,9 @@ pub struct EdgeSettings {
 pub struct BrokerService {
     dispatcher: Arc<Dispatcher>,
     settings: EdgeSettings,
+    /// Open Subscribe streams, in all and per client connection, for
+    /// `--max-subscriptions` and `--max-streams-per-connection`.
+    streams: Arc<subscribe::StreamCounts>,
 }
 
 impl BrokerService {
@@ -42,8 +50,45 @@ impl BrokerService {
         BrokerService {
             dispatcher,
             settings,
+            streams: Arc::default(),
         }
     }
+}
+
+/// Who is calling, taken from the request before its body is used.
+pub struct Caller {
+    /// What the caller's token may do (everything while auth is off).
+    pub grant: Arc<Grant>,
+    /// The client connection's address: one per HTTP/2 connection.
+    pub conn: Option<SocketAddr>,
+    /// W3C trace context of the call, carried into the messages it sends.
+    pub traceparent: Option<String>,
+}
+
+impl Caller {
+    fn of<T>(req: &Request<T>) -> Result<Caller, Status> {
+        let traceparent = req
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| is_traceparent(v))
+            .map(str::to_string);
+        Ok(Caller {
+            grant: crate::auth::grant_of(req)?,
+            conn: req.remote_addr(),
+            traceparent,
+        })
+    }
+}
+
+/// A well-formed W3C `traceparent` (version-traceid-parentid-flags).
+fn is_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 pub type DeliveryStream =
@@ -55,7 +100,9 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         req: Request<proto::SendRequest>,
     ) -> Result<Response<proto::SendResponse>, Status> {
-        Ok(Response::new(send::handle(self, req.into_inner()).await?))
+        Ok(Response::new(
+            send::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
+        ))
     }
 
     async fn send_batch(
@@ -63,7 +110,7 @@ impl proto::broker_server::Broker for BrokerService {
         req: Request<proto::SendBatchRequest>,
     ) -> Result<Response<proto::SendBatchResponse>, Status> {
         Ok(Response::new(
-            send_batch::handle(self, req.into_inner()).await?,
+            send_batch::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
         ))
     }
 
@@ -74,7 +121,7 @@ impl proto::broker_server::Broker for BrokerService {
         req: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         Ok(Response::new(
-            subscribe::handle(self, req.into_inner()).await?,
+            subscribe::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
         ))
     }
 
@@ -83,7 +130,7 @@ impl proto::broker_server::Broker for BrokerService {
         req: Request<proto::ReceiveRequest>,
     ) -> Result<Response<proto::ReceiveResponse>, Status> {
         Ok(Response::new(
-            receive::handle(self, req.into_inner()).await?,
+            receive::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
         ))
     }
 
@@ -91,20 +138,26 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         req: Request<proto::AckRequest>,
     ) -> Result<Response<proto::AckResponse>, Status> {
-        Ok(Response::new(ack::handle(self, req.into_inner()).await?))
+        Ok(Response::new(
+            ack::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
+        ))
     }
 
     async fn nack(
         &self,
         req: Request<proto::NackRequest>,
     ) -> Result<Response<proto::NackResponse>, Status> {
-        Ok(Response::new(nack::handle(self, req.into_inner()).await?))
+        Ok(Response::new(
+            nack::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
+        ))
     }
 
     async fn extend(
         &self,
         req: Request<proto::ExtendRequest>,
     ) -> Result<Response<proto::ExtendResponse>, Status> {
-        Ok(Response::new(extend::handle(self, req.into_inner()).await?))
+        Ok(Response::new(
+            extend::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
+        ))
     }
 }

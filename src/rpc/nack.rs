@@ -1,6 +1,7 @@
 //! Nack: retry later (explicit delay or backoff) or dead-letter now.
 
-use super::{convert, BrokerService};
+use super::{convert, BrokerService, Caller};
+use crate::auth::Action;
 use crate::broker::limits::{MAX_NACK_DELAY, MAX_REASON_BYTES};
 use crate::broker::receipt::Receipt;
 use crate::broker::NackOutcome;
@@ -19,8 +20,13 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-pub async fn handle(svc: &BrokerService, req: proto::NackRequest) -> Result<proto::NackResponse> {
+pub async fn handle(
+    svc: &BrokerService,
+    caller: &Caller,
+    req: proto::NackRequest,
+) -> Result<proto::NackResponse> {
     let r = Receipt::decode(&req.receipt)?;
+    caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     let delay = convert::optional_duration("delay", req.delay, MAX_NACK_DELAY)?;
     let reason = truncate(&req.reason, MAX_REASON_BYTES);
     let outcome = svc

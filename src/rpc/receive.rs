@@ -1,12 +1,14 @@
 //! Receive: the pull form of Subscribe.
 
-use super::{convert, BrokerService};
+use super::{convert, BrokerService, Caller};
+use crate::auth::Action;
 use crate::broker::limits::{DEFAULT_MAX_MESSAGES, LEASE_RANGE, MAX_MESSAGES, MAX_WAIT};
 use crate::error::{Error, Result};
 use crate::proto;
 
 pub async fn handle(
     svc: &BrokerService,
+    caller: &Caller,
     req: proto::ReceiveRequest,
 ) -> Result<proto::ReceiveResponse> {
     if crate::routing::Pattern::parse(&req.path)?.is_some() {
@@ -15,6 +17,7 @@ pub async fn handle(
         ));
     }
     let target = convert::target(&req.path, &req.group, &req.consumer)?;
+    caller.grant.check(Action::Subscribe, &target.route)?;
     let max = convert::count(
         "max_messages",
         req.max_messages,

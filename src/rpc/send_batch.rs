@@ -1,11 +1,13 @@
 //! SendBatch: validate every message first, then append all in one script.
 
-use super::{convert, BrokerService};
+use super::{convert, BrokerService, Caller};
+use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::proto;
 
 pub async fn handle(
     svc: &BrokerService,
+    caller: &Caller,
     req: proto::SendBatchRequest,
 ) -> Result<proto::SendBatchResponse> {
     let n = req.messages.len();
@@ -23,7 +25,10 @@ pub async fn handle(
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            convert::outgoing(&format!("messages[{i}]"), m, svc.settings.max_payload_bytes)
+            let at = format!("messages[{i}]");
+            let msg = convert::outgoing(&at, m, &svc.settings, caller.traceparent.as_deref())?;
+            caller.grant.check(Action::Send, &msg.route)?;
+            Ok(msg)
         })
         .collect::<Result<Vec<_>>>()?;
     let sent = svc.dispatcher.broker().send(&msgs).await?;

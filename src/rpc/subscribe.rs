@@ -3,13 +3,29 @@
 //! leanmqd drains; a client that goes away drops the subscription, which
 //! gives back anything it never received.
 
-use super::{convert, BrokerService, DeliveryStream};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use super::{convert, BrokerService, Caller, DeliveryStream};
+use crate::auth::Action;
 use crate::broker::limits::{DEFAULT_MAX_IN_FLIGHT, LEASE_RANGE, MAX_IN_FLIGHT};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::proto;
 
-pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result<DeliveryStream> {
+pub async fn handle(
+    svc: &BrokerService,
+    caller: &Caller,
+    req: proto::SubscribeRequest,
+) -> Result<DeliveryStream> {
     let pattern = crate::routing::Pattern::parse(&req.path)?;
+    match &pattern {
+        Some(p) => caller.grant.check_pattern(Action::Subscribe, p)?,
+        None => caller
+            .grant
+            .check(Action::Subscribe, &crate::routing::route(&req.path)?)?,
+    }
+    let open = OpenStream::new(&svc.streams, caller.conn, &svc.settings)?;
     let max_in_flight = convert::count(
         "max_in_flight",
         req.max_in_flight,
@@ -42,25 +58,79 @@ pub async fn handle(svc: &BrokerService, req: proto::SubscribeRequest) -> Result
             svc.dispatcher.subscribe(&target, max_in_flight, lease)
         }
     };
-    let stream = futures::stream::unfold((sub, OpenStream::new()), |(mut sub, open)| async move {
+    let stream = futures::stream::unfold((sub, open), |(mut sub, open)| async move {
         let item = sub.next().await?;
         Some((item.map(convert::delivery).map_err(Into::into), (sub, open)))
     });
     Ok(Box::pin(stream))
 }
 
-/// Counts the stream in `leanmq_open_streams` while it lives.
-struct OpenStream;
+/// Open Subscribe streams on this replica, in all and per connection.
+#[derive(Default)]
+pub struct StreamCounts {
+    inner: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_conn: HashMap<SocketAddr, usize>,
+}
+
+/// One open stream: counted against the limits and in
+/// `leanmq_open_streams` while it lives.
+struct OpenStream {
+    counts: Arc<StreamCounts>,
+    conn: Option<SocketAddr>,
+}
 
 impl OpenStream {
-    fn new() -> Self {
+    fn new(
+        counts: &Arc<StreamCounts>,
+        conn: Option<SocketAddr>,
+        settings: &super::EdgeSettings,
+    ) -> Result<Self> {
+        let mut c = counts
+            .inner
+            .lock()
+            .map_err(|_| Error::Internal("stream counts lock poisoned".into()))?;
+        if c.total >= settings.max_subscriptions {
+            return Err(Error::ResourceExhausted(format!(
+                "this leanmqd has {} Subscribe streams open, its limit (--max-subscriptions); connect to another replica or retry later",
+                c.total
+            )));
+        }
+        if let Some(addr) = conn {
+            let n = c.per_conn.entry(addr).or_insert(0);
+            if *n >= settings.max_streams_per_connection {
+                return Err(Error::ResourceExhausted(format!(
+                    "this connection has {n} Subscribe streams open, the limit per connection (--max-streams-per-connection); open another connection"
+                )));
+            }
+            *n += 1;
+        }
+        c.total += 1;
         crate::observe::stream_opened();
-        OpenStream
+        Ok(OpenStream {
+            counts: counts.clone(),
+            conn,
+        })
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
         crate::observe::stream_closed();
+        if let Ok(mut c) = self.counts.inner.lock() {
+            c.total = c.total.saturating_sub(1);
+            if let Some(addr) = self.conn {
+                if let Some(n) = c.per_conn.get_mut(&addr) {
+                    *n -= 1;
+                    if *n == 0 {
+                        c.per_conn.remove(&addr);
+                    }
+                }
+            }
+        }
     }
 }

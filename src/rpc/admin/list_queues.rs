@@ -1,4 +1,4 @@
-//! ListQueues: every queue in the registry.
+//! ListQueues: every queue in the registry the caller may administer.
 
 use crate::broker::Broker;
 use crate::error::Result;
@@ -6,6 +6,7 @@ use crate::proto;
 
 pub async fn handle(
     broker: &Broker,
+    grant: &crate::auth::Grant,
     _req: proto::ListQueuesRequest,
 ) -> Result<proto::ListQueuesResponse> {
     Ok(proto::ListQueuesResponse {
@@ -13,6 +14,7 @@ pub async fn handle(
             .list_queues()
             .await?
             .into_iter()
+            .filter(|q| grant.sees_queue(&q.queue))
             .map(|q| proto::QueueSummary {
                 queue: q.queue,
                 stream: q.stream,

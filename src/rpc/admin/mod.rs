@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Action;
 use crate::broker::admin::resolve;
 use crate::broker::Broker;
 use crate::error::{Error, Result};
@@ -47,6 +48,39 @@ fn confirmed(route: &Route, confirm: &str) -> Result<()> {
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
+/// Admin requests that name one queue by path.
+trait OnePath {
+    fn path(&self) -> &str;
+}
+
+macro_rules! one_path {
+    ($($t:ty),*) => {$(
+        impl OnePath for $t {
+            fn path(&self) -> &str {
+                &self.path
+            }
+        }
+    )*};
+}
+
+one_path!(
+    proto::GetQueueRequest,
+    proto::ListDeadLettersRequest,
+    proto::RequeueDeadLettersRequest,
+    proto::DeleteDeadLettersRequest,
+    proto::PurgeDeadLettersRequest,
+    proto::PurgeQueueRequest,
+    proto::DeleteQueueRequest
+);
+
+/// The request, once the caller's grant allows admin on its queue.
+fn admitted<T: OnePath>(req: Request<T>) -> Result<T> {
+    let grant = crate::auth::grant_of(&req)?;
+    let req = req.into_inner();
+    grant.check(Action::Admin, &queue_of(req.path())?)?;
+    Ok(req)
+}
+
 #[tonic::async_trait]
 impl proto::admin_server::Admin for AdminService {
     async fn list_queues(
@@ -54,13 +88,18 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::ListQueuesRequest>,
     ) -> Reply<proto::ListQueuesResponse> {
         Ok(Response::new(
-            list_queues::handle(&self.broker, req.into_inner()).await?,
+            list_queues::handle(
+                &self.broker,
+                &*crate::auth::grant_of(&req)?,
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
     async fn get_queue(&self, req: Request<proto::GetQueueRequest>) -> Reply<proto::QueueInfo> {
         Ok(Response::new(
-            get_queue::handle(&self.broker, req.into_inner()).await?,
+            get_queue::handle(&self.broker, admitted(req)?).await?,
         ))
     }
 
@@ -69,7 +108,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::ListDeadLettersRequest>,
     ) -> Reply<proto::ListDeadLettersResponse> {
         Ok(Response::new(
-            list_dead_letters::handle(&self.broker, req.into_inner()).await?,
+            list_dead_letters::handle(&self.broker, admitted(req)?).await?,
         ))
     }
 
@@ -78,7 +117,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::RequeueDeadLettersRequest>,
     ) -> Reply<proto::RequeueDeadLettersResponse> {
         Ok(Response::new(
-            requeue::handle(&self.broker, req.into_inner()).await?,
+            requeue::handle(&self.broker, admitted(req)?).await?,
         ))
     }
 
@@ -87,7 +126,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::DeleteDeadLettersRequest>,
     ) -> Reply<proto::DeleteDeadLettersResponse> {
         Ok(Response::new(
-            delete_dead_letters::handle(&self.broker, req.into_inner()).await?,
+            delete_dead_letters::handle(&self.broker, admitted(req)?).await?,
         ))
     }
 
@@ -96,7 +135,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::PurgeDeadLettersRequest>,
     ) -> Reply<proto::PurgeDeadLettersResponse> {
         Ok(Response::new(
-            purge_dead_letters::handle(&self.broker, req.into_inner()).await?,
+            purge_dead_letters::handle(&self.broker, admitted(req)?).await?,
         ))
     }
 
@@ -105,7 +144,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::PurgeQueueRequest>,
     ) -> Reply<proto::PurgeQueueResponse> {
         Ok(Response::new(
-            purge_queue::handle(&self.broker, req.into_inner()).await?,
+            purge_queue::handle(&self.broker, admitted(req)?).await?,
         ))
     }
 
@@ -114,7 +153,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::DeleteQueueRequest>,
     ) -> Reply<proto::DeleteQueueResponse> {
         Ok(Response::new(
-            delete_queue::handle(&self.broker, req.into_inner()).await?,
+            delete_queue::handle(&self.broker, admitted(req)?).await?,
         ))
     }
 }
