@@ -28,5 +28,5 @@ EXPOSE 50051
 VOLUME ["/var/lib/leanmqd"]
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["/usr/local/bin/leanmqd", "healthcheck", "127.0.0.1:50051"]
+  CMD ["/usr/local/bin/leanmqd", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/leanmqd"]

@@ -30,8 +30,8 @@ fn init_logging(format: &str) {
     }
 }
 
-/// `leanmqd healthcheck [ADDR]`: exit 0 when the leanmqd at ADDR (default
-/// 127.0.0.1:50051) reports SERVING over gRPC health, 1 otherwise. For
+/// `leanmqd healthcheck [ADDR]`: exit 0 when the leanmqd at ADDR (default:
+/// `$LEANMQ_HEALTH_LISTEN`, else `$LEANMQ_LISTEN`, else 127.0.0.1:50051) reports SERVING over gRPC health, 1 otherwise. For
 /// container HEALTHCHECKs, with no extra probe binary in the image.
 fn healthcheck(addr: &str) -> ExitCode {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -67,6 +67,22 @@ fn healthcheck(addr: &str) -> ExitCode {
     }
 }
 
+/// Where `leanmqd healthcheck` looks without an address: the plaintext
+/// health port when one is configured (the main port may need TLS or a
+/// token), else the main port; a wildcard host means this machine.
+fn default_health_addr() -> String {
+    let at = std::env::var("LEANMQ_HEALTH_LISTEN")
+        .or_else(|_| std::env::var("LEANMQ_LISTEN"))
+        .unwrap_or_else(|_| "127.0.0.1:50051".into());
+    match at.parse::<std::net::SocketAddr>() {
+        Ok(mut a) if a.ip().is_unspecified() => {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            a.to_string()
+        }
+        _ => at,
+    }
+}
+
 /// `leanmqd hash-token`: read a token on stdin, print the form the tokens
 /// file stores (`sha256:<hex>`). The token never needs to be written down
 /// anywhere leanmqd reads.
@@ -92,7 +108,11 @@ fn main() -> ExitCode {
         return hash_token();
     }
     if args.get(1).map(String::as_str) == Some("healthcheck") {
-        return healthcheck(args.get(2).map(String::as_str).unwrap_or("127.0.0.1:50051"));
+        let addr = match args.get(2) {
+            Some(a) => a.clone(),
+            None => default_health_addr(),
+        };
+        return healthcheck(&addr);
     }
     let cfg = match Config::try_parse() {
         Ok(c) => c,
