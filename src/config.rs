@@ -25,7 +25,8 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Redis to use (redis://, rediss://, redis+unix://). Without it leanmqd
+    /// Redis to use (redis://, rediss://, redis+unix://, or
+    /// redis+cluster://host:port[,host:port…] for Redis Cluster). Without it leanmqd
     /// starts and supervises its own `redis-server` child (AOF on) with its
     /// data in --data-dir.
     #[arg(long, env = "LEANMQ_REDIS_URL")]
@@ -167,8 +168,22 @@ impl Config {
     /// binding or starting Redis.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.redis_url {
-            redis::Client::open(url.as_str())
-                .map_err(|e| format!("--redis-url {url:?} is not a usable Redis URL: {e}"))?;
+            let bad = |e: redis::RedisError| {
+                format!("--redis-url {url:?} is not a usable Redis URL: {e}")
+            };
+            match crate::broker::redis::cluster_nodes(url) {
+                Some(nodes) if nodes.is_empty() => {
+                    return Err(format!("--redis-url {url:?} names no cluster node"))
+                }
+                Some(nodes) => {
+                    for n in nodes {
+                        redis::Client::open(n.as_str()).map_err(bad)?;
+                    }
+                }
+                None => {
+                    redis::Client::open(url.as_str()).map_err(bad)?;
+                }
+            }
         }
         if self
             .prefix

@@ -27,6 +27,11 @@ pub enum Error {
     #[error("{0}")]
     LeaseLost(String),
 
+    /// The request is valid but cannot be served in this deployment (e.g. a
+    /// multi-queue SendBatch on Redis Cluster).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     /// The named queue (or other object) does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -113,7 +118,7 @@ impl From<Error> for tonic::Status {
         use tonic::Code;
         let code = match &e {
             Error::InvalidArgument(_) | Error::PayloadTooLarge { .. } => Code::InvalidArgument,
-            Error::LeaseLost(_) => Code::FailedPrecondition,
+            Error::LeaseLost(_) | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
             Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,

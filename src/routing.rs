@@ -16,6 +16,13 @@
 //!
 //! Queue names hold only alphanumerics and `_`, so no queue's keys can
 //! collide with another queue's `:`-suffixed keys.
+//!
+//! **Redis Cluster:** the queue name is a hash tag, `{prefix}{{q}}` (so
+//! `webhook:{order_status}`, `webhook:{order_status}:dlq`, …): every key of
+//! a queue lands in one slot and each script stays atomic. Only
+//! `{prefix}registry` and `{prefix}schedule` live elsewhere and are updated
+//! by separate, idempotent commands. LeanMQ 0.2.0 knows no cluster and reads
+//! the plain keys, so sharing queues with LeanMQ needs a single Redis.
 
 use crate::error::{Error, Result};
 
@@ -138,8 +145,13 @@ pub struct QueueKeys {
 }
 
 impl QueueKeys {
-    pub fn new(prefix: &str, queue: &str) -> Self {
-        let stream = format!("{prefix}{queue}");
+    /// `cluster`: hash-tag the queue name so its keys share a slot.
+    pub fn new(prefix: &str, queue: &str, cluster: bool) -> Self {
+        let stream = if cluster {
+            format!("{prefix}{{{queue}}}")
+        } else {
+            format!("{prefix}{queue}")
+        };
         QueueKeys {
             queue: queue.to_string(),
             dlq: format!("{stream}:dlq"),
@@ -160,6 +172,18 @@ impl QueueKeys {
     pub fn leases(&self, group: &str) -> String {
         format!("{}:leases:{group}", self.stream)
     }
+}
+
+/// The queue name of a registry member (a stream or DLQ key), if it is a
+/// queue stream under `prefix` in this key layout.
+pub fn queue_of_key<'a>(prefix: &str, key: &'a str, cluster: bool) -> Option<&'a str> {
+    let rest = key.strip_prefix(prefix)?;
+    let q = if cluster {
+        rest.strip_prefix('{')?.strip_suffix('}')?
+    } else {
+        rest
+    };
+    is_queue_name(q).then_some(q)
 }
 
 /// A Subscribe pattern, as NATS subjects: `*` matches one segment, a final
@@ -288,7 +312,7 @@ mod tests {
 
     #[test]
     fn keys_follow_the_wire_format() {
-        let k = QueueKeys::new("webhook:", "order_status");
+        let k = QueueKeys::new("webhook:", "order_status", false);
         assert_eq!(k.stream, "webhook:order_status");
         assert_eq!(k.dlq, "webhook:order_status:dlq");
         assert_eq!(k.meta, "webhook:order_status:metadata");
@@ -296,5 +320,27 @@ mod tests {
         assert_eq!(k.expiry, "webhook:order_status:expiry");
         assert_eq!(k.registry, "webhook:registry");
         assert_eq!(default_group("order_status"), "order_status-group");
+        assert_eq!(
+            queue_of_key("webhook:", "webhook:order_status", false),
+            Some("order_status")
+        );
+        assert_eq!(
+            queue_of_key("webhook:", "webhook:order_status:dlq", false),
+            None
+        );
+    }
+
+    #[test]
+    fn cluster_keys_share_one_hash_slot() {
+        let k = QueueKeys::new("webhook:", "order_status", true);
+        assert_eq!(k.stream, "webhook:{order_status}");
+        assert_eq!(k.dlq, "webhook:{order_status}:dlq");
+        assert_eq!(k.leases("g"), "webhook:{order_status}:leases:g");
+        assert_eq!(k.registry, "webhook:registry");
+        assert_eq!(
+            queue_of_key("webhook:", &k.stream, true),
+            Some("order_status")
+        );
+        assert_eq!(queue_of_key("webhook:", &k.dlq, true), None);
     }
 }

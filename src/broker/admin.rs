@@ -120,40 +120,35 @@ impl Broker {
         let registry = format!("{}registry", self.settings.prefix);
         let mut members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&registry)).await?;
         members.sort();
+        let cluster = self.redis.is_cluster();
         let queues: Vec<String> = members
             .iter()
-            .filter_map(|k| k.strip_prefix(self.settings.prefix.as_str()))
-            .filter(|q| !q.ends_with(":dlq") && routing::is_queue_name(q))
+            .filter_map(|k| routing::queue_of_key(&self.settings.prefix, k, cluster))
             .map(str::to_string)
             .collect();
         if queues.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for q in &queues {
-            let k = self.keys(q);
-            // XLEN of a missing key is 0.
-            pipe.cmd("XLEN")
-                .arg(&k.stream)
-                .cmd("XLEN")
-                .arg(&k.dlq)
-                .cmd("SMEMBERS")
-                .arg(&k.paths);
-        }
-        let rows: Vec<(i64, i64, Vec<String>)> = {
-            let flat: Vec<Value> = self.query_pipe(&pipe).await?;
-            flat.chunks(3)
-                .map(|c| match c {
-                    [a, b, p] => {
-                        let paths = as_array(p)
-                            .map(|a| a.iter().filter_map(as_string).collect())
-                            .unwrap_or_default();
-                        Ok((as_i64(a).unwrap_or(0), as_i64(b).unwrap_or(0), paths))
-                    }
-                    _ => Err(bad_reply("list queues")),
-                })
-                .collect::<Result<_>>()?
-        };
+        // One pipeline per queue (a queue's keys share a slot in a cluster;
+        // different queues may not), all in flight at once on the lanes.
+        let rows: Vec<(i64, i64, Vec<String>)> =
+            futures::future::try_join_all(queues.iter().map(|q| async move {
+                let k = self.keys(q);
+                // XLEN of a missing key is 0.
+                let (len, dead, paths): (i64, i64, Vec<String>) = self
+                    .query_pipe(
+                        redis::pipe()
+                            .cmd("XLEN")
+                            .arg(&k.stream)
+                            .cmd("XLEN")
+                            .arg(&k.dlq)
+                            .cmd("SMEMBERS")
+                            .arg(&k.paths),
+                    )
+                    .await?;
+                Ok::<_, Error>((len, dead, paths))
+            }))
+            .await?;
         Ok(queues
             .into_iter()
             .zip(rows)
@@ -415,9 +410,14 @@ impl Broker {
             .key(&k.expiry)
             .key(&k.delayed)
             .key(&k.delayed_data)
-            .key(&k.schedule)
+            .key(self.global(&k, &k.schedule))
             .arg(queue);
         let n = self.invoke(inv).await?;
+        if self.redis.is_cluster() {
+            let _: i64 = self
+                .query(redis::cmd("ZREM").arg(&k.schedule).arg(queue))
+                .await?;
+        }
         tracing::warn!(queue, purged = n, "queue purged");
         Ok(n)
     }
@@ -429,16 +429,27 @@ impl Broker {
             .key(&k.expiry)
             .key(&k.delayed)
             .key(&k.delayed_data)
-            .key(&k.schedule)
+            .key(self.global(&k, &k.schedule))
             .key(&k.meta)
             .key(&k.paths)
             .key(&k.stats)
-            .key(&k.registry)
+            .key(self.global(&k, &k.registry))
             .key(&k.dlq)
             .key(&k.dlq_meta)
             .arg(queue)
             .arg(if with_dlq { "1" } else { "0" });
         let n = self.invoke(inv).await?;
+        if self.redis.is_cluster() {
+            let mut srem = redis::cmd("SREM");
+            srem.arg(&k.registry).arg(&k.stream);
+            if with_dlq {
+                srem.arg(&k.dlq);
+            }
+            let _: i64 = self.query(&srem).await?;
+            let _: i64 = self
+                .query(redis::cmd("ZREM").arg(&k.schedule).arg(queue))
+                .await?;
+        }
         tracing::warn!(queue, with_dlq, deleted = n, "queue deleted");
         Ok(n)
     }
@@ -483,14 +494,62 @@ impl Broker {
     pub async fn promote(&self, queue: &str) -> Result<i64> {
         let k = self.keys(queue);
         let mut inv = self.scripts.promote.prepare_invoke();
-        inv.key(&k.schedule)
+        inv.key(self.global(&k, &k.schedule))
             .key(&k.stream)
             .key(&k.delayed)
             .key(&k.delayed_data)
             .key(&k.expiry)
             .arg(queue)
             .arg(1000);
-        self.invoke(inv).await
+        let (n, first): (i64, i64) = self.invoke(inv).await?;
+        if self.redis.is_cluster() {
+            // The schedule is in another slot. A send racing this may have
+            // set an earlier due that this overwrites; the retention sweep's
+            // schedule repair restores it.
+            let cmd = if first >= 0 {
+                redis::cmd("ZADD")
+                    .arg(&k.schedule)
+                    .arg(first)
+                    .arg(queue)
+                    .clone()
+            } else {
+                redis::cmd("ZREM").arg(&k.schedule).arg(queue).clone()
+            };
+            let _: i64 = self.query(&cmd).await?;
+        }
+        Ok(n)
+    }
+
+    /// Redis Cluster only: make sure the schedule knows a queue's earliest
+    /// delayed message (repairs what a crash between two commands, or a
+    /// race in `promote`, left behind). No-op on a single Redis, where the
+    /// scripts keep the schedule exact.
+    pub async fn repair_schedule(&self, queue: &str) -> Result<()> {
+        if !self.redis.is_cluster() {
+            return Ok(());
+        }
+        let k = self.keys(queue);
+        let first: Vec<(String, i64)> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(&k.delayed)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        if let Some((_, due)) = first.first() {
+            let _: i64 = self
+                .query(
+                    redis::cmd("ZADD")
+                        .arg(&k.schedule)
+                        .arg("LT")
+                        .arg(*due)
+                        .arg(queue),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// One retention pass over a queue: (trimmed, dropped by --max-len).

@@ -86,6 +86,9 @@ async fn sweeper(broker: Arc<Broker>, r: Retention, mut drain: watch::Receiver<b
             }
         };
         for q in queues {
+            if let Err(e) = broker.repair_schedule(&q.queue).await {
+                tracing::debug!(queue = %q.queue, error = %e, "schedule repair failed");
+            }
             match broker
                 .retain(
                     &q.queue,

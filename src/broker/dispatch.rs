@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::limits::FETCH_BATCH;
@@ -534,7 +533,7 @@ impl Dispatcher {
     /// The reader loop of one (queue, group).
     async fn run(self: Arc<Self>, reader: Arc<Reader>) {
         let mut shutdown = self.shutdown.clone();
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<super::redis::Conn> = None;
         let mut backoff = Duration::from_millis(100);
         let scan_every = (self.broker.settings.orphan_timeout / 4).max(Duration::from_secs(1));
         let mut last_scan: Option<Instant> = None;
@@ -629,8 +628,13 @@ impl Dispatcher {
             if conn.is_none() {
                 match self.broker.redis.blocking().await {
                     Ok(mut c) => {
-                        let id: redis::RedisResult<i64> =
-                            redis::cmd("CLIENT").arg("ID").query_async(&mut c).await;
+                        // The id of the connection on the node that holds the stream.
+                        let stream = self.broker.keys(&reader.target.route.queue).stream.clone();
+                        let id = c
+                            .on_node_of(&stream, redis::cmd("CLIENT").arg("ID"))
+                            .await
+                            .ok()
+                            .and_then(|v| redis::from_redis_value::<i64>(v).ok());
                         reader.client_id.store(id.unwrap_or(0), Ordering::Relaxed);
                         conn = Some(c);
                     }
@@ -659,7 +663,7 @@ impl Dispatcher {
                     r = &mut xread => r,
                     _ = reader.due.notified() => {
                         // Something fell due sooner: cut the block short.
-                        self.unblock(reader.client_id.load(Ordering::Relaxed)).await;
+                        self.unblock(&stream, reader.client_id.load(Ordering::Relaxed)).await;
                         xread.await
                     }
                     _ = shutdown.changed() => break,
@@ -685,15 +689,15 @@ struct Dispatched {
 
 impl Dispatcher {
     /// `CLIENT UNBLOCK` a reader's blocked XREAD (it returns as if timed out).
-    async fn unblock(&self, client_id: i64) {
+    /// `stream` picks the node (in a cluster) the reader's connection is on.
+    async fn unblock(&self, stream: &str, client_id: i64) {
         if client_id == 0 {
             return;
         }
         if let Ok(mut lane) = self.broker.redis.lane().await {
-            let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                .arg("UNBLOCK")
-                .arg(client_id)
-                .query_async(&mut lane.conn)
+            let r = lane
+                .conn
+                .on_node_of(stream, redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id))
                 .await;
             let _ = self.broker.redis.settle(&lane, r).await;
         }

@@ -273,7 +273,11 @@ impl Broker {
         {
             return k;
         }
-        let k = std::sync::Arc::new(QueueKeys::new(&self.settings.prefix, queue));
+        let k = std::sync::Arc::new(QueueKeys::new(
+            &self.settings.prefix,
+            queue,
+            self.redis.is_cluster(),
+        ));
         if let Ok(mut c) = self.key_cache.write() {
             // Bounded: a flood of distinct paths must not grow memory forever.
             if c.len() >= 100_000 {
@@ -282,6 +286,34 @@ impl Broker {
             c.insert(queue.to_string(), k.clone());
         }
         k
+    }
+
+    /// The key to pass a script for a global key (registry, schedule): the
+    /// key itself on a single Redis; in a cluster, where it lives in another
+    /// slot, the queue's stream, which tells the script to leave it to us.
+    pub(crate) fn global<'a>(&self, k: &'a QueueKeys, key: &'a str) -> &'a str {
+        if self.redis.is_cluster() {
+            &k.stream
+        } else {
+            key
+        }
+    }
+
+    /// Redis Cluster only: record a queue (and its DLQ) in the registry,
+    /// which scripts cannot reach there. Idempotent; done before the
+    /// script, so a queue with data is never missing from the registry.
+    async fn register(&self, k: &QueueKeys) -> Result<()> {
+        if self.redis.is_cluster() {
+            let mut lane = self.redis.lane().await?;
+            let r: ::redis::RedisResult<i64> = ::redis::cmd("SADD")
+                .arg(&k.registry)
+                .arg(&k.stream)
+                .arg(&k.dlq)
+                .query_async(&mut lane.conn)
+                .await;
+            self.redis.settle(&lane, r).await?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
@@ -298,12 +330,13 @@ impl Broker {
     /// record `path`. Idempotent.
     pub async fn ensure(&self, target: &Target, start: &str, path: Option<&str>) -> Result<()> {
         let k = self.keys(&target.route.queue);
+        self.register(&k).await?;
         let mut inv = self.scripts.ensure.prepare_invoke();
         inv.key(&k.stream)
             .key(&k.dlq)
             .key(&k.meta)
             .key(&k.dlq_meta)
-            .key(&k.registry)
+            .key(self.global(&k, &k.registry))
             .key(&k.paths)
             .arg(&k.queue)
             .arg(envelope::now_secs().to_string())
@@ -339,9 +372,19 @@ impl Broker {
             )?;
             per_msg.push((qi + 1, data));
         }
+        let cluster = self.redis.is_cluster();
+        if cluster && queues.len() > 1 {
+            return Err(Error::FailedPrecondition(
+                "with Redis Cluster a SendBatch is atomic within one queue only, and this one spans several paths' queues; send one batch per path".into(),
+            ));
+        }
+        let first = self.keys(queues.first().copied().unwrap_or_default());
+        if cluster {
+            self.register(&first).await?;
+        }
         let mut inv = self.scripts.send.prepare_invoke();
-        inv.key(format!("{}registry", self.settings.prefix))
-            .key(format!("{}schedule", self.settings.prefix));
+        inv.key(self.global(&first, &first.registry))
+            .key(self.global(&first, &first.schedule));
         for q in &queues {
             let k = self.keys(q);
             inv.key(&k.stream)
@@ -371,6 +414,30 @@ impl Broker {
         let flat: Vec<(String, i64)> = self.invoke(inv).await?;
         if flat.len() != msgs.len() {
             return Err(bad_reply("send"));
+        }
+        if cluster {
+            // Schedule the earliest delayed message. Our clock may run ahead
+            // of Redis': aim a second early; a promote that finds nothing due
+            // yet sets the exact time.
+            if let Some(d) = msgs
+                .iter()
+                .filter_map(|m| m.delay)
+                .filter(|d| !d.is_zero())
+                .min()
+            {
+                let due = ((envelope::now_secs() * 1000.0) as u64)
+                    .saturating_add(d.as_millis() as u64)
+                    .saturating_sub(1000);
+                let mut lane = self.redis.lane().await?;
+                let r: ::redis::RedisResult<i64> = ::redis::cmd("ZADD")
+                    .arg(&first.schedule)
+                    .arg("LT")
+                    .arg(due)
+                    .arg(&first.queue)
+                    .query_async(&mut lane.conn)
+                    .await;
+                self.redis.settle(&lane, r).await?;
+            }
         }
         for (m, (_, dup)) in msgs.iter().zip(&flat) {
             if *dup == 0 {

@@ -5,6 +5,9 @@
 //!   on one lane are pipelined by redis-rs, which is what lets one leanmqd
 //!   go far past the ~65k ops/s of a pool checkout per command. A lane whose
 //!   connection breaks is dropped and refilled from the pool on next use.
+//! - **Redis Cluster** (`redis+cluster://`): lanes come from
+//!   deadpool-redis's cluster pool and route each command to the node of
+//!   its keys; every key of a queue shares one hash slot (see `routing`).
 //! - **Blocking connections:** each reader (one per queue and group) owns
 //!   one connection with no response timeout for its `XREAD BLOCK`, so a
 //!   blocked read never holds up anyone else's command.
@@ -13,20 +16,101 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Connection, Manager, Pool};
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, Cmd, RedisFuture, Value};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
 
+/// One Redis connection: to a single server, or to a Redis Cluster (which
+/// routes each command to the node holding its keys).
+#[derive(Clone)]
+pub enum Conn {
+    Single(MultiplexedConnection),
+    /// With the reply timeout to apply (`None` for blocking reads).
+    Cluster(ClusterConnection, Option<Duration>),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c, t) => within(*t, c.req_packed_command(cmd)),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c, t) => within(*t, c.req_packed_commands(cmd, offset, count)),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// Bound a cluster call by the reply timeout, as single-server connections are.
+fn within<'a, T: Send + 'a>(t: Option<Duration>, fut: RedisFuture<'a, T>) -> RedisFuture<'a, T> {
+    match t {
+        None => fut,
+        Some(t) => Box::pin(async move {
+            match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "redis reply timed out",
+                ))),
+            }
+        }),
+    }
+}
+
+impl Conn {
+    /// Run a command that names no key (`CLIENT ID`, `CLIENT UNBLOCK`) on
+    /// the server that holds `key`.
+    pub async fn on_node_of(&mut self, key: &str, cmd: &Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c, _) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key.as_bytes(), SlotAddr::Master),
+                ));
+                c.route_command(cmd.clone(), route).await
+            }
+        }
+    }
+}
+
+/// Where the data lives.
+enum Backend {
+    Single {
+        /// Opens the dedicated blocking connections.
+        client: Box<redis::Client>,
+        /// Creates and health-checks the lane connections.
+        pool: Pool,
+    },
+    Cluster {
+        /// Opens the dedicated blocking connections (no reply timeout).
+        client: Box<redis::cluster::ClusterClient>,
+        /// deadpool-redis's cluster pool: creates the lane connections.
+        pool: deadpool_redis::cluster::Pool,
+    },
+}
+
 /// Shared access to Redis.
 pub struct Redis {
-    /// Opens the dedicated blocking connections.
-    client: redis::Client,
-    /// Creates and health-checks the lane connections.
-    pool: Pool,
+    backend: Backend,
     /// The shared pipelined connections; `None` until first use or after a failure.
-    lanes: Vec<Mutex<Option<MultiplexedConnection>>>,
+    lanes: Vec<Mutex<Option<Conn>>>,
     /// Round-robin cursor over `lanes`.
     next: AtomicUsize,
     /// Reply timeout for lane commands; a slower reply is UNAVAILABLE.
@@ -35,10 +119,34 @@ pub struct Redis {
 
 /// A lane connection, with the lane it came from so a failure can retire it.
 pub struct LaneConn {
-    pub conn: MultiplexedConnection,
+    pub conn: Conn,
     lane: usize,
     /// When the call began, for the Redis latency histogram.
     started: std::time::Instant,
+}
+
+/// The node URLs of a `redis+cluster://[user:pass@]host:port[,host:port…]`
+/// (or `rediss+cluster://`) URL; `None` for any other URL.
+pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
+        ("redis", r)
+    } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", r)
+    } else {
+        return None;
+    };
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{scheme}://{auth}{h}"))
+            .collect(),
+    )
 }
 
 impl Redis {
@@ -51,38 +159,85 @@ impl Redis {
         tls_ca: Option<Vec<u8>>,
     ) -> Result<Self> {
         let bad_url = |e: redis::RedisError| Error::invalid(format!("redis url: {e}"));
-        let client = match tls_ca {
-            None => redis::Client::open(url).map_err(bad_url)?,
-            Some(ca) => {
-                crate::tls::install_crypto();
-                redis::Client::build_with_tls(
-                    url,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(ca),
-                    },
-                )
-                .map_err(bad_url)?
+        let certs = |ca: Vec<u8>| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        };
+        if tls_ca.is_some() {
+            crate::tls::install_crypto();
+        }
+        let backend = if let Some(nodes) = cluster_nodes(url) {
+            if nodes.is_empty() {
+                return Err(Error::invalid("redis+cluster:// URL names no node"));
+            }
+            let mut blocking = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                .connection_timeout(timeout);
+            if let Some(ca) = tls_ca {
+                blocking = blocking.certs(certs(ca));
+            }
+            let manager = deadpool_redis::cluster::Manager::new(nodes, false).map_err(bad_url)?;
+            let pool = deadpool_redis::cluster::Pool::builder(manager)
+                .max_size(lanes.max(1) * 2)
+                .wait_timeout(Some(timeout))
+                .create_timeout(Some(timeout))
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()
+                .map_err(|e| Error::Internal(format!("redis pool: {e}")))?;
+            Backend::Cluster {
+                client: Box::new(blocking.build().map_err(bad_url)?),
+                pool,
+            }
+        } else {
+            let client = match tls_ca {
+                None => redis::Client::open(url).map_err(bad_url)?,
+                Some(ca) => redis::Client::build_with_tls(url, certs(ca)).map_err(bad_url)?,
+            };
+            let cfg = AsyncConnectionConfig::new()
+                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(timeout));
+            let manager = Manager::new_with_config(client.get_connection_info().clone(), cfg)
+                .map_err(bad_url)?;
+            let pool = Pool::builder(manager)
+                .max_size(lanes.max(1) * 2)
+                .wait_timeout(Some(timeout))
+                .create_timeout(Some(timeout))
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()
+                .map_err(|e| Error::Internal(format!("redis pool: {e}")))?;
+            Backend::Single {
+                client: Box::new(client),
+                pool,
             }
         };
-        let cfg = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout));
-        let manager =
-            Manager::new_with_config(client.get_connection_info().clone(), cfg).map_err(bad_url)?;
-        let pool = Pool::builder(manager)
-            .max_size(lanes.max(1) * 2)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::Internal(format!("redis pool: {e}")))?;
         Ok(Redis {
-            client,
-            pool,
+            backend,
             lanes: (0..lanes.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             timeout,
+        })
+    }
+
+    /// True when the data lives in a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// A fresh lane connection from the pool.
+    async fn open_lane(&self) -> Result<Conn> {
+        let r = match &self.backend {
+            Backend::Single { pool, .. } => {
+                pool.get().await.map(|c| Conn::Single(Connection::take(c)))
+            }
+            Backend::Cluster { pool, .. } => pool.get().await.map(|c| {
+                Conn::Cluster(
+                    deadpool_redis::cluster::Connection::take(c),
+                    Some(self.timeout),
+                )
+            }),
+        };
+        r.map_err(|e| {
+            crate::observe::redis_error("unavailable");
+            e.into()
         })
     }
 
@@ -97,13 +252,7 @@ impl Redis {
                 started: std::time::Instant::now(),
             });
         }
-        let conn = match self.pool.get().await {
-            Ok(c) => Connection::take(c),
-            Err(e) => {
-                crate::observe::redis_error("unavailable");
-                return Err(e.into());
-            }
-        };
+        let conn = self.open_lane().await?;
         *slot = Some(conn.clone());
         Ok(LaneConn {
             conn,
@@ -138,14 +287,22 @@ impl Redis {
     }
 
     /// A dedicated connection for blocking reads (no reply timeout).
-    pub async fn blocking(&self) -> Result<MultiplexedConnection> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(self.timeout));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?)
+    pub async fn blocking(&self) -> Result<Conn> {
+        match &self.backend {
+            Backend::Single { client, .. } => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_response_timeout(None)
+                    .set_connection_timeout(Some(self.timeout));
+                Ok(Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?,
+                ))
+            }
+            Backend::Cluster { client, .. } => {
+                Ok(Conn::Cluster(client.get_async_connection().await?, None))
+            }
+        }
     }
 
     pub fn timeout(&self) -> Duration {

@@ -21,11 +21,13 @@ end
 
 -- The queue pair, LeanMQ's groups, metadata and registry, as LeanMQ's
 -- create_queue_pair writes them (but keeping the first created_at).
+-- In Redis Cluster the registry lives in another slot: the caller passes
+-- the stream key in its place and records the queue itself.
 local function ensure_queue(stream, dlq, meta, dlq_meta, registry, qname, created_at)
   local group = qname .. '-group'
   local e = mkgroup(stream, group); if e then return e end
   e = mkgroup(dlq, group .. '-dlq'); if e then return e end
-  redis.call('SADD', registry, stream, dlq)
+  if registry ~= stream then redis.call('SADD', registry, stream, dlq) end
   redis.call('HSETNX', meta, 'created_at', created_at)
   redis.call('HSET', meta, 'dlq', dlq, 'consumer_group', group)
   redis.call('HSETNX', dlq_meta, 'created_at', created_at)

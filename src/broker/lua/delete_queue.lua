@@ -9,11 +9,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then n = redis.call('XLEN', KEYS[1]) end
 n = n + redis.call('ZCARD', KEYS[3])
 for _, g in ipairs(names) do redis.call('DEL', KEYS[1] .. ':leases:' .. g) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[1] .. ':delayed:seq')
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('SREM', KEYS[9], KEYS[1])
+local global = KEYS[5] ~= KEYS[1]  -- false in Redis Cluster: the caller does these
+if global then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('SREM', KEYS[9], KEYS[1])
+end
 if ARGV[2] == '1' then
   if redis.call('EXISTS', KEYS[10]) == 1 then n = n + redis.call('XLEN', KEYS[10]) end
   redis.call('DEL', KEYS[10], KEYS[11])
-  redis.call('SREM', KEYS[9], KEYS[10])
+  if global then redis.call('SREM', KEYS[9], KEYS[10]) end
 end
 return n

@@ -1,7 +1,8 @@
 -- Append a queue's due delayed messages to its stream, in due order.
 -- KEYS: schedule, stream, delayed, delayed_data, expiry
 -- ARGV: queue name, limit
--- Returns the number appended.
+-- Returns {number appended, earliest due left (ms) or -1}. In Redis Cluster
+-- KEYS[1] is the stream, and the caller updates the schedule.
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, sid in ipairs(due) do
@@ -16,9 +17,10 @@ for _, sid in ipairs(due) do
   redis.call('ZREM', KEYS[3], sid)
 end
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local global = KEYS[1] ~= KEYS[2]
 if #first > 0 then
-  redis.call('ZADD', KEYS[1], first[2], ARGV[1])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  if global then redis.call('ZADD', KEYS[1], first[2], ARGV[1]) end
+  return {#due, tonumber(first[2])}
 end
-return #due
+if global then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return {#due, -1}

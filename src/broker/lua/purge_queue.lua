@@ -5,7 +5,7 @@ local n = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then n = redis.call('XLEN', KEYS[1]) end
 n = n + redis.call('ZCARD', KEYS[3])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[1])
+if KEYS[5] ~= KEYS[1] then redis.call('ZREM', KEYS[5], ARGV[1]) end
 for _, g in ipairs(names) do
   redis.call('DEL', KEYS[1] .. ':leases:' .. g)
   local e = mkgroup(KEYS[1], g); if e then return e end

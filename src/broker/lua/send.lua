@@ -42,7 +42,8 @@ for j = 4 + nq, #ARGV, 6 do
       local due = now + tonumber(delay)
       redis.call('ZADD', k(qi, 6), due, sid)
       redis.call('HSET', k(qi, 7), sid, exp .. '\n' .. data)
-      redis.call('ZADD', KEYS[2], 'LT', due, ARGV[3 + qi])
+      -- (In Redis Cluster KEYS[2] is the stream: the caller updates the schedule.)
+      if KEYS[2] ~= stream then redis.call('ZADD', KEYS[2], 'LT', due, ARGV[3 + qi]) end
       val = 's:' .. sid
     else
       local id = redis.call('XADD', stream, '*', 'data', data)
