@@ -26,7 +26,8 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Redis to use (redis://, rediss://, redis+unix://, or
-    /// redis+cluster://host:port[,host:port…] for Redis Cluster). Without it leanmqd
+    /// redis+cluster://host:port[,host:port…] for Redis Cluster,
+    /// redis+sentinel://[user:pass@]host:port[,host:port…]/master for Sentinel). Without it leanmqd
     /// starts and supervises its own `redis-server` child (AOF on) with its
     /// data in --data-dir.
     #[arg(long, env = "LEANMQ_REDIS_URL")]
@@ -171,17 +172,28 @@ impl Config {
             let bad = |e: redis::RedisError| {
                 format!("--redis-url {url:?} is not a usable Redis URL: {e}")
             };
-            match crate::broker::redis::cluster_nodes(url) {
-                Some(nodes) if nodes.is_empty() => {
-                    return Err(format!("--redis-url {url:?} names no cluster node"))
+            if let Some(s) = crate::broker::redis::sentinel_parts(url) {
+                if s.sentinels.is_empty() || s.master.is_empty() {
+                    return Err(format!(
+                        "--redis-url {url:?}: give sentinels and a master name, as redis+sentinel://host:port[,host:port]/mymaster"
+                    ));
                 }
-                Some(nodes) => {
-                    for n in nodes {
-                        redis::Client::open(n.as_str()).map_err(bad)?;
+                for s in s.sentinels {
+                    redis::Client::open(s.as_str()).map_err(bad)?;
+                }
+            } else {
+                match crate::broker::redis::cluster_nodes(url) {
+                    Some(nodes) if nodes.is_empty() => {
+                        return Err(format!("--redis-url {url:?} names no cluster node"))
                     }
-                }
-                None => {
-                    redis::Client::open(url.as_str()).map_err(bad)?;
+                    Some(nodes) => {
+                        for n in nodes {
+                            redis::Client::open(n.as_str()).map_err(bad)?;
+                        }
+                    }
+                    None => {
+                        redis::Client::open(url.as_str()).map_err(bad)?;
+                    }
                 }
             }
         }

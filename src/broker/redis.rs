@@ -28,7 +28,9 @@ use crate::error::{Error, Result};
 /// routes each command to the node holding its keys).
 #[derive(Clone)]
 pub enum Conn {
-    Single(MultiplexedConnection),
+    /// With a reply timeout to apply here, when the connection has none of
+    /// its own (Sentinel-made connections).
+    Single(MultiplexedConnection, Option<Duration>),
     /// With the reply timeout to apply (`None` for blocking reads).
     Cluster(ClusterConnection, Option<Duration>),
 }
@@ -36,7 +38,7 @@ pub enum Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c, t) => within(*t, c.req_packed_command(cmd)),
             Conn::Cluster(c, t) => within(*t, c.req_packed_command(cmd)),
         }
     }
@@ -48,7 +50,7 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Single(c, t) => within(*t, c.req_packed_commands(cmd, offset, count)),
             Conn::Cluster(c, t) => within(*t, c.req_packed_commands(cmd, offset, count)),
         }
     }
@@ -79,7 +81,7 @@ impl Conn {
     /// the server that holds `key`.
     pub async fn on_node_of(&mut self, key: &str, cmd: &Cmd) -> redis::RedisResult<Value> {
         match self {
-            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Single(..) => cmd.query_async(self).await,
             Conn::Cluster(c, _) => {
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                     Route::with_key(key.as_bytes(), SlotAddr::Master),
@@ -97,6 +99,12 @@ enum Backend {
         client: Box<redis::Client>,
         /// Creates and health-checks the lane connections.
         pool: Pool,
+    },
+    Sentinel {
+        /// Finds the current master for the dedicated blocking connections.
+        client: Box<Mutex<redis::sentinel::SentinelClient>>,
+        /// deadpool-redis's sentinel pool: lane connections to the master.
+        pool: deadpool_redis::sentinel::Pool,
     },
     Cluster {
         /// Opens the dedicated blocking connections (no reply timeout).
@@ -123,6 +131,45 @@ pub struct LaneConn {
     lane: usize,
     /// When the call began, for the Redis latency histogram.
     started: std::time::Instant,
+}
+
+/// The parts of a `redis+sentinel://[user:pass@]host:port[,host:port…]/master` URL.
+pub struct SentinelUrl {
+    /// The sentinels, as `redis://host:port`.
+    pub sentinels: Vec<String>,
+    /// The monitored master's name.
+    pub master: String,
+    /// ACL user and password for the data nodes.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Parse a `redis+sentinel://` URL; `None` for any other URL.
+pub fn sentinel_parts(url: &str) -> Option<SentinelUrl> {
+    let rest = url.strip_prefix("redis+sentinel://")?;
+    let (hosts, master) = rest.rsplit_once('/')?;
+    let (auth, hosts) = match hosts.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, hosts),
+    };
+    let (user, pass) = match auth.map(|a| a.split_once(':').unwrap_or(("", a))) {
+        Some((u, p)) => (
+            (!u.is_empty()).then(|| u.to_string()),
+            (!p.is_empty()).then(|| p.to_string()),
+        ),
+        None => (None, None),
+    };
+    let sentinels = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}"))
+        .collect();
+    Some(SentinelUrl {
+        sentinels,
+        master: master.to_string(),
+        username: user,
+        password: pass,
+    })
 }
 
 /// The node URLs of a `redis+cluster://[user:pass@]host:port[,host:port…]`
@@ -166,7 +213,63 @@ impl Redis {
         if tls_ca.is_some() {
             crate::tls::install_crypto();
         }
-        let backend = if let Some(nodes) = cluster_nodes(url) {
+        let backend = if let Some(SentinelUrl {
+            sentinels,
+            master,
+            username,
+            password,
+        }) = sentinel_parts(url)
+        {
+            if sentinels.is_empty() || master.is_empty() {
+                return Err(Error::invalid(
+                    "redis+sentinel:// URL needs sentinels and a master name: redis+sentinel://host:port[,host:port]/mymaster",
+                ));
+            }
+            let node = deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+                tls_mode: None,
+                redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+                    db: 0,
+                    username: username.clone(),
+                    password: password.clone(),
+                    protocol: Default::default(),
+                }),
+            };
+            let mut info = redis::RedisConnectionInfo::default();
+            if let Some(u) = &username {
+                info = info.set_username(u);
+            }
+            if let Some(p) = &password {
+                info = info.set_password(p);
+            }
+            let client = redis::sentinel::SentinelClient::build(
+                sentinels.clone(),
+                master.clone(),
+                Some(
+                    redis::sentinel::SentinelNodeConnectionInfo::default()
+                        .set_redis_connection_info(info),
+                ),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(bad_url)?;
+            let manager = deadpool_redis::sentinel::Manager::new(
+                sentinels,
+                master,
+                Some(node),
+                deadpool_redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(bad_url)?;
+            let pool = deadpool_redis::sentinel::Pool::builder(manager)
+                .max_size(lanes.max(1) * 2)
+                .wait_timeout(Some(timeout))
+                .create_timeout(Some(timeout))
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()
+                .map_err(|e| Error::Internal(format!("redis pool: {e}")))?;
+            Backend::Sentinel {
+                client: Box::new(Mutex::new(client)),
+                pool,
+            }
+        } else if let Some(nodes) = cluster_nodes(url) {
             if nodes.is_empty() {
                 return Err(Error::invalid("redis+cluster:// URL names no node"));
             }
@@ -225,9 +328,16 @@ impl Redis {
     /// A fresh lane connection from the pool.
     async fn open_lane(&self) -> Result<Conn> {
         let r = match &self.backend {
-            Backend::Single { pool, .. } => {
-                pool.get().await.map(|c| Conn::Single(Connection::take(c)))
-            }
+            Backend::Single { pool, .. } => pool
+                .get()
+                .await
+                .map(|c| Conn::Single(Connection::take(c), None)),
+            Backend::Sentinel { pool, .. } => pool.get().await.map(|c| {
+                Conn::Single(
+                    deadpool_redis::sentinel::Connection::take(c),
+                    Some(self.timeout),
+                )
+            }),
             Backend::Cluster { pool, .. } => pool.get().await.map(|c| {
                 Conn::Cluster(
                     deadpool_redis::cluster::Connection::take(c),
@@ -268,10 +378,13 @@ impl Redis {
         match r {
             Ok(v) => Ok(v),
             Err(e) => {
+                // READONLY / MASTERDOWN: this server is no longer (or not
+                // yet) the master after a failover; reconnect to find it.
                 if e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_timeout()
                     || e.is_unrecoverable_error()
+                    || matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
                 {
                     *self.lanes[lane.lane].lock().await = None;
                 }
@@ -288,19 +401,26 @@ impl Redis {
 
     /// A dedicated connection for blocking reads (no reply timeout).
     pub async fn blocking(&self) -> Result<Conn> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(self.timeout));
         match &self.backend {
-            Backend::Single { client, .. } => {
-                let cfg = AsyncConnectionConfig::new()
-                    .set_response_timeout(None)
-                    .set_connection_timeout(Some(self.timeout));
-                Ok(Conn::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(&cfg)
-                        .await?,
-                ))
-            }
+            Backend::Single { client, .. } => Ok(Conn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?,
+                None,
+            )),
             Backend::Cluster { client, .. } => {
                 Ok(Conn::Cluster(client.get_async_connection().await?, None))
+            }
+            Backend::Sentinel { client, .. } => {
+                // Asks the sentinels for the current master each time.
+                let mut client = client.lock().await;
+                Ok(Conn::Single(
+                    client.get_async_connection_with_config(&cfg).await?,
+                    None,
+                ))
             }
         }
     }
