@@ -18,6 +18,8 @@ test: setup test-rust test-clients test-e2e test-faults
 
 test-rust: setup
 	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	# OTLP export is an optional feature: its collector test needs the feature build.
+	$(CARGO) test --features otlp --test otlp
 
 test-clients:
 	$(MAKE) -C clients/python setup test check-gen
@@ -80,6 +82,7 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features otlp -- -D warnings
 
 lint: fmt clippy
 

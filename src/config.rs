@@ -159,6 +159,11 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_REDIS_TLS_CA")]
     pub redis_tls_ca: Option<PathBuf>,
 
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// http://otel-collector:4317). Needs a build with `--features otlp`.
+    #[arg(long, env = "LEANMQ_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -259,6 +264,11 @@ impl Config {
         if let Some(ca) = &self.redis_tls_ca {
             std::fs::read(ca)
                 .map_err(|e| format!("cannot read --redis-tls-ca {}: {e}", ca.display()))?;
+        }
+        if self.otlp_endpoint.is_some() && !crate::telemetry::OTLP_BUILT_IN {
+            return Err(
+                "--otlp-endpoint needs a leanmqd built with `cargo build --features otlp`".into(),
+            );
         }
         if self.log_format != "text" && self.log_format != "json" {
             return Err("--log-format must be \"text\" or \"json\"".into());

@@ -20,6 +20,7 @@
 //!   - `broker/lua/` — every multi-step change as one atomic script.
 //! - [`auth`] — bearer tokens (hashes in a file) and the one place that decides per-path permissions.
 //! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
+//! - [`telemetry`] — logs and optional OTLP trace export (`otlp` feature).
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
 //! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
 
@@ -34,6 +35,7 @@ pub mod routing;
 pub mod rpc;
 pub mod server;
 pub mod shutdown;
+pub mod telemetry;
 pub mod tls;
 
 /// Generated protobuf and gRPC code for `leanmq.v1`.

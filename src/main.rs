@@ -17,19 +17,6 @@ fn exit(code: i32) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// `leanmqd healthcheck [ADDR]`: exit 0 when the leanmqd at ADDR (default:
 /// `$LEANMQ_HEALTH_LISTEN`, else `$LEANMQ_LISTEN`, else 127.0.0.1:50051) reports SERVING over gRPC health, 1 otherwise. For
 /// container HEALTHCHECKs, with no extra probe binary in the image.
@@ -126,7 +113,6 @@ fn main() -> ExitCode {
         eprintln!("leanmqd: invalid configuration: {e}");
         return exit(EXIT_CONFIG);
     }
-    init_logging(&cfg.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,6 +127,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config) -> ExitCode {
+    let _telemetry =
+        match leanmq_grpc::telemetry::init(&cfg.log_format, cfg.otlp_endpoint.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("leanmqd: {e}");
+                return exit(EXIT_CONFIG);
+            }
+        };
     let mut signals = match shutdown::Signals::install() {
         Ok(s) => s,
         Err(e) => {

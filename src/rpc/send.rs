@@ -1,5 +1,7 @@
 //! Send: validate, append, answer with the entry id.
 
+use tracing::Instrument;
+
 use super::{convert, BrokerService, Caller};
 use crate::auth::Action;
 use crate::error::{Error, Result};
@@ -10,16 +12,23 @@ pub async fn handle(
     caller: &Caller,
     req: proto::SendRequest,
 ) -> Result<proto::SendResponse> {
-    let msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
-    caller.grant.check(Action::Send, &msg.route)?;
-    let sent = svc
-        .dispatcher
-        .broker()
-        .send(std::slice::from_ref(&msg))
-        .await?;
-    let s = sent
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Internal("send returned no id".into()))?;
-    Ok(convert::sent(s))
+    // The broker's part of the caller's trace (exported with `otlp`).
+    let span = tracing::info_span!("leanmq.send", path = %req.path);
+    crate::telemetry::continue_trace(&span, caller.traceparent.as_deref());
+    async move {
+        let msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
+        caller.grant.check(Action::Send, &msg.route)?;
+        let sent = svc
+            .dispatcher
+            .broker()
+            .send(std::slice::from_ref(&msg))
+            .await?;
+        let s = sent
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal("send returned no id".into()))?;
+        Ok(convert::sent(s))
+    }
+    .instrument(span)
+    .await
 }

@@ -1,0 +1,93 @@
+//! Logs (`RUST_LOG`, text or JSON) and, with the `otlp` feature and
+//! `--otlp-endpoint`, OpenTelemetry trace export over OTLP/gRPC.
+//!
+//! Trace context: a Send's `traceparent` metadata becomes the message's
+//! `traceparent` header (see `rpc::convert`), so the consumer continues the
+//! producer's trace. With OTLP on, the broker's own span for the call is a
+//! child of that context, so the trace shows producer → broker → consumer.
+
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Keeps the exporter alive; flushes buffered spans when dropped.
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// True when this binary can export traces (built with `--features otlp`).
+pub const OTLP_BUILT_IN: bool = cfg!(feature = "otlp");
+
+/// Install the global subscriber. Must run inside the Tokio runtime (the
+/// OTLP exporter's channel needs it).
+pub fn init(format: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "json" {
+        fmt.json().boxed()
+    } else {
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    if let Some(endpoint) = otlp_endpoint {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("leanmqd")
+                    .build(),
+            )
+            .build();
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let tracer = provider.tracer("leanmqd");
+        registry
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .try_init()
+            .map_err(|e| e.to_string())?;
+        return Ok(Telemetry {
+            provider: Some(provider),
+        });
+    }
+    if otlp_endpoint.is_some() {
+        return Err("--otlp-endpoint needs a leanmqd built with --features otlp".into());
+    }
+    registry.try_init().map_err(|e| e.to_string())?;
+    Ok(Telemetry {
+        #[cfg(feature = "otlp")]
+        provider: None,
+    })
+}
+
+/// Make `span` a child of the W3C `traceparent` a caller sent (no-op
+/// without the `otlp` feature, where spans are only logs).
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    #[cfg(feature = "otlp")]
+    if let Some(tp) = traceparent {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let mut carrier = std::collections::HashMap::new();
+        carrier.insert("traceparent".to_string(), tp.to_string());
+        let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+        let _ = span.set_parent(cx);
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = (span, traceparent);
+}

@@ -1,0 +1,104 @@
+//! OTLP export (`--features otlp`): a Send carrying `traceparent` shows up
+//! at a collector as a `leanmq.send` span in the caller's trace.
+#![cfg(feature = "otlp")]
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::sync::mpsc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_leanmqd");
+
+/// A collector that forwards every exported span: (name, trace id, parent id).
+struct Collector(mpsc::UnboundedSender<(String, Vec<u8>, Vec<u8>)>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let _ = self.0.send((s.name, s.trace_id, s.parent_span_id));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test]
+async fn a_send_joins_the_callers_trace_at_the_collector() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let redis = RedisProc::start();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis-url", &redis.url()])
+        .args(["--otlp-endpoint", &format!("http://{collector}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut c = eventually("leanmqd accepts connections", || {
+        let addr = addr.clone();
+        async move {
+            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let mut req = tonic::Request::new(bytes_send("/traced", b"x"));
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-{parent}-01").parse().expect("ascii"),
+    );
+    c.send(req).await.expect("send");
+
+    // SIGTERM: leanmqd drains and flushes its spans on the way out.
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.wait().await.expect("exit");
+    assert!(status.success());
+    let mut found = None;
+    while let Ok((name, t, p)) = rx.try_recv() {
+        if name == "leanmq.send" {
+            found = Some((hex(&t), hex(&p)));
+        }
+    }
+    assert_eq!(
+        found,
+        Some((trace.to_string(), parent.to_string())),
+        "the send span continues the caller's trace"
+    );
+}
