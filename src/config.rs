@@ -8,6 +8,20 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// Exit code for configuration errors (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 /// Exit code when a required service cannot be started (EX_UNAVAILABLE).
@@ -174,13 +188,15 @@ impl Config {
     /// binding or starting Redis.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.redis_url {
+            // Never echo a password, not even in a configuration error.
+            let shown = redact(url);
             let bad = |e: redis::RedisError| {
-                format!("--redis-url {url:?} is not a usable Redis URL: {e}")
+                format!("--redis-url {shown:?} is not a usable Redis URL: {e}")
             };
             if let Some(s) = crate::broker::redis::sentinel_parts(url) {
                 if s.sentinels.is_empty() || s.master.is_empty() {
                     return Err(format!(
-                        "--redis-url {url:?}: give sentinels and a master name, as redis+sentinel://host:port[,host:port]/mymaster"
+                        "--redis-url {shown:?}: give sentinels and a master name, as redis+sentinel://host:port[,host:port]/mymaster"
                     ));
                 }
                 for s in s.sentinels {
@@ -189,7 +205,7 @@ impl Config {
             } else {
                 match crate::broker::redis::cluster_nodes(url) {
                     Some(nodes) if nodes.is_empty() => {
-                        return Err(format!("--redis-url {url:?} names no cluster node"))
+                        return Err(format!("--redis-url {shown:?} names no cluster node"))
                     }
                     Some(nodes) => {
                         for n in nodes {
@@ -292,5 +308,21 @@ impl Config {
         c.redis_url = Some(url.to_string());
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("rediss://leanmq:s3cret@redis:6380/0"),
+            "rediss://leanmq:***@redis:6380/0"
+        );
+        assert_eq!(redact("redis://:s3cret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("not a url"), "not a url");
     }
 }

@@ -43,6 +43,7 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--tls-cert", "/nonexistent.crt"],
         vec!["--auth-tokens", "/nonexistent.toml"],
         vec!["--max-concurrent-rpcs", "0"],
+        vec!["--redis-url", "redis+sentinel://leanmq:hunter2@/"],
         vec!["--no-such-flag"],
     ] {
         let out = Command::new(BIN)
@@ -57,6 +58,10 @@ fn bad_configuration_exits_64_before_binding() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!out.stderr.is_empty(), "{args:?} explains itself");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("hunter2"),
+            "a password never reaches the logs"
+        );
     }
     let env = Command::new(BIN)
         .env("LEANMQ_MAX_BATCH", "0")
