@@ -164,6 +164,16 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_MAX_CONCURRENT_RPCS", default_value_t = 10_000)]
     pub max_concurrent_rpcs: usize,
 
+    /// HTTP/2 keepalive ping interval: how soon a subscriber whose
+    /// connection died without a close is noticed (with the timeout).
+    #[arg(long, env = "LEANMQ_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection
+    /// (and its streams) is closed.
+    #[arg(long, env = "LEANMQ_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
     /// Most Subscribe streams open at once on this replica.
     #[arg(long, env = "LEANMQ_MAX_SUBSCRIPTIONS", default_value_t = 100_000)]
     pub max_subscriptions: usize,
@@ -270,6 +280,14 @@ impl Config {
         }
         if self.max_subscriptions == 0 || self.max_subscriptions > 10_000_000 {
             return Err("--max-subscriptions must be between 1 and 10000000".into());
+        }
+        if self.keepalive_interval < Duration::from_secs(1)
+            || self.keepalive_timeout < Duration::from_millis(100)
+        {
+            return Err(
+                "--keepalive-interval must be at least 1s and --keepalive-timeout at least 100ms"
+                    .into(),
+            );
         }
         if let Some(files) = self.tls_files() {
             crate::tls::Tls::load(files)?;

@@ -11,7 +11,7 @@ use std::fmt;
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What can go wrong while serving a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request itself is wrong: a bad path, group, duration, header or
     /// receipt. The message names the field and the rule it broke.

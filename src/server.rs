@@ -218,9 +218,10 @@ pub async fn serve(
             u32::try_from(cfg.max_streams_per_connection + 1024).unwrap_or(u32::MAX),
         ))
         // A subscriber whose connection died without a close is noticed
-        // within ~15 s; its streams end and its leases run out for others.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        // within interval + timeout (~15 s by default); its streams end and
+        // its leases run out for others.
+        .http2_keepalive_interval(Some(cfg.keepalive_interval))
+        .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
         .add_service(health_svc)
         .add_service(reflection_v1)

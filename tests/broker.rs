@@ -948,3 +948,42 @@ async fn a_named_group_lost_with_redis_data_misses_nothing_sent_after() {
     }
     assert_eq!(got, after);
 }
+
+#[tokio::test]
+async fn concurrent_sends_share_calls_but_not_failures() {
+    let redis = RedisProc::start();
+    // A key of the wrong type where one queue's stream should be: a send
+    // there fails; the sends sharing its script call must not.
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("SET")
+        .arg("webhook:broken")
+        .arg("not a stream")
+        .query(&mut conn)
+        .expect("set");
+    let d = Leanmqd::start(&redis.url()).await;
+    let c = d.client().await;
+    let mut calls = Vec::new();
+    for i in 0..300 {
+        let mut c = c.clone();
+        let path = if i == 150 { "/broken" } else { "/shared" };
+        calls.push(tokio::spawn(async move {
+            (
+                path,
+                c.send(bytes_send(path, format!("{i}").as_bytes())).await,
+            )
+        }));
+    }
+    let mut ok = 0;
+    for call in calls {
+        let (path, r) = call.await.expect("join");
+        match path {
+            "/broken" => assert!(r.is_err(), "the send to a broken key fails"),
+            _ => {
+                r.expect("sends next to a failing one succeed");
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 299);
+    assert_eq!(xlen(&redis, "webhook:shared"), 299);
+}

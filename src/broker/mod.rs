@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod background;
+pub mod coalesce;
 pub mod dispatch;
 pub mod envelope;
 pub mod limits;
@@ -175,6 +176,8 @@ pub struct Broker {
     scripts: Scripts,
     /// Queue name → its key strings, so the hot path does not rebuild them.
     key_cache: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<QueueKeys>>>,
+    /// Where unary Sends wait to share a script call (started on first use).
+    coalescer: std::sync::OnceLock<tokio::sync::mpsc::Sender<coalesce::Job>>,
 }
 
 fn lease_error(code: i64, group: &str) -> Error {
@@ -242,6 +245,7 @@ impl Broker {
             settings,
             redis,
             key_cache: Default::default(),
+            coalescer: Default::default(),
             scripts: Scripts {
                 ensure: script!("lua/ensure.lua"),
                 send: script!("lua/send.lua"),

@@ -4,7 +4,7 @@ use tracing::Instrument;
 
 use super::{convert, BrokerService, Caller};
 use crate::auth::Action;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::proto;
 
 pub async fn handle(
@@ -18,15 +18,7 @@ pub async fn handle(
     async move {
         let msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
         caller.grant.check(Action::Send, &msg.route)?;
-        let sent = svc
-            .dispatcher
-            .broker()
-            .send(std::slice::from_ref(&msg))
-            .await?;
-        let s = sent
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Internal("send returned no id".into()))?;
+        let s = svc.dispatcher.broker().send_one(msg).await?;
         Ok(convert::sent(s))
     }
     .instrument(span)

@@ -1,0 +1,121 @@
+//! Concurrent Sends share script calls.
+//!
+//! Each unary Send used to cost one `EVALSHA` of `send.lua`: Redis' per-call
+//! work (parsing, script setup, the queue checks) was paid per message. Here
+//! Sends waiting at the same moment go out as one call, atomic as a whole,
+//! while at most [`IN_FLIGHT`] calls are outstanding; a lone Send goes out at
+//! once. Each caller still gets its own result: if a shared call fails for a
+//! reason other than Redis being unavailable, nothing was written (the
+//! script is all-or-nothing), and each message is retried alone so one bad
+//! message can't fail its neighbours.
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{Broker, Outgoing, Sent};
+use crate::error::{Error, Result};
+
+/// Shared calls outstanding at once; more Sends wait and join the next one.
+const IN_FLIGHT: usize = 8;
+/// Most messages in one shared call.
+const MAX_SHARED: usize = 256;
+/// Sends waiting for a call; beyond this, callers wait (backpressure).
+const QUEUE: usize = 8192;
+
+/// One waiting Send.
+pub(super) struct Job {
+    msg: Outgoing,
+    done: oneshot::Sender<Result<Sent>>,
+}
+
+/// Start the coalescing task for `broker`; it ends when the broker is dropped
+/// (the broker holds the only sender).
+pub(super) fn spawn(broker: Weak<Broker>) -> mpsc::Sender<Job> {
+    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_SHARED {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let Some(broker) = broker.upgrade() else {
+                for j in jobs {
+                    let _ = j.done.send(Err(Error::ShuttingDown));
+                }
+                break;
+            };
+            tokio::spawn(async move {
+                run(&broker, jobs).await;
+                drop(permit);
+            });
+        }
+    });
+    tx
+}
+
+async fn run(broker: &Broker, jobs: Vec<Job>) {
+    if broker.redis.is_cluster() {
+        // A call must stay within one queue's slot.
+        let mut by_queue: Vec<Vec<Job>> = Vec::new();
+        for j in jobs {
+            match by_queue
+                .iter_mut()
+                .find(|g| g[0].msg.route.queue == j.msg.route.queue)
+            {
+                Some(g) => g.push(j),
+                None => by_queue.push(vec![j]),
+            }
+        }
+        futures::future::join_all(by_queue.into_iter().map(|g| shared(broker, g))).await;
+    } else {
+        shared(broker, jobs).await;
+    }
+}
+
+async fn shared(broker: &Broker, jobs: Vec<Job>) {
+    let (msgs, dones): (Vec<Outgoing>, Vec<_>) = jobs.into_iter().map(|j| (j.msg, j.done)).unzip();
+    match broker.send(&msgs).await {
+        Ok(sent) => {
+            for (done, s) in dones.into_iter().zip(sent) {
+                let _ = done.send(Ok(s));
+            }
+        }
+        Err(e) if msgs.len() == 1 || e.is_transient() => {
+            for done in dones {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
+        Err(_) => {
+            // Nothing was written; find out whose message it was.
+            for (m, done) in msgs.iter().zip(dones) {
+                let r = broker.send(std::slice::from_ref(m)).await.and_then(|s| {
+                    s.into_iter()
+                        .next()
+                        .ok_or_else(|| Error::Internal("send returned no id".into()))
+                });
+                let _ = done.send(r);
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Append one message, sharing a script call with concurrent Sends.
+    pub async fn send_one(self: &Arc<Self>, msg: Outgoing) -> Result<Sent> {
+        let tx = self.coalescer.get_or_init(|| spawn(Arc::downgrade(self)));
+        let (done, rx) = oneshot::channel();
+        tx.send(Job { msg, done })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the send was dropped before Redis answered".into()))?
+    }
+}
