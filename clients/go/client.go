@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	pb "github.com/leanmq/leanmq-grpc/clients/go/leanmqv1"
 )
@@ -49,6 +50,7 @@ type config struct {
 	minBackoff    time.Duration
 	maxBackoff    time.Duration
 	dialOptions   []grpc.DialOption
+	token         string
 	logger        *slog.Logger
 	onSubscribed  func(path string)
 }
@@ -91,6 +93,17 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *config) { c.dialOptions = append(c.dialOptions, opts...) }
 }
 
+// WithToken sends token as "authorization: Bearer <token>" metadata with
+// every call the client makes (Send, Receive, Ack, Nack, Extend and the
+// Subscribe streams of Run), and with the calls of Broker(). It is a
+// leanmqd --auth-tokens token. Calls without a known token fail with
+// codes.Unauthenticated, calls outside the token's grant with
+// codes.PermissionDenied; Run returns either one (see status.Code).
+//
+// The token works over plaintext too; outside a test, use TLS
+// (WithDialOptions(grpc.WithTransportCredentials(credentials.NewTLS(...)))).
+func WithToken(token string) Option { return func(c *config) { c.token = token } }
+
 // WithLogger sets the logger for reconnects and settle failures. Default:
 // slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
@@ -132,14 +145,14 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("leanmq: dial %s: %w", target, err)
 	}
-	c := newClient(cfg, pb.NewBrokerClient(conn))
+	c := newClient(cfg, conn)
 	c.conn = conn
 	return c, nil
 }
 
 // New creates a client on an existing connection, which Close leaves open.
 func New(conn grpc.ClientConnInterface, opts ...Option) *Client {
-	return newClient(newConfig(opts), pb.NewBrokerClient(conn))
+	return newClient(newConfig(opts), conn)
 }
 
 func newConfig(opts []Option) config {
@@ -178,12 +191,34 @@ func newConfig(opts []Option) config {
 	return cfg
 }
 
-func newClient(cfg config, rpc pb.BrokerClient) *Client {
+func newClient(cfg config, conn grpc.ClientConnInterface) *Client {
 	log := cfg.logger
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Client{cfg: cfg, rpc: rpc, log: log.With("component", "leanmq")}
+	if cfg.token != "" {
+		conn = &bearerConn{ClientConnInterface: conn, authorization: "Bearer " + cfg.token}
+	}
+	return &Client{cfg: cfg, rpc: pb.NewBrokerClient(conn), log: log.With("component", "leanmq")}
+}
+
+// bearerConn adds the authorization metadata of WithToken to every unary
+// call and stream made through it.
+type bearerConn struct {
+	grpc.ClientConnInterface
+	authorization string
+}
+
+func (b *bearerConn) withToken(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", b.authorization)
+}
+
+func (b *bearerConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return b.ClientConnInterface.Invoke(b.withToken(ctx), method, args, reply, opts...)
+}
+
+func (b *bearerConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return b.ClientConnInterface.NewStream(b.withToken(ctx), desc, method, opts...)
 }
 
 // Broker returns the generated gRPC client, for calls the webhook layer does

@@ -175,9 +175,12 @@ class RedisServer:
 _SERVING = b"\x08\x01"  # grpc.health.v1.HealthCheckResponse{status: SERVING}
 
 
-def health_status(target: str, timeout: float = 1.0) -> Optional[bytes]:
-    """The raw grpc.health.v1 Check response for the whole server, or None."""
-    channel = grpc.insecure_channel(target)
+def health_status(
+    target: str, timeout: float = 1.0, credentials: Optional[grpc.ChannelCredentials] = None
+) -> Optional[bytes]:
+    """The raw grpc.health.v1 Check response for the whole server, or None.
+    ``credentials``: TLS channel credentials for a leanmqd serving TLS."""
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
     try:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         return check(b"", timeout=timeout)
@@ -188,13 +191,25 @@ def health_status(target: str, timeout: float = 1.0) -> Optional[bytes]:
 
 
 class Leanmqd:
-    """The leanmqd binary on a loopback port, pointed at a Redis."""
+    """The leanmqd binary on a loopback port, pointed at a Redis.
 
-    def __init__(self, binary: str, redis_url: str, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+    ``tls_ca``: the PEM certificate(s) to trust when leanmqd serves TLS
+    (``--tls-cert`` among ``extra_args``); the health check then uses TLS.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        redis_url: str,
+        workdir: Path,
+        extra_args: Sequence[str] = (),
+        tls_ca: Optional[bytes] = None,
+    ) -> None:
         self.binary = binary
         self.redis_url = redis_url
         self.workdir = workdir
         self.extra_args = list(extra_args)
+        self.health_credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca) if tls_ca else None
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.runs = 0
@@ -238,7 +253,7 @@ class Leanmqd:
                 raise AssertionError(
                     f"leanmqd exited with {self.proc.returncode} before serving\n{_tail(self.log)}"
                 )
-            if health_status(self.target, timeout=0.5) == _SERVING:
+            if health_status(self.target, timeout=0.5, credentials=self.health_credentials) == _SERVING:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"leanmqd not SERVING within {timeout} s\n{_tail(self.log)}")

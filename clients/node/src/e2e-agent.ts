@@ -18,9 +18,14 @@
 //       sleep:S waits S seconds then returns. An empty or absent --group
 //       means LeanMQ's default group for the path.
 //
+//   Both take --token TOKEN (sent as "authorization: Bearer TOKEN") and
+//   --tls-ca FILE (connect over TLS, trusting the PEM certificates in FILE).
+//
 // Exit codes: 0 done, 1 error, 2 bad usage, 3 --timeout reached, 4 interrupted.
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { DeadLetterError, Webhook, type Delivery, type Start } from "./index";
+import { credentials } from "@grpc/grpc-js";
+import { DeadLetterError, Webhook, type Delivery, type Start, type WebhookOptions } from "./index";
 
 class UsageError extends Error {}
 
@@ -28,6 +33,28 @@ function required(values: Record<string, unknown>, name: string): string {
   const v = values[name];
   if (typeof v !== "string" || v === "") throw new UsageError(`--${name} is required`);
   return v;
+}
+
+/** --token and --tls-ca, the options every command takes. */
+const CONNECTION_OPTIONS = {
+  token: { type: "string" },
+  "tls-ca": { type: "string" },
+} as const;
+
+function connection(values: { token?: string; "tls-ca"?: string }): Pick<WebhookOptions, "token" | "credentials"> {
+  const out: Pick<WebhookOptions, "token" | "credentials"> = {};
+  if (values.token !== undefined) out.token = values.token;
+  const caFile = values["tls-ca"];
+  if (caFile !== undefined) {
+    let pem: Buffer;
+    try {
+      pem = readFileSync(caFile);
+    } catch (err) {
+      throw new UsageError(`--tls-ca: ${(err as Error).message}`);
+    }
+    out.credentials = credentials.createSsl(pem);
+  }
+  return out;
 }
 
 function headersFrom(list: string[] | undefined): Record<string, string> {
@@ -52,6 +79,7 @@ async function send(args: string[]): Promise<number> {
       ttl: { type: "string" },
       delay: { type: "string" },
       "idempotency-key": { type: "string" },
+      ...CONNECTION_OPTIONS,
     },
     strict: true,
   });
@@ -69,7 +97,7 @@ async function send(args: string[]): Promise<number> {
     payload = Buffer.from(hex, "hex");
     contentType = "application/octet-stream";
   }
-  const webhook = new Webhook(target);
+  const webhook = new Webhook(target, connection(values));
   try {
     const ttl = positiveNumber(values.ttl, "ttl");
     const delaySeconds = positiveNumber(values.delay, "delay");
@@ -138,6 +166,7 @@ async function consume(args: string[]): Promise<number> {
       concurrency: { type: "string", default: "1" },
       timeout: { type: "string" },
       start: { type: "string" },
+      ...CONNECTION_OPTIONS,
     },
     strict: true,
   });
@@ -154,6 +183,7 @@ async function consume(args: string[]): Promise<number> {
   const timeout = positiveNumber(values.timeout, "timeout");
 
   const webhook = new Webhook(target, {
+    ...connection(values),
     group,
     consumer: `e2e-node-${process.pid}`,
     concurrency,

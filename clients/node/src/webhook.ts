@@ -1,5 +1,12 @@
 import { EventEmitter } from "node:events";
-import { credentials as grpcCredentials, type ChannelCredentials, type ChannelOptions, type ServiceError } from "@grpc/grpc-js";
+import {
+  InterceptingCall,
+  credentials as grpcCredentials,
+  type ChannelCredentials,
+  type ChannelOptions,
+  type Interceptor,
+  type ServiceError,
+} from "@grpc/grpc-js";
 import {
   BrokerClient,
   ReceiveRequest,
@@ -54,8 +61,15 @@ export interface WebhookOptions {
   concurrency?: number;
   /** Lease length in ms (SubscribeRequest.ack_deadline). Default: the broker's, 30 s. */
   ackDeadlineMs?: number;
-  /** Channel credentials. Default: insecure (plaintext). */
+  /** Channel credentials. Default: insecure (plaintext). For TLS: `credentials.createSsl(caPem)`. */
   credentials?: ChannelCredentials;
+  /**
+   * A leanmqd bearer token (`--auth-tokens`): sent as `authorization: Bearer
+   * <token>` metadata on every call, Subscribe streams included (and on calls
+   * made through `webhook.client`). Without a known token calls fail with
+   * UNAUTHENTICATED, on a path outside its grant with PERMISSION_DENIED.
+   */
+  token?: string;
   /** Extra grpc-js channel options. */
   channelOptions?: ChannelOptions;
   /** How long a graceful stop waits for running handlers, in ms. Default 30 000. */
@@ -156,11 +170,15 @@ export class Webhook extends EventEmitter {
     readonly options: WebhookOptions = {},
   ) {
     super();
-    this.client = new BrokerClient(target, options.credentials ?? grpcCredentials.createInsecure(), {
+    const channelOptions: ChannelOptions = {
       "grpc.keepalive_time_ms": 60_000,
       "grpc.keepalive_timeout_ms": 20_000,
       ...options.channelOptions,
-    });
+    };
+    if (options.token !== undefined) {
+      channelOptions.interceptors = [bearerInterceptor(options.token), ...(channelOptions.interceptors ?? [])];
+    }
+    this.client = new BrokerClient(target, options.credentials ?? grpcCredentials.createInsecure(), channelOptions);
     this.rpc = new Rpc(this.client, { callTimeoutMs: options.callTimeoutMs ?? 30_000, settleAttempts: 6 });
   }
 
@@ -466,6 +484,21 @@ export class Webhook extends EventEmitter {
       );
     }
   }
+}
+
+/** Adds `authorization: Bearer <token>` to the metadata of every call. */
+function bearerInterceptor(token: string): Interceptor {
+  if (typeof token !== "string" || token === "" || /[\s\x00-\x1f\x7f]/.test(token)) {
+    throw new TypeError("leanmq-grpc: token must be a non-empty string without whitespace");
+  }
+  const authorization = `Bearer ${token}`;
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set("authorization", authorization);
+        next(metadata, listener);
+      },
+    });
 }
 
 function toResult(r: SendResponse): SendResult {

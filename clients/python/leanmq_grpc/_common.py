@@ -45,6 +45,20 @@ Metadata = Sequence[Tuple[str, Union[str, bytes]]]
 Target = Union[str, grpc.Channel]
 
 
+def call_metadata(metadata: Optional[Metadata], token: Optional[str]) -> Tuple[Tuple[str, Union[str, bytes]], ...]:
+    """The metadata sent with every call: ``metadata`` plus, with a
+    ``token``, ``authorization: Bearer <token>`` (leanmqd's ``--auth-tokens``).
+    """
+    md = tuple(metadata or ())
+    if token is None:
+        return md
+    if not isinstance(token, str) or not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError("token must be a non-empty string without whitespace")
+    if any(str(k).lower() == "authorization" for k, _ in md):
+        raise ValueError("give the token either as token= or as authorization metadata, not both")
+    return md + (("authorization", f"Bearer {token}"),)
+
+
 # --------------------------------------------------------------------------- paths
 
 

@@ -24,6 +24,7 @@ from ._common import (
     Settlement,
     build_batch_request,
     build_send_request,
+    call_metadata,
     default_consumer,
     first_extend_delay,
     handler_argument,
@@ -61,8 +62,10 @@ class AsyncWebhook:
     """asyncio twin of :class:`leanmq_grpc.Webhook`.
 
     Same constructor arguments (``target`` is ``"host:port"`` or a
-    ``grpc.aio.Channel``). Handlers may be ``async def`` (awaited on the loop)
-    or plain functions (run in the loop's default executor).
+    ``grpc.aio.Channel``; ``token`` is sent as ``authorization: Bearer
+    <token>`` on every call, Subscribe streams included). Handlers may be
+    ``async def`` (awaited on the loop) or plain functions (run in the loop's
+    default executor).
 
     ``run()`` consumes until cancelled or :meth:`stop` is called, then stops
     gracefully: no new deliveries, running handlers get ``shutdown_timeout``
@@ -81,6 +84,7 @@ class AsyncWebhook:
         metadata: Optional[Metadata] = None,
         options: Optional[Sequence[Any]] = None,
         rpc_timeout: float = 30.0,
+        token: Optional[str] = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -94,7 +98,7 @@ class AsyncWebhook:
         self.rpc_timeout = rpc_timeout
         self._credentials = credentials
         self._options = options
-        self._metadata = tuple(metadata or ())
+        self._metadata = call_metadata(metadata, token)
         self._channel: Any = None
         self._owns_channel = False
         self._stub: Any = None

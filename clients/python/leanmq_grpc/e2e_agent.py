@@ -5,6 +5,10 @@
                                       [--mode ok|fail|deadletter|sleep:SECONDS] [--ack-deadline SECONDS]
     python -m leanmq_grpc.e2e_agent process --target HOST:PORT --path P --count N --timeout S
 
+Every command also takes ``--token TOKEN`` (sent as ``authorization: Bearer
+TOKEN``) and ``--tls-ca FILE`` (connect over TLS, trusting the PEM
+certificates in FILE).
+
 ``send`` prints the message id. ``consume`` (Subscribe-based service) and
 ``process`` (``process_messages(block=True)``) print one JSON line per
 delivery handled: {"message_id", "path", "content_type", "payload_hex",
@@ -67,10 +71,19 @@ def _mode_seconds(mode: str) -> float:
     return float(mode.split(":", 1)[1]) if mode.startswith("sleep:") else 0.0
 
 
+def _connection(ns: argparse.Namespace) -> Dict[str, Any]:
+    """Webhook keyword arguments from --token and --tls-ca."""
+    kw: Dict[str, Any] = {"token": ns.token}
+    if ns.tls_ca is not None:
+        with open(ns.tls_ca, "rb") as f:
+            kw["credentials"] = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return kw
+
+
 def cmd_send(ns: argparse.Namespace) -> int:
     data: Any = json.loads(ns.json) if ns.json is not None else bytes.fromhex(ns.hex)
     headers = dict(h.split("=", 1) for h in ns.header or [])
-    with Webhook(ns.target) as webhook:
+    with Webhook(ns.target, **_connection(ns)) as webhook:
         try:
             message_id = webhook.send(ns.path, data, headers=headers, content_type=ns.content_type)
         except grpc.RpcError as e:
@@ -83,7 +96,7 @@ def cmd_send(ns: argparse.Namespace) -> int:
 def cmd_consume(ns: argparse.Namespace) -> int:
     action = _parse_mode(ns.mode)
     webhook = Webhook(
-        ns.target, group=ns.group, concurrency=ns.concurrency, ack_deadline=ns.ack_deadline
+        ns.target, group=ns.group, concurrency=ns.concurrency, ack_deadline=ns.ack_deadline, **_connection(ns)
     )
     lock = threading.Lock()
     handled: List[int] = [0]
@@ -132,7 +145,7 @@ def cmd_consume(ns: argparse.Namespace) -> int:
 def cmd_process(ns: argparse.Namespace) -> int:
     action = _parse_mode(ns.mode)
     handled = [0]
-    with Webhook(ns.target, group=ns.group, ack_deadline=ns.ack_deadline) as webhook:
+    with Webhook(ns.target, group=ns.group, ack_deadline=ns.ack_deadline, **_connection(ns)) as webhook:
 
         @webhook.get(ns.path, raw=True)
         def handle(delivery: Delivery) -> None:
@@ -158,6 +171,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     p = sub.add_parser("send", help="send one message, print its id")
     p.add_argument("--target", required=True)
+    p.add_argument("--token", default=None, help="bearer token (leanmqd --auth-tokens)")
+    p.add_argument("--tls-ca", default=None, metavar="FILE", help="use TLS, trusting the PEM certificates in FILE")
     p.add_argument("--path", required=True)
     body = p.add_mutually_exclusive_group(required=True)
     body.add_argument("--json", help="JSON text, sent as application/json")
@@ -168,6 +183,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     p = sub.add_parser("consume", help="subscribe and handle N deliveries")
     p.add_argument("--target", required=True)
+    p.add_argument("--token", default=None, help="bearer token (leanmqd --auth-tokens)")
+    p.add_argument("--tls-ca", default=None, metavar="FILE", help="use TLS, trusting the PEM certificates in FILE")
     p.add_argument("--path", required=True)
     p.add_argument("--group", default="")
     p.add_argument("--count", type=int, required=True)
@@ -179,6 +196,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     p = sub.add_parser("process", help="process_messages(block=True) until N handled or timeout")
     p.add_argument("--target", required=True)
+    p.add_argument("--token", default=None, help="bearer token (leanmqd --auth-tokens)")
+    p.add_argument("--tls-ca", default=None, metavar="FILE", help="use TLS, trusting the PEM certificates in FILE")
     p.add_argument("--path", required=True)
     p.add_argument("--group", default="")
     p.add_argument("--count", type=int, required=True)

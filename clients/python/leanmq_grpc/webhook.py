@@ -25,6 +25,7 @@ from ._common import (
     Target,
     build_batch_request,
     build_send_request,
+    call_metadata,
     default_consumer,
     first_extend_delay,
     handler_argument,
@@ -167,10 +168,17 @@ class Webhook:
             ``max_in_flight``).
         ack_deadline: lease length in seconds; leases of running handlers are
             extended at about half of it.
-        credentials: ``grpc.ChannelCredentials`` for TLS (default plaintext).
-        metadata: extra call metadata, e.g. ``[("authorization", "Bearer …")]``.
+        credentials: ``grpc.ChannelCredentials`` for TLS (default plaintext),
+            e.g. ``grpc.ssl_channel_credentials(root_certificates=ca_pem)``.
+        metadata: extra call metadata.
         options: extra grpc channel options.
         rpc_timeout: deadline in seconds for unary calls.
+        token: a leanmqd bearer token (``--auth-tokens``): sent as
+            ``authorization: Bearer <token>`` on every call, Subscribe
+            streams included. A missing or unknown token fails calls with
+            ``UNAUTHENTICATED``, a path outside the token's grant with
+            ``PERMISSION_DENIED`` (``grpc.RpcError``; a service stops with it
+            in ``service.error``).
     """
 
     def __init__(
@@ -185,11 +193,13 @@ class Webhook:
         metadata: Optional[Metadata] = None,
         options: Optional[Sequence[Any]] = None,
         rpc_timeout: float = 30.0,
+        token: Optional[str] = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if not 0.1 <= ack_deadline <= 12 * 3600:
             raise ValueError("ack_deadline must be between 0.1 s and 12 h")
+        call_md = call_metadata(metadata, token)  # validates before a channel is made
         if isinstance(target, grpc.Channel):
             self._channel, self._owns_channel = target, False
         elif credentials is not None:
@@ -202,7 +212,7 @@ class Webhook:
         self.concurrency = concurrency
         self.ack_deadline = float(ack_deadline)
         self.rpc_timeout = rpc_timeout
-        self._metadata = tuple(metadata or ())
+        self._metadata = call_md
         self._stub = pb_grpc.BrokerStub(self._channel)
         self._router = Router()
         self._keeper = _LeaseKeeper(self)

@@ -5,6 +5,9 @@
 //	                  [-mode ok|fail|deadletter|sleep:SECONDS] [-ack-deadline SECONDS]
 //	                  [-concurrency N] [-timeout SECONDS]
 //
+// Both take -token TOKEN (sent as "authorization: Bearer TOKEN") and
+// -tls-ca FILE (connect over TLS, trusting the PEM certificates in FILE).
+//
 // send prints the message id. consume runs the SDK's Run with one handler
 // that prints one JSON line per delivery to stdout
 // ({"message_id","path","content_type","payload_hex","attempt","headers"})
@@ -16,6 +19,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -32,6 +36,9 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	leanmq "github.com/leanmq/leanmq-grpc/clients/go"
 )
 
@@ -46,6 +53,7 @@ const usage = `usage:
   e2e-agent send    -target HOST:PORT -path P (-json JSON | -hex HEX) [-header K=V]...
   e2e-agent consume -target HOST:PORT -path P [-group G] -count N [-mode ok|fail|deadletter|sleep:SECONDS]
                     [-ack-deadline SECONDS] [-concurrency N] [-timeout SECONDS]
+  both:             [-token TOKEN] [-tls-ca FILE]
 `
 
 // run is main without the process: it returns the exit code.
@@ -96,10 +104,45 @@ func (h headerFlags) Set(v string) error {
 	return nil
 }
 
+// connFlags are the flags that say how to reach leanmqd.
+type connFlags struct {
+	target *string
+	token  *string
+	tlsCA  *string
+}
+
+func addConnFlags(fs *flag.FlagSet) connFlags {
+	return connFlags{
+		target: fs.String("target", "127.0.0.1:50051", "leanmqd address"),
+		token:  fs.String("token", "", "bearer token (leanmqd --auth-tokens)"),
+		tlsCA:  fs.String("tls-ca", "", "connect over TLS, trusting the PEM certificates in this file"),
+	}
+}
+
+// options turns the connection flags into client options.
+func (f connFlags) options() ([]leanmq.Option, error) {
+	var opts []leanmq.Option
+	if *f.token != "" {
+		opts = append(opts, leanmq.WithToken(*f.token))
+	}
+	if *f.tlsCA != "" {
+		pem, err := os.ReadFile(*f.tlsCA)
+		if err != nil {
+			return nil, usageError{fmt.Sprintf("-tls-ca: %v", err)}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usageError{fmt.Sprintf("-tls-ca %s: no PEM certificate in it", *f.tlsCA)}
+		}
+		opts = append(opts, leanmq.WithDialOptions(grpc.WithTransportCredentials(credentials.NewClientTLSFromCert(pool, ""))))
+	}
+	return opts, nil
+}
+
 func send(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("send", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	target := fs.String("target", "127.0.0.1:50051", "leanmqd address")
+	conn := addConnFlags(fs)
 	path := fs.String("path", "", "webhook path")
 	jsonArg := fs.String("json", "", "JSON payload (sent as application/json)")
 	hexArg := fs.String("hex", "", "hex payload (sent as application/octet-stream)")
@@ -133,7 +176,11 @@ func send(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		payload = b
 	}
-	client, err := leanmq.Dial(*target, leanmq.WithLogger(stderrLogger(stderr)))
+	connOpts, err := conn.options()
+	if err != nil {
+		return err
+	}
+	client, err := leanmq.Dial(*conn.target, append(connOpts, leanmq.WithLogger(stderrLogger(stderr)))...)
 	if err != nil {
 		return err
 	}
@@ -198,7 +245,7 @@ func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Se
 func consume(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("consume", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	target := fs.String("target", "127.0.0.1:50051", "leanmqd address")
+	conn := addConnFlags(fs)
 	path := fs.String("path", "", "webhook path")
 	group := fs.String("group", "", "consumer group (default: LeanMQ's group for the path)")
 	count := fs.Int("count", 0, "exit after this many deliveries")
@@ -241,7 +288,11 @@ func consume(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *consumer != "" {
 		opts = append(opts, leanmq.WithConsumer(*consumer))
 	}
-	client, err := leanmq.Dial(*target, opts...)
+	connOpts, err := conn.options()
+	if err != nil {
+		return err
+	}
+	client, err := leanmq.Dial(*conn.target, append(opts, connOpts...)...)
 	if err != nil {
 		return err
 	}

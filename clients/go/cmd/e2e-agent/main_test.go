@@ -211,3 +211,11 @@ func recvN[T any](t *testing.T, ch <-chan T, n int) []T {
 	}
 	return out
 }
+
+func TestBadTLSCAIsAUsageError(t *testing.T) {
+	code, _, errOut := runAgent(t, "send", "-target", "127.0.0.1:1", "-path", "/x", "-json", "1",
+		"-token", "t", "-tls-ca", t.TempDir()+"/missing.pem")
+	if code != 2 || !strings.Contains(errOut, "-tls-ca") {
+		t.Fatalf("code %d, stderr %q", code, errOut)
+	}
+}
