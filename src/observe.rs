@@ -82,7 +82,39 @@ pub fn queue_gauges(
     gauge!("leanmq_queue_scheduled", "queue" => q).set(scheduled as f64);
 }
 
-pub fn rpc(method: String, code: &'static str, took: Duration) {
+/// The `method` label of a request path: the known methods as static
+/// strings (no allocation per call); anything else is "other", so a client
+/// can't grow the label set with made-up paths.
+pub fn method_label(path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "/leanmq.v1.Broker/Send",
+        "/leanmq.v1.Broker/SendBatch",
+        "/leanmq.v1.Broker/Subscribe",
+        "/leanmq.v1.Broker/Receive",
+        "/leanmq.v1.Broker/Ack",
+        "/leanmq.v1.Broker/Nack",
+        "/leanmq.v1.Broker/Extend",
+        "/leanmq.v1.Admin/ListQueues",
+        "/leanmq.v1.Admin/GetQueue",
+        "/leanmq.v1.Admin/ListDeadLetters",
+        "/leanmq.v1.Admin/RequeueDeadLetters",
+        "/leanmq.v1.Admin/DeleteDeadLetters",
+        "/leanmq.v1.Admin/PurgeDeadLetters",
+        "/leanmq.v1.Admin/PurgeQueue",
+        "/leanmq.v1.Admin/DeleteQueue",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == path)
+        .unwrap_or("other")
+}
+
+pub fn rpc(method: &'static str, code: &'static str, took: Duration) {
     histogram!("leanmq_rpc_duration_seconds", "method" => method, "code" => code)
         .record(took.as_secs_f64());
 }
