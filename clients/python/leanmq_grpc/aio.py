@@ -11,7 +11,6 @@ import grpc
 import grpc.aio
 
 from ._common import (
-    ACK_OK,
     FATAL_STREAM_CODES,
     RETRYABLE_CODES,
     SETTLE_RETRY_FOR,
@@ -22,12 +21,15 @@ from ._common import (
     Route,
     Router,
     Settlement,
+    ack_chunks,
+    ack_outcomes,
     build_batch_request,
     build_send_request,
     call_metadata,
     default_consumer,
     first_extend_delay,
     handler_argument,
+    log_settle_error,
     logger,
     rpc_code,
     settlement_for,
@@ -165,7 +167,9 @@ class AsyncWebhook:
     # ------------------------------------------------------------ pull processing
 
     async def process_messages(self, block: bool = False, timeout: float = 1, count: int = 10) -> int:
-        """As :meth:`Webhook.process_messages`; handlers run one after another."""
+        """As :meth:`Webhook.process_messages`: handlers run one after another,
+        failures are nacked at once, the handled messages of a batch are acked
+        with one Ack call after the last handler (leases extended until then)."""
         stub = self._get_stub()
         processed = 0
         for route in self._router.subscriptions():
@@ -185,16 +189,40 @@ class AsyncWebhook:
                 logger.error("Error fetching messages for route %s: %s", route.path, e)
                 continue
             deliveries = [Delivery.from_proto(d) for d in resp.deliveries]
-            keepers = [asyncio.ensure_future(self._keep_lease(d)) for d in deliveries]
-            try:
-                for d, keeper in zip(deliveries, keepers):
-                    job = _Job(self._router.route_for(route, d), d)
-                    if await self._run_and_settle(job, keeper):
-                        processed += 1
-            finally:
-                for k in keepers:
-                    k.cancel()
+            processed += await self._process_batch(route, deliveries)
         return processed
+
+    async def _process_batch(self, route: Route, deliveries: List[Delivery]) -> int:
+        """Handle one received batch: nack failures one by one, ack the
+        successes with one call at the end (also when cancelled, before the
+        CancelledError propagates). Returns how many acks were OK."""
+        keepers = [asyncio.ensure_future(self._keep_lease(d)) for d in deliveries]
+        handled: List[int] = []  # indexes into deliveries, kept leased until acked
+        oks: List[bool] = []
+        try:
+            for i, d in enumerate(deliveries):
+                job = _Job(self._router.route_for(route, d), d)
+                error = await self._run_handler(job, keepers[i])
+                if error is None:
+                    job.claim()
+                    handled.append(i)
+                    continue
+                keepers[i].cancel()
+                if job.claim():
+                    await self._settle(d, settlement_for(error))
+        finally:
+            kept = set(handled)
+            for i, k in enumerate(keepers):
+                if i not in kept:
+                    k.cancel()
+            if handled:
+                done = [keepers[i] for i in handled]
+                ack = asyncio.ensure_future(self._ack([deliveries[i] for i in handled]))
+                # Release the leases once the Ack is answered, even if we are
+                # cancelled (again) while waiting for it.
+                ack.add_done_callback(lambda _f: [k.cancel() for k in done])
+                oks = await asyncio.shield(ack)
+        return sum(oks)
 
     # ------------------------------------------------------------ push processing
 
@@ -366,8 +394,9 @@ class AsyncWebhook:
         if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
             await result
 
-    async def _run_and_settle(self, job: _Job, keeper: "asyncio.Future[None]") -> bool:
-        error: Optional[BaseException] = None
+    async def _run_handler(self, job: _Job, keeper: "asyncio.Future[None]") -> Optional[Exception]:
+        """Run the handler; returns the exception it raised (logged), None on
+        success. Cancelled, it nacks the delivery and re-raises."""
         try:
             await self._call_handler(job)
         except asyncio.CancelledError:
@@ -376,8 +405,12 @@ class AsyncWebhook:
                 await asyncio.shield(self._settle(job.delivery, Settlement(ack=False, reason="cancelled")))
             raise
         except Exception as e:  # noqa: BLE001 - every failure is settled
-            error = e
             logger.info("handler for %s failed on message %s: %r", job.route.path, job.delivery.message_id, e)
+            return e
+        return None
+
+    async def _run_and_settle(self, job: _Job, keeper: "asyncio.Future[None]") -> bool:
+        error = await self._run_handler(job, keeper)
         keeper.cancel()
         if not job.claim():
             return False
@@ -394,27 +427,34 @@ class AsyncWebhook:
                     raise
                 await asyncio.sleep(backoff.next())
 
-    async def _settle(self, delivery: Delivery, settlement: Settlement) -> bool:
+    async def _ack(self, deliveries: Sequence[Delivery]) -> List[bool]:
+        """As :meth:`Webhook._ack`: one Ack call per ``MAX_ACK_RECEIPTS``, one flag per delivery."""
         stub = self._get_stub()
+        oks: List[bool] = []
+        for chunk in ack_chunks(deliveries):
+            try:
+                resp = await self._call_with_retry(stub.Ack, pb.AckRequest(receipts=[d.receipt for d in chunk]))
+            except grpc.RpcError as e:
+                if rpc_code(e) == grpc.StatusCode.INVALID_ARGUMENT and len(chunk) > 1:
+                    # One bad receipt fails the whole call: settle each on its own.
+                    for d in chunk:
+                        oks.extend(await self._ack([d]))
+                    continue
+                for d in chunk:
+                    log_settle_error(d, e)
+                oks.extend(False for _ in chunk)
+                continue
+            oks.extend(ack_outcomes(chunk, resp))
+        return oks
+
+    async def _settle(self, delivery: Delivery, settlement: Settlement) -> bool:
+        if settlement.ack:
+            return (await self._ack([delivery]))[0]
         try:
-            if settlement.ack:
-                resp = await self._call_with_retry(stub.Ack, pb.AckRequest(receipts=[delivery.receipt]))
-                outcome = resp.results[0].outcome if resp.results else pb.ACK_OUTCOME_UNSPECIFIED
-                if outcome in ACK_OK:
-                    return True
-                logger.warning(
-                    "ack of message %s was stale: its lease had expired, it will be processed again",
-                    delivery.message_id,
-                )
-                return False
-            await self._call_with_retry(stub.Nack, settlement.nack_request(delivery.receipt))
-            return False
+            await self._call_with_retry(self._get_stub().Nack, settlement.nack_request(delivery.receipt))
         except grpc.RpcError as e:
-            if rpc_code(e) == grpc.StatusCode.FAILED_PRECONDITION:
-                logger.warning("lease lost before settling message %s: %s", delivery.message_id, e)
-            else:
-                logger.error("settling message %s failed: %s", delivery.message_id, e)
-            return False
+            log_settle_error(delivery, e)
+        return False
 
     async def _keep_lease(self, delivery: Delivery) -> None:
         """Extend the lease at about half of it until cancelled."""

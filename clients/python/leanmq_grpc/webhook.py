@@ -6,13 +6,15 @@ import queue
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union
+from collections import deque
+from concurrent.futures import Future
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 
 from ._common import (
-    ACK_OK,
     FATAL_STREAM_CODES,
+    MAX_ACK_RECEIPTS,
     RETRYABLE_CODES,
     SETTLE_RETRY_FOR,
     Backoff,
@@ -23,12 +25,15 @@ from ._common import (
     Router,
     Settlement,
     Target,
+    ack_chunks,
+    ack_outcomes,
     build_batch_request,
     build_send_request,
     call_metadata,
     default_consumer,
     first_extend_delay,
     handler_argument,
+    log_settle_error,
     logger,
     rpc_code,
     settlement_for,
@@ -75,24 +80,40 @@ class _LeaseKeeper:
         self._webhook = webhook
         self._cond = threading.Condition()
         self._due: Dict[str, float] = {}  # receipt -> monotonic time of next Extend
+        # When the thread's wait ends: inf while it waits for work, -inf
+        # while it is not waiting (it looks at _due again before it does).
+        self._wakes_at = float("-inf")
         self._thread: Optional[threading.Thread] = None
         self._closed = False
 
     def add(self, delivery: Delivery) -> None:
+        self.add_many((delivery,))
+
+    def add_many(self, deliveries: Iterable[Delivery]) -> None:
         lease = self._webhook.ack_deadline
         with self._cond:
             if self._closed:
                 return
-            self._due[delivery.receipt] = delivery.received_at + first_extend_delay(delivery, lease)
+            earliest = float("inf")
+            for d in deliveries:
+                due = d.received_at + first_extend_delay(d, lease)
+                self._due[d.receipt] = due
+                earliest = min(earliest, due)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="leanmq-lease-keeper", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            if earliest < self._wakes_at:  # only wake the thread when it would sleep too long
+                self._cond.notify_all()
 
     def remove(self, receipt: str) -> None:
+        # No wake-up: the thread finds out at its next due time.
         with self._cond:
             self._due.pop(receipt, None)
-            self._cond.notify_all()
+
+    def remove_many(self, receipts: Iterable[str]) -> None:
+        with self._cond:
+            for r in receipts:
+                self._due.pop(r, None)
 
     def close(self) -> None:
         with self._cond:
@@ -106,18 +127,24 @@ class _LeaseKeeper:
     def _next_due(self) -> Optional[str]:
         """Wait for the next receipt due for extension (None when closed)."""
         with self._cond:
-            while not self._closed:
-                if not self._due:
-                    self._cond.wait()
-                    continue
-                receipt = min(self._due, key=self._due.__getitem__)
-                wait = self._due[receipt] - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                self._due[receipt] = float("inf")  # being extended
-                return receipt
-            return None
+            try:
+                while not self._closed:
+                    if not self._due:
+                        self._wakes_at = float("inf")
+                        self._cond.wait()
+                        continue
+                    receipt = min(self._due, key=self._due.__getitem__)
+                    due = self._due[receipt]
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        self._wakes_at = due
+                        self._cond.wait(wait)
+                        continue
+                    self._due[receipt] = float("inf")  # being extended
+                    return receipt
+                return None
+            finally:
+                self._wakes_at = float("-inf")
 
     def _run(self) -> None:
         lease = self._webhook.ack_deadline
@@ -153,6 +180,81 @@ class _LeaseKeeper:
                         del self._due[receipt]
                     else:
                         self._due[receipt] = time.monotonic() + retry_in
+
+
+class _AckBatcher:
+    """Coalesces the acks of a webhook's push deliveries.
+
+    Worker threads hand over the receipts of handled messages; one sender
+    thread sends everything queued (up to ``MAX_ACK_RECEIPTS``) in one Ack
+    call as soon as the previous call has returned. A lone message is so
+    acked at once, and under load acks share calls; nothing waits on a timer.
+    Each delivery stays with the lease keeper until its Ack has returned.
+    """
+
+    def __init__(self, webhook: "Webhook") -> None:
+        self._webhook = webhook
+        self._cond = threading.Condition()
+        self._queue: Deque[Tuple[Delivery, "Future[bool]"]] = deque()
+        self._busy = False  # an Ack call is under way
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+
+    def submit(self, delivery: Delivery) -> "Future[bool]":
+        """Queue ``delivery`` for acking; the future's result is True when its
+        ack outcome is OK (logged like any settlement when it is not)."""
+        fut: "Future[bool]" = Future()
+        with self._cond:
+            if not self._closed:
+                self._queue.append((delivery, fut))
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="leanmq-acker", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+                return fut
+        # Closed (the webhook is closing): ack on the caller's thread.
+        try:
+            fut.set_result(self._webhook._ack([delivery])[0])
+        finally:
+            self._webhook._keeper.remove(delivery.receipt)
+        return fut
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every queued ack has been sent and answered."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Send what is queued, then stop the sender thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closed and drained
+                n = min(len(self._queue), MAX_ACK_RECEIPTS)
+                batch = [self._queue.popleft() for _ in range(n)]
+                self._busy = True
+            deliveries = [d for d, _ in batch]
+            try:
+                oks = self._webhook._ack(deliveries)
+            except BaseException as e:  # pragma: no cover - _ack logs and returns RPC failures
+                logger.error("acking %d message(s) failed: %r", len(deliveries), e)
+                oks = [False] * len(deliveries)
+            self._webhook._keeper.remove_many(d.receipt for d in deliveries)
+            for (_, fut), ok in zip(batch, oks):
+                fut.set_result(ok)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
 
 class Webhook:
@@ -216,6 +318,7 @@ class Webhook:
         self._stub = pb_grpc.BrokerStub(self._channel)
         self._router = Router()
         self._keeper = _LeaseKeeper(self)
+        self._acker = _AckBatcher(self)
         self._services: List["WebhookService"] = []
         self._closed = False
 
@@ -272,6 +375,10 @@ class Webhook:
         With ``block``, waits up to ``timeout`` seconds (per path) for the first
         message. Returns how many were handled successfully (acked). Errors
         reaching the broker are logged, as LeanMQ does.
+
+        The handlers of a received batch run one after another; failures are
+        nacked at once, and the handled messages are acked together, with one
+        Ack call, after the last handler (their leases are extended until then).
         """
         processed = 0
         for route in self._router.subscriptions():
@@ -291,17 +398,40 @@ class Webhook:
                 logger.error("Error fetching messages for route %s: %s", route.path, e)
                 continue
             deliveries = [Delivery.from_proto(d) for d in resp.deliveries]
-            for d in deliveries:
-                self._keeper.add(d)
-            try:
-                for d in deliveries:
-                    state = _InFlight(self._router.route_for(route, d), d)
-                    if self._run_and_settle(state, propagate=True):
-                        processed += 1
-            finally:
-                for d in deliveries:
-                    self._keeper.remove(d.receipt)
+            processed += self._process_batch(route, deliveries)
         return processed
+
+    def _process_batch(self, route: Route, deliveries: List[Delivery]) -> int:
+        """Handle one received batch: nack failures one by one, ack the
+        successes with one call at the end (also when a handler raised a
+        BaseException, which then propagates). Returns how many acks were OK."""
+        self._keeper.add_many(deliveries)
+        handled: List[Delivery] = []
+        settled = 0  # deliveries[:settled] have run (and are acked or nacked)
+        oks: List[bool] = []
+        try:
+            for d in deliveries:
+                state = _InFlight(self._router.route_for(route, d), d)
+                error = self._run_handler(state)
+                settled += 1
+                if error is None:
+                    state.claim()
+                    handled.append(d)  # still with the keeper until acked
+                    continue
+                self._keeper.remove(d.receipt)
+                if state.claim():
+                    self._settle(d, settlement_for(error))
+                if not isinstance(error, Exception):
+                    raise error
+        finally:
+            try:
+                if handled:
+                    oks = self._ack(handled)
+            finally:
+                self._keeper.remove_many(d.receipt for d in handled)
+                # Those that never ran (a handler raised a BaseException) are left to their leases.
+                self._keeper.remove_many(d.receipt for d in deliveries[settled:])
+        return sum(oks)
 
     # ------------------------------------------------------------ push processing
 
@@ -335,6 +465,7 @@ class Webhook:
         self._closed = True
         for service in list(self._services):
             service.stop()
+        self._acker.close(timeout=SETTLE_RETRY_FOR + self.rpc_timeout)
         self._keeper.close()
         if self._owns_channel:
             self._channel.close()
@@ -347,27 +478,34 @@ class Webhook:
 
     # ------------------------------------------------------------ internals
 
-    def _run_and_settle(self, state: _InFlight, propagate: bool = False) -> bool:
-        """Run the handler, settle per the outcome table; True when acked."""
+    def _run_handler(self, state: _InFlight) -> Optional[BaseException]:
+        """Run the handler; returns what it raised (logged), None on success."""
         state.started = True
-        error: Optional[BaseException] = None
         try:
             state.route.handler(handler_argument(state.route, state.delivery))
         except BaseException as e:  # noqa: BLE001 - every failure is settled
-            error = e
             if not isinstance(e, Exception):
                 logger.warning("handler for %s interrupted: %r", state.route.path, e)
             else:
                 logger.info(
                     "handler for %s failed on message %s: %r", state.route.path, state.delivery.message_id, e
                 )
+            return e
+        return None
+
+    def _run_and_queue(self, state: _InFlight) -> "Optional[Future[bool]]":
+        """Push path: run the handler; hand a success to the ack batcher (the
+        future tells its outcome), nack a failure at once (None)."""
+        error = self._run_handler(state)
+        if error is None:
+            if state.claim():
+                return self._acker.submit(state.delivery)  # the batcher releases the lease keeper
+            self._keeper.remove(state.delivery.receipt)
+            return None
         self._keeper.remove(state.delivery.receipt)
-        ok = False
         if state.claim():
-            ok = self._settle(state.delivery, settlement_for(error))
-        if error is not None and propagate and not isinstance(error, Exception):
-            raise error
-        return ok
+            self._settle(state.delivery, settlement_for(error))
+        return None
 
     def _call_with_retry(self, method: Callable[..., Any], request: Any) -> Any:
         backoff = Backoff()
@@ -380,27 +518,34 @@ class Webhook:
                     raise
                 time.sleep(backoff.next())
 
+    def _ack(self, deliveries: Sequence[Delivery]) -> List[bool]:
+        """Ack ``deliveries`` with one call per ``MAX_ACK_RECEIPTS``; one flag
+        per delivery, True when its outcome is OK (the others are logged)."""
+        oks: List[bool] = []
+        for chunk in ack_chunks(deliveries):
+            try:
+                resp = self._call_with_retry(self._stub.Ack, pb.AckRequest(receipts=[d.receipt for d in chunk]))
+            except grpc.RpcError as e:
+                if rpc_code(e) == grpc.StatusCode.INVALID_ARGUMENT and len(chunk) > 1:
+                    # One bad receipt fails the whole call: settle each on its own.
+                    oks.extend(self._ack([d])[0] for d in chunk)
+                    continue
+                for d in chunk:
+                    log_settle_error(d, e)
+                oks.extend(False for _ in chunk)
+                continue
+            oks.extend(ack_outcomes(chunk, resp))
+        return oks
+
     def _settle(self, delivery: Delivery, settlement: Settlement) -> bool:
+        if settlement.ack:
+            return self._ack([delivery])[0]
         try:
-            if settlement.ack:
-                resp = self._call_with_retry(self._stub.Ack, pb.AckRequest(receipts=[delivery.receipt]))
-                outcome = resp.results[0].outcome if resp.results else pb.ACK_OUTCOME_UNSPECIFIED
-                if outcome in ACK_OK:
-                    return True
-                logger.warning(
-                    "ack of message %s was stale: its lease had expired, it will be processed again",
-                    delivery.message_id,
-                )
-                return False
             resp = self._call_with_retry(self._stub.Nack, settlement.nack_request(delivery.receipt))
             logger.debug("nacked %s: %s", delivery.message_id, pb.NackOutcome.Name(resp.outcome))
-            return False
         except grpc.RpcError as e:
-            if rpc_code(e) == grpc.StatusCode.FAILED_PRECONDITION:
-                logger.warning("lease lost before settling message %s: %s", delivery.message_id, e)
-            else:
-                logger.error("settling message %s failed: %s", delivery.message_id, e)
-            return False
+            log_settle_error(delivery, e)
+        return False
 
 
 class _WorkerPool:
@@ -535,7 +680,7 @@ class _Subscription:
         try:
             if state.is_claimed():  # abandoned at stop before it started
                 return
-            self.webhook._run_and_settle(state)
+            self.webhook._run_and_queue(state)
         finally:
             with svc._cond:
                 self.inflight.pop(state.delivery.receipt, None)
@@ -675,6 +820,9 @@ class WebhookService:
                     "message %s did not finish within %gs; nacking it", st.delivery.message_id, self.worker_thread_timeout
                 )
                 self.webhook._settle(st.delivery, shutdown_settlement(self.worker_thread_timeout))
+        # Handlers that finished have handed their acks over: send them now.
+        if not self.webhook._acker.flush(timeout=SETTLE_RETRY_FOR + self.webhook.rpc_timeout):
+            logger.warning("acks still pending at stop")
         for sub in self._subs:
             sub.cancel()
             sub.thread.join(timeout=5)

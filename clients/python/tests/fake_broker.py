@@ -64,6 +64,7 @@ class FakeBroker(pb_grpc.BrokerServicer):
         # recorded calls
         self.sent: List[pb.SendRequest] = []
         self.acked: List[str] = []
+        self.ack_calls: List[List[str]] = []  # the receipts of each Ack call
         self.nacks: List[pb.NackRequest] = []
         self.extends: List[pb.ExtendRequest] = []
         self.subscribes: List[pb.SubscribeRequest] = []
@@ -74,6 +75,8 @@ class FakeBroker(pb_grpc.BrokerServicer):
         self.fail_subscribes = 0  # next N Subscribe calls end at once with UNAVAILABLE
         self.break_epoch = 0  # bump to end every open stream with UNAVAILABLE
         self.stale_acks = False  # answer every Ack with STALE
+        self.stale_receipts: Set[str] = set()  # answer these receipts with STALE
+        self.ack_delay = 0.0  # seconds each Ack call takes (outside the lock)
         self.ignore_max_in_flight = False  # push everything, to test the client's own limit
         self.subscribe_error = grpc.StatusCode.UNAVAILABLE  # code used by fail_subscribes
         self.receipt_msgs: Dict[str, Msg] = {}  # every receipt ever issued
@@ -127,6 +130,7 @@ class FakeBroker(pb_grpc.BrokerServicer):
         )
         d.published_at.CopyFrom(_ts(msg.published))
         d.lease_expires_at.CopyFrom(_ts(time.time() + deadline))
+        self.cond.notify_all()  # wait_for() callers watching leases
         return d
 
     def _release(self, receipt: str) -> Optional[Lease]:
@@ -222,9 +226,12 @@ class FakeBroker(pb_grpc.BrokerServicer):
 
     def Ack(self, request: pb.AckRequest, context: grpc.ServicerContext) -> pb.AckResponse:
         results = []
+        if self.ack_delay:
+            time.sleep(self.ack_delay)
         with self.cond:
+            self.ack_calls.append(list(request.receipts))
             for r in request.receipts:
-                if self.stale_acks:
+                if self.stale_acks or r in self.stale_receipts:
                     outcome = pb.ACK_OUTCOME_STALE
                 elif self._release(r) is not None:
                     outcome = pb.ACK_OUTCOME_ACKED
