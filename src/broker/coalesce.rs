@@ -1,10 +1,12 @@
 //! Concurrent Sends share script calls.
 //!
 //! Each unary Send used to cost one `EVALSHA` of `send.lua`: Redis' per-call
-//! work (parsing, script setup, the queue checks) was paid per message. Here
-//! Sends waiting at the same moment go out as one call, atomic as a whole,
-//! while at most [`IN_FLIGHT`] calls are outstanding; a lone Send goes out at
-//! once. Each caller still gets its own result: if a shared call fails for a
+//! work (parsing, script setup, the queue checks) was paid per message. Now
+//! at most [`IN_FLIGHT`] send calls are outstanding. A Send that finds a free
+//! slot and nobody waiting makes its own call at once, from its own task (no
+//! hop). Sends that find every slot busy wait in a queue, and a coalescing
+//! task sends all that waited as one call, atomic as a whole, when a slot
+//! frees up. Each caller still gets its own result: if a shared call fails for a
 //! reason other than Redis being unavailable, nothing was written (the
 //! script is all-or-nothing), and each message is retried alone so one bad
 //! message can't fail its neighbours.
@@ -29,12 +31,20 @@ pub(super) struct Job {
     done: oneshot::Sender<Result<Sent>>,
 }
 
+/// The queue and the call slots.
+pub(super) struct Coalescer {
+    tx: mpsc::Sender<Job>,
+    slots: Arc<Semaphore>,
+}
+
 /// Start the coalescing task for `broker`; it ends when the broker is dropped
 /// (the broker holds the only sender).
-pub(super) fn spawn(broker: Weak<Broker>) -> mpsc::Sender<Job> {
+pub(super) fn spawn(broker: Weak<Broker>) -> Coalescer {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let task_slots = slots.clone();
     tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let slots = task_slots;
         while let Some(first) = rx.recv().await {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
@@ -58,7 +68,7 @@ pub(super) fn spawn(broker: Weak<Broker>) -> mpsc::Sender<Job> {
             });
         }
     });
-    tx
+    Coalescer { tx, slots }
 }
 
 async fn run(broker: &Broker, jobs: Vec<Job>) {
@@ -110,9 +120,21 @@ async fn shared(broker: &Broker, jobs: Vec<Job>) {
 impl Broker {
     /// Append one message, sharing a script call with concurrent Sends.
     pub async fn send_one(self: &Arc<Self>, msg: Outgoing) -> Result<Sent> {
-        let tx = self.coalescer.get_or_init(|| spawn(Arc::downgrade(self)));
+        let c = self.coalescer.get_or_init(|| spawn(Arc::downgrade(self)));
+        // A free slot and nobody waiting: call now. (The permit is released
+        // even if this future is dropped mid-call.)
+        if c.tx.capacity() == c.tx.max_capacity() {
+            if let Ok(_permit) = c.slots.clone().try_acquire_owned() {
+                return self
+                    .send(std::slice::from_ref(&msg))
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::Internal("send returned no id".into()));
+            }
+        }
         let (done, rx) = oneshot::channel();
-        tx.send(Job { msg, done })
+        c.tx.send(Job { msg, done })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await

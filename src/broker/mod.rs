@@ -177,7 +177,7 @@ pub struct Broker {
     /// Queue name → its key strings, so the hot path does not rebuild them.
     key_cache: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<QueueKeys>>>,
     /// Where unary Sends wait to share a script call (started on first use).
-    coalescer: std::sync::OnceLock<tokio::sync::mpsc::Sender<coalesce::Job>>,
+    coalescer: std::sync::OnceLock<coalesce::Coalescer>,
 }
 
 fn lease_error(code: i64, group: &str) -> Error {

@@ -23,11 +23,16 @@ for i = 1, nq do
 end
 local now = now_ms()
 local out = {}
+local recorded = {}  -- (queue, path) pairs already added to the paths set
 for j = 4 + nq, #ARGV, 6 do
   local qi = tonumber(ARGV[j])
   local data, ttl, delay, dkey, path = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], ARGV[j + 5]
   local stream = k(qi, 1)
-  redis.call('SADD', k(qi, 8), path)
+  local qp = qi .. ' ' .. path
+  if not recorded[qp] then
+    redis.call('SADD', k(qi, 8), path)
+    recorded[qp] = true
+  end
   local dup = false
   if dkey ~= '' then dup = redis.call('GET', stream .. ':dedup:' .. dkey) end
   if dup then
