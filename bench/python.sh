@@ -14,4 +14,5 @@ RUST_LOG=warn target/release/leanmqd --listen "127.0.0.1:$P" --redis-url "redis:
 LPID=$!
 trap 'kill $LPID $RPID 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$P") 2>/dev/null && break; sleep 0.1; done
-"$PY" bench/python_vs_leanmq.py --leanmqd "127.0.0.1:$P" --redis-port "$R" --n "${N:-5000}" | tee target/bench/python.md
+# The SDK from this checkout (ahead of whatever copy the venv installed).
+PYTHONPATH="$PWD/clients/python" "$PY" bench/python_vs_leanmq.py --leanmqd "127.0.0.1:$P" --redis-port "$R" --n "${N:-5000}" | tee target/bench/python.md
