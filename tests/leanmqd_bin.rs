@@ -75,16 +75,7 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     let mut child = spawn_embedded(port, dir.path());
-    let addr = format!("http://127.0.0.1:{port}");
-    let mut c = eventually("leanmqd accepts connections", || {
-        let addr = addr.clone();
-        async move {
-            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
-                .await
-                .ok()
-        }
-    })
-    .await;
+    let mut c = connect_when_up(port).await;
     let hc = Command::new(BIN)
         .args(["healthcheck", &format!("127.0.0.1:{port}")])
         .output()
@@ -131,15 +122,7 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
 
     // Started again on the same data dir, the unacked message is still there.
     let mut child = spawn_embedded(port, dir.path());
-    eventually("leanmqd accepts connections again", || {
-        let addr = addr.clone();
-        async move {
-            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
-                .await
-                .ok()
-        }
-    })
-    .await;
+    connect_when_up(port).await;
     // The unacked message survived the restart, still pending for its group.
     let url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
     let mut conn = redis::Client::open(url)
@@ -174,16 +157,7 @@ async fn a_killed_leanmqd_takes_its_embedded_redis_with_it() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     let mut child = spawn_embedded(port, dir.path());
-    let addr = format!("http://127.0.0.1:{port}");
-    eventually("leanmqd accepts connections", || {
-        let addr = addr.clone();
-        async move {
-            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
-                .await
-                .ok()
-        }
-    })
-    .await;
+    connect_when_up(port).await;
     let socket = dir.path().join("redis.sock");
     assert!(
         std::os::unix::net::UnixStream::connect(&socket).is_ok(),
@@ -247,16 +221,7 @@ async fn metrics_count_the_traffic_and_redis_errors() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let addr = format!("http://127.0.0.1:{port}");
-    let mut c = eventually("leanmqd accepts connections", || {
-        let addr = addr.clone();
-        async move {
-            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
-                .await
-                .ok()
-        }
-    })
-    .await;
+    let mut c = connect_when_up(port).await;
     let mut s = subscribe(&mut c, "/metered", "", 10, 30_000).await;
     for i in 0..3 {
         send(&mut c, "/metered", format!("{i}").as_bytes()).await;
@@ -373,16 +338,7 @@ async fn hash_token_then_sighup_reloads_the_tokens_file() {
         .spawn()
         .expect("spawn");
     let pid = child.id().expect("pid") as i32;
-    let addr = format!("http://127.0.0.1:{port}");
-    let mut c = eventually("leanmqd accepts connections", || {
-        let addr = addr.clone();
-        async move {
-            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
-                .await
-                .ok()
-        }
-    })
-    .await;
+    let mut c = connect_when_up(port).await;
     let send_as = |token: &'static str| {
         let mut r = tonic::Request::new(bytes_send("/hup", b"x"));
         r.metadata_mut().insert(

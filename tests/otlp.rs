@@ -65,16 +65,7 @@ async fn a_send_joins_the_callers_trace_at_the_collector() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let addr = format!("http://127.0.0.1:{port}");
-    let mut c = eventually("leanmqd accepts connections", || {
-        let addr = addr.clone();
-        async move {
-            leanmq_grpc::proto::broker_client::BrokerClient::connect(addr)
-                .await
-                .ok()
-        }
-    })
-    .await;
+    let mut c = connect_when_up(port).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";
     let mut req = tonic::Request::new(bytes_send("/traced", b"x"));

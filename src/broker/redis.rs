@@ -92,6 +92,20 @@ impl Conn {
     }
 }
 
+/// A deadpool-redis pool (single, sentinel or cluster) for `lanes` lanes:
+/// room for a replacement per lane, and every wait bounded by `timeout`.
+macro_rules! lane_pool {
+    ($pool:ty, $manager:expr, $lanes:expr, $timeout:expr) => {
+        <$pool>::builder($manager)
+            .max_size($lanes.max(1) * 2)
+            .wait_timeout(Some($timeout))
+            .create_timeout(Some($timeout))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Internal(format!("redis pool: {e}")))?
+    };
+}
+
 /// Where the data lives.
 enum Backend {
     Single {
@@ -258,13 +272,7 @@ impl Redis {
                 deadpool_redis::sentinel::SentinelServerType::Master,
             )
             .map_err(bad_url)?;
-            let pool = deadpool_redis::sentinel::Pool::builder(manager)
-                .max_size(lanes.max(1) * 2)
-                .wait_timeout(Some(timeout))
-                .create_timeout(Some(timeout))
-                .runtime(deadpool_redis::Runtime::Tokio1)
-                .build()
-                .map_err(|e| Error::Internal(format!("redis pool: {e}")))?;
+            let pool = lane_pool!(deadpool_redis::sentinel::Pool, manager, lanes, timeout);
             Backend::Sentinel {
                 client: Box::new(Mutex::new(client)),
                 pool,
@@ -279,13 +287,7 @@ impl Redis {
                 blocking = blocking.certs(certs(ca));
             }
             let manager = deadpool_redis::cluster::Manager::new(nodes, false).map_err(bad_url)?;
-            let pool = deadpool_redis::cluster::Pool::builder(manager)
-                .max_size(lanes.max(1) * 2)
-                .wait_timeout(Some(timeout))
-                .create_timeout(Some(timeout))
-                .runtime(deadpool_redis::Runtime::Tokio1)
-                .build()
-                .map_err(|e| Error::Internal(format!("redis pool: {e}")))?;
+            let pool = lane_pool!(deadpool_redis::cluster::Pool, manager, lanes, timeout);
             Backend::Cluster {
                 client: Box::new(blocking.build().map_err(bad_url)?),
                 pool,
@@ -300,13 +302,7 @@ impl Redis {
                 .set_connection_timeout(Some(timeout));
             let manager = Manager::new_with_config(client.get_connection_info().clone(), cfg)
                 .map_err(bad_url)?;
-            let pool = Pool::builder(manager)
-                .max_size(lanes.max(1) * 2)
-                .wait_timeout(Some(timeout))
-                .create_timeout(Some(timeout))
-                .runtime(deadpool_redis::Runtime::Tokio1)
-                .build()
-                .map_err(|e| Error::Internal(format!("redis pool: {e}")))?;
+            let pool = lane_pool!(Pool, manager, lanes, timeout);
             Backend::Single {
                 client: Box::new(client),
                 pool,

@@ -213,6 +213,17 @@ impl Drop for Leanmqd {
     }
 }
 
+/// A client to the leanmqd process listening on `port`, once it accepts
+/// connections.
+pub async fn connect_when_up(port: u16) -> Client {
+    let addr = format!("http://127.0.0.1:{port}");
+    eventually("leanmqd accepts connections", || {
+        let addr = addr.clone();
+        async move { BrokerClient::connect(addr).await.ok() }
+    })
+    .await
+}
+
 pub fn dur(d: Duration) -> Option<prost_types::Duration> {
     Some(prost_types::Duration {
         seconds: d.as_secs() as i64,
