@@ -45,11 +45,13 @@ impl Action {
 /// Tokens are random secrets, not passwords, so a fast hash is the right
 /// one (as GitHub and npm store theirs): a lookup costs one digest.
 pub fn hash_token(token: &str) -> String {
+    use std::fmt::Write;
     let digest = Sha256::digest(token.as_bytes());
     let mut s = String::with_capacity(7 + 64);
     s.push_str("sha256:");
     for b in digest {
-        s.push_str(&format!("{b:02x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
     }
     s
 }

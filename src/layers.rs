@@ -75,6 +75,13 @@ fn is_long_lived(path: &str) -> bool {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
+/// Answer a call with `status` without calling the service behind.
+fn refuse<RB: Default + Send + 'static, E: Send + 'static>(
+    status: tonic::Status,
+) -> BoxFuture<http::Response<RB>, E> {
+    Box::pin(async move { Ok(status.into_http()) })
+}
+
 /// Authenticates every call but health: a missing or unknown bearer token
 /// is UNAUTHENTICATED, a token over its rate RESOURCE_EXHAUSTED. The
 /// caller's [`crate::auth::Grant`] goes into the request extensions, where
@@ -126,10 +133,7 @@ where
                 Ok(g) => {
                     req.extensions_mut().insert(g);
                 }
-                Err(e) => {
-                    let status = tonic::Status::from(e);
-                    return Box::pin(async move { Ok(status.into_http()) });
-                }
+                Err(e) => return refuse(e.into()),
             }
         }
         Box::pin(self.inner.call(req))
@@ -193,11 +197,10 @@ where
         }
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
             observe::shed();
-            let status = tonic::Status::resource_exhausted(format!(
+            return refuse(tonic::Status::resource_exhausted(format!(
                 "leanmqd is at its limit of {} calls in flight (--max-concurrent-rpcs); retry with backoff",
                 self.layer.limit
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
+            )));
         };
         let fut = self.inner.call(req);
         Box::pin(async move {

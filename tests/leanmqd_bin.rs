@@ -206,21 +206,11 @@ fn sample(body: &str, prefix: &str) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_the_traffic_and_redis_errors() {
     let redis = RedisProc::start();
-    let port = free_port();
     let mport = free_port();
-    let _child = tokio::process::Command::new(BIN)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis-url",
-            &redis.url(),
-        ])
-        .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let (_child, port) = spawn_leanmqd(
+        &redis.url(),
+        &["--metrics-listen", &format!("127.0.0.1:{mport}")],
+    );
     let mut c = connect_when_up(port).await;
     let mut s = subscribe(&mut c, "/metered", "", 10, 30_000).await;
     for i in 0..3 {
@@ -325,18 +315,13 @@ async fn hash_token_then_sighup_reloads_the_tokens_file() {
         entry("first", &leanmq_grpc::auth::hash_token("first-secret")),
     )
     .expect("write");
-    let (port, hport) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--health-listen", &format!("127.0.0.1:{hport}")])
-        .args(["--redis-url", &redis.url()])
-        .arg("--auth-tokens")
-        .arg(&tokens)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let hport = free_port();
+    let health = format!("127.0.0.1:{hport}");
+    let tokens_path = tokens.display().to_string();
+    let (child, port) = spawn_leanmqd(
+        &redis.url(),
+        &["--health-listen", &health, "--auth-tokens", &tokens_path],
+    );
     let pid = child.id().expect("pid") as i32;
     let mut c = connect_when_up(port).await;
     let send_as = |token: &'static str| {

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -14,8 +12,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tokio::sync::mpsc;
-
-const BIN: &str = env!("CARGO_BIN_EXE_leanmqd");
 
 /// A collector that forwards every exported span: (name, trace id, parent id).
 struct Collector(mpsc::UnboundedSender<(String, Vec<u8>, Vec<u8>)>);
@@ -55,16 +51,8 @@ async fn a_send_joins_the_callers_trace_at_the_collector() {
     );
 
     let redis = RedisProc::start();
-    let port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", &redis.url()])
-        .args(["--otlp-endpoint", &format!("http://{collector}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let endpoint = format!("http://{collector}");
+    let (mut child, port) = spawn_leanmqd(&redis.url(), &["--otlp-endpoint", &endpoint]);
     let mut c = connect_when_up(port).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";

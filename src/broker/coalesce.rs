@@ -106,18 +106,22 @@ async fn shared(broker: &Broker, jobs: Vec<Job>) {
         Err(_) => {
             // Nothing was written; find out whose message it was.
             for (m, done) in msgs.iter().zip(dones) {
-                let r = broker.send(std::slice::from_ref(m)).await.and_then(|s| {
-                    s.into_iter()
-                        .next()
-                        .ok_or_else(|| Error::Internal("send returned no id".into()))
-                });
-                let _ = done.send(r);
+                let _ = done.send(broker.send_alone(m).await);
             }
         }
     }
 }
 
 impl Broker {
+    /// Append one message in a call of its own.
+    async fn send_alone(&self, msg: &Outgoing) -> Result<Sent> {
+        self.send(std::slice::from_ref(msg))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal("send returned no id".into()))
+    }
+
     /// Append one message, sharing a script call with concurrent Sends.
     pub async fn send_one(self: &Arc<Self>, msg: Outgoing) -> Result<Sent> {
         let c = self.coalescer.get_or_init(|| spawn(Arc::downgrade(self)));
@@ -125,12 +129,7 @@ impl Broker {
         // even if this future is dropped mid-call.)
         if c.tx.capacity() == c.tx.max_capacity() {
             if let Ok(_permit) = c.slots.clone().try_acquire_owned() {
-                return self
-                    .send(std::slice::from_ref(&msg))
-                    .await?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Error::Internal("send returned no id".into()));
+                return self.send_alone(&msg).await;
             }
         }
         let (done, rx) = oneshot::channel();

@@ -534,6 +534,7 @@ impl Dispatcher {
     async fn run(self: Arc<Self>, reader: Arc<Reader>) {
         let mut shutdown = self.shutdown.clone();
         let mut conn: Option<super::redis::Conn> = None;
+        let stream = self.broker.keys(&reader.target.route.queue).stream.clone();
         let mut backoff = Duration::from_millis(100);
         let scan_every = (self.broker.settings.orphan_timeout / 4).max(Duration::from_secs(1));
         let mut last_scan: Option<Instant> = None;
@@ -629,7 +630,6 @@ impl Dispatcher {
                 match self.broker.redis.blocking().await {
                     Ok(mut c) => {
                         // The id of the connection on the node that holds the stream.
-                        let stream = self.broker.keys(&reader.target.route.queue).stream.clone();
                         let id = c
                             .on_node_of(&stream, redis::cmd("CLIENT").arg("ID"))
                             .await
@@ -646,7 +646,6 @@ impl Dispatcher {
                 }
             }
             let Some(mut c) = conn.take() else { continue };
-            let stream = self.broker.keys(&reader.target.route.queue).stream.clone();
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
                 .arg(1)

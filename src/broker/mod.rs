@@ -308,16 +308,23 @@ impl Broker {
     /// script, so a queue with data is never missing from the registry.
     async fn register(&self, k: &QueueKeys) -> Result<()> {
         if self.redis.is_cluster() {
-            let mut lane = self.redis.lane().await?;
-            let r: ::redis::RedisResult<i64> = ::redis::cmd("SADD")
-                .arg(&k.registry)
-                .arg(&k.stream)
-                .arg(&k.dlq)
-                .query_async(&mut lane.conn)
-                .await;
-            self.redis.settle(&lane, r).await?;
+            let _: i64 = self
+                .query(
+                    ::redis::cmd("SADD")
+                        .arg(&k.registry)
+                        .arg(&k.stream)
+                        .arg(&k.dlq),
+                )
+                .await?;
         }
         Ok(())
+    }
+
+    /// One command on a lane.
+    pub(crate) async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T> {
+        let mut lane = self.redis.lane().await?;
+        let r = cmd.query_async(&mut lane.conn).await;
+        self.redis.settle(&lane, r).await
     }
 
     pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
@@ -432,15 +439,15 @@ impl Broker {
                 let due = ((envelope::now_secs() * 1000.0) as u64)
                     .saturating_add(d.as_millis() as u64)
                     .saturating_sub(1000);
-                let mut lane = self.redis.lane().await?;
-                let r: ::redis::RedisResult<i64> = ::redis::cmd("ZADD")
-                    .arg(&first.schedule)
-                    .arg("LT")
-                    .arg(due)
-                    .arg(&first.queue)
-                    .query_async(&mut lane.conn)
-                    .await;
-                self.redis.settle(&lane, r).await?;
+                let _: i64 = self
+                    .query(
+                        ::redis::cmd("ZADD")
+                            .arg(&first.schedule)
+                            .arg("LT")
+                            .arg(due)
+                            .arg(&first.queue),
+                    )
+                    .await?;
             }
         }
         for (m, (_, dup)) in msgs.iter().zip(&flat) {
@@ -777,14 +784,9 @@ impl Broker {
     }
 
     pub(crate) async fn read_data(&self, stream: &str, id: &str) -> Result<Option<Vec<u8>>> {
-        let mut lane = self.redis.lane().await?;
-        let r: ::redis::RedisResult<Value> = ::redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut lane.conn)
-            .await;
-        let v = self.redis.settle(&lane, r).await?;
+        let v: Value = self
+            .query(::redis::cmd("XRANGE").arg(stream).arg(id).arg(id))
+            .await?;
         Ok(as_array(&v)
             .and_then(|a| a.first())
             .and_then(as_array)

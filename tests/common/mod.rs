@@ -213,6 +213,22 @@ impl Drop for Leanmqd {
     }
 }
 
+/// Start the `leanmqd` binary on a free port against `redis_url`, with
+/// `extra` flags, its output discarded; killed when the child is dropped.
+pub fn spawn_leanmqd(redis_url: &str, extra: &[&str]) -> (tokio::process::Child, u16) {
+    let port = free_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_leanmqd"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis-url", redis_url])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn leanmqd");
+    (child, port)
+}
+
 /// A client to the leanmqd process listening on `port`, once it accepts
 /// connections.
 pub async fn connect_when_up(port: u16) -> Client {
