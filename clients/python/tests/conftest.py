@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +19,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_broker import FakeBroker, FakeServer  # noqa: E402
+from real_broker import Redis  # noqa: E402
 
 
 @pytest.fixture
@@ -31,3 +34,20 @@ def server() -> Iterator[FakeServer]:
 @pytest.fixture
 def broker(server: FakeServer) -> FakeBroker:
     return server.broker
+
+
+# Real-broker modules: one temp dir and one redis-server per module.
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="leanmq-py-real-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis(workdir: Path) -> Iterator[Redis]:
+    r = Redis(workdir)
+    yield r
+    r.stop()

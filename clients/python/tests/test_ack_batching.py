@@ -7,20 +7,12 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, List
 
 import pytest
 
 from leanmq_grpc import AsyncWebhook, Delivery, Webhook, pb
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+from waiting import wait_until
 
 
 def stale_logs(caplog: Any) -> List[str]:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Iterator, List
 
 import grpc
 import pytest
 
 from leanmq_grpc import AsyncWebhook, Webhook, queue_name
 from leanmq_grpc._common import call_metadata
+from waiting import wait_until
 from real_broker import (
     SDK_TOKEN,
     SEND_ONLY_TOKEN,
@@ -30,34 +30,11 @@ _missing = missing_tools("redis-server", "redis-cli")
 needs_leanmqd = pytest.mark.skipif(bool(_missing), reason=f"missing: {', '.join(_missing)}")
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def sdk_path(label: str) -> str:
     return f"/sdk/{label}/{uuid.uuid4().hex[:8]}"
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="leanmq-py-auth-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def redis(workdir: Path) -> Iterator[Redis]:
-    r = Redis(workdir)
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Iterator, List
 
 import grpc
 import grpc.aio
@@ -49,31 +47,8 @@ class AsyncCountCalls(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def new_path(label: str) -> str:
     return f"/batch/{label}/{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="leanmq-py-acks-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def redis(workdir: Path) -> Iterator[Redis]:
-    r = Redis(workdir)
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")
