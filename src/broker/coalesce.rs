@@ -1,15 +1,15 @@
-//! Concurrent Sends share script calls.
+//! Concurrent Sends share Redis calls.
 //!
-//! Each unary Send used to cost one `EVALSHA` of `send.lua`: Redis' per-call
-//! work (parsing, script setup, the queue checks) was paid per message. Now
-//! at most [`IN_FLIGHT`] send calls are outstanding. A Send that finds a free
-//! slot and nobody waiting makes its own call at once, from its own task (no
-//! hop). Sends that find every slot busy wait in a queue, and a coalescing
-//! task sends all that waited as one call, atomic as a whole, when a slot
-//! frees up. Each caller still gets its own result: if a shared call fails for a
-//! reason other than Redis being unavailable, nothing was written (the
-//! script is all-or-nothing), and each message is retried alone so one bad
-//! message can't fail its neighbours.
+//! Each unary Send used to cost one Redis call of its own, so Redis' per-call
+//! work was paid per message. Now at most [`IN_FLIGHT`] send calls are
+//! outstanding. A Send that finds a free slot and nobody waiting makes its
+//! own call at once, from its own task (no hop). Sends that find every slot
+//! busy wait in a queue, and a coalescing task sends all that waited, one
+//! call per queue, atomic as a whole (a MULTI/EXEC for plain messages, else
+//! `send.lua`), when a slot frees up. Each caller still gets its own result:
+//! if a shared call fails for a reason other than Redis being unavailable,
+//! nothing was written (the call is all-or-nothing), and each message is
+//! retried alone so one bad message can't fail its neighbours.
 
 use std::sync::{Arc, Weak};
 
@@ -71,23 +71,21 @@ pub(super) fn spawn(broker: Weak<Broker>) -> Coalescer {
     Coalescer { tx, slots }
 }
 
+/// One call per queue: a call within one queue can skip the script when its
+/// messages are plain (see `Broker::append_plain`), and in Redis Cluster a
+/// call must stay within one queue's slot anyway.
 async fn run(broker: &Broker, jobs: Vec<Job>) {
-    if broker.redis.is_cluster() {
-        // A call must stay within one queue's slot.
-        let mut by_queue: Vec<Vec<Job>> = Vec::new();
-        for j in jobs {
-            match by_queue
-                .iter_mut()
-                .find(|g| g[0].msg.route.queue == j.msg.route.queue)
-            {
-                Some(g) => g.push(j),
-                None => by_queue.push(vec![j]),
-            }
+    let mut by_queue: Vec<Vec<Job>> = Vec::new();
+    for j in jobs {
+        match by_queue
+            .iter_mut()
+            .find(|g| g[0].msg.route.queue == j.msg.route.queue)
+        {
+            Some(g) => g.push(j),
+            None => by_queue.push(vec![j]),
         }
-        futures::future::join_all(by_queue.into_iter().map(|g| shared(broker, g))).await;
-    } else {
-        shared(broker, jobs).await;
     }
+    futures::future::join_all(by_queue.into_iter().map(|g| shared(broker, g))).await;
 }
 
 async fn shared(broker: &Broker, jobs: Vec<Job>) {

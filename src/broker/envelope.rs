@@ -22,6 +22,7 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 use crate::error::{Error, Result};
 
@@ -32,6 +33,20 @@ pub const JSON: &str = "application/json";
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
 type Members = IndexMap<String, Box<RawValue>>;
+
+/// A top-level key, borrowed from the JSON text unless it holds escapes.
+#[derive(Deserialize, PartialEq, Eq, Hash)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The top-level members of a JSON object, borrowed from its text: reading
+/// them (on every send and every delivery) copies nothing.
+type BorrowedMembers<'a> = IndexMap<Key<'a>, &'a RawValue>;
 
 /// True for "application/json", with or without parameters, any case.
 pub fn is_json_content_type(ct: &str) -> bool {
@@ -53,6 +68,24 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
+/// Append `s` as a JSON string. Most keys, paths and header values need no
+/// escaping: those are copied as they are, without an allocation.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&json_str(s));
+    }
+}
+
+/// The send time as LeanMQ writes it (`time.time()` as JSON), formatted once
+/// for a whole batch rather than twice per message.
+pub fn timestamp_text(now: f64) -> String {
+    now.to_string()
+}
+
 /// Build the `data` field for a message sent through gRPC.
 ///
 /// `payload` must already be within the size limit; `headers` validated.
@@ -64,9 +97,28 @@ pub fn encode(
     ttl_secs: Option<u64>,
     now: f64,
 ) -> Result<String> {
-    let mut members: Option<Members> = None;
+    encode_at(
+        path,
+        payload,
+        content_type,
+        headers,
+        ttl_secs,
+        &timestamp_text(now),
+    )
+}
+
+/// [`encode`] with the timestamp already formatted by [`timestamp_text`].
+pub fn encode_at(
+    path: &str,
+    payload: &[u8],
+    content_type: &str,
+    headers: &[(String, String)],
+    ttl_secs: Option<u64>,
+    now: &str,
+) -> Result<String> {
+    let mut members: Option<BorrowedMembers> = None;
     if is_json_content_type(content_type) {
-        match serde_json::from_slice::<Members>(payload) {
+        match serde_json::from_slice::<BorrowedMembers>(payload) {
             Ok(m) => {
                 if let Some(k) = RESERVED_KEYS.iter().find(|k| m.contains_key(**k)) {
                     return Err(Error::invalid(format!(
@@ -90,16 +142,16 @@ pub fn encode(
     out.push('{');
     if let Some(m) = &members {
         for (k, v) in m {
-            out.push_str(&json_str(k));
+            push_json_str(&mut out, &k.0);
             out.push(':');
             out.push_str(v.get());
             out.push(',');
         }
     }
     out.push_str("\"_leanmq\":{\"webhook\":{\"path\":");
-    out.push_str(&json_str(path));
+    push_json_str(&mut out, path);
     out.push_str(",\"timestamp\":");
-    out.push_str(&now.to_string());
+    out.push_str(now);
     out.push('}');
     let plain_json_object = members.is_some() && content_type == JSON;
     if !plain_json_object || !headers.is_empty() {
@@ -114,7 +166,7 @@ pub fn encode(
         if !plain_json_object {
             sep(&mut out);
             out.push_str("\"content_type\":");
-            out.push_str(&json_str(content_type));
+            push_json_str(&mut out, content_type);
         }
         if !headers.is_empty() {
             sep(&mut out);
@@ -123,9 +175,9 @@ pub fn encode(
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&json_str(k));
+                push_json_str(&mut out, k);
                 out.push(':');
-                out.push_str(&json_str(v));
+                push_json_str(&mut out, v);
             }
             out.push('}');
         }
@@ -138,9 +190,13 @@ pub fn encode(
         out.push('}');
     }
     out.push_str("},\"_metadata\":{\"id\":\"");
-    out.push_str(&uuid::Uuid::new_v4().to_string());
+    out.push_str(
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
     out.push_str("\",\"timestamp\":");
-    out.push_str(&now.to_string());
+    out.push_str(now);
     match ttl_secs {
         Some(t) => {
             out.push_str(",\"ttl\":");
@@ -216,11 +272,11 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
     let Some(data) = data else {
         return raw_fallback(b"");
     };
-    let Ok(mut members) = serde_json::from_slice::<Members>(data) else {
+    let Ok(mut members) = serde_json::from_slice::<BorrowedMembers>(data) else {
         return raw_fallback(data);
     };
-    let metadata: Metadata = parse_or_default(members.get("_metadata").map(|b| &**b));
-    let leanmq: LeanmqKey = parse_or_default(members.get("_leanmq").map(|b| &**b));
+    let metadata: Metadata = parse_or_default(members.get("_metadata").copied());
+    let leanmq: LeanmqKey = parse_or_default(members.get("_leanmq").copied());
     let mut headers: Vec<(String, String)> = Vec::new();
     let grpc = leanmq.grpc.unwrap_or_default();
     if let Some(h) = grpc.headers {
@@ -256,7 +312,7 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&json_str(k));
+                push_json_str(&mut out, &k.0);
                 out.push(':');
                 out.push_str(v.get());
             }
@@ -430,6 +486,23 @@ mod tests {
         assert_eq!(d.content_type, "image/png");
         assert_eq!(d.headers[0], ("trace".to_string(), "abc".to_string()));
         assert!(d.headers.iter().any(|(k, _)| k == "leanmq-id"));
+    }
+
+    #[test]
+    fn keys_and_headers_that_need_escaping_round_trip() {
+        let payload = br#"{"plain": 1, "q\"uote": 2, "tab\tkey": 3, "caf\u00e9": 4}"#;
+        let headers = vec![("h\"1".to_string(), "line\nbreak\\".to_string())];
+        let data = encode("/p\"ath", payload, JSON, &headers, None, 1.0).expect("encode");
+        let v: serde_json::Value = serde_json::from_str(&data).expect("stored JSON is valid");
+        assert_eq!(v["q\"uote"], 2);
+        assert_eq!(v["tab\tkey"], 3);
+        assert_eq!(v["café"], 4);
+        assert_eq!(v["_leanmq"]["webhook"]["path"], "/p\"ath");
+        let d = decode(Some(data.as_bytes()));
+        let back: serde_json::Value = serde_json::from_slice(&d.payload).expect("payload");
+        let sent: serde_json::Value = serde_json::from_slice(payload).expect("sent");
+        assert_eq!(back, sent);
+        assert_eq!(d.headers[0], headers[0]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! SendBatch: validate every message first, then append all in one script.
+//! SendBatch: validate every message first, then append all in one atomic Redis call.
 
 use super::{convert, BrokerService, Caller};
 use crate::auth::Action;
