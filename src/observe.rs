@@ -39,11 +39,14 @@ pub fn sent(queue: &str, n: u64) {
     counter!("leanmq_messages_sent_total", "queue" => queue.to_string()).increment(n);
 }
 
-pub fn delivered(queue: &str, group: &str, attempt: u32) {
-    counter!("leanmq_deliveries_total", "queue" => queue.to_string(), "group" => group.to_string())
-        .increment(1);
-    if attempt > 1 {
-        counter!("leanmq_redeliveries_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(1);
+/// `n` deliveries from one fetch, `redelivered` of them not the first.
+pub fn delivered(queue: &str, group: &str, n: u64, redelivered: u64) {
+    if n > 0 {
+        counter!("leanmq_deliveries_total", "queue" => queue.to_string(), "group" => group.to_string())
+            .increment(n);
+    }
+    if redelivered > 0 {
+        counter!("leanmq_redeliveries_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(redelivered);
     }
 }
 

@@ -205,6 +205,56 @@ async fn different_groups_each_get_every_message() {
 }
 
 #[tokio::test]
+async fn one_ack_call_settles_each_receipt_on_its_own_merits() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    for i in 0..30 {
+        send(&mut c, "/mixed", format!("{i}").as_bytes()).await;
+    }
+    let mut got = receive(&mut c, "/mixed", "", 30, 30_000).await;
+    assert_eq!(got.len(), 30);
+    // The first message's lease runs out and it is delivered again: its old
+    // receipt is stale now.
+    c.nack(proto::NackRequest {
+        receipt: got[0].receipt.clone(),
+        delay: ms(1),
+        ..Default::default()
+    })
+    .await
+    .expect("nack");
+    let again = receive(&mut c, "/mixed", "", 1, 30_000).await.remove(0);
+    assert_eq!(again.message_id, got[0].message_id);
+    // Already acked, so no longer pending.
+    assert_eq!(ack(&mut c, &[&got[1].receipt]).await, vec![ACKED]);
+    let forged = |id: &str| {
+        leanmq_grpc::broker::receipt::Receipt {
+            queue: "mixed".into(),
+            group: "mixed-group".into(),
+            id: id.into(),
+            attempt: 1,
+        }
+        .encode()
+    };
+    // Ids inside the batch's range that were never sent, and one far
+    // beyond any real id, which stretches the range past what one read of
+    // the pending entries covers.
+    let inside = forged("1-1");
+    let beyond = forged("18446744073709551615-18446744073709551615");
+    let last = got.pop().expect("30 deliveries");
+    let mut batch: Vec<&str> = vec![&got[0].receipt, &got[1].receipt, &inside];
+    batch.extend(got[2..].iter().map(|m| m.receipt.as_str()));
+    batch.push(&beyond);
+    batch.push(&again.receipt);
+    batch.push(&last.receipt);
+    let mut want = vec![STALE, NOT_PENDING, NOT_PENDING];
+    want.extend(std::iter::repeat_n(ACKED, got.len() - 2));
+    want.extend([NOT_PENDING, ACKED, ACKED]);
+    assert_eq!(ack(&mut c, &batch).await, want);
+    assert_eq!(pending_count(&redis, "webhook:mixed", "mixed-group"), 0);
+}
+
+#[tokio::test]
 async fn empty_group_is_leanmqs_group() {
     let redis = RedisProc::start();
     let d = Leanmqd::start(&redis.url()).await;

@@ -614,10 +614,15 @@ impl Broker {
             let id = as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?;
             let attempt = as_i64(&e[1]).ok_or_else(|| bad_reply("fetch"))? as u32;
             let data = data_field(&e[2]);
-            crate::observe::delivered(&target.route.queue, &target.group, attempt);
             out.deliveries
                 .push(self.delivery(target, id, attempt, data.as_deref(), lease_end));
         }
+        crate::observe::delivered(
+            &target.route.queue,
+            &target.group,
+            out.deliveries.len() as u64,
+            out.deliveries.iter().filter(|d| d.attempt > 1).count() as u64,
+        );
         for e in as_array(&top[2]).ok_or_else(|| bad_reply("fetch"))? {
             let e = as_array(e)
                 .filter(|e| e.len() == 4)
