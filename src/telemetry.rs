@@ -27,6 +27,15 @@ impl Drop for Telemetry {
 /// True when this binary can export traces (built with `--features otlp`).
 pub const OTLP_BUILT_IN: bool = cfg!(feature = "otlp");
 
+/// Set once traces are exported: only then are per-call spans worth their
+/// cost (a span with fields is formatted and tracked on every Send).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when an OTLP exporter is installed.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Install the global subscriber. Must run inside the Tokio runtime (the
 /// OTLP exporter's channel needs it).
 pub fn init(format: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
@@ -63,6 +72,7 @@ pub fn init(format: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry, Stri
             .with(tracing_opentelemetry::layer().with_tracer(tracer))
             .try_init()
             .map_err(|e| e.to_string())?;
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(Telemetry {
             provider: Some(provider),
         });

@@ -12,9 +12,15 @@ pub async fn handle(
     caller: &Caller,
     req: proto::SendRequest,
 ) -> Result<proto::SendResponse> {
-    // The broker's part of the caller's trace (exported with `otlp`).
-    let span = tracing::info_span!("leanmq.send", path = %req.path);
-    crate::telemetry::continue_trace(&span, caller.traceparent.as_deref());
+    // The broker's part of the caller's trace, when traces are exported
+    // (`otlp`); otherwise no span, which costs nothing per call.
+    let span = if crate::telemetry::exporting() {
+        let span = tracing::info_span!("leanmq.send", path = %req.path);
+        crate::telemetry::continue_trace(&span, caller.traceparent.as_deref());
+        span
+    } else {
+        tracing::Span::none()
+    };
     async move {
         let msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
         caller.grant.check(Action::Send, &msg.route)?;
