@@ -380,6 +380,50 @@ async fn purge_and_delete_queue_need_confirmation() {
     );
 }
 
+/// The same through a subscription, whose rounds read new entries without a
+/// script when nothing is due: an entry found expired there is parked for
+/// the DLQ too, and the live one behind it is delivered without delay.
+#[tokio::test]
+async fn a_subscription_never_delivers_an_expired_message() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    let mut s = subscribe(&mut c, "/subttl", "", 1, 30_000).await;
+    // The one credit is held by an unacked delivery while the others wait.
+    send(&mut c, "/subttl", b"holds the credit").await;
+    let holder = next(&mut s).await;
+    let mut req = bytes_send("/subttl", b"short-lived");
+    req.ttl = ms(300);
+    let id = c.send(req).await.expect("send").into_inner().message_id;
+    let kept = send(&mut c, "/subttl", b"live").await;
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg("webhook:subttl:expiry")
+        .arg(&id)
+        .query(&mut redis.conn())
+        .expect("zscore");
+    eventually("the TTL has passed on Redis' clock", || async {
+        (redis_now_ms(&redis) as f64 > score * 1000.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ack(&mut c, &[&holder.receipt]).await,
+        vec![proto::AckOutcome::Acked as i32]
+    );
+    let got = tokio::time::timeout(Duration::from_secs(2), s.message())
+        .await
+        .expect("the live message comes at once, not after a blocked read times out")
+        .expect("stream ok")
+        .expect("stream open");
+    assert_eq!(got.message_id, kept, "the expired one is skipped");
+    let dlq = eventually("the expired one reaches the DLQ", || async {
+        let e = entries(&redis, "webhook:subttl:dlq");
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(dlq[0].1["_failures"][0]["reason"], "expired");
+    assert_eq!(dlq[0].1["_failures"][0]["message_id"], id.as_str());
+}
+
 #[tokio::test]
 async fn an_expired_message_is_never_delivered_and_goes_to_the_dlq() {
     let redis = RedisProc::start();

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::limits::FETCH_BATCH;
 use super::receipt::Receipt;
-use super::{Broker, Delivery, Target};
+use super::{Broker, Delivery, Round, Target};
 use crate::error::{Error, Result};
 use crate::routing::Pattern;
 
@@ -462,7 +462,18 @@ impl Dispatcher {
         lease: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
-        let fetched = self.broker.fetch(target, max, lease, false, "0").await?;
+        let fetched = self
+            .broker
+            .fetch(
+                target,
+                max,
+                lease,
+                Round::Full {
+                    scan_orphans: false,
+                },
+                "0",
+            )
+            .await?;
         self.dead_letter_exhausted(target, fetched.exhausted);
         if !fetched.deliveries.is_empty() || wait.is_zero() {
             return Ok(fetched.deliveries);
@@ -541,6 +552,10 @@ impl Dispatcher {
         // The last stream id this reader has seen: where a lost group is
         // recreated. "0" before the first round (the group was just ensured).
         let mut seen = String::from("0");
+        // When the earliest lease this reader knows of falls due. Until then
+        // a round needs only new entries (the cheaper `Round::NewOnly`);
+        // None: unknown, or something may have fallen due sooner.
+        let mut due_at: Option<Instant> = None;
         tracing::debug!(queue = %reader.target.route.queue, group = %reader.target.group, "reader started");
         loop {
             if *shutdown.borrow() {
@@ -580,9 +595,15 @@ impl Dispatcher {
             };
             let count = credit.min(FETCH_BATCH);
             let scan = last_scan.is_none_or(|t| t.elapsed() >= scan_every);
+            let started = Instant::now();
+            let round = if !scan && due_at.is_some_and(|t| started < t) {
+                Round::NewOnly
+            } else {
+                Round::Full { scan_orphans: scan }
+            };
             let fetched = match self
                 .broker
-                .fetch(&reader.target, count, lease, scan, &seen)
+                .fetch(&reader.target, count, lease, round, &seen)
                 .await
             {
                 Ok(f) => {
@@ -590,6 +611,10 @@ impl Dispatcher {
                     if scan {
                         last_scan = Some(Instant::now());
                     }
+                    let until_due = f.next_due_ms.map_or(MAX_BLOCK, |d| {
+                        Duration::from_millis(d.saturating_sub(f.now_ms))
+                    });
+                    due_at = Some(started + until_due);
                     f
                 }
                 Err(e) => {
@@ -602,7 +627,9 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let got = fetched.deliveries.len() as u32;
+            // Parked (expired or exhausted) entries count: a round that
+            // took a full batch may have left more behind.
+            let got = (fetched.deliveries.len() + fetched.exhausted.len()) as u32;
             seen.clone_from(&fetched.last_id);
             self.dead_letter_exhausted(&reader.target, fetched.exhausted);
             let Dispatched { leftover, bumps } = reader.dispatch(fetched.deliveries, lease);
@@ -661,7 +688,9 @@ impl Dispatcher {
                 tokio::select! {
                     r = &mut xread => r,
                     _ = reader.due.notified() => {
-                        // Something fell due sooner: cut the block short.
+                        // Something fell due sooner: cut the block short,
+                        // and look at due leases in the next round.
+                        due_at = None;
                         self.unblock(&stream, reader.client_id.load(Ordering::Relaxed)).await;
                         xread.await
                     }

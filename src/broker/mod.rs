@@ -123,6 +123,16 @@ pub struct Exhausted {
     pub expired: bool,
 }
 
+/// What a fetch round looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Due leases and retries first, then new entries (`lua/fetch.lua`);
+    /// with `scan_orphans`, also pending entries that hold no lease.
+    Full { scan_orphans: bool },
+    /// New entries only: for when the last round showed nothing due.
+    NewOnly,
+}
+
 /// What one fetch round returned.
 #[derive(Debug, Default)]
 pub struct Fetched {
@@ -157,6 +167,7 @@ struct Scripts {
     ensure: Script,
     send: Script,
     fetch: Script,
+    lease: Script,
     ack: Script,
     retry: Script,
     extend: Script,
@@ -259,6 +270,7 @@ impl Broker {
                 ensure: script!("lua/ensure.lua"),
                 send: script!("lua/send.lua"),
                 fetch: script!("lua/fetch.lua"),
+                lease: script!("lua/lease.lua"),
                 ack: script!("lua/ack.lua"),
                 retry: script!("lua/retry.lua"),
                 extend: script!("lua/extend.lua"),
@@ -555,20 +567,158 @@ impl Broker {
         target: &Target,
         count: u32,
         lease: Duration,
-        scan_orphans: bool,
+        round: Round,
         recover_at: &str,
     ) -> Result<Fetched> {
-        match self.fetch_once(target, count, lease, scan_orphans).await {
+        let once = || async {
+            match round {
+                Round::Full { scan_orphans } => {
+                    self.fetch_once(target, count, lease, scan_orphans).await
+                }
+                Round::NewOnly if !self.redis.is_cluster() => {
+                    self.fetch_new(target, count, lease).await
+                }
+                Round::NewOnly => self.fetch_once(target, count, lease, false).await,
+            }
+        };
+        match once().await {
             Err(e) if e.is_nogroup() => {
                 tracing::error!(
                     queue = %target.route.queue, group = %target.group, recover_at,
                     "consumer group missing (NOGROUP): Redis lost its data or the key was deleted; recreating the group"
                 );
                 self.ensure(target, recover_at, None).await?;
-                self.fetch_once(target, count, lease, scan_orphans).await
+                once().await
             }
             other => other,
         }
+    }
+
+    /// A round of new entries only, for when nothing is due: one MULTI/EXEC
+    /// reads them with a plain XREADGROUP (their data never passes through
+    /// Lua, which costs Redis more than the read itself), along with the
+    /// clock, the earliest lease and the stream's last id; then `lease.lua`
+    /// leases them (or parks those whose TTL has passed) before anyone sees
+    /// them. Should leanmqd die between the two, the entries are pending
+    /// without a lease and the orphan scan hands them out again.
+    async fn fetch_new(&self, target: &Target, count: u32, lease: Duration) -> Result<Fetched> {
+        let k = self.keys(&target.route.queue);
+        let leases = k.leases(&target.group);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("TIME")
+            .cmd("ZRANGE")
+            .arg(&leases)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&target.group)
+            .arg(HOLDER)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&k.stream)
+            .arg(">")
+            .cmd("XREVRANGE")
+            .arg(&k.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let mut lane = self.redis.lane().await?;
+        let r = p.query_async(&mut lane.conn).await;
+        let v: Vec<Value> = self.redis.settle(&lane, r).await?;
+        let [time, first, read, last] = &v[..] else {
+            return Err(bad_reply("fetch"));
+        };
+        let time = as_array(time)
+            .filter(|t| t.len() == 2)
+            .ok_or_else(|| bad_reply("fetch"))?;
+        let secs = as_i64(&time[0]).ok_or_else(|| bad_reply("fetch"))?;
+        let micros = as_i64(&time[1]).ok_or_else(|| bad_reply("fetch"))?;
+        let mut now_ms = (secs * 1000 + micros / 1000) as u64;
+        let mut next_due_ms = as_array(first)
+            .and_then(|f| f.get(1))
+            .and_then(as_string)
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|d| d as u64);
+        let last_id = as_array(last)
+            .and_then(|l| l.first())
+            .and_then(as_array)
+            .and_then(|e| e.first())
+            .and_then(as_string)
+            .unwrap_or_else(|| "0-0".into());
+        // nil when nothing is new, else [[stream, [[id, fields], …]]].
+        let entries: &[Value] = match read {
+            Value::Nil => &[],
+            v => as_array(v)
+                .and_then(|s| s.first())
+                .and_then(as_array)
+                .and_then(|s| s.get(1))
+                .and_then(as_array)
+                .ok_or_else(|| bad_reply("fetch"))?,
+        };
+        let mut out = Fetched {
+            now_ms,
+            next_due_ms,
+            last_id,
+            ..Default::default()
+        };
+        if entries.is_empty() {
+            return Ok(out);
+        }
+        let mut taken = Vec::with_capacity(entries.len());
+        for e in entries {
+            let e = as_array(e)
+                .filter(|e| e.len() == 2)
+                .ok_or_else(|| bad_reply("fetch"))?;
+            let id = as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?;
+            taken.push((id, data_field(&e[1])));
+        }
+        let hold_ms = self.redis.timeout().as_millis() as u64 * 6;
+        let mut inv = self.scripts.lease.prepare_invoke();
+        inv.key(&k.stream)
+            .key(&leases)
+            .key(&k.expiry)
+            .key(&k.stats)
+            .arg(&target.group)
+            .arg(lease.as_millis() as u64)
+            .arg(hold_ms);
+        for (id, _) in &taken {
+            inv.arg(id);
+        }
+        let (now, parked): (u64, Vec<String>) = self.invoke(inv).await?;
+        now_ms = now;
+        let lease_end = now_ms + lease.as_millis() as u64;
+        let mut soonest = lease_end;
+        if !parked.is_empty() {
+            soonest = soonest.min(now_ms + hold_ms);
+        }
+        next_due_ms = Some(next_due_ms.map_or(soonest, |d| d.min(soonest)));
+        out.now_ms = now_ms;
+        out.next_due_ms = next_due_ms;
+        for (id, data) in taken {
+            if parked.contains(&id) {
+                out.exhausted.push(Exhausted {
+                    id,
+                    count: 1,
+                    data,
+                    expired: true,
+                });
+            } else {
+                out.deliveries
+                    .push(self.delivery(target, id, 1, data.as_deref(), lease_end));
+            }
+        }
+        crate::observe::delivered(
+            &target.route.queue,
+            &target.group,
+            out.deliveries.len() as u64,
+            0,
+        );
+        Ok(out)
     }
 
     async fn fetch_once(

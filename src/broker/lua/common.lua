@@ -53,6 +53,15 @@ local function holds(stream, group, id, count)
   return 1
 end
 
+-- Park a pending entry for a replica to dead-letter (held by DLQ_HOLD
+-- until now + HOLD_MS), uncounted as a delivery; an expired one is counted
+-- in the queue's stats.
+local function park(stream, group, leases, stats, id, now, hold_ms, why)
+  redis.call('XCLAIM', stream, group, DLQ_HOLD, 0, id, 'JUSTID')
+  redis.call('ZADD', leases, now + hold_ms, id)
+  if why == 'expired' then redis.call('HINCRBY', stats, 'expired', 1) end
+end
+
 -- Stream ids: parse and compare.
 local function parse_id(id)
   local d = string.find(id, '-', 1, true)

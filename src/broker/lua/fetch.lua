@@ -23,9 +23,7 @@ end
 local out, dead = {}, {}
 -- Park an entry for a replica to dead-letter, uncounted as a delivery.
 local function to_dead(id, n, fields, why)
-  redis.call('XCLAIM', stream, group, DLQ_HOLD, 0, id, 'JUSTID')
-  redis.call('ZADD', leases, now + hold_ms, id)
-  if why == 'expired' then redis.call('HINCRBY', KEYS[4], 'expired', 1) end
+  park(stream, group, leases, KEYS[4], id, now, hold_ms, why)
   dead[#dead + 1] = {id, n, fields, why}
 end
 
