@@ -254,6 +254,61 @@ async fn one_ack_call_settles_each_receipt_on_its_own_merits() {
     assert_eq!(pending_count(&redis, "webhook:mixed", "mixed-group"), 0);
 }
 
+/// A reader takes new entries with a plain XREADGROUP and leases them with a
+/// second call; if leanmqd or Redis dies in between, the entry is pending
+/// under leanmqd's consumer with no lease. Such an entry is handed out again
+/// once idle for twice --redis-timeout, to subscribers and to Receive.
+#[tokio::test]
+async fn an_entry_read_but_never_leased_is_delivered_again() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.redis_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let mut c = d.client().await;
+    for path in ["/unleased-sub", "/unleased-pull"] {
+        let id = send(&mut c, path, b"x").await;
+        let queue = &path[1..].replace('-', "_");
+        // What a reader that died after its read left behind.
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(format!("{queue}-group"))
+            .arg(leanmq_grpc::broker::HOLDER)
+            .arg("COUNT")
+            .arg(10)
+            .arg("STREAMS")
+            .arg(format!("webhook:{queue}"))
+            .arg(">")
+            .query(&mut redis.conn())
+            .expect("xreadgroup");
+        assert_eq!(
+            pending_count(
+                &redis,
+                &format!("webhook:{queue}"),
+                &format!("{queue}-group")
+            ),
+            1
+        );
+        let m = if path == "/unleased-sub" {
+            let mut s = subscribe(&mut c, path, "", 10, 30_000).await;
+            next(&mut s).await
+        } else {
+            receive(&mut c, path, "", 10, 30_000).await.remove(0)
+        };
+        assert_eq!(m.message_id, id);
+        assert_eq!(m.attempt, 2, "the lost read counted as a delivery");
+        assert_eq!(ack(&mut c, &[&m.receipt]).await, vec![ACKED]);
+        assert_eq!(
+            pending_count(
+                &redis,
+                &format!("webhook:{queue}"),
+                &format!("{queue}-group")
+            ),
+            0
+        );
+    }
+}
+
 #[tokio::test]
 async fn empty_group_is_leanmqs_group() {
     let redis = RedisProc::start();

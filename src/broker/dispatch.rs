@@ -468,8 +468,11 @@ impl Dispatcher {
                 target,
                 max,
                 lease,
-                Round::Full {
+                // Pull consumers also hand out entries a subscription's
+                // reader read but never leased (see `Round`).
+                &Round::Full {
                     scan_orphans: false,
+                    unleased_from: Some("-".into()),
                 },
                 "0",
             )
@@ -549,6 +552,11 @@ impl Dispatcher {
         let mut backoff = Duration::from_millis(100);
         let scan_every = (self.broker.settings.orphan_timeout / 4).max(Duration::from_secs(1));
         let mut last_scan: Option<Instant> = None;
+        // Entries our NewOnly rounds read but never leased are looked for
+        // every --redis-timeout, 100 at a time, from this cursor.
+        let unleased_every = self.broker.redis.timeout().max(Duration::from_secs(1));
+        let mut last_unleased = Instant::now();
+        let mut unleased_from = String::from("-");
         // The last stream id this reader has seen: where a lost group is
         // recreated. "0" before the first round (the group was just ensured).
         let mut seen = String::from("0");
@@ -596,20 +604,30 @@ impl Dispatcher {
             let count = credit.min(FETCH_BATCH);
             let scan = last_scan.is_none_or(|t| t.elapsed() >= scan_every);
             let started = Instant::now();
-            let round = if !scan && due_at.is_some_and(|t| started < t) {
+            let unleased = started.duration_since(last_unleased) >= unleased_every;
+            let round = if !scan && !unleased && due_at.is_some_and(|t| started < t) {
                 Round::NewOnly
             } else {
-                Round::Full { scan_orphans: scan }
+                Round::Full {
+                    scan_orphans: scan,
+                    unleased_from: unleased.then(|| unleased_from.clone()),
+                }
             };
             let fetched = match self
                 .broker
-                .fetch(&reader.target, count, lease, round, &seen)
+                .fetch(&reader.target, count, lease, &round, &seen)
                 .await
             {
                 Ok(f) => {
                     backoff = Duration::from_millis(100);
                     if scan {
                         last_scan = Some(Instant::now());
+                    }
+                    if unleased {
+                        last_unleased = Instant::now();
+                        if let Some(next) = &f.unleased_next {
+                            unleased_from.clone_from(next);
+                        }
                     }
                     let until_due = f.next_due_ms.map_or(MAX_BLOCK, |d| {
                         Duration::from_millis(d.saturating_sub(f.now_ms))
@@ -652,7 +670,8 @@ impl Dispatcher {
                     Duration::from_millis(due.saturating_sub(fetched.now_ms).max(1)).min(MAX_BLOCK)
                 }
                 None => MAX_BLOCK,
-            };
+            }
+            .min(unleased_every);
             if conn.is_none() {
                 match self.broker.redis.blocking().await {
                     Ok(mut c) => {

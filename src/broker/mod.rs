@@ -124,13 +124,28 @@ pub struct Exhausted {
 }
 
 /// What a fetch round looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Round {
-    /// Due leases and retries first, then new entries (`lua/fetch.lua`);
-    /// with `scan_orphans`, also pending entries that hold no lease.
-    Full { scan_orphans: bool },
-    /// New entries only: for when the last round showed nothing due.
+    /// Due leases and retries first, then new entries (`lua/fetch.lua`).
+    Full {
+        /// Also take anyone's pending entries idle past `--orphan-timeout`
+        /// without a lease (a crashed LeanMQ Python worker's).
+        scan_orphans: bool,
+        /// Also take entries read by a `NewOnly` round that never got their
+        /// lease (its leanmqd or Redis died in between), looking at 100 of
+        /// ours from this id on (`-`: from the start).
+        unleased_from: Option<String>,
+    },
+    /// New entries only, without a script: for when nothing is due.
     NewOnly,
+}
+
+impl Round {
+    /// A plain full round.
+    pub const FULL: Round = Round::Full {
+        scan_orphans: false,
+        unleased_from: None,
+    };
 }
 
 /// What one fetch round returned.
@@ -144,6 +159,8 @@ pub struct Fetched {
     pub next_due_ms: Option<u64>,
     /// Last entry id in the stream: new entries come after it.
     pub last_id: String,
+    /// Where the next look for unleased entries goes on (see [`Round`]).
+    pub unleased_next: Option<String>,
 }
 
 /// Outcome of acking one receipt.
@@ -567,18 +584,16 @@ impl Broker {
         target: &Target,
         count: u32,
         lease: Duration,
-        round: Round,
+        round: &Round,
         recover_at: &str,
     ) -> Result<Fetched> {
         let once = || async {
             match round {
-                Round::Full { scan_orphans } => {
-                    self.fetch_once(target, count, lease, scan_orphans).await
-                }
                 Round::NewOnly if !self.redis.is_cluster() => {
                     self.fetch_new(target, count, lease).await
                 }
-                Round::NewOnly => self.fetch_once(target, count, lease, false).await,
+                Round::NewOnly => self.fetch_once(target, count, lease, &Round::FULL).await,
+                full => self.fetch_once(target, count, lease, full).await,
             }
         };
         match once().await {
@@ -594,13 +609,21 @@ impl Broker {
         }
     }
 
+    /// How long an entry read by a `NewOnly` round may stay pending without
+    /// a lease before a full round takes it: by then the reader's lease call
+    /// has long succeeded or failed (each waits at most `--redis-timeout`).
+    pub fn unleased_idle(&self) -> Duration {
+        self.redis.timeout() * 2
+    }
+
     /// A round of new entries only, for when nothing is due: one MULTI/EXEC
     /// reads them with a plain XREADGROUP (their data never passes through
     /// Lua, which costs Redis more than the read itself), along with the
     /// clock, the earliest lease and the stream's last id; then `lease.lua`
     /// leases them (or parks those whose TTL has passed) before anyone sees
-    /// them. Should leanmqd die between the two, the entries are pending
-    /// without a lease and the orphan scan hands them out again.
+    /// them. Should leanmqd or Redis die between the two, the entries are
+    /// pending without a lease, and a full round hands them out again once
+    /// they have been idle for [`Broker::unleased_idle`].
     async fn fetch_new(&self, target: &Target, count: u32, lease: Duration) -> Result<Fetched> {
         let k = self.keys(&target.route.queue);
         let leases = k.leases(&target.group);
@@ -726,11 +749,23 @@ impl Broker {
         target: &Target,
         count: u32,
         lease: Duration,
-        scan_orphans: bool,
+        round: &Round,
     ) -> Result<Fetched> {
         let k = self.keys(&target.route.queue);
+        let (scan_orphans, unleased_from) = match round {
+            Round::Full {
+                scan_orphans,
+                unleased_from,
+            } => (*scan_orphans, unleased_from.as_deref()),
+            Round::NewOnly => (false, None),
+        };
         let orphan_ms = if scan_orphans {
             self.settings.orphan_timeout.as_millis() as u64
+        } else {
+            0
+        };
+        let unleased_ms = if unleased_from.is_some() {
+            self.unleased_idle().as_millis() as u64
         } else {
             0
         };
@@ -744,10 +779,12 @@ impl Broker {
             .arg(lease.as_millis() as u64)
             .arg(self.settings.max_attempts)
             .arg(orphan_ms)
-            .arg(self.redis.timeout().as_millis() as u64 * 6);
+            .arg(self.redis.timeout().as_millis() as u64 * 6)
+            .arg(unleased_ms)
+            .arg(unleased_from.unwrap_or("-"));
         let v: Value = self.invoke(inv).await?;
         let top = as_array(&v)
-            .filter(|a| a.len() == 5)
+            .filter(|a| a.len() == 6)
             .ok_or_else(|| bad_reply("fetch"))?;
         let now_ms = as_i64(&top[0]).ok_or_else(|| bad_reply("fetch"))? as u64;
         let lease_end = now_ms + lease.as_millis() as u64;
@@ -755,6 +792,7 @@ impl Broker {
             now_ms,
             next_due_ms: as_i64(&top[3]).filter(|d| *d >= 0).map(|d| d as u64),
             last_id: as_string(&top[4]).unwrap_or_else(|| "0-0".into()),
+            unleased_next: unleased_from.and(as_string(&top[5])),
             ..Default::default()
         };
         for e in as_array(&top[1]).ok_or_else(|| bad_reply("fetch"))? {

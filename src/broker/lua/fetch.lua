@@ -3,7 +3,9 @@
 -- is leased until now + LEASE_MS. Entries that used their last attempt, or
 -- whose TTL has passed, are handed back for dead-lettering instead.
 -- KEYS: stream, leases, expiry, stats
--- ARGV: group, count, lease_ms, max_attempts, orphan_idle_ms (0: no scan), hold_ms
+-- ARGV: group, count, lease_ms, max_attempts, orphan_idle_ms (0: no scan), hold_ms,
+--       unleased_idle_ms (0: no scan), unleased_from (an entry id or '-')
+-- Returns {now, deliveries, parked, next due time or -1, last id, unleased_next}
 local stream, leases = KEYS[1], KEYS[2]
 local group = ARGV[1]
 local count = tonumber(ARGV[2])
@@ -11,6 +13,7 @@ local lease_ms = tonumber(ARGV[3])
 local max_attempts = tonumber(ARGV[4])
 local orphan_ms = tonumber(ARGV[5])
 local hold_ms = tonumber(ARGV[6])
+local unleased_ms = tonumber(ARGV[7])
 local now = now_ms()
 local has_expiry = redis.call('EXISTS', KEYS[3]) == 1
 
@@ -28,13 +31,41 @@ local function to_dead(id, n, fields, why)
 end
 
 local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
-if orphan_ms > 0 and #due < count then
-  local idle = redis.call('XPENDING', stream, group, 'IDLE', orphan_ms, '-', '+', 100)
+local picked = {}
+-- Pending entries idle this long without a lease are taken as if due.
+local function orphans(idle_ms)
+  if idle_ms <= 0 or #due >= count then return end
+  local idle = redis.call('XPENDING', stream, group, 'IDLE', idle_ms, '-', '+', 100)
   for _, p in ipairs(idle) do
     if #due >= count then break end
-    if redis.call('ZSCORE', leases, p[1]) == false then due[#due + 1] = p[1] end
+    if not picked[p[1]] and redis.call('ZSCORE', leases, p[1]) == false then
+      picked[p[1]] = true
+      due[#due + 1] = p[1]
+    end
   end
 end
+-- Ours without a lease: a reader read them (Broker::fetch_new) but never
+-- leased them (it or Redis died in between); after UNLEASED_MS no live
+-- reader can still be about to. 100 entries per round, from UNLEASED_FROM
+-- on, so that a long list of leased entries can't hide one for ever; the
+-- round returns where the next one goes on ('-': from the start).
+local unleased_next = ARGV[8]
+if unleased_ms > 0 and #due < count then
+  local from = ARGV[8]
+  if from ~= '-' then from = '(' .. from end
+  local idle = redis.call('XPENDING', stream, group, 'IDLE', unleased_ms, from, '+', 100, HOLDER)
+  for _, p in ipairs(idle) do
+    if #due >= count then break end
+    unleased_next = p[1]
+    if not picked[p[1]] and redis.call('ZSCORE', leases, p[1]) == false then
+      picked[p[1]] = true
+      due[#due + 1] = p[1]
+    end
+  end
+  if #idle < 100 and #due < count then unleased_next = '-' end
+end
+-- Anyone's, such as a crashed LeanMQ Python worker's.
+orphans(orphan_ms)
 for _, id in ipairs(due) do
   local consumer, n = pending(stream, group, id)
   if consumer == nil then
@@ -89,4 +120,4 @@ if #first > 0 then next_due = tonumber(first[2]) end
 local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #last > 0 then last_id = last[1][1] end
-return {now, out, dead, next_due, last_id}
+return {now, out, dead, next_due, last_id, unleased_next}
