@@ -380,6 +380,34 @@ async fn purge_and_delete_queue_need_confirmation() {
     );
 }
 
+/// The expiry of `id` in `queue`'s `:expiry` set (LeanMQ's layout: seconds).
+fn expiry_of(redis: &RedisProc, queue: &str, id: &str) -> f64 {
+    redis::cmd("ZSCORE")
+        .arg(format!("webhook:{queue}:expiry"))
+        .arg(id)
+        .query(&mut redis.conn())
+        .expect("zscore")
+}
+
+/// Wait until Redis' clock is past `score` (seconds).
+async fn until_redis_time_passes(redis: &RedisProc, score: f64) {
+    eventually("the TTL has passed on Redis' clock", || async {
+        (redis_now_ms(redis) as f64 > score * 1000.0).then_some(())
+    })
+    .await;
+}
+
+/// `id` reaches `queue`'s DLQ as expired.
+async fn dead_lettered_as_expired(redis: &RedisProc, queue: &str, id: &str) {
+    let dlq = eventually("the expired one reaches the DLQ", || async {
+        let e = entries(redis, &format!("webhook:{queue}:dlq"));
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(dlq[0].1["_failures"][0]["reason"], "expired");
+    assert_eq!(dlq[0].1["_failures"][0]["message_id"], id);
+}
+
 /// The same through a subscription, whose rounds read new entries without a
 /// script when nothing is due: an entry found expired there is parked for
 /// the DLQ too, and the live one behind it is delivered without delay.
@@ -396,15 +424,7 @@ async fn a_subscription_never_delivers_an_expired_message() {
     req.ttl = ms(300);
     let id = c.send(req).await.expect("send").into_inner().message_id;
     let kept = send(&mut c, "/subttl", b"live").await;
-    let score: f64 = redis::cmd("ZSCORE")
-        .arg("webhook:subttl:expiry")
-        .arg(&id)
-        .query(&mut redis.conn())
-        .expect("zscore");
-    eventually("the TTL has passed on Redis' clock", || async {
-        (redis_now_ms(&redis) as f64 > score * 1000.0).then_some(())
-    })
-    .await;
+    until_redis_time_passes(&redis, expiry_of(&redis, "subttl", &id)).await;
     assert_eq!(
         ack(&mut c, &[&holder.receipt]).await,
         vec![proto::AckOutcome::Acked as i32]
@@ -415,13 +435,7 @@ async fn a_subscription_never_delivers_an_expired_message() {
         .expect("stream ok")
         .expect("stream open");
     assert_eq!(got.message_id, kept, "the expired one is skipped");
-    let dlq = eventually("the expired one reaches the DLQ", || async {
-        let e = entries(&redis, "webhook:subttl:dlq");
-        (!e.is_empty()).then_some(e)
-    })
-    .await;
-    assert_eq!(dlq[0].1["_failures"][0]["reason"], "expired");
-    assert_eq!(dlq[0].1["_failures"][0]["message_id"], id.as_str());
+    dead_lettered_as_expired(&redis, "subttl", &id).await;
 }
 
 #[tokio::test]
@@ -438,27 +452,14 @@ async fn an_expired_message_is_never_delivered_and_goes_to_the_dlq() {
     let kept = c.send(keep).await.expect("send").into_inner().message_id;
     // LeanMQ's layout: `:expiry` holds the entry with its expiry in seconds,
     // `_metadata.ttl` whole seconds.
-    let score: f64 = redis::cmd("ZSCORE")
-        .arg("webhook:ttl:expiry")
-        .arg(&id)
-        .query(&mut redis.conn())
-        .expect("zscore");
+    let score = expiry_of(&redis, "ttl", &id);
     assert!(score > 1.0e9);
     assert_eq!(entries(&redis, "webhook:ttl")[0].1["_metadata"]["ttl"], 1);
-    eventually("the TTL has passed on Redis' clock", || async {
-        (redis_now_ms(&redis) as f64 > score * 1000.0).then_some(())
-    })
-    .await;
+    until_redis_time_passes(&redis, score).await;
     let got = receive(&mut c, "/ttl", "", 10, 30_000).await;
     assert_eq!(got.len(), 1, "only the live one is delivered");
     assert_eq!(got[0].message_id, kept);
-    let dlq = eventually("the expired one reaches the DLQ", || async {
-        let e = entries(&redis, "webhook:ttl:dlq");
-        (!e.is_empty()).then_some(e)
-    })
-    .await;
-    assert_eq!(dlq[0].1["_failures"][0]["reason"], "expired");
-    assert_eq!(dlq[0].1["_failures"][0]["message_id"], id.as_str());
+    dead_lettered_as_expired(&redis, "ttl", &id).await;
     let q = a
         .get_queue(proto::GetQueueRequest {
             path: "/ttl".into(),
