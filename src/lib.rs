@@ -17,7 +17,8 @@
 //!   - `broker::envelope` — LeanMQ's `data` JSON envelope;
 //!   - `broker::receipt` — self-contained delivery receipts;
 //!   - `broker::dispatch` — one reader per (queue, group), fan-out by credit;
-//!   - `broker/lua/` — every multi-step change as one atomic script.
+//!   - `broker/lua/` — every multi-step change as one atomic script (plain
+//!     appends and plain reads of new entries use MULTI/EXEC instead; see `broker`).
 //! - [`auth`] — bearer tokens (hashes in a file) and the one place that decides per-path permissions.
 //! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
 //! - [`telemetry`] — logs and optional OTLP trace export (`otlp` feature).

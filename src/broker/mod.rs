@@ -2,7 +2,12 @@
 //!
 //! Every change that touches more than one key, or that must check state
 //! before changing it, is one Lua script (`lua/`), so it is atomic and any
-//! replica can run it. What a delivery *is* lives in Redis:
+//! replica can run it. Two hot paths skip the script where a MULTI/EXEC
+//! does the same work for less Redis CPU: plain appends to an existing queue
+//! (`append_plain`), and reading new entries when nothing is due
+//! (`fetch_new`, which leases what it read with a second, scripted call; an
+//! entry left unleased between the two is handed out again, see [`Round`]).
+//! What a delivery *is* lives in Redis:
 //! - the entry's pending record in its group (holder consumer and delivery
 //!   count: the `attempt`);
 //! - its due time in `{stream}:leases:{group}`: the end of its lease while
