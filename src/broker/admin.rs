@@ -97,12 +97,6 @@ fn id_ms(id: &str) -> Option<u64> {
 }
 
 impl Broker {
-    async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let mut lane = self.redis.lane().await?;
-        let r = pipe.query_async(&mut lane.conn).await;
-        self.redis.settle(&lane, r).await
-    }
-
     /// Redis' clock, ms.
     async fn redis_now_ms(&self) -> Result<u64> {
         let (s, us): (u64, u64) = self.query(&redis::cmd("TIME")).await?;

@@ -145,14 +145,6 @@ pub enum Round {
     NewOnly,
 }
 
-impl Round {
-    /// A plain full round.
-    pub const FULL: Round = Round::Full {
-        scan_orphans: false,
-        unleased_from: None,
-    };
-}
-
 /// What one fetch round returned.
 #[derive(Debug, Default)]
 pub struct Fetched {
@@ -370,6 +362,16 @@ impl Broker {
         self.redis.settle(&lane, r).await
     }
 
+    /// One pipeline (or MULTI/EXEC) on a lane.
+    pub(crate) async fn query_pipe<T: ::redis::FromRedisValue>(
+        &self,
+        pipe: &::redis::Pipeline,
+    ) -> Result<T> {
+        let mut lane = self.redis.lane().await?;
+        let r = pipe.query_async(&mut lane.conn).await;
+        self.redis.settle(&lane, r).await
+    }
+
     pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
         &self,
         inv: ::redis::ScriptInvocation<'_>,
@@ -431,9 +433,7 @@ impl Broker {
             }
         }
         sadd.ignore();
-        let mut lane = self.redis.lane().await?;
-        let r = p.query_async(&mut lane.conn).await;
-        let ids: Vec<Option<String>> = self.redis.settle(&lane, r).await?;
+        let ids: Vec<Option<String>> = self.query_pipe(&p).await?;
         if ids.len() != msgs.len() {
             return Err(bad_reply("send"));
         }
@@ -597,8 +597,15 @@ impl Broker {
                 Round::NewOnly if !self.redis.is_cluster() => {
                     self.fetch_new(target, count, lease).await
                 }
-                Round::NewOnly => self.fetch_once(target, count, lease, &Round::FULL).await,
-                full => self.fetch_once(target, count, lease, full).await,
+                Round::NewOnly => self.fetch_once(target, count, lease, false, None).await,
+                Round::Full {
+                    scan_orphans,
+                    unleased_from,
+                } => {
+                    let from = unleased_from.as_deref();
+                    self.fetch_once(target, count, lease, *scan_orphans, from)
+                        .await
+                }
             }
         };
         match once().await {
@@ -612,6 +619,12 @@ impl Broker {
             }
             other => other,
         }
+    }
+
+    /// How long an entry parked for dead-lettering stays held for the
+    /// replica that parked it before another may move it instead.
+    fn dead_letter_hold(&self) -> Duration {
+        self.redis.timeout() * 6
     }
 
     /// How long an entry read by a `NewOnly` round may stay pending without
@@ -655,9 +668,7 @@ impl Broker {
             .arg("-")
             .arg("COUNT")
             .arg(1);
-        let mut lane = self.redis.lane().await?;
-        let r = p.query_async(&mut lane.conn).await;
-        let v: Vec<Value> = self.redis.settle(&lane, r).await?;
+        let v: Vec<Value> = self.query_pipe(&p).await?;
         let [time, first, read, last] = &v[..] else {
             return Err(bad_reply("fetch"));
         };
@@ -666,8 +677,8 @@ impl Broker {
             .ok_or_else(|| bad_reply("fetch"))?;
         let secs = as_i64(&time[0]).ok_or_else(|| bad_reply("fetch"))?;
         let micros = as_i64(&time[1]).ok_or_else(|| bad_reply("fetch"))?;
-        let mut now_ms = (secs * 1000 + micros / 1000) as u64;
-        let mut next_due_ms = as_array(first)
+        let now_ms = (secs * 1000 + micros / 1000) as u64;
+        let next_due_ms = as_array(first)
             .and_then(|f| f.get(1))
             .and_then(as_string)
             .and_then(|s| s.parse::<f64>().ok())
@@ -705,7 +716,7 @@ impl Broker {
             let id = as_string(&e[0]).ok_or_else(|| bad_reply("fetch"))?;
             taken.push((id, data_field(&e[1])));
         }
-        let hold_ms = self.redis.timeout().as_millis() as u64 * 6;
+        let hold_ms = self.dead_letter_hold().as_millis() as u64;
         let mut inv = self.scripts.lease.prepare_invoke();
         inv.key(&k.stream)
             .key(&leases)
@@ -717,16 +728,14 @@ impl Broker {
         for (id, _) in &taken {
             inv.arg(id);
         }
-        let (now, parked): (u64, Vec<String>) = self.invoke(inv).await?;
-        now_ms = now;
+        let (now_ms, parked): (u64, Vec<String>) = self.invoke(inv).await?;
         let lease_end = now_ms + lease.as_millis() as u64;
         let mut soonest = lease_end;
         if !parked.is_empty() {
             soonest = soonest.min(now_ms + hold_ms);
         }
-        next_due_ms = Some(next_due_ms.map_or(soonest, |d| d.min(soonest)));
         out.now_ms = now_ms;
-        out.next_due_ms = next_due_ms;
+        out.next_due_ms = Some(next_due_ms.map_or(soonest, |d| d.min(soonest)));
         for (id, data) in taken {
             if parked.contains(&id) {
                 out.exhausted.push(Exhausted {
@@ -754,16 +763,10 @@ impl Broker {
         target: &Target,
         count: u32,
         lease: Duration,
-        round: &Round,
+        scan_orphans: bool,
+        unleased_from: Option<&str>,
     ) -> Result<Fetched> {
         let k = self.keys(&target.route.queue);
-        let (scan_orphans, unleased_from) = match round {
-            Round::Full {
-                scan_orphans,
-                unleased_from,
-            } => (*scan_orphans, unleased_from.as_deref()),
-            Round::NewOnly => (false, None),
-        };
         let orphan_ms = if scan_orphans {
             self.settings.orphan_timeout.as_millis() as u64
         } else {
@@ -784,7 +787,7 @@ impl Broker {
             .arg(lease.as_millis() as u64)
             .arg(self.settings.max_attempts)
             .arg(orphan_ms)
-            .arg(self.redis.timeout().as_millis() as u64 * 6)
+            .arg(self.dead_letter_hold().as_millis() as u64)
             .arg(unleased_ms)
             .arg(unleased_from.unwrap_or("-"));
         let v: Value = self.invoke(inv).await?;

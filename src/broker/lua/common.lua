@@ -62,6 +62,30 @@ local function park(stream, group, leases, stats, id, now, hold_ms, why)
   if why == 'expired' then redis.call('HINCRBY', stats, 'expired', 1) end
 end
 
+-- True when ID's TTL (its score in EXPIRY, in seconds) has passed at NOW (ms).
+local function past_ttl(expiry, id, now)
+  local at = redis.call('ZSCORE', expiry, id)
+  return at and tonumber(at) * 1000 <= now
+end
+
+-- Lease entries just read as new until NOW + LEASE_MS, with one ZADD, or
+-- park those whose TTL has passed (HAS_EXPIRY: the queue has an expiry set).
+-- Returns the set of ids parked.
+local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_ms, hold_ms, has_expiry)
+  local z, parked = {}, {}
+  for _, id in ipairs(ids) do
+    if has_expiry and past_ttl(expiry, id, now) then
+      park(stream, group, leases, stats, id, now, hold_ms, 'expired')
+      parked[id] = true
+    else
+      z[#z + 1] = now + lease_ms
+      z[#z + 1] = id
+    end
+  end
+  if #z > 0 then redis.call('ZADD', leases, unpack(z)) end
+  return parked
+end
+
 -- Stream ids: parse and compare.
 local function parse_id(id)
   local d = string.find(id, '-', 1, true)

@@ -18,9 +18,7 @@ local now = now_ms()
 local has_expiry = redis.call('EXISTS', KEYS[3]) == 1
 
 local function expired(id)
-  if not has_expiry then return false end
-  local at = redis.call('ZSCORE', KEYS[3], id)
-  return at and tonumber(at) * 1000 <= now
+  return has_expiry and past_ttl(KEYS[3], id, now)
 end
 
 local out, dead = {}, {}
@@ -100,18 +98,16 @@ local want = count - #out
 if want > 0 then
   local r = redis.call('XREADGROUP', 'GROUP', group, HOLDER, 'COUNT', want, 'STREAMS', stream, '>')
   if r then
-    -- One ZADD for every new lease: fewer calls per message on the hot path.
-    local zargs = {}
-    for _, e in ipairs(r[1][2]) do
-      if expired(e[1]) then
-        to_dead(e[1], 1, e[2], 'expired')
+    local entries, ids = r[1][2], {}
+    for i, e in ipairs(entries) do ids[i] = e[1] end
+    local parked = lease_new(stream, group, leases, KEYS[3], KEYS[4], ids, now, lease_ms, hold_ms, has_expiry)
+    for _, e in ipairs(entries) do
+      if parked[e[1]] then
+        dead[#dead + 1] = {e[1], 1, e[2], 'expired'}
       else
-        zargs[#zargs + 1] = now + lease_ms
-        zargs[#zargs + 1] = e[1]
         out[#out + 1] = {e[1], 1, e[2]}
       end
     end
-    if #zargs > 0 then redis.call('ZADD', leases, unpack(zargs)) end
   end
 end
 local next_due = -1
