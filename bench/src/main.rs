@@ -92,6 +92,37 @@ pub struct Mode {
     pub window: Duration,
 }
 
+const USAGE: &str =
+    "usage: leanmq-bench [--short] [--only unary,batch,drain,ack,e2e,idle] [--out DIR]
+       leanmq-bench noop-server [ADDR]
+env:   LEANMQD=path to the leanmqd binary (default: target/release/leanmqd)";
+
+/// The scenario groups `--only` accepts.
+const GROUPS: [&str; 6] = ["unary", "batch", "drain", "ack", "e2e", "idle"];
+
+/// Rejects what the benchmark would otherwise ignore, so that a typo (or
+/// `--help`) never starts a ten-minute run. `Err("")` asks for the usage.
+fn check_args(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--short" => {}
+            "-h" | "--help" => return Err(String::new()),
+            "--out" => {
+                it.next().ok_or("--out needs a directory")?;
+            }
+            "--only" => {
+                let list = it.next().ok_or("--only needs a list of groups")?;
+                if let Some(bad) = list.split(',').find(|g| !GROUPS.contains(g)) {
+                    return Err(format!("--only: unknown group {bad:?}"));
+                }
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -111,6 +142,14 @@ fn main() {
             std::process::exit(1);
         }
         return;
+    }
+    if let Err(msg) = check_args(&args[1..]) {
+        if msg.is_empty() {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        eprintln!("leanmq-bench: {msg}\n{USAGE}");
+        std::process::exit(64);
     }
     let short = args.iter().any(|a| a == "--short");
     let out = args
