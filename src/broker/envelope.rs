@@ -44,9 +44,95 @@ impl std::borrow::Borrow<str> for Key<'_> {
     }
 }
 
-/// The top-level members of a JSON object, borrowed from its text: reading
-/// them (on every send and every delivery) copies nothing.
-type BorrowedMembers<'a> = IndexMap<Key<'a>, &'a RawValue>;
+/// The top-level members of a JSON object, read in one pass and borrowed
+/// from its text: LeanMQ's reserved members by name, the user's in order.
+/// Every send of a JSON object and every delivery reads one, so it copies
+/// nothing and hashes nothing. A repeated key keeps its first place and its
+/// last value, as reading the object into a map would.
+///
+/// `M` and `L` are how `_metadata` and `_leanmq` are read: typed, for a
+/// delivery's one pass over a well-formed envelope, or raw ([`RawParts`]),
+/// for a send (which only checks they are absent) and for an envelope whose
+/// own members are malformed.
+struct Parts<'a, M, L> {
+    metadata: Option<M>,
+    leanmq: Option<L>,
+    failures: Option<&'a RawValue>,
+    requeues: Option<&'a RawValue>,
+    user: Vec<(Key<'a>, &'a RawValue)>,
+}
+
+type RawParts<'a> = Parts<'a, &'a RawValue, &'a RawValue>;
+type TypedParts<'a> = Parts<'a, Metadata<'a>, LeanmqKey<'a>>;
+
+/// Up to this many user keys, repeats are found by a scan as the object is
+/// read; beyond it, by one map built at the end.
+const SCAN_KEYS: usize = 16;
+
+impl<M, L> Parts<'_, M, L> {
+    /// The first of [`RESERVED_KEYS`] present, if any.
+    fn reserved(&self) -> Option<&'static str> {
+        [
+            self.metadata.is_some(),
+            self.leanmq.is_some(),
+            self.failures.is_some(),
+            self.requeues.is_some(),
+        ]
+        .iter()
+        .zip(RESERVED_KEYS)
+        .find_map(|(present, k)| present.then_some(k))
+    }
+}
+
+impl<'de, M: Deserialize<'de>, L: Deserialize<'de>> Deserialize<'de> for Parts<'de, M, L> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Object<M, L>(std::marker::PhantomData<(M, L)>);
+        impl<'de, M: Deserialize<'de>, L: Deserialize<'de>> serde::de::Visitor<'de> for Object<M, L> {
+            type Value = Parts<'de, M, L>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut p = Parts {
+                    metadata: None,
+                    leanmq: None,
+                    failures: None,
+                    requeues: None,
+                    user: Vec::new(),
+                };
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    match &*k.0 {
+                        "_metadata" => p.metadata = Some(map.next_value()?),
+                        "_leanmq" => p.leanmq = Some(map.next_value()?),
+                        "_failures" => p.failures = Some(map.next_value()?),
+                        "_requeues" => p.requeues = Some(map.next_value()?),
+                        _ => {
+                            let v: &'de RawValue = map.next_value()?;
+                            let seen = if p.user.len() < SCAN_KEYS {
+                                p.user.iter_mut().find(|(seen, _)| *seen == k)
+                            } else {
+                                None
+                            };
+                            match seen {
+                                Some(slot) => slot.1 = v,
+                                None => p.user.push((k, v)),
+                            }
+                        }
+                    }
+                }
+                if p.user.len() > SCAN_KEYS {
+                    let unique: IndexMap<Key<'de>, &'de RawValue> = p.user.drain(..).collect();
+                    p.user.extend(unique);
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+    }
+}
 
 /// True for "application/json", with or without parameters, any case.
 pub fn is_json_content_type(ct: &str) -> bool {
@@ -116,11 +202,11 @@ pub fn encode_at(
     ttl_secs: Option<u64>,
     now: &str,
 ) -> Result<String> {
-    let mut members: Option<BorrowedMembers> = None;
+    let mut members: Option<RawParts> = None;
     if is_json_content_type(content_type) {
-        match serde_json::from_slice::<BorrowedMembers>(payload) {
+        match serde_json::from_slice::<RawParts>(payload) {
             Ok(m) => {
-                if let Some(k) = RESERVED_KEYS.iter().find(|k| m.contains_key(**k)) {
+                if let Some(k) = m.reserved() {
                     return Err(Error::invalid(format!(
                         "payload uses the reserved top-level key {k:?}; LeanMQ keeps {RESERVED_KEYS:?} for itself"
                     )));
@@ -141,7 +227,7 @@ pub fn encode_at(
     let mut out = String::with_capacity(payload.len() + 256);
     out.push('{');
     if let Some(m) = &members {
-        for (k, v) in m {
+        for (k, v) in &m.user {
             push_json_str(&mut out, &k.0);
             out.push(':');
             out.push_str(v.get());
@@ -208,36 +294,38 @@ pub fn encode_at(
     Ok(out)
 }
 
+// The envelope's own members, their strings borrowed from the entry's text
+// (a string holding escapes is the rare one copied).
 #[derive(Deserialize, Default)]
-struct Metadata {
-    #[serde(default)]
-    id: Option<String>,
+struct Metadata<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
     #[serde(default)]
     timestamp: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
-struct LeanmqKey {
-    #[serde(default)]
-    webhook: Option<WebhookKey>,
-    #[serde(default)]
-    grpc: Option<GrpcKey>,
+struct LeanmqKey<'a> {
+    #[serde(default, borrow)]
+    webhook: Option<WebhookKey<'a>>,
+    #[serde(default, borrow)]
+    grpc: Option<GrpcKey<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct WebhookKey {
-    #[serde(default)]
-    path: Option<String>,
+struct WebhookKey<'a> {
+    #[serde(default, borrow)]
+    path: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
-struct GrpcKey {
-    #[serde(default)]
-    content_type: Option<String>,
+struct GrpcKey<'a> {
+    #[serde(default, borrow)]
+    content_type: Option<Cow<'a, str>>,
     #[serde(default)]
     headers: Option<IndexMap<String, String>>,
-    #[serde(default)]
-    payload: Option<String>,
+    #[serde(default, borrow)]
+    payload: Option<Cow<'a, str>>,
 }
 
 /// A stored message, decoded for delivery.
@@ -272,43 +360,56 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
     let Some(data) = data else {
         return raw_fallback(b"");
     };
-    let Ok(mut members) = serde_json::from_slice::<BorrowedMembers>(data) else {
+    let Ok(text) = std::str::from_utf8(data) else {
         return raw_fallback(data);
     };
-    let metadata: Metadata = parse_or_default(members.get("_metadata").copied());
-    let leanmq: LeanmqKey = parse_or_default(members.get("_leanmq").copied());
+    // One pass for a well-formed envelope; a second, lenient one reads an
+    // entry whose `_metadata` or `_leanmq` is not as LeanMQ writes them, so
+    // the rest of it is still delivered.
+    let (metadata, leanmq, parts): (Metadata, LeanmqKey, RawParts) =
+        match serde_json::from_str::<TypedParts>(text) {
+            Ok(p) => (
+                p.metadata.unwrap_or_default(),
+                p.leanmq.unwrap_or_default(),
+                Parts {
+                    metadata: None,
+                    leanmq: None,
+                    failures: p.failures,
+                    requeues: p.requeues,
+                    user: p.user,
+                },
+            ),
+            Err(_) => match serde_json::from_str::<RawParts>(text) {
+                Ok(p) => (parse_or_default(p.metadata), parse_or_default(p.leanmq), p),
+                Err(_) => return raw_fallback(data),
+            },
+        };
     let mut headers: Vec<(String, String)> = Vec::new();
     let grpc = leanmq.grpc.unwrap_or_default();
     if let Some(h) = grpc.headers {
         headers.extend(h);
     }
     if let Some(id) = metadata.id {
-        headers.push(("leanmq-id".to_string(), id));
+        headers.push(("leanmq-id".to_string(), id.into_owned()));
     }
-    for (key, header) in [
-        ("_failures", "leanmq-failures"),
-        ("_requeues", "leanmq-requeues"),
+    for (v, header) in [
+        (parts.failures, "leanmq-failures"),
+        (parts.requeues, "leanmq-requeues"),
     ] {
-        if let Some(v) = members.get(key) {
+        if let Some(v) = v {
             headers.push((header.to_string(), v.get().to_string()));
         }
     }
-    let (payload, content_type) = match grpc.payload {
+    let content_type = |default: &str| grpc.content_type.as_deref().unwrap_or(default).to_string();
+    let (payload, content_type) = match &grpc.payload {
         Some(b64) => match STANDARD.decode(b64.as_bytes()) {
-            Ok(p) => (
-                Bytes::from(p),
-                grpc.content_type
-                    .unwrap_or_else(|| OCTET_STREAM.to_string()),
-            ),
+            Ok(p) => (Bytes::from(p), content_type(OCTET_STREAM)),
             Err(_) => return raw_fallback(data),
         },
         None => {
-            for k in RESERVED_KEYS {
-                members.shift_remove(k);
-            }
             let mut out = String::with_capacity(data.len());
             out.push('{');
-            for (i, (k, v)) in members.iter().enumerate() {
+            for (i, (k, v)) in parts.user.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
@@ -317,17 +418,14 @@ pub fn decode(data: Option<&[u8]>) -> Decoded {
                 out.push_str(v.get());
             }
             out.push('}');
-            (
-                Bytes::from(out),
-                grpc.content_type.unwrap_or_else(|| JSON.to_string()),
-            )
+            (Bytes::from(out), content_type(JSON))
         }
     };
     Decoded {
         payload,
         content_type,
         headers,
-        path: leanmq.webhook.and_then(|w| w.path),
+        path: leanmq.webhook.and_then(|w| w.path).map(Cow::into_owned),
         published_at: metadata.timestamp,
     }
 }
@@ -374,6 +472,7 @@ fn renew_metadata(members: &mut Members, now: f64) {
     let metadata: Metadata = parse_or_default(members.get("_metadata").map(|b| &**b));
     let id = metadata
         .id
+        .map(Cow::into_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let meta = format!(
         "{{\"id\":{},\"timestamp\":{},\"ttl\":null}}",
@@ -538,6 +637,53 @@ mod tests {
             .headers
             .iter()
             .any(|(k, v)| k == "leanmq-failures" && v.contains("boom")));
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_first_place_and_last_value() {
+        // As a map would read the object, for few keys (scanned) and many
+        // (deduplicated at the end).
+        for n in [3usize, SCAN_KEYS + 5] {
+            let mut text = String::from(r#"{"dup": 1"#);
+            let mut want = String::from(r#"{"dup":"last""#);
+            for i in 0..n {
+                text.push_str(&format!(r#", "k{i}": {i}"#));
+                want.push_str(&format!(r#","k{i}":{i}"#));
+            }
+            text.push_str(r#", "dup": "last"}"#);
+            want.push('}');
+            let data = encode("/d", text.as_bytes(), JSON, &[], None, 1.0).expect("encode");
+            let d = decode(Some(data.as_bytes()));
+            assert_eq!(String::from_utf8_lossy(&d.payload), want, "{n} keys");
+        }
+    }
+
+    #[test]
+    fn envelope_strings_with_escapes_are_read() {
+        // A LeanMQ entry whose id, path and content type need unescaping.
+        let data = br#"{"_leanmq": {"webhook": {"path": "/a\/b"}, "grpc": {"content_type": "text\/plain", "payload": "aGk="}}, "_metadata": {"id": "u-1", "timestamp": 2.0}}"#;
+        let d = decode(Some(data));
+        assert_eq!(&d.payload[..], b"hi");
+        assert_eq!(d.content_type, "text/plain");
+        assert_eq!(d.path.as_deref(), Some("/a/b"));
+        assert!(d.headers.contains(&("leanmq-id".into(), "u-1".into())));
+    }
+
+    #[test]
+    fn an_entry_with_malformed_own_members_keeps_the_rest() {
+        // `_metadata` not an object, `_leanmq.webhook` not one either: the
+        // user's keys still arrive, and what is readable is read.
+        let data = br#"{"a": 1, "_metadata": "x", "_leanmq": {"webhook": 7, "grpc": {"headers": {"h": "v"}}}}"#;
+        let d = decode(Some(data));
+        assert_eq!(&d.payload[..], br#"{"a":1}"#);
+        assert_eq!(d.content_type, JSON);
+        assert_eq!(d.path, None);
+        assert_eq!(d.published_at, None);
+        assert!(!d.headers.iter().any(|(k, _)| k == "leanmq-envelope"));
+        let data = br#"{"a": 1, "_metadata": {"id": "u-2"}, "_leanmq": []}"#;
+        let d = decode(Some(data));
+        assert_eq!(&d.payload[..], br#"{"a":1}"#);
+        assert!(d.headers.contains(&("leanmq-id".into(), "u-2".into())));
     }
 
     #[test]
