@@ -72,13 +72,15 @@ end
 -- park those whose TTL has passed (HAS_EXPIRY: the queue has an expiry set).
 -- Returns the set of ids parked.
 local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_ms, hold_ms, has_expiry)
-  local z, parked = {}, {}
+  -- The deadline as text, formatted once: a Lua number handed to Redis is
+  -- formatted again for every member.
+  local z, parked, deadline = {}, {}, string.format('%d', now + lease_ms)
   for _, id in ipairs(ids) do
     if has_expiry and past_ttl(expiry, id, now) then
       park(stream, group, leases, stats, id, now, hold_ms, 'expired')
       parked[id] = true
     else
-      z[#z + 1] = now + lease_ms
+      z[#z + 1] = deadline
       z[#z + 1] = id
     end
   end
