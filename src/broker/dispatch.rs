@@ -30,6 +30,11 @@ type Item = Result<Delivery>;
 /// Longest single XREAD block, so a reader re-checks its state now and then.
 const MAX_BLOCK: Duration = Duration::from_secs(5);
 
+/// How often, and how long apart, a woken reader asks Redis to release its
+/// blocked read before it just waits the read out (see the XREAD select).
+const UNBLOCK_TRIES: u32 = 50;
+const UNBLOCK_RETRY: Duration = Duration::from_millis(2);
+
 /// A subscriber whose last this-many deliveries all ran out their lease,
 /// with nothing settled or extended in between, is treated as stalled (its
 /// connection may be dead but not yet closed). While a healthy subscriber
@@ -710,8 +715,23 @@ impl Dispatcher {
                         // Something fell due sooner: cut the block short,
                         // and look at due leases in the next round.
                         due_at = None;
-                        self.unblock(&stream, reader.client_id.load(Ordering::Relaxed)).await;
-                        xread.await
+                        let id = reader.client_id.load(Ordering::Relaxed);
+                        // CLIENT UNBLOCK goes on another connection, so it
+                        // can reach Redis before the XREAD does, find
+                        // nothing blocked, and leave the read to block its
+                        // whole length (seconds, with a retry due in 1 ms).
+                        // Until it finds the read blocked, or the read
+                        // returns, it goes again.
+                        let mut tries = 0;
+                        loop {
+                            tries += 1;
+                            if self.unblock(&stream, id).await || tries >= UNBLOCK_TRIES {
+                                break xread.await;
+                            }
+                            if let Ok(r) = tokio::time::timeout(UNBLOCK_RETRY, &mut xread).await {
+                                break r;
+                            }
+                        }
                     }
                     _ = shutdown.changed() => break,
                 }
@@ -737,17 +757,24 @@ struct Dispatched {
 impl Dispatcher {
     /// `CLIENT UNBLOCK` a reader's blocked XREAD (it returns as if timed out).
     /// `stream` picks the node (in a cluster) the reader's connection is on.
-    async fn unblock(&self, stream: &str, client_id: i64) {
+    /// True when the read was blocked and is now released; false when it
+    /// was not blocked (not arrived yet, or already returned), the reader's
+    /// connection is unknown, or Redis could not be asked.
+    async fn unblock(&self, stream: &str, client_id: i64) -> bool {
         if client_id == 0 {
-            return;
+            return false;
         }
-        if let Ok(mut lane) = self.broker.redis.lane().await {
-            let r = lane
-                .conn
-                .on_node_of(stream, redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id))
-                .await;
-            let _ = self.broker.redis.settle(&lane, r).await;
-        }
+        let Ok(mut lane) = self.broker.redis.lane().await else {
+            return false;
+        };
+        let r = lane
+            .conn
+            .on_node_of(stream, redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id))
+            .await;
+        matches!(
+            self.broker.redis.settle(&lane, r).await,
+            Ok(redis::Value::Int(1))
+        )
     }
 }
 
