@@ -842,13 +842,7 @@ impl Broker {
         lease_end: u64,
     ) -> Delivery {
         let d = envelope::decode(data);
-        let receipt = Receipt {
-            queue: target.route.queue.clone(),
-            group: target.group.clone(),
-            id: id.clone(),
-            attempt,
-        }
-        .encode();
+        let receipt = Receipt::encode_parts(&target.route.queue, &target.group, &id, attempt);
         Delivery {
             receipt,
             published_at: d.published_at.unwrap_or_else(|| id_secs(&id)),

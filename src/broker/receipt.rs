@@ -30,10 +30,35 @@ const MAX_RECEIPT_BYTES: usize = 8 * 1024;
 
 impl Receipt {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!(
-            "1\n{}\n{}\n{}\n{}",
-            self.queue, self.group, self.id, self.attempt
-        ))
+        Self::encode_parts(&self.queue, &self.group, &self.id, self.attempt)
+    }
+
+    /// [`Receipt::encode`] from borrowed parts: every delivery makes one, so
+    /// it builds no `Receipt` and runs no `format!`.
+    pub fn encode_parts(queue: &str, group: &str, id: &str, attempt: u32) -> String {
+        let mut raw = Vec::with_capacity(queue.len() + group.len() + id.len() + 16);
+        for part in [
+            b"1".as_slice(),
+            queue.as_bytes(),
+            group.as_bytes(),
+            id.as_bytes(),
+        ] {
+            raw.extend_from_slice(part);
+            raw.push(b'\n');
+        }
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        let mut n = attempt;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        raw.extend_from_slice(&digits[i..]);
+        URL_SAFE_NO_PAD.encode(raw)
     }
 
     pub fn decode(token: &str) -> Result<Receipt> {
@@ -105,6 +130,15 @@ mod tests {
             attempt: 3,
         };
         assert_eq!(Receipt::decode(&r.encode()).ok(), Some(r));
+    }
+
+    #[test]
+    fn encodes_the_documented_layout() {
+        for attempt in [1, 9, 10, 4_294_967_295] {
+            let token = Receipt::encode_parts("q", "q-group", "1-0", attempt);
+            let raw = URL_SAFE_NO_PAD.decode(token).expect("base64url");
+            assert_eq!(raw, format!("1\nq\nq-group\n1-0\n{attempt}").into_bytes());
+        }
     }
 
     #[test]

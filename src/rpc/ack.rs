@@ -32,11 +32,23 @@ pub async fn handle(
         caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     }
     let outcomes = svc.dispatcher.broker().ack(&receipts).await?;
+    // Free the credit of what was settled, one call per (queue, group): a
+    // batch of acks is nearly always for one subscription.
+    let mut settled: Vec<(&str, &str, Vec<&str>)> = Vec::new();
     for (r, o) in receipts.iter().zip(&outcomes) {
-        if *o != AckOutcome::Stale {
-            svc.dispatcher
-                .settled(&r.queue, &r.group, &[r.id.as_str()], false);
+        if *o == AckOutcome::Stale {
+            continue;
         }
+        match settled
+            .iter_mut()
+            .find(|(q, g, _)| *q == r.queue && *g == r.group)
+        {
+            Some((_, _, ids)) => ids.push(&r.id),
+            None => settled.push((&r.queue, &r.group, vec![&r.id])),
+        }
+    }
+    for (queue, group, ids) in settled {
+        svc.dispatcher.settled(queue, group, &ids, false);
     }
     Ok(proto::AckResponse {
         results: req
