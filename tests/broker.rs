@@ -254,6 +254,73 @@ async fn one_ack_call_settles_each_receipt_on_its_own_merits() {
     assert_eq!(pending_count(&redis, "webhook:mixed", "mixed-group"), 0);
 }
 
+/// An ack checks a receipt against the attempt its lease's score vouches for
+/// (deadline + attempt/1024, `lua/common.lua`) and falls back to the pending
+/// entry when the score vouches for nothing: a whole-ms score, as an older
+/// leanmqd writes when it leases, extends or redelivers. Neither way may a
+/// stale receipt settle the newer delivery.
+#[tokio::test]
+async fn receipts_are_checked_against_the_pending_entry_when_no_lease_score_vouches() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    for i in 0..3 {
+        send(&mut c, "/rec", format!("{i}").as_bytes()).await;
+    }
+    let got = receive(&mut c, "/rec", "", 3, 30_000).await;
+    assert_eq!(got.len(), 3);
+    let (stream, leases) = ("webhook:rec", "webhook:rec:leases:rec-group");
+    let mut r = redis.conn();
+    let score = |r: &mut redis::Connection, id: &str| -> f64 {
+        redis::cmd("ZSCORE")
+            .arg(leases)
+            .arg(id)
+            .query(r)
+            .expect("zscore")
+    };
+    let s = score(&mut r, &got[2].message_id);
+    assert_eq!(
+        (s - s.floor()) * 1024.0,
+        1.0,
+        "the score vouches for attempt 1"
+    );
+    // 0: leased the way an older leanmqd does, with a whole-ms score.
+    let _: i64 = redis::cmd("ZADD")
+        .arg(leases)
+        .arg(score(&mut r, &got[0].message_id).floor())
+        .arg(&got[0].message_id)
+        .query(&mut r)
+        .expect("zadd");
+    // 1: redelivered the way an older leanmqd does (XCLAIM to leanmqd's
+    // consumer, a new whole-ms lease).
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg("rec-group")
+        .arg("leanmq-grpc")
+        .arg(0)
+        .arg(&got[1].message_id)
+        .query(&mut r)
+        .expect("xclaim");
+    let _: i64 = redis::cmd("ZADD")
+        .arg(leases)
+        .arg(score(&mut r, &got[1].message_id).floor() + 60_000.0)
+        .arg(&got[1].message_id)
+        .query(&mut r)
+        .expect("zadd");
+    let second = leanmq_grpc::broker::receipt::Receipt::encode_parts(
+        "rec",
+        "rec-group",
+        &got[1].message_id,
+        2,
+    );
+    assert_eq!(
+        ack(&mut c, &[&got[0].receipt, &got[1].receipt, &got[2].receipt]).await,
+        vec![ACKED, STALE, ACKED]
+    );
+    assert_eq!(ack(&mut c, &[&second]).await, vec![ACKED]);
+    assert_eq!(pending_count(&redis, stream, "rec-group"), 0);
+}
+
 /// A reader takes new entries with a plain XREADGROUP and leases them with a
 /// second call; if leanmqd or Redis dies in between, the entry is pending
 /// under leanmqd's consumer with no lease. Such an entry is handed out again

@@ -1,17 +1,28 @@
 -- KEYS: stream, leases
 -- ARGV: group, then pairs (id, count)
 -- Returns one code per pair: 1 acked, 2 not pending, 3 stale.
--- Checks each receipt, then acks and drops the leases of all that hold
--- theirs with one XACK and one ZREM.
+-- Checks each receipt (against the attempt its lease's score vouches for,
+-- see lease_score, else against XPENDING), then acks and drops the leases of
+-- all that hold theirs with one XACK and one ZREM.
+local stream, leases, group = KEYS[1], KEYS[2], ARGV[1]
+local ids = {}
+for i = 2, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local scores = redis.call('ZMSCORE', leases, unpack(ids))
 local res, ok = {}, {}
-for i = 2, #ARGV, 2 do
-  local id = ARGV[i]
-  local h = holds(KEYS[1], ARGV[1], id, tonumber(ARGV[i + 1]))
+for j, id in ipairs(ids) do
+  local count = tonumber(ARGV[2 * j + 1])
+  local attempt = vouched(scores[j])
+  local h
+  if attempt then
+    h = attempt == count and 1 or 3
+  else
+    h = holds(stream, group, id, count)
+  end
   if h == 1 then ok[#ok + 1] = id end
   res[#res + 1] = h
 end
 if #ok > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ok))
-  redis.call('ZREM', KEYS[2], unpack(ok))
+  redis.call('XACK', stream, group, unpack(ok))
+  redis.call('ZREM', leases, unpack(ok))
 end
 return res

@@ -88,7 +88,7 @@ for _, id in ipairs(due) do
         redis.call('XACK', stream, group, id) -- entry deleted under us
         redis.call('ZREM', leases, id)
       else
-        redis.call('ZADD', leases, now + lease_ms, id)
+        redis.call('ZADD', leases, lease_score(now + lease_ms, n + 1), id)
         out[#out + 1] = {id, n + 1, c[1][2]}
       end
     end
@@ -112,7 +112,7 @@ if want > 0 then
 end
 local next_due = -1
 local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
-if #first > 0 then next_due = tonumber(first[2]) end
+if #first > 0 then next_due = math.floor(tonumber(first[2])) end
 local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #last > 0 then last_id = last[1][1] end
