@@ -60,7 +60,10 @@ pub async fn handle(
     };
     let stream = futures::stream::unfold((sub, open), |(mut sub, open)| async move {
         let item = sub.next().await?;
-        Some((item.map(convert::delivery).map_err(Into::into), (sub, open)))
+        Some((
+            item.map(|d| convert::delivery(*d)).map_err(Into::into),
+            (sub, open),
+        ))
     });
     Ok(Box::pin(stream))
 }
