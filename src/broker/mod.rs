@@ -231,6 +231,21 @@ pub(crate) fn bad_reply(what: &str) -> Error {
     Error::Internal(format!("unexpected Redis reply to {what}"))
 }
 
+/// Receipts grouped by (queue, group), each group the indexes of its
+/// receipts in order: what one ack call, or one credit release, covers. A
+/// batch is nearly always one subscription's, so a scan beats a map.
+pub fn by_subscription(receipts: &[Receipt]) -> Vec<((&str, &str), Vec<usize>)> {
+    let mut groups: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+    for (i, r) in receipts.iter().enumerate() {
+        let key = (r.queue.as_str(), r.group.as_str());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    groups
+}
+
 pub(crate) fn as_i64(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
@@ -861,14 +876,7 @@ impl Broker {
     /// (queue, group) go to Redis in one script call.
     pub async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
         let mut out = vec![AckOutcome::NotPending; receipts.len()];
-        let mut groups: Vec<((&str, &str), Vec<usize>)> = Vec::new();
-        for (i, r) in receipts.iter().enumerate() {
-            let key = (r.queue.as_str(), r.group.as_str());
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.push(i),
-                None => groups.push((key, vec![i])),
-            }
-        }
+        let groups = by_subscription(receipts);
         let calls = groups.iter().map(|((queue, group), idx)| {
             let k = self.keys(queue);
             let mut inv = self.scripts.ack.prepare_invoke();

@@ -4,7 +4,7 @@ use super::{BrokerService, Caller};
 use crate::auth::Action;
 use crate::broker::limits::MAX_ACK_RECEIPTS;
 use crate::broker::receipt::Receipt;
-use crate::broker::AckOutcome;
+use crate::broker::{by_subscription, AckOutcome};
 use crate::error::{Error, Result};
 use crate::proto;
 
@@ -32,23 +32,16 @@ pub async fn handle(
         caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     }
     let outcomes = svc.dispatcher.broker().ack(&receipts).await?;
-    // Free the credit of what was settled, one call per (queue, group): a
-    // batch of acks is nearly always for one subscription.
-    let mut settled: Vec<(&str, &str, Vec<&str>)> = Vec::new();
-    for (r, o) in receipts.iter().zip(&outcomes) {
-        if *o == AckOutcome::Stale {
-            continue;
+    // Free the credit of what was settled, one call per (queue, group).
+    for ((queue, group), idx) in by_subscription(&receipts) {
+        let ids: Vec<&str> = idx
+            .into_iter()
+            .filter(|&i| outcomes[i] != AckOutcome::Stale)
+            .map(|i| receipts[i].id.as_str())
+            .collect();
+        if !ids.is_empty() {
+            svc.dispatcher.settled(queue, group, &ids, false);
         }
-        match settled
-            .iter_mut()
-            .find(|(q, g, _)| *q == r.queue && *g == r.group)
-        {
-            Some((_, _, ids)) => ids.push(&r.id),
-            None => settled.push((&r.queue, &r.group, vec![&r.id])),
-        }
-    }
-    for (queue, group, ids) in settled {
-        svc.dispatcher.settled(queue, group, &ids, false);
     }
     Ok(proto::AckResponse {
         results: req
