@@ -26,12 +26,14 @@
 //! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
 
 pub mod auth;
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod layers;
 pub mod observe;
+pub mod queues;
 pub mod routing;
 pub mod rpc;
 pub mod server;

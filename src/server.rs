@@ -1,20 +1,22 @@
-//! Assembles leanmqd: Redis connection layer → broker → dispatcher → gRPC
-//! services (Broker, Health, Reflection) behind one tower stack, and the
-//! drain that stops it all.
+//! Assembles leanmqd: Redis connection layer → broker → domain façade
+//! ([`Queues`]) → gRPC services (Broker, Admin, Health, Reflection) behind
+//! one tower stack, and the drain that stops it all and waits for every task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::auth::Auth;
-use crate::broker::dispatch::Dispatcher;
 use crate::broker::{self, Broker};
 use crate::config::Config;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
+use crate::queues::Queues;
 use crate::rpc::admin::AdminService;
 use crate::rpc::{BrokerService, EdgeSettings};
 use crate::shutdown::Drain;
@@ -24,6 +26,11 @@ use crate::tls::Tls;
 const BROKER_SERVICE: &str = "leanmq.v1.Broker";
 const ADMIN_SERVICE: &str = "leanmq.v1.Admin";
 
+/// What the gRPC server future is, once built.
+type ServeFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+>;
+
 /// A running leanmqd.
 pub struct Running {
     /// The address actually bound (useful with port 0).
@@ -32,6 +39,8 @@ pub struct Running {
     pub health_addr: Option<SocketAddr>,
     drain: Drain,
     task: tokio::task::JoinHandle<Result<(), String>>,
+    /// How long the drain may take, server and tasks together.
+    grace: Duration,
     /// TLS files and tokens, re-read by [`Running::reload`] (SIGHUP).
     tls: Option<Arc<Tls>>,
     auth: Arc<Auth>,
@@ -56,15 +65,18 @@ impl Running {
         self.drain.trigger();
     }
 
-    /// Drain and wait until the server has stopped.
+    /// Drain and wait until the server and every task have stopped.
     pub async fn stop(self) -> Result<(), String> {
         self.drain.trigger();
         self.wait().await
     }
 
-    /// Wait until the server stops (after a drain).
+    /// Wait until the server stops (after a drain), then for every tracked
+    /// task, all within `--shutdown-grace` of the drain's start.
     pub async fn wait(self) -> Result<(), String> {
-        self.task.await.map_err(|e| format!("server task: {e}"))?
+        let served = self.task.await.map_err(|e| format!("server task: {e}"))?;
+        self.drain.wait(self.grace).await;
+        served
     }
 }
 
@@ -88,13 +100,54 @@ pub async fn serve(
         Some(files) => Some(Arc::new(Tls::load(files)?)),
         None => None,
     };
-    let auth = Arc::new(match &cfg.auth_tokens {
-        Some(path) => Auth::from_file(path)?,
+    let auth = Arc::new(load_auth(cfg)?);
+    let broker = Arc::new(build_broker(cfg, redis_url)?);
+    let drain = Drain::new();
+    broker::background::spawn(
+        broker.clone(),
+        broker::background::Retention {
+            max_age: cfg.retention_max_age,
+            interval: cfg.retention_interval,
+            max_len: cfg.max_len,
+            sample_gauges: cfg.metrics_listen.is_some(),
+        },
+        &drain,
+    );
+    let queues = Queues::new(broker.clone(), &drain);
+    let (reporter, health_svc) = tonic_health::server::health_reporter();
+    for name in ["", BROKER_SERVICE] {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    drain.spawn(watch_redis(broker, reporter.clone(), drain.clone()));
+    let health_addr = serve_health_only(cfg, Routes::new(health_svc.clone()), &drain).await?;
+    let routes = services(cfg, queues)?.add_service(health_svc);
+    let serving = serving(cfg, &auth, routes, listener, tls.clone(), reporter, &drain);
+    let task = tokio::spawn(until_drained(serving, drain.clone(), cfg.shutdown_grace));
+    tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
+    Ok(Running {
+        addr,
+        health_addr,
+        drain,
+        task,
+        grace: cfg.shutdown_grace,
+        tls,
+        auth,
+    })
+}
+
+fn load_auth(cfg: &Config) -> Result<Auth, String> {
+    match &cfg.auth_tokens {
+        Some(path) => Auth::from_file(path),
         None => {
             tracing::warn!("auth is OFF: any client may send, subscribe and administer every path; set --auth-tokens for a shared deployment");
-            Auth::off()
+            Ok(Auth::off())
         }
-    });
+    }
+}
+
+fn build_broker(cfg: &Config, redis_url: &str) -> Result<Broker, String> {
     let redis_ca = match &cfg.redis_tls_ca {
         Some(p) => Some(
             std::fs::read(p)
@@ -104,7 +157,7 @@ pub async fn serve(
     };
     let redis = broker::redis::Redis::new(redis_url, cfg.redis_lanes, cfg.redis_timeout, redis_ca)
         .map_err(|e| e.to_string())?;
-    let broker = Arc::new(Broker::new(
+    Ok(Broker::new(
         broker::Settings {
             prefix: cfg.prefix.clone(),
             max_attempts: cfg.max_attempts,
@@ -114,75 +167,39 @@ pub async fn serve(
             dedup_window: cfg.dedup_window,
         },
         redis,
-    ));
-    let (drain, drain_rx) = Drain::new();
-    broker::background::spawn(
-        broker.clone(),
-        broker::background::Retention {
-            max_age: cfg.retention_max_age,
-            interval: cfg.retention_interval,
-            max_len: cfg.max_len,
-            sample_gauges: cfg.metrics_listen.is_some(),
-        },
-        drain.subscribe(),
-    );
-    let admin_svc = AdminServer::new(AdminService::new(broker.clone()));
-    let dispatcher = Dispatcher::new(broker.clone(), drain_rx);
-    let service = BrokerService::new(
-        dispatcher,
-        EdgeSettings {
-            max_payload_bytes: cfg.max_payload_bytes,
-            max_headers_bytes: cfg.max_headers_bytes,
-            max_streams_per_connection: cfg.max_streams_per_connection,
-            max_subscriptions: cfg.max_subscriptions,
-            max_batch: cfg.max_batch,
-            default_lease: cfg.ack_deadline,
-        },
-    );
-    let max_request = (cfg.max_payload_bytes + (1 << 20)).max(32 << 20);
-    let broker_svc = BrokerServer::new(service)
-        .max_decoding_message_size(max_request)
-        .max_encoding_message_size(max_request);
+    ))
+}
 
-    let (reporter, health_svc) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(BROKER_SERVICE, ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    tokio::spawn(watch_redis(
-        broker.clone(),
-        reporter.clone(),
-        drain.subscribe(),
-    ));
-
-    let health_addr = match cfg.health_listen {
-        Some(at) => {
-            let l = TcpListener::bind(at)
-                .await
-                .map_err(|e| format!("cannot listen on {at} (--health-listen): {e}"))?;
-            let bound = l.local_addr().map_err(|e| e.to_string())?;
-            let mut on_drain = drain.subscribe();
-            let health_only = tonic::transport::Server::builder()
-                .add_service(health_svc.clone())
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(l),
-                    async move {
-                        let _ = on_drain.wait_for(|d| *d).await;
-                    },
-                );
-            tokio::spawn(async move {
-                if let Err(e) = health_only.await {
-                    tracing::error!("health listener: {e}");
-                }
-            });
-            tracing::info!(addr = %bound, "gRPC health (plaintext) listening");
-            Some(bound)
-        }
-        None => None,
+/// `--health-listen`: gRPC health alone, in plaintext, for probes.
+async fn serve_health_only(
+    cfg: &Config,
+    health: Routes,
+    drain: &Drain,
+) -> Result<Option<SocketAddr>, String> {
+    let Some(at) = cfg.health_listen else {
+        return Ok(None);
     };
+    let l = TcpListener::bind(at)
+        .await
+        .map_err(|e| format!("cannot listen on {at} (--health-listen): {e}"))?;
+    let bound = l.local_addr().map_err(|e| e.to_string())?;
+    let health_only = tonic::transport::Server::builder()
+        .add_routes(health)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(l),
+            drain.draining(),
+        );
+    drain.spawn(async move {
+        if let Err(e) = health_only.await {
+            tracing::error!("health listener: {e}");
+        }
+    });
+    tracing::info!(addr = %bound, "gRPC health (plaintext) listening");
+    Ok(Some(bound))
+}
 
+/// Broker, Admin and reflection.
+fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -190,17 +207,46 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| e.to_string())?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| e.to_string())?;
+    let max_request = (cfg.max_payload_bytes + (1 << 20)).max(32 << 20);
+    let broker_svc = BrokerServer::new(BrokerService::new(queues.clone(), edge_settings(cfg)))
+        .max_decoding_message_size(max_request)
+        .max_encoding_message_size(max_request);
+    Ok(Routes::new(broker_svc)
+        .add_service(AdminServer::new(AdminService::new(queues)))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
+}
 
-    let mut on_drain = drain.subscribe();
-    let drain_reporter = reporter.clone();
+fn edge_settings(cfg: &Config) -> EdgeSettings {
+    EdgeSettings {
+        max_payload_bytes: cfg.max_payload_bytes,
+        max_headers_bytes: cfg.max_headers_bytes,
+        max_streams_per_connection: cfg.max_streams_per_connection,
+        max_subscriptions: cfg.max_subscriptions,
+        max_batch: cfg.max_batch,
+        default_lease: cfg.ack_deadline,
+    }
+}
+
+/// The services behind one tower stack, served on `listener` until the
+/// drain starts (health then turns NOT_SERVING) and in-flight calls end.
+fn serving(
+    cfg: &Config,
+    auth: &Arc<Auth>,
+    routes: Routes,
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    reporter: HealthReporter,
+    drain: &Drain,
+) -> ServeFuture {
+    let on_drain = drain.draining();
     let signal = async move {
-        let _ = on_drain.wait_for(|d| *d).await;
-        drain_reporter
-            .set_service_status(BROKER_SERVICE, ServingStatus::NotServing)
-            .await;
-        drain_reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        on_drain.await;
+        for name in ["", BROKER_SERVICE] {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
         tracing::info!("draining: health NOT_SERVING, streams ending");
     };
     let router = tonic::transport::Server::builder()
@@ -223,68 +269,42 @@ pub async fn serve(
         .http2_keepalive_interval(Some(cfg.keepalive_interval))
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(broker_svc)
-        .add_service(admin_svc);
-    // Options on the builder apply only to listeners tonic binds itself; on
-    // ours, TCP_NODELAY must be set here, or small trailing writes wait ~40 ms
-    // for the client's delayed ACK.
-    type ServeFuture = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
-    >;
-    let serve: ServeFuture = match &tls {
+        .add_routes(routes);
+    match tls {
+        // Options on the builder apply only to listeners tonic binds itself;
+        // on ours, TCP_NODELAY must be set here, or small trailing writes
+        // wait ~40 ms for the client's delayed ACK.
         None => {
             let incoming = tonic::transport::server::TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60)));
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
-        Some(tls) => {
-            Box::pin(router.serve_with_incoming_shutdown(tls.clone().incoming(listener), signal))
-        }
-    };
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), signal)),
+    }
+}
 
-    let grace = cfg.shutdown_grace;
-    let mut grace_rx = drain.subscribe();
-    let task = tokio::spawn(async move {
-        tokio::select! {
-            r = serve => r.map_err(|e| format!("grpc server: {e}")),
-            _ = async {
-                let _ = grace_rx.wait_for(|d| *d).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!(?grace, "drain grace period over; exiting with connections still open");
-                Ok(())
-            }
+/// Serve until done, or until the grace period after the drain's start runs out.
+async fn until_drained(serving: ServeFuture, drain: Drain, grace: Duration) -> Result<(), String> {
+    tokio::select! {
+        r = serving => r.map_err(|e| format!("grpc server: {e}")),
+        _ = async { drain.draining().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "drain grace period over; exiting with connections still open");
+            Ok(())
         }
-    });
-    tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
-    Ok(Running {
-        addr,
-        health_addr,
-        drain,
-        task,
-        tls,
-        auth,
-    })
+    }
 }
 
 /// Health follows Redis: NOT_SERVING while it is unreachable, SERVING again after.
-async fn watch_redis(
-    broker: Arc<Broker>,
-    reporter: tonic_health::server::HealthReporter,
-    mut drain: tokio::sync::watch::Receiver<bool>,
-) {
+async fn watch_redis(broker: Arc<Broker>, reporter: HealthReporter, drain: Drain) {
     let mut serving = true;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = drain.wait_for(|d| *d) => return,
+            _ = drain.draining() => return,
         }
         let ok = broker.redis.ping().await.is_ok();
-        if ok != serving && !*drain.borrow() {
+        if ok != serving && !drain.is_draining() {
             serving = ok;
             let status = if ok {
                 ServingStatus::Serving

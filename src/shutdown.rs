@@ -1,13 +1,17 @@
 //! Shutdown: SIGINT or SIGTERM starts a time-bounded drain.
 //!
-//! The drain is a broadcast (`watch`) plus waiting: health turns
+//! The drain is a cancellation plus waiting: health turns
 //! NOT_SERVING, readers stop taking messages, Subscribe streams end with
 //! UNAVAILABLE (giving back what they never sent), the gRPC server stops
-//! accepting and finishes in-flight calls, and after `--shutdown-grace`
-//! leanmqd exits regardless. Unacked deliveries stay leased in Redis and are
+//! accepting and finishes in-flight calls, every tracked task (readers,
+//! the coalescer, background work, releases and dead-lettering) ends, and
+//! after `--shutdown-grace` leanmqd exits regardless. Unacked deliveries stay leased in Redis and are
 //! redelivered when their leases end.
 
-use tokio::sync::watch;
+use std::time::Duration;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 
 /// SIGINT and SIGTERM handlers. Registered by [`Signals::install`] before
 /// leanmqd binds, so a signal that arrives while it starts still drains
@@ -66,23 +70,60 @@ impl Signals {
     }
 }
 
-/// The drain broadcast: `trigger` once, every holder of a receiver sees it.
-#[derive(Clone)]
+/// The drain, and every task leanmqd spawns.
+///
+/// `trigger` cancels one token every loop watches; every task is spawned
+/// through [`Drain::spawn`] into one tracker, and [`Drain::wait`] waits for
+/// all of them (bounded), so nothing still writes to Redis when the
+/// embedded one is stopped.
+#[derive(Clone, Default)]
 pub struct Drain {
-    tx: watch::Sender<bool>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
 }
 
 impl Drain {
-    pub fn new() -> (Drain, watch::Receiver<bool>) {
-        let (tx, rx) = watch::channel(false);
-        (Drain { tx }, rx)
+    pub fn new() -> Drain {
+        Drain::default()
     }
 
+    /// Start draining: every loop stops taking new work.
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.cancel.cancel();
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.tx.subscribe()
+    pub fn is_draining(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves once the drain has started.
+    pub fn draining(&self) -> WaitForCancellationFutureOwned {
+        self.cancel.clone().cancelled_owned()
+    }
+
+    /// Spawn a tracked task.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn(task)
+    }
+
+    /// Wait, at most `grace`, for every tracked task to end; false when
+    /// some were still running at the deadline.
+    pub async fn wait(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        let done = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if !done {
+            tracing::warn!(
+                tasks = self.tracker.len(),
+                ?grace,
+                "drain grace period over with tasks still running"
+            );
+        }
+        done
     }
 }

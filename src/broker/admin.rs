@@ -8,12 +8,11 @@ use redis::Value;
 
 use super::envelope::{self, Decoded, FailureRecord};
 use super::receipt::is_entry_id;
-use super::{as_array, as_i64, as_string, bad_reply, data_field, Broker, Target};
+use super::scripts::{self, as_array, as_i64, as_string, bad_reply, data_field, RETRY_HOLD};
+use super::{Broker, Target};
 use crate::error::{Error, Result};
 use crate::routing::{self, Route};
 
-/// Pending entries parked for retry are held under this consumer.
-const RETRY: &str = "leanmq-grpc-retry";
 /// Most dead letters one "all"/"since" requeue moves.
 const MAX_REQUEUE: usize = 100_000;
 
@@ -179,36 +178,7 @@ impl Broker {
                 .query(redis::cmd("XINFO").arg("GROUPS").arg(&k.stream))
                 .await?;
             for g in as_array(&infos).unwrap_or_default() {
-                let f = fields(g);
-                let name = f.get("name").and_then(as_string).unwrap_or_default();
-                let summary: Value = self
-                    .query(redis::cmd("XPENDING").arg(&k.stream).arg(&name))
-                    .await?;
-                let s = as_array(&summary).unwrap_or_default();
-                let oldest = s.get(1).and_then(as_string).and_then(|id| id_ms(&id));
-                let retrying = s
-                    .get(3)
-                    .and_then(as_array)
-                    .map(|cs| {
-                        cs.iter()
-                            .filter_map(as_array)
-                            .filter(|c| c.first().and_then(as_string).as_deref() == Some(RETRY))
-                            .filter_map(|c| c.get(1).and_then(as_i64))
-                            .sum()
-                    })
-                    .unwrap_or(0);
-                groups.push(GroupInfo {
-                    pending: f.get("pending").and_then(as_i64).unwrap_or(0),
-                    consumers: f.get("consumers").and_then(as_i64).unwrap_or(0),
-                    lag: f.get("lag").and_then(as_i64).unwrap_or(-1),
-                    oldest_unacked_age_ms: oldest.map(|ms| now.saturating_sub(ms)),
-                    retrying,
-                    last_delivered_id: f
-                        .get("last-delivered-id")
-                        .and_then(as_string)
-                        .unwrap_or_default(),
-                    name,
-                });
+                groups.push(self.group_info(&k.stream, &fields(g), now).await?);
             }
         }
         let (dead_letters, delayed, stats, created): (
@@ -240,6 +210,44 @@ impl Broker {
             expired: stats.get("expired").copied().unwrap_or(0),
             dropped: stats.get("dropped").copied().unwrap_or(0),
             created_at: created.and_then(|c| c.parse().ok()),
+        })
+    }
+
+    /// One group of `XINFO GROUPS`, with its pending summary.
+    async fn group_info(
+        &self,
+        stream: &str,
+        f: &HashMap<String, Value>,
+        now: u64,
+    ) -> Result<GroupInfo> {
+        let name = f.get("name").and_then(as_string).unwrap_or_default();
+        let summary: Value = self
+            .query(redis::cmd("XPENDING").arg(stream).arg(&name))
+            .await?;
+        let s = as_array(&summary).unwrap_or_default();
+        let oldest = s.get(1).and_then(as_string).and_then(|id| id_ms(&id));
+        let retrying = s
+            .get(3)
+            .and_then(as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(as_array)
+                    .filter(|c| c.first().and_then(as_string).as_deref() == Some(RETRY_HOLD))
+                    .filter_map(|c| c.get(1).and_then(as_i64))
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(GroupInfo {
+            pending: f.get("pending").and_then(as_i64).unwrap_or(0),
+            consumers: f.get("consumers").and_then(as_i64).unwrap_or(0),
+            lag: f.get("lag").and_then(as_i64).unwrap_or(-1),
+            oldest_unacked_age_ms: oldest.map(|ms| now.saturating_sub(ms)),
+            retrying,
+            last_delivered_id: f
+                .get("last-delivered-id")
+                .and_then(as_string)
+                .unwrap_or_default(),
+            name,
         })
     }
 
@@ -352,18 +360,20 @@ impl Broker {
             let data = data_field(fields);
             let new =
                 envelope::requeue_data(data.as_deref(), &k.dlq, &k.stream, envelope::now_secs());
-            let mut inv = self.scripts.requeue.prepare_invoke();
-            inv.key(&k.dlq)
-                .key(&k.stream)
-                .arg(&dlq_group)
-                .arg(&id)
-                .arg(new);
-            let new_id: String = self.invoke(inv).await?;
-            if new_id.is_empty() {
-                missing.push(id);
-            } else {
-                tracing::info!(queue = %route.queue, dead_letter = %id, message_id = %new_id, "requeued");
-                done.push((id, new_id));
+            let moved = self
+                .run(scripts::Requeue {
+                    keys: &k,
+                    dlq_group: &dlq_group,
+                    id: &id,
+                    data: new,
+                })
+                .await?;
+            match moved {
+                None => missing.push(id),
+                Some(new_id) => {
+                    tracing::info!(queue = %route.queue, dead_letter = %id, message_id = %new_id, "requeued");
+                    done.push((id, new_id));
+                }
             }
         }
         Ok((done, missing))
@@ -374,33 +384,31 @@ impl Broker {
             return Err(Error::invalid(format!("{bad:?} is not a stream entry id")));
         }
         let k = self.keys(queue);
-        let mut inv = self.scripts.delete_dead.prepare_invoke();
-        inv.key(&k.dlq)
-            .arg(format!("{}-dlq", routing::default_group(queue)));
-        for id in ids {
-            inv.arg(id);
-        }
-        self.invoke(inv).await
+        self.run(scripts::DeleteDead {
+            dlq: &k.dlq,
+            dlq_group: format!("{}-dlq", routing::default_group(queue)),
+            ids,
+        })
+        .await
     }
 
     pub async fn purge_dead_letters(&self, queue: &str) -> Result<i64> {
         let k = self.keys(queue);
-        let mut inv = self.scripts.purge_dlq.prepare_invoke();
-        inv.key(&k.dlq)
-            .arg(format!("{}-dlq", routing::default_group(queue)));
-        self.invoke(inv).await
+        self.run(scripts::PurgeDlq {
+            dlq: &k.dlq,
+            dlq_group: format!("{}-dlq", routing::default_group(queue)),
+        })
+        .await
     }
 
     pub async fn purge_queue(&self, queue: &str) -> Result<i64> {
         let k = self.keys(queue);
-        let mut inv = self.scripts.purge_queue.prepare_invoke();
-        inv.key(&k.stream)
-            .key(&k.expiry)
-            .key(&k.delayed)
-            .key(&k.delayed_data)
-            .key(self.global(&k, &k.schedule))
-            .arg(queue);
-        let n = self.invoke(inv).await?;
+        let n = self
+            .run(scripts::PurgeQueue {
+                keys: &k,
+                schedule: self.global(&k, &k.schedule),
+            })
+            .await?;
         if self.redis.is_cluster() {
             let _: i64 = self
                 .query(redis::cmd("ZREM").arg(&k.schedule).arg(queue))
@@ -412,21 +420,14 @@ impl Broker {
 
     pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
         let k = self.keys(queue);
-        let mut inv = self.scripts.delete_queue.prepare_invoke();
-        inv.key(&k.stream)
-            .key(&k.expiry)
-            .key(&k.delayed)
-            .key(&k.delayed_data)
-            .key(self.global(&k, &k.schedule))
-            .key(&k.meta)
-            .key(&k.paths)
-            .key(&k.stats)
-            .key(self.global(&k, &k.registry))
-            .key(&k.dlq)
-            .key(&k.dlq_meta)
-            .arg(queue)
-            .arg(if with_dlq { "1" } else { "0" });
-        let n = self.invoke(inv).await?;
+        let n = self
+            .run(scripts::DeleteQueue {
+                keys: &k,
+                schedule: self.global(&k, &k.schedule),
+                registry: self.global(&k, &k.registry),
+                with_dlq,
+            })
+            .await?;
         if self.redis.is_cluster() {
             let mut srem = redis::cmd("SREM");
             srem.arg(&k.registry).arg(&k.stream);
@@ -467,87 +468,5 @@ impl Broker {
                     })
             })
             .collect())
-    }
-
-    /// Queues with due delayed messages: (Redis now, names, next due).
-    pub async fn due_queues(&self) -> Result<(u64, Vec<String>, Option<u64>)> {
-        let mut inv = self.scripts.due_queues.prepare_invoke();
-        inv.key(format!("{}schedule", self.settings.prefix))
-            .arg(100);
-        let (now, names, next): (i64, Vec<String>, i64) = self.invoke(inv).await?;
-        Ok((now as u64, names, (next >= 0).then_some(next as u64)))
-    }
-
-    /// Append a queue's due delayed messages; returns how many.
-    pub async fn promote(&self, queue: &str) -> Result<i64> {
-        let k = self.keys(queue);
-        let mut inv = self.scripts.promote.prepare_invoke();
-        inv.key(self.global(&k, &k.schedule))
-            .key(&k.stream)
-            .key(&k.delayed)
-            .key(&k.delayed_data)
-            .key(&k.expiry)
-            .arg(queue)
-            .arg(1000);
-        let (n, first): (i64, i64) = self.invoke(inv).await?;
-        if self.redis.is_cluster() {
-            // The schedule is in another slot. A send racing this may have
-            // set an earlier due that this overwrites; the retention sweep's
-            // schedule repair restores it.
-            let cmd = if first >= 0 {
-                redis::cmd("ZADD")
-                    .arg(&k.schedule)
-                    .arg(first)
-                    .arg(queue)
-                    .clone()
-            } else {
-                redis::cmd("ZREM").arg(&k.schedule).arg(queue).clone()
-            };
-            let _: i64 = self.query(&cmd).await?;
-        }
-        Ok(n)
-    }
-
-    /// Redis Cluster only: make sure the schedule knows a queue's earliest
-    /// delayed message (repairs what a crash between two commands, or a
-    /// race in `promote`, left behind). No-op on a single Redis, where the
-    /// scripts keep the schedule exact.
-    pub async fn repair_schedule(&self, queue: &str) -> Result<()> {
-        if !self.redis.is_cluster() {
-            return Ok(());
-        }
-        let k = self.keys(queue);
-        let first: Vec<(String, i64)> = self
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(&k.delayed)
-                    .arg(0)
-                    .arg(0)
-                    .arg("WITHSCORES"),
-            )
-            .await?;
-        if let Some((_, due)) = first.first() {
-            let _: i64 = self
-                .query(
-                    redis::cmd("ZADD")
-                        .arg(&k.schedule)
-                        .arg("LT")
-                        .arg(*due)
-                        .arg(queue),
-                )
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// One retention pass over a queue: (trimmed, dropped by --max-len).
-    pub async fn retain(&self, queue: &str, max_age_ms: u64, max_len: u64) -> Result<(i64, i64)> {
-        let k = self.keys(queue);
-        let mut inv = self.scripts.retention.prepare_invoke();
-        inv.key(&k.stream)
-            .key(&k.stats)
-            .arg(max_age_ms)
-            .arg(max_len);
-        self.invoke(inv).await
     }
 }

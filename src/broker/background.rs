@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
+use super::scripts::Due;
 use super::Broker;
+use crate::shutdown::Drain;
 
 /// Longest the scheduler sleeps between looks at the schedule, so a delayed
 /// message is appended within this much of its due time.
@@ -24,25 +24,32 @@ pub struct Retention {
     pub sample_gauges: bool,
 }
 
-pub fn spawn(broker: Arc<Broker>, retention: Retention, drain: watch::Receiver<bool>) {
-    tokio::spawn(scheduler(broker.clone(), drain.clone()));
+/// Start the scheduler, the retention sweep and (when metrics are served)
+/// the gauge sampler, tracked by `drain`.
+pub fn spawn(broker: Arc<Broker>, retention: Retention, drain: &Drain) {
+    drain.spawn(scheduler(broker.clone(), drain.clone()));
     if retention.sample_gauges {
-        tokio::spawn(gauges(broker.clone(), drain.clone()));
+        drain.spawn(gauges(broker.clone(), drain.clone()));
     }
-    tokio::spawn(sweeper(broker, retention, drain));
+    drain.spawn(sweeper(broker, retention, drain.clone()));
 }
 
-async fn pause(d: Duration, drain: &mut watch::Receiver<bool>) -> bool {
+/// Sleep `d`; true when the drain started instead.
+async fn pause(d: Duration, drain: &Drain) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
-        _ = drain.wait_for(|d| *d) => true,
+        _ = drain.draining() => true,
     }
 }
 
-async fn scheduler(broker: Arc<Broker>, mut drain: watch::Receiver<bool>) {
+async fn scheduler(broker: Arc<Broker>, drain: Drain) {
     loop {
         let wait = match broker.due_queues().await {
-            Ok((now, queues, next)) => {
+            Ok(Due {
+                now_ms: now,
+                queues,
+                next_ms: next,
+            }) => {
                 for q in &queues {
                     match broker.promote(q).await {
                         Ok(n) if n > 0 => {
@@ -54,7 +61,7 @@ async fn scheduler(broker: Arc<Broker>, mut drain: watch::Receiver<bool>) {
                         }
                     }
                 }
-                if queues.len() >= 100 {
+                if queues.len() >= broker.due_queues_per_look() {
                     Duration::ZERO
                 } else {
                     next.map(|n| Duration::from_millis(n.saturating_sub(now)))
@@ -67,15 +74,15 @@ async fn scheduler(broker: Arc<Broker>, mut drain: watch::Receiver<bool>) {
                 Duration::from_secs(1)
             }
         };
-        if pause(wait, &mut drain).await {
+        if pause(wait, &drain).await {
             return;
         }
     }
 }
 
-async fn sweeper(broker: Arc<Broker>, r: Retention, mut drain: watch::Receiver<bool>) {
+async fn sweeper(broker: Arc<Broker>, r: Retention, drain: Drain) {
     loop {
-        if pause(r.interval, &mut drain).await {
+        if pause(r.interval, &drain).await {
             return;
         }
         let queues = match broker.list_queues().await {
@@ -115,7 +122,7 @@ async fn sweeper(broker: Arc<Broker>, r: Retention, mut drain: watch::Receiver<b
 }
 
 /// Per-queue gauges for /metrics, every 15 s (first 1000 queues).
-async fn gauges(broker: Arc<Broker>, mut drain: watch::Receiver<bool>) {
+async fn gauges(broker: Arc<Broker>, drain: Drain) {
     loop {
         if let Ok(queues) = broker.list_queues().await {
             for q in queues.iter().take(1000) {
@@ -139,7 +146,7 @@ async fn gauges(broker: Arc<Broker>, mut drain: watch::Receiver<bool>) {
                 }
             }
         }
-        if pause(Duration::from_secs(15), &mut drain).await {
+        if pause(Duration::from_secs(15), &drain).await {
             return;
         }
     }

@@ -11,12 +11,13 @@
 //! nothing was written (the call is all-or-nothing), and each message is
 //! retried alone so one bad message can't fail its neighbours.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Broker, Outgoing, Sent};
 use crate::error::{Error, Result};
+use crate::shutdown::Drain;
 
 /// Shared calls outstanding at once; more Sends wait and join the next one.
 const IN_FLIGHT: usize = 8;
@@ -26,49 +27,81 @@ const MAX_SHARED: usize = 256;
 const QUEUE: usize = 8192;
 
 /// One waiting Send.
-pub(super) struct Job {
+struct Job {
     msg: Outgoing,
     done: oneshot::Sender<Result<Sent>>,
 }
 
-/// The queue and the call slots.
-pub(super) struct Coalescer {
+/// The queue of waiting Sends and the call slots.
+pub struct Coalescer {
+    broker: Arc<Broker>,
     tx: mpsc::Sender<Job>,
     slots: Arc<Semaphore>,
 }
 
-/// Start the coalescing task for `broker`; it ends when the broker is dropped
-/// (the broker holds the only sender).
-pub(super) fn spawn(broker: Weak<Broker>) -> Coalescer {
-    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let task_slots = slots.clone();
-    tokio::spawn(async move {
-        let slots = task_slots;
-        while let Some(first) = rx.recv().await {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_SHARED {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
+impl Coalescer {
+    /// Start the coalescing task; it ends on drain, or when the coalescer
+    /// is dropped (it holds the only sender).
+    pub fn start(broker: Arc<Broker>, drain: &Drain) -> Coalescer {
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        drain.spawn(gather(broker.clone(), rx, slots.clone(), drain.clone()));
+        Coalescer { broker, tx, slots }
+    }
+
+    /// Append one message, sharing a call with concurrent Sends.
+    pub async fn send(&self, msg: Outgoing) -> Result<Sent> {
+        // A free slot and nobody waiting: call now. (The permit is released
+        // even if this future is dropped mid-call.)
+        if self.tx.capacity() == self.tx.max_capacity() {
+            if let Ok(_permit) = self.slots.clone().try_acquire_owned() {
+                return self.broker.send_alone(&msg).await;
             }
-            let Some(broker) = broker.upgrade() else {
-                for j in jobs {
-                    let _ = j.done.send(Err(Error::ShuttingDown));
-                }
-                break;
-            };
-            tokio::spawn(async move {
-                run(&broker, jobs).await;
-                drop(permit);
-            });
         }
-    });
-    Coalescer { tx, slots }
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job { msg, done })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the send was dropped before Redis answered".into()))?
+    }
+}
+
+/// Take waiting Sends as call slots free up, up to [`MAX_SHARED`] a call.
+async fn gather(
+    broker: Arc<Broker>,
+    mut rx: mpsc::Receiver<Job>,
+    slots: Arc<Semaphore>,
+    drain: Drain,
+) {
+    // On drain, Sends already waiting are still sent (their callers wait);
+    // then the task ends, and later Sends get UNAVAILABLE.
+    loop {
+        let first = tokio::select! {
+            biased;
+            j = rx.recv() => j,
+            _ = drain.draining() => rx.try_recv().ok(),
+        };
+        let Some(first) = first else {
+            break;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_SHARED {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let broker = broker.clone();
+        drain.spawn(async move {
+            run(&broker, jobs).await;
+            drop(permit);
+        });
+    }
 }
 
 /// One call per queue: a call within one queue can skip the script when its
@@ -107,34 +140,5 @@ async fn shared(broker: &Broker, jobs: Vec<Job>) {
                 let _ = done.send(broker.send_alone(m).await);
             }
         }
-    }
-}
-
-impl Broker {
-    /// Append one message in a call of its own.
-    async fn send_alone(&self, msg: &Outgoing) -> Result<Sent> {
-        self.send(std::slice::from_ref(msg))
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Internal("send returned no id".into()))
-    }
-
-    /// Append one message, sharing a script call with concurrent Sends.
-    pub async fn send_one(self: &Arc<Self>, msg: Outgoing) -> Result<Sent> {
-        let c = self.coalescer.get_or_init(|| spawn(Arc::downgrade(self)));
-        // A free slot and nobody waiting: call now. (The permit is released
-        // even if this future is dropped mid-call.)
-        if c.tx.capacity() == c.tx.max_capacity() {
-            if let Ok(_permit) = c.slots.clone().try_acquire_owned() {
-                return self.send_alone(&msg).await;
-            }
-        }
-        let (done, rx) = oneshot::channel();
-        c.tx.send(Job { msg, done })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await
-            .map_err(|_| Error::Unavailable("the send was dropped before Redis answered".into()))?
     }
 }

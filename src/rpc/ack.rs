@@ -4,7 +4,7 @@ use super::{BrokerService, Caller};
 use crate::auth::Action;
 use crate::broker::limits::MAX_ACK_RECEIPTS;
 use crate::broker::receipt::Receipt;
-use crate::broker::{by_subscription, AckOutcome};
+use crate::broker::AckOutcome;
 use crate::error::{Error, Result};
 use crate::proto;
 
@@ -31,18 +31,7 @@ pub async fn handle(
     for r in &receipts {
         caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     }
-    let outcomes = svc.dispatcher.broker().ack(&receipts).await?;
-    // Free the credit of what was settled, one call per (queue, group).
-    for ((queue, group), idx) in by_subscription(&receipts) {
-        let ids: Vec<&str> = idx
-            .into_iter()
-            .filter(|&i| outcomes[i] != AckOutcome::Stale)
-            .map(|i| receipts[i].id.as_str())
-            .collect();
-        if !ids.is_empty() {
-            svc.dispatcher.settled(queue, group, &ids, false);
-        }
-    }
+    let outcomes = svc.queues.ack(&receipts).await?;
     Ok(proto::AckResponse {
         results: req
             .receipts

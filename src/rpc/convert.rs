@@ -77,8 +77,6 @@ pub fn outgoing(
     settings: &super::EdgeSettings,
     traceparent: Option<&str>,
 ) -> Result<Outgoing> {
-    let max_payload = settings.max_payload_bytes;
-    let max_header_bytes = settings.max_headers_bytes;
     if let Some(tp) = traceparent {
         if !r.headers.contains_key("traceparent") {
             r.headers.insert("traceparent".into(), tp.to_string());
@@ -91,61 +89,89 @@ pub fn outgoing(
         other => other,
     };
     let route = routing::route(&r.path).map_err(at)?;
-    if r.payload.len() > max_payload {
+    if r.payload.len() > settings.max_payload_bytes {
         return Err(at(Error::PayloadTooLarge {
             size: r.payload.len(),
-            limit: max_payload,
+            limit: settings.max_payload_bytes,
         }));
     }
-    let content_type = if r.content_type.is_empty() {
-        OCTET_STREAM.to_string()
-    } else {
-        if r.content_type.len() > MAX_CONTENT_TYPE_BYTES
-            || r.content_type.chars().any(|c| c.is_control())
-        {
-            return Err(at(Error::invalid(format!(
-                "content_type must be printable and at most {MAX_CONTENT_TYPE_BYTES} bytes"
-            ))));
-        }
-        r.content_type
-    };
-    if r.headers.len() > MAX_HEADERS {
-        return Err(at(Error::invalid(format!(
+    // Checked in this order, so a request with several faults hears of the first.
+    let content_type = content_type(r.content_type).map_err(at)?;
+    let headers = headers(r.headers, settings.max_headers_bytes).map_err(at)?;
+    let ttl = optional_duration("ttl", r.ttl, MAX_SCHEDULE).map_err(at)?;
+    let delay = optional_duration("delay", r.delay, MAX_SCHEDULE).map_err(at)?;
+    Ok(Outgoing {
+        route,
+        payload: r.payload,
+        content_type,
+        headers,
+        ttl,
+        delay: delay_or_deliver_at(delay, r.deliver_at).map_err(at)?,
+        idempotency_key: idempotency_key(r.idempotency_key).map_err(at)?,
+    })
+}
+
+/// A message's content type; octet-stream when unset.
+fn content_type(ct: String) -> Result<String> {
+    if ct.is_empty() {
+        return Ok(OCTET_STREAM.to_string());
+    }
+    if ct.len() > MAX_CONTENT_TYPE_BYTES || ct.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "content_type must be printable and at most {MAX_CONTENT_TYPE_BYTES} bytes"
+        )));
+    }
+    Ok(ct)
+}
+
+/// A message's headers, sorted, within the count and size limits.
+fn headers(
+    h: std::collections::HashMap<String, String>,
+    max_bytes: usize,
+) -> Result<Vec<(String, String)>> {
+    if h.len() > MAX_HEADERS {
+        return Err(Error::invalid(format!(
             "{} headers; the limit is {MAX_HEADERS}",
-            r.headers.len()
-        ))));
+            h.len()
+        )));
     }
-    let size: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if size > max_header_bytes {
-        return Err(at(Error::invalid(format!(
-            "headers total {size} bytes; the limit is {max_header_bytes} (--max-headers-bytes)"
-        ))));
+    let size: usize = h.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > max_bytes {
+        return Err(Error::invalid(format!(
+            "headers total {size} bytes; the limit is {max_bytes} (--max-headers-bytes)"
+        )));
     }
-    let mut headers: Vec<(String, String)> = r.headers.into_iter().collect();
+    let mut headers: Vec<(String, String)> = h.into_iter().collect();
     headers.sort();
     for (k, v) in &headers {
         if k.is_empty()
             || k.chars().any(|c| c.is_control())
             || v.chars().any(|c| c.is_control() && c != '\t')
         {
-            return Err(at(Error::invalid(format!(
+            return Err(Error::invalid(format!(
                 "header {k:?}: keys must be non-empty, and keys and values free of control characters"
-            ))));
+            )));
         }
         if k.to_ascii_lowercase().starts_with("leanmq-") {
-            return Err(at(Error::invalid(format!(
+            return Err(Error::invalid(format!(
                 "header {k:?}: the \"leanmq-\" prefix is reserved for headers the broker adds"
-            ))));
+            )));
         }
     }
-    let ttl = optional_duration("ttl", r.ttl, MAX_SCHEDULE).map_err(at)?;
-    let delay = optional_duration("delay", r.delay, MAX_SCHEDULE).map_err(at)?;
-    let delay = match (delay, r.deliver_at) {
-        (Some(_), Some(_)) => return Err(at(Error::invalid("give delay or deliver_at, not both"))),
-        (d, None) => d,
+    Ok(headers)
+}
+
+/// The delay a message waits: `delay`, or the time until `deliver_at`.
+fn delay_or_deliver_at(
+    delay: Option<Duration>,
+    deliver_at: Option<prost_types::Timestamp>,
+) -> Result<Option<Duration>> {
+    match (delay, deliver_at) {
+        (Some(_), Some(_)) => Err(Error::invalid("give delay or deliver_at, not both")),
+        (d, None) => Ok(d),
         (None, Some(ts)) => {
             if ts.nanos < 0 || ts.nanos >= 1_000_000_000 {
-                return Err(at(Error::invalid("deliver_at has nanos out of range")));
+                return Err(Error::invalid("deliver_at has nanos out of range"));
             }
             let at_ms = ts
                 .seconds
@@ -154,31 +180,23 @@ pub fn outgoing(
             let now_ms = (crate::broker::envelope::now_secs() * 1000.0) as i64;
             let d = Duration::from_millis(at_ms.saturating_sub(now_ms).max(0) as u64);
             if d > MAX_SCHEDULE {
-                return Err(at(Error::invalid("deliver_at is more than 365 days ahead")));
+                return Err(Error::invalid("deliver_at is more than 365 days ahead"));
             }
-            (!d.is_zero()).then_some(d)
+            Ok((!d.is_zero()).then_some(d))
         }
-    };
-    let idempotency_key = if r.idempotency_key.is_empty() {
-        None
-    } else if r.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES
-        || r.idempotency_key.chars().any(|c| c.is_control())
-    {
-        return Err(at(Error::invalid(format!(
+    }
+}
+
+fn idempotency_key(key: String) -> Result<Option<String>> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
             "idempotency_key must be at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes, without control characters"
-        ))));
-    } else {
-        Some(r.idempotency_key)
-    };
-    Ok(Outgoing {
-        route,
-        payload: r.payload,
-        content_type,
-        headers,
-        ttl,
-        delay,
-        idempotency_key,
-    })
+        )));
+    }
+    Ok(Some(key))
 }
 
 /// Where a new group starts, as an XGROUP CREATE id ("$" when unset).
@@ -247,7 +265,7 @@ pub fn sent(s: crate::broker::Sent) -> proto::SendResponse {
 
 pub fn delivery(d: Delivery) -> proto::Delivery {
     proto::Delivery {
-        receipt: d.receipt,
+        receipt: d.receipt_token(),
         message_id: d.message_id,
         path: d.path,
         payload: d.payload,

@@ -20,8 +20,7 @@ pub async fn handle(
         svc.settings.default_lease,
         LEASE_RANGE,
     )?;
-    let end = svc.dispatcher.broker().extend(&r, by).await?;
-    svc.dispatcher.extended(&r.queue, &r.group, &r.id, by);
+    let end = svc.queues.extend(&r, by).await?;
     Ok(proto::ExtendResponse {
         lease_expires_at: Some(convert::timestamp_ms(end)),
     })

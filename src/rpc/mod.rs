@@ -1,7 +1,8 @@
 //! The gRPC edge: one thin `impl` of the generated `Broker` trait that
 //! delegates each RPC to its own file. Each handler converts protobuf to
-//! domain values (`convert`), calls the broker, and converts back; errors
-//! become statuses only through `impl From<Error> for Status`.
+//! domain values (`convert`), makes one call into the domain façade
+//! ([`Queues`]), and converts back; errors become statuses only through
+//! `impl From<Error> for Status`.
 
 mod ack;
 pub mod admin;
@@ -21,8 +22,8 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Grant;
-use crate::broker::dispatch::Dispatcher;
 use crate::proto;
+use crate::queues::Queues;
 
 /// Edge settings: limits and defaults applied while validating requests.
 #[derive(Debug, Clone)]
@@ -38,7 +39,7 @@ pub struct EdgeSettings {
 
 /// The `leanmq.v1.Broker` service.
 pub struct BrokerService {
-    dispatcher: Arc<Dispatcher>,
+    queues: Arc<Queues>,
     settings: EdgeSettings,
     /// Open Subscribe streams, in all and per client connection, for
     /// `--max-subscriptions` and `--max-streams-per-connection`.
@@ -46,9 +47,9 @@ pub struct BrokerService {
 }
 
 impl BrokerService {
-    pub fn new(dispatcher: Arc<Dispatcher>, settings: EdgeSettings) -> Self {
+    pub fn new(queues: Arc<Queues>, settings: EdgeSettings) -> Self {
         BrokerService {
-            dispatcher,
+            queues,
             settings,
             streams: Arc::default(),
         }

@@ -29,14 +29,7 @@ pub async fn handle(
     caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     let delay = convert::optional_duration("delay", req.delay, MAX_NACK_DELAY)?;
     let reason = truncate(&req.reason, MAX_REASON_BYTES);
-    let outcome = svc
-        .dispatcher
-        .broker()
-        .nack(&r, delay, req.dead_letter, reason)
-        .await?;
-    let retry = matches!(outcome, NackOutcome::Retry { .. });
-    svc.dispatcher
-        .settled(&r.queue, &r.group, &[r.id.as_str()], retry);
+    let outcome = svc.queues.nack(&r, delay, req.dead_letter, reason).await?;
     Ok(match outcome {
         NackOutcome::Retry { at_ms } => proto::NackResponse {
             outcome: proto::NackOutcome::RetryScheduled as i32,

@@ -5,6 +5,7 @@ use crate::auth::Action;
 use crate::broker::limits::{DEFAULT_MAX_MESSAGES, LEASE_RANGE, MAX_MESSAGES, MAX_WAIT};
 use crate::error::{Error, Result};
 use crate::proto;
+use crate::queues::Pull;
 
 pub async fn handle(
     svc: &BrokerService,
@@ -31,12 +32,13 @@ pub async fn handle(
         svc.settings.default_lease,
         LEASE_RANGE,
     )?;
-    let start = convert::start_position(req.start)?;
-    svc.dispatcher
-        .broker()
-        .ensure(&target, &start, Some(&target.route.path))
-        .await?;
-    let deliveries = svc.dispatcher.receive(&target, max, lease, wait).await?;
+    let pull = Pull {
+        max,
+        lease,
+        wait,
+        start: convert::start_position(req.start)?,
+    };
+    let deliveries = svc.queues.receive(&target, pull).await?;
     Ok(proto::ReceiveResponse {
         deliveries: deliveries.into_iter().map(convert::delivery).collect(),
     })

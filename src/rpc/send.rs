@@ -24,7 +24,7 @@ pub async fn handle(
     async move {
         let msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
         caller.grant.check(Action::Send, &msg.route)?;
-        let s = svc.dispatcher.broker().send_one(msg).await?;
+        let s = svc.queues.send(msg).await?;
         Ok(convert::sent(s))
     }
     .instrument(span)

@@ -31,7 +31,7 @@ pub async fn handle(
             Ok(msg)
         })
         .collect::<Result<Vec<_>>>()?;
-    let sent = svc.dispatcher.broker().send(&msgs).await?;
+    let sent = svc.queues.send_batch(&msgs).await?;
     Ok(proto::SendBatchResponse {
         results: sent.into_iter().map(convert::sent).collect(),
     })

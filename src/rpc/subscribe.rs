@@ -12,6 +12,7 @@ use crate::auth::Action;
 use crate::broker::limits::{DEFAULT_MAX_IN_FLIGHT, LEASE_RANGE, MAX_IN_FLIGHT};
 use crate::error::{Error, Result};
 use crate::proto;
+use crate::queues::Source;
 
 pub async fn handle(
     svc: &BrokerService,
@@ -39,25 +40,24 @@ pub async fn handle(
         LEASE_RANGE,
     )?;
     let start = convert::start_position(req.start)?;
-    let sub = match pattern {
+    let source = match pattern {
         Some(pattern) => {
             crate::routing::check_name("group", &req.group)?;
             crate::routing::check_name("consumer", &req.consumer)?;
             tracing::debug!(pattern = %pattern.text, group = %req.group, consumer = %req.consumer, "subscribed to a pattern");
             let group = (!req.group.is_empty()).then(|| req.group.clone());
-            svc.dispatcher
-                .subscribe_pattern(pattern, group, start, max_in_flight, lease)
+            Source::Pattern { pattern, group }
         }
         None => {
             let target = convert::target(&req.path, &req.group, &req.consumer)?;
-            svc.dispatcher
-                .broker()
-                .ensure(&target, &start, Some(&target.route.path))
-                .await?;
             tracing::debug!(queue = %target.route.queue, group = %target.group, consumer = %req.consumer, "subscribed");
-            svc.dispatcher.subscribe(&target, max_in_flight, lease)
+            Source::Path(target)
         }
     };
+    let sub = svc
+        .queues
+        .subscribe(source, start, max_in_flight, lease)
+        .await?;
     let stream = futures::stream::unfold((sub, open), |(mut sub, open)| async move {
         let item = sub.next().await?;
         Some((

@@ -1,6 +1,6 @@
 -- KEYS: stream, leases
 -- ARGV: group, then pairs (id, count)
--- Returns one code per pair: 1 acked, 2 not pending, 3 stale.
+-- Returns one code per pair: HELD (now acked), NOT_PENDING or STALE.
 -- Checks each receipt (against the attempt its lease's score vouches for,
 -- see lease_score, else against XPENDING), then acks and drops the leases of
 -- all that hold theirs with one XACK and one ZREM.
@@ -14,11 +14,11 @@ for j, id in ipairs(ids) do
   local attempt = vouched(scores[j])
   local h
   if attempt then
-    h = attempt == count and 1 or 3
+    h = attempt == count and HELD or STALE
   else
     h = holds(stream, group, id, count)
   end
-  if h == 1 then ok[#ok + 1] = id end
+  if h == HELD then ok[#ok + 1] = id end
   res[#res + 1] = h
 end
 if #ok > 0 then

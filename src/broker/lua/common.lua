@@ -1,9 +1,8 @@
 -- Shared helpers, prepended to every script.
--- Holder consumer names. A delivery is valid only while its entry is
--- pending under HOLDER with the delivery count the receipt carries.
-local HOLDER = 'leanmq-grpc'
-local RETRY = 'leanmq-grpc-retry'
-local DLQ_HOLD = 'leanmq-grpc-dlq'
+-- The holder consumer names (HOLDER, RETRY, DLQ_HOLD) and the result codes
+-- (HELD, NOT_PENDING, STALE) come before this file, from the constants in
+-- broker/scripts (one definition for Rust and Lua). A delivery is valid only
+-- while its entry is pending under HOLDER with the count its receipt carries.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -44,13 +43,13 @@ local function pending(stream, group, id)
   return p[1][2], tonumber(p[1][4])
 end
 
--- 1 when the receipt (id, count) still holds the lease; else 2 when the
--- entry is not pending, 3 when it is pending under another delivery.
+-- HELD when the receipt (id, count) still holds the lease; else NOT_PENDING
+-- when the entry is not pending, STALE when it is pending under another delivery.
 local function holds(stream, group, id, count)
   local consumer, n = pending(stream, group, id)
-  if consumer == nil then return 2 end
-  if consumer ~= HOLDER or n ~= count then return 3 end
-  return 1
+  if consumer == nil then return NOT_PENDING end
+  if consumer ~= HOLDER or n ~= count then return STALE end
+  return HELD
 end
 
 -- A lease's score in {stream}:leases:{group} is its deadline in ms. While

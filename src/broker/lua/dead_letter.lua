@@ -4,9 +4,9 @@
 -- KEYS: stream, leases, dlq
 -- ARGV: group, id, holder, count, data
 local consumer, n = pending(KEYS[1], ARGV[1], ARGV[2])
-if consumer == nil then return {2, ''} end
-if consumer ~= ARGV[3] or n ~= tonumber(ARGV[4]) then return {3, ''} end
+if consumer == nil then return {NOT_PENDING, ''} end
+if consumer ~= ARGV[3] or n ~= tonumber(ARGV[4]) then return {STALE, ''} end
 local dlq_id = redis.call('XADD', KEYS[3], '*', 'data', ARGV[5])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
-return {1, dlq_id}
+return {HELD, dlq_id}

@@ -1,14 +1,14 @@
 //! GetQueue: one queue in detail.
 
 use super::queue_of;
-use crate::broker::Broker;
 use crate::error::Result;
 use crate::proto;
+use crate::queues::Queues;
 use crate::rpc::convert::timestamp_secs;
 
-pub async fn handle(broker: &Broker, req: proto::GetQueueRequest) -> Result<proto::QueueInfo> {
+pub async fn handle(queues: &Queues, req: proto::GetQueueRequest) -> Result<proto::QueueInfo> {
     let route = queue_of(&req.path)?;
-    let q = broker.get_queue(&route.queue).await?;
+    let q = queues.get_queue(&route.queue).await?;
     let retrying: i64 = q.groups.iter().map(|g| g.retrying).sum();
     Ok(proto::QueueInfo {
         queue: q.queue,

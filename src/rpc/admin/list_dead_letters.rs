@@ -2,18 +2,18 @@
 
 use super::queue_of;
 use crate::broker::limits::{DEFAULT_PAGE, MAX_PAGE};
-use crate::broker::Broker;
 use crate::error::Result;
 use crate::proto;
+use crate::queues::Queues;
 use crate::rpc::convert::{self, timestamp_secs};
 
 pub async fn handle(
-    broker: &Broker,
+    queues: &Queues,
     req: proto::ListDeadLettersRequest,
 ) -> Result<proto::ListDeadLettersResponse> {
     let route = queue_of(&req.path)?;
     let page = convert::count("page_size", req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-    let (letters, next) = broker
+    let (letters, next) = queues
         .list_dead_letters(&route.queue, page as usize, &req.page_token)
         .await?;
     Ok(proto::ListDeadLettersResponse {

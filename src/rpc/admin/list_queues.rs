@@ -1,16 +1,16 @@
 //! ListQueues: every queue in the registry the caller may administer.
 
-use crate::broker::Broker;
 use crate::error::Result;
 use crate::proto;
+use crate::queues::Queues;
 
 pub async fn handle(
-    broker: &Broker,
+    queues: &Queues,
     grant: &crate::auth::Grant,
     _req: proto::ListQueuesRequest,
 ) -> Result<proto::ListQueuesResponse> {
     Ok(proto::ListQueuesResponse {
-        queues: broker
+        queues: queues
             .list_queues()
             .await?
             .into_iter()

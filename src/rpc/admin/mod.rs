@@ -15,18 +15,18 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Action;
 use crate::broker::admin::resolve;
-use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::proto;
+use crate::queues::Queues;
 use crate::routing::Route;
 
 pub struct AdminService {
-    broker: Arc<Broker>,
+    queues: Arc<Queues>,
 }
 
 impl AdminService {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        AdminService { broker }
+    pub fn new(queues: Arc<Queues>) -> Self {
+        AdminService { queues }
     }
 }
 
@@ -89,7 +89,7 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Reply<proto::ListQueuesResponse> {
         Ok(Response::new(
             list_queues::handle(
-                &self.broker,
+                &self.queues,
                 &*crate::auth::grant_of(&req)?,
                 req.into_inner(),
             )
@@ -99,7 +99,7 @@ impl proto::admin_server::Admin for AdminService {
 
     async fn get_queue(&self, req: Request<proto::GetQueueRequest>) -> Reply<proto::QueueInfo> {
         Ok(Response::new(
-            get_queue::handle(&self.broker, admitted(req)?).await?,
+            get_queue::handle(&self.queues, admitted(req)?).await?,
         ))
     }
 
@@ -108,7 +108,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::ListDeadLettersRequest>,
     ) -> Reply<proto::ListDeadLettersResponse> {
         Ok(Response::new(
-            list_dead_letters::handle(&self.broker, admitted(req)?).await?,
+            list_dead_letters::handle(&self.queues, admitted(req)?).await?,
         ))
     }
 
@@ -117,7 +117,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::RequeueDeadLettersRequest>,
     ) -> Reply<proto::RequeueDeadLettersResponse> {
         Ok(Response::new(
-            requeue::handle(&self.broker, admitted(req)?).await?,
+            requeue::handle(&self.queues, admitted(req)?).await?,
         ))
     }
 
@@ -126,7 +126,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::DeleteDeadLettersRequest>,
     ) -> Reply<proto::DeleteDeadLettersResponse> {
         Ok(Response::new(
-            delete_dead_letters::handle(&self.broker, admitted(req)?).await?,
+            delete_dead_letters::handle(&self.queues, admitted(req)?).await?,
         ))
     }
 
@@ -135,7 +135,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::PurgeDeadLettersRequest>,
     ) -> Reply<proto::PurgeDeadLettersResponse> {
         Ok(Response::new(
-            purge_dead_letters::handle(&self.broker, admitted(req)?).await?,
+            purge_dead_letters::handle(&self.queues, admitted(req)?).await?,
         ))
     }
 
@@ -144,7 +144,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::PurgeQueueRequest>,
     ) -> Reply<proto::PurgeQueueResponse> {
         Ok(Response::new(
-            purge_queue::handle(&self.broker, admitted(req)?).await?,
+            purge_queue::handle(&self.queues, admitted(req)?).await?,
         ))
     }
 
@@ -153,7 +153,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::DeleteQueueRequest>,
     ) -> Reply<proto::DeleteQueueResponse> {
         Ok(Response::new(
-            delete_queue::handle(&self.broker, admitted(req)?).await?,
+            delete_queue::handle(&self.queues, admitted(req)?).await?,
         ))
     }
 }

@@ -1,15 +1,15 @@
 //! PurgeDeadLetters: empty a DLQ.
 
 use super::queue_of;
-use crate::broker::Broker;
 use crate::error::Result;
 use crate::proto;
+use crate::queues::Queues;
 
 pub async fn handle(
-    broker: &Broker,
+    queues: &Queues,
     req: proto::PurgeDeadLettersRequest,
 ) -> Result<proto::PurgeDeadLettersResponse> {
     let route = queue_of(&req.path)?;
-    let purged = broker.purge_dead_letters(&route.queue).await?;
+    let purged = queues.purge_dead_letters(&route.queue).await?;
     Ok(proto::PurgeDeadLettersResponse { purged })
 }

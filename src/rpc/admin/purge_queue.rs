@@ -1,16 +1,16 @@
 //! PurgeQueue: delete every message of a queue (confirmed).
 
 use super::{confirmed, queue_of};
-use crate::broker::Broker;
 use crate::error::Result;
 use crate::proto;
+use crate::queues::Queues;
 
 pub async fn handle(
-    broker: &Broker,
+    queues: &Queues,
     req: proto::PurgeQueueRequest,
 ) -> Result<proto::PurgeQueueResponse> {
     let route = queue_of(&req.path)?;
     confirmed(&route, &req.confirm)?;
-    let purged = broker.purge_queue(&route.queue).await?;
+    let purged = queues.purge_queue(&route.queue).await?;
     Ok(proto::PurgeQueueResponse { purged })
 }

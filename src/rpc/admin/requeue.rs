@@ -2,13 +2,13 @@
 
 use super::queue_of;
 use crate::broker::admin::Selector;
-use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::proto::requeue_dead_letters_request::Selector as Sel;
+use crate::queues::Queues;
 
 pub async fn handle(
-    broker: &Broker,
+    queues: &Queues,
     req: proto::RequeueDeadLettersRequest,
 ) -> Result<proto::RequeueDeadLettersResponse> {
     let route = queue_of(&req.path)?;
@@ -27,7 +27,7 @@ pub async fn handle(
             ))
         }
     };
-    let (done, missing) = broker.requeue(&route, selector).await?;
+    let (done, missing) = queues.requeue_dead_letters(&route, selector).await?;
     Ok(proto::RequeueDeadLettersResponse {
         requeued: done
             .into_iter()

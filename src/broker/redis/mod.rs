@@ -8,9 +8,9 @@
 //! - **Redis Cluster** (`redis+cluster://`): lanes come from
 //!   deadpool-redis's cluster pool and route each command to the node of
 //!   its keys; every key of a queue shares one hash slot (see `routing`).
-//! - **Blocking connections:** each reader (one per queue and group) owns
-//!   one connection with no response timeout for its `XREAD BLOCK`, so a
-//!   blocked read never holds up anyone else's command.
+//! - **Blocking waits** (`wait`): a [`Waiter`] owns a connection with no
+//!   response timeout for its `XREAD BLOCK`, so a blocked read never holds
+//!   up anyone else's command, and can be cut short with `CLIENT UNBLOCK`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,6 +23,9 @@ use redis::{AsyncConnectionConfig, Cmd, RedisFuture, Value};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
+
+mod wait;
+pub use wait::{Waited, Waiter};
 
 /// One Redis connection: to a single server, or to a Redis Cluster (which
 /// routes each command to the node holding its keys).
@@ -227,56 +230,8 @@ impl Redis {
         if tls_ca.is_some() {
             crate::tls::install_crypto();
         }
-        let backend = if let Some(SentinelUrl {
-            sentinels,
-            master,
-            username,
-            password,
-        }) = sentinel_parts(url)
-        {
-            if sentinels.is_empty() || master.is_empty() {
-                return Err(Error::invalid(
-                    "redis+sentinel:// URL needs sentinels and a master name: redis+sentinel://host:port[,host:port]/mymaster",
-                ));
-            }
-            let node = deadpool_redis::sentinel::SentinelNodeConnectionInfo {
-                tls_mode: None,
-                redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
-                    db: 0,
-                    username: username.clone(),
-                    password: password.clone(),
-                    protocol: Default::default(),
-                }),
-            };
-            let mut info = redis::RedisConnectionInfo::default();
-            if let Some(u) = &username {
-                info = info.set_username(u);
-            }
-            if let Some(p) = &password {
-                info = info.set_password(p);
-            }
-            let client = redis::sentinel::SentinelClient::build(
-                sentinels.clone(),
-                master.clone(),
-                Some(
-                    redis::sentinel::SentinelNodeConnectionInfo::default()
-                        .set_redis_connection_info(info),
-                ),
-                redis::sentinel::SentinelServerType::Master,
-            )
-            .map_err(bad_url)?;
-            let manager = deadpool_redis::sentinel::Manager::new(
-                sentinels,
-                master,
-                Some(node),
-                deadpool_redis::sentinel::SentinelServerType::Master,
-            )
-            .map_err(bad_url)?;
-            let pool = lane_pool!(deadpool_redis::sentinel::Pool, manager, lanes, timeout);
-            Backend::Sentinel {
-                client: Box::new(Mutex::new(client)),
-                pool,
-            }
+        let backend = if let Some(parts) = sentinel_parts(url) {
+            sentinel_backend(parts, lanes, timeout)?
         } else if let Some(nodes) = cluster_nodes(url) {
             if nodes.is_empty() {
                 return Err(Error::invalid("redis+cluster:// URL names no node"));
@@ -431,4 +386,58 @@ impl Redis {
         let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c.conn).await;
         self.settle(&c, r).await.map(|_| ())
     }
+}
+
+/// The Sentinel backend: lanes from deadpool-redis's sentinel pool, and a
+/// sentinel client that finds the current master for blocking connections.
+fn sentinel_backend(parts: SentinelUrl, lanes: usize, timeout: Duration) -> Result<Backend> {
+    let bad_url = |e: redis::RedisError| Error::invalid(format!("redis url: {e}"));
+    let SentinelUrl {
+        sentinels,
+        master,
+        username,
+        password,
+    } = parts;
+    if sentinels.is_empty() || master.is_empty() {
+        return Err(Error::invalid(
+                "redis+sentinel:// URL needs sentinels and a master name: redis+sentinel://host:port[,host:port]/mymaster",
+            ));
+    }
+    let node = deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+        tls_mode: None,
+        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+            db: 0,
+            username: username.clone(),
+            password: password.clone(),
+            protocol: Default::default(),
+        }),
+    };
+    let mut info = redis::RedisConnectionInfo::default();
+    if let Some(u) = &username {
+        info = info.set_username(u);
+    }
+    if let Some(p) = &password {
+        info = info.set_password(p);
+    }
+    let client = redis::sentinel::SentinelClient::build(
+        sentinels.clone(),
+        master.clone(),
+        Some(
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info),
+        ),
+        redis::sentinel::SentinelServerType::Master,
+    )
+    .map_err(bad_url)?;
+    let manager = deadpool_redis::sentinel::Manager::new(
+        sentinels,
+        master,
+        Some(node),
+        deadpool_redis::sentinel::SentinelServerType::Master,
+    )
+    .map_err(bad_url)?;
+    let pool = lane_pool!(deadpool_redis::sentinel::Pool, manager, lanes, timeout);
+    Ok(Backend::Sentinel {
+        client: Box::new(Mutex::new(client)),
+        pool,
+    })
 }

@@ -1,0 +1,184 @@
+//! The domain façade: every operation a client can ask for goes through
+//! one method of [`Queues`]. An RPC handler converts its request, makes one
+//! call here, and converts the answer; coordinating the Redis side
+//! ([`Broker`]), the local fan-out ([`Dispatcher`]) and Send coalescing
+//! happens here and nowhere else: ensuring a queue on first use, and giving
+//! credit back (and waking readers) when a delivery is settled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::admin::{DeadLetter, QueueInfo, QueueSummary, Selector};
+use crate::broker::coalesce::Coalescer;
+use crate::broker::dispatch::{Dispatcher, Subscription};
+use crate::broker::receipt::Receipt;
+use crate::broker::{
+    by_subscription, AckOutcome, Broker, Delivery, NackOutcome, Outgoing, Sent, Target,
+};
+use crate::error::Result;
+use crate::routing::{Pattern, Route};
+use crate::shutdown::Drain;
+
+/// What a subscription reads.
+pub enum Source {
+    /// One path's queue, in one group.
+    Path(Target),
+    /// Every queue whose path matches, now and as queues appear; `group`
+    /// `None` means each queue's default group.
+    Pattern {
+        pattern: Pattern,
+        group: Option<String>,
+    },
+}
+
+/// How a pull (Receive) reads.
+pub struct Pull {
+    pub max: u32,
+    pub lease: Duration,
+    /// How long to wait for the first delivery.
+    pub wait: Duration,
+    /// Where a new group starts (a stream id or `$`).
+    pub start: String,
+}
+
+/// The façade.
+pub struct Queues {
+    broker: Arc<Broker>,
+    dispatcher: Arc<Dispatcher>,
+    coalescer: Coalescer,
+}
+
+impl Queues {
+    /// The façade over `broker`, its tasks tracked by `drain`.
+    pub fn new(broker: Arc<Broker>, drain: &Drain) -> Arc<Queues> {
+        Arc::new(Queues {
+            dispatcher: Dispatcher::new(broker.clone(), drain.clone()),
+            coalescer: Coalescer::start(broker.clone(), drain),
+            broker,
+        })
+    }
+
+    /// Append one message, sharing a Redis call with concurrent Sends.
+    pub async fn send(&self, msg: Outgoing) -> Result<Sent> {
+        self.coalescer.send(msg).await
+    }
+
+    /// Append messages atomically, all or none.
+    pub async fn send_batch(&self, msgs: &[Outgoing]) -> Result<Vec<Sent>> {
+        self.broker.send(msgs).await
+    }
+
+    /// Open a subscription; a path's queue and group are created first.
+    pub async fn subscribe(
+        &self,
+        source: Source,
+        start: String,
+        max_in_flight: u32,
+        lease: Duration,
+    ) -> Result<Subscription> {
+        Ok(match source {
+            Source::Path(target) => {
+                self.broker
+                    .ensure(&target, &start, Some(&target.route.path))
+                    .await?;
+                self.dispatcher.subscribe(&target, max_in_flight, lease)
+            }
+            Source::Pattern { pattern, group } => {
+                self.dispatcher
+                    .subscribe_pattern(pattern, group, start, max_in_flight, lease)
+            }
+        })
+    }
+
+    /// Pull deliveries; the queue and group are created first.
+    pub async fn receive(&self, target: &Target, pull: Pull) -> Result<Vec<Delivery>> {
+        self.broker
+            .ensure(target, &pull.start, Some(&target.route.path))
+            .await?;
+        self.dispatcher
+            .receive(target, pull.max, pull.lease, pull.wait)
+            .await
+    }
+
+    /// Settle receipts; what was settled gives its credit back here.
+    pub async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        let outcomes = self.broker.ack(receipts).await?;
+        // One credit release per (queue, group).
+        for ((queue, group), idx) in by_subscription(receipts) {
+            let ids: Vec<&str> = idx
+                .into_iter()
+                .filter(|&i| outcomes[i] != AckOutcome::Stale)
+                .map(|i| receipts[i].id.as_str())
+                .collect();
+            if !ids.is_empty() {
+                self.dispatcher.settled(queue, group, &ids, false);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Retry later, or dead-letter now.
+    pub async fn nack(
+        &self,
+        r: &Receipt,
+        delay: Option<Duration>,
+        dead_letter: bool,
+        reason: &str,
+    ) -> Result<NackOutcome> {
+        let outcome = self.broker.nack(r, delay, dead_letter, reason).await?;
+        let retry = matches!(outcome, NackOutcome::Retry { .. });
+        self.dispatcher
+            .settled(&r.queue, &r.group, &[r.id.as_str()], retry);
+        Ok(outcome)
+    }
+
+    /// Push a lease out to now + `by`; returns its new end (ms, Redis clock).
+    pub async fn extend(&self, r: &Receipt, by: Duration) -> Result<u64> {
+        let end = self.broker.extend(r, by).await?;
+        self.dispatcher.extended(&r.queue, &r.group, &r.id, by);
+        Ok(end)
+    }
+
+    pub async fn list_queues(&self) -> Result<Vec<QueueSummary>> {
+        self.broker.list_queues().await
+    }
+
+    pub async fn get_queue(&self, queue: &str) -> Result<QueueInfo> {
+        self.broker.get_queue(queue).await
+    }
+
+    /// A page of dead letters after `after`, and the next page's token.
+    pub async fn list_dead_letters(
+        &self,
+        queue: &str,
+        page: usize,
+        after: &str,
+    ) -> Result<(Vec<DeadLetter>, String)> {
+        self.broker.list_dead_letters(queue, page, after).await
+    }
+
+    /// Requeue dead letters: (dlq id, new id) pairs, and the ids not found.
+    pub async fn requeue_dead_letters(
+        &self,
+        route: &Route,
+        selector: Selector,
+    ) -> Result<(Vec<(String, String)>, Vec<String>)> {
+        self.broker.requeue(route, selector).await
+    }
+
+    pub async fn delete_dead_letters(&self, queue: &str, ids: &[String]) -> Result<i64> {
+        self.broker.delete_dead_letters(queue, ids).await
+    }
+
+    pub async fn purge_dead_letters(&self, queue: &str) -> Result<i64> {
+        self.broker.purge_dead_letters(queue).await
+    }
+
+    pub async fn purge_queue(&self, queue: &str) -> Result<i64> {
+        self.broker.purge_queue(queue).await
+    }
+
+    pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
+        self.broker.delete_queue(queue, with_dlq).await
+    }
+}
