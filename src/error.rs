@@ -58,6 +58,13 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// Redis answered NOGROUP: the stream or its consumer group vanished
+    /// (Redis restarted empty, or someone deleted the key). The fetch path
+    /// recreates the group and retries; anywhere else a client sees it as
+    /// INTERNAL, with the same message as any other unexpected Redis reply.
+    #[error("internal error: redis: {0}")]
+    NoGroup(String),
+
     /// A bug or an unexpected Redis reply. Logged with detail.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,7 +83,20 @@ impl Error {
     /// True when Redis answered NOGROUP: the stream or its group vanished
     /// (Redis restarted empty, or someone deleted the key).
     pub fn is_nogroup(&self) -> bool {
-        matches!(self, Error::Internal(m) if m.contains("NOGROUP"))
+        matches!(self, Error::NoGroup(_))
+    }
+}
+
+/// Did Redis answer NOGROUP? Its error code says so; Redis 6.2 reports an
+/// error raised inside a script as `ERR Error running script …` with the
+/// original reply in the text, so that form is read from the detail.
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    match e.code() {
+        Some("NOGROUP") => true,
+        Some("ERR") => e
+            .detail()
+            .is_some_and(|d| d.starts_with("Error running script") && d.contains("NOGROUP")),
+        _ => false,
     }
 }
 
@@ -98,6 +118,8 @@ impl From<redis::RedisError> for Error {
             );
         if transient {
             Error::Unavailable(e.to_string())
+        } else if is_nogroup(&e) {
+            Error::NoGroup(e.to_string())
         } else {
             Error::Internal(format!("redis: {e}"))
         }
@@ -124,7 +146,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Internal(_) => Code::Internal,
+            Error::NoGroup(_) | Error::Internal(_) => Code::Internal,
         };
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
