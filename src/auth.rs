@@ -565,6 +565,41 @@ mod tests {
     }
 
     #[test]
+    fn burst_is_whole_requests() {
+        let g = grant(&format!(
+            "[[tokens]]\nname = \"slow\"\nhash = \"{HASH}\"\nrate = 0.001\nburst = 2.9\n"
+        ));
+        assert!(g.take().is_ok());
+        assert!(g.take().is_ok());
+        assert!(
+            matches!(g.take(), Err(Error::ResourceExhausted(m)) if m.contains("rate of 0.001"))
+        );
+    }
+
+    #[test]
+    fn rates_governor_cannot_count_are_refused_and_huge_ones_are_capped() {
+        for (rate, burst, says) in [
+            ("1e-12", "1", "burst / rate"),
+            ("0.001", "1e12", "burst / rate"),
+            ("inf", "1", "rate must be"),
+            ("1", "0.5", "burst must be"),
+        ] {
+            let text = format!(
+                "[[tokens]]\nname = \"a\"\nhash = \"{HASH}\"\nrate = {rate}\nburst = {burst}\n"
+            );
+            let e = parse_tokens(&text, Path::new("t.toml"))
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains(says), "rate {rate} burst {burst}: {e}");
+        }
+        // Faster than governor's 1 ns unit, and a burst past u32::MAX: both load.
+        let g = grant(&format!(
+            "[[tokens]]\nname = \"fast\"\nhash = \"{HASH}\"\nrate = 1e12\n"
+        ));
+        assert!(g.take().is_ok());
+    }
+
+    #[test]
     fn authenticate_outcomes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("tokens.toml");

@@ -154,3 +154,55 @@ impl From<Error> for tonic::Status {
         tonic::Status::new(code, e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A RedisError as the client builds it from a reply on the wire.
+    fn reply(wire: &str) -> redis::RedisError {
+        match redis::parse_redis_value(wire.as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nogroup_comes_from_the_error_code() {
+        for wire in [
+            "-NOGROUP No such key 'q' or consumer group 'g' in XREADGROUP with GROUP option\r\n",
+            // Redis 7: an error raised in a script keeps its code.
+            "-NOGROUP No such key 'q' or consumer group 'g' script: f, on @user_script:99.\r\n",
+            // Redis 6.2: the script wraps it in ERR.
+            "-ERR Error running script (call to f_1): @user_script:99: NOGROUP No such key 'q'\r\n",
+        ] {
+            let r = reply(wire);
+            let shown = format!("internal error: redis: {r}");
+            let e = Error::from(r);
+            assert!(e.is_nogroup(), "{wire}");
+            let status = tonic::Status::from(e);
+            assert_eq!(status.code(), tonic::Code::Internal, "{wire}");
+            assert_eq!(status.message(), shown, "the message clients saw before");
+        }
+    }
+
+    #[test]
+    fn other_errors_are_not_nogroup() {
+        for (wire, code) in [
+            ("-ERR unknown command 'NOGROUP'\r\n", tonic::Code::Internal),
+            (
+                "-WRONGTYPE Operation against a key\r\n",
+                tonic::Code::Internal,
+            ),
+            ("-LOADING Redis is loading\r\n", tonic::Code::Unavailable),
+            (
+                "-OOM command not allowed\r\n",
+                tonic::Code::ResourceExhausted,
+            ),
+        ] {
+            let e = Error::from(reply(wire));
+            assert!(!e.is_nogroup(), "{wire}");
+            assert_eq!(tonic::Status::from(e).code(), code, "{wire}");
+        }
+    }
+}
