@@ -13,9 +13,10 @@
 //!   `/order_status` are the same queue, so a grant on one covers both.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -45,15 +46,7 @@ impl Action {
 /// Tokens are random secrets, not passwords, so a fast hash is the right
 /// one (as GitHub and npm store theirs): a lookup costs one digest.
 pub fn hash_token(token: &str) -> String {
-    use std::fmt::Write;
-    let digest = Sha256::digest(token.as_bytes());
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
-    for b in digest {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
 }
 
 /// One `[[tokens]]` entry as written in the file.
@@ -174,7 +167,7 @@ pub struct Grant {
     /// `None` when auth is off: everything is allowed.
     rules: Option<Rules>,
     /// Token bucket for the optional per-token rate limit.
-    bucket: Option<Mutex<Bucket>>,
+    bucket: Option<Bucket>,
 }
 
 #[derive(Debug)]
@@ -194,12 +187,46 @@ impl Rules {
     }
 }
 
+/// A token's rate limit: `governor`'s GCRA, which behaves as a token
+/// bucket of `burst` requests refilled at `rate` per second (one request
+/// every `1 / rate` s), full at start.
 #[derive(Debug)]
 struct Bucket {
+    /// As configured, for the refusal message.
     rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+/// Longest time a full burst may take to refill: governor counts time in
+/// u64 nanoseconds (about 584 years), so a quota past this would overflow.
+const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl Bucket {
+    /// A bucket of `burst` requests refilled at `rate` per second.
+    /// `burst` is whole requests (a fraction of one could never be taken);
+    /// a rate above 10^9/s is one request per nanosecond, governor's unit.
+    fn new(rate: f64, burst: f64) -> std::result::Result<Bucket, String> {
+        if !rate.is_finite() || rate <= 0.0 {
+            return Err("rate must be a positive number".into());
+        }
+        if !burst.is_finite() || burst < 1.0 {
+            return Err("burst must be at least 1".into());
+        }
+        let refill = Duration::try_from_secs_f64(burst / rate).unwrap_or(Duration::MAX);
+        if refill > MAX_REFILL {
+            return Err("burst / rate must be under 100 years (rate is too small)".into());
+        }
+        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+        // `as` saturates: a burst past u32::MAX (4 billion) is that many.
+        let burst = NonZeroU32::new(burst as u32).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period)
+            .ok_or("rate is too large")?
+            .allow_burst(burst);
+        Ok(Bucket {
+            rate,
+            limiter: governor::RateLimiter::direct(quota),
+        })
+    }
 }
 
 impl Grant {
@@ -277,18 +304,10 @@ impl Grant {
 
     /// Take one request from the token's rate budget.
     pub fn take(&self) -> Result<()> {
-        let Some(bucket) = &self.bucket else {
+        let Some(b) = &self.bucket else {
             return Ok(());
         };
-        let mut b = bucket
-            .lock()
-            .map_err(|_| Error::Internal("rate bucket poisoned".into()))?;
-        let now = Instant::now();
-        let refill = now.duration_since(b.at).as_secs_f64() * b.rate;
-        b.tokens = (b.tokens + refill).min(b.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.limiter.check().is_ok() {
             Ok(())
         } else {
             Err(Error::ResourceExhausted(format!(
@@ -329,8 +348,8 @@ fn parse_tokens(text: &str, origin: &Path) -> std::result::Result<TokenSet, Stri
         if !names.insert(t.name.clone()) {
             return Err(format!("{at}: a token with this name comes earlier"));
         }
-        let hex = t.hash.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let digest = hex::decode(t.hash.strip_prefix("sha256:").unwrap_or(""));
+        if !digest.is_ok_and(|d| d.len() == 32) {
             return Err(format!(
                 "{at}: hash must be \"sha256:\" and 64 hex digits, as `leanmqd hash-token` prints"
             ));
@@ -347,19 +366,10 @@ fn parse_tokens(text: &str, origin: &Path) -> std::result::Result<TokenSet, Stri
         };
         let bucket = match t.rate {
             None => None,
-            Some(rate) if rate.is_finite() && rate > 0.0 => {
+            Some(rate) => {
                 let burst = t.burst.unwrap_or(rate.max(1.0));
-                if !burst.is_finite() || burst < 1.0 {
-                    return Err(format!("{at}: burst must be at least 1"));
-                }
-                Some(Mutex::new(Bucket {
-                    rate,
-                    burst,
-                    tokens: burst,
-                    at: Instant::now(),
-                }))
+                Some(Bucket::new(rate, burst).map_err(|e| format!("{at}: {e}"))?)
             }
-            Some(_) => return Err(format!("{at}: rate must be a positive number")),
         };
         let grant = Arc::new(Grant {
             name: t.name,
@@ -552,6 +562,41 @@ mod tests {
         assert!(g.take().is_ok());
         assert!(g.take().is_ok());
         assert!(matches!(g.take(), Err(Error::ResourceExhausted(_))));
+    }
+
+    #[test]
+    fn burst_is_whole_requests() {
+        let g = grant(&format!(
+            "[[tokens]]\nname = \"slow\"\nhash = \"{HASH}\"\nrate = 0.001\nburst = 2.9\n"
+        ));
+        assert!(g.take().is_ok());
+        assert!(g.take().is_ok());
+        assert!(
+            matches!(g.take(), Err(Error::ResourceExhausted(m)) if m.contains("rate of 0.001"))
+        );
+    }
+
+    #[test]
+    fn rates_governor_cannot_count_are_refused_and_huge_ones_are_capped() {
+        for (rate, burst, says) in [
+            ("1e-12", "1", "burst / rate"),
+            ("0.001", "1e12", "burst / rate"),
+            ("inf", "1", "rate must be"),
+            ("1", "0.5", "burst must be"),
+        ] {
+            let text = format!(
+                "[[tokens]]\nname = \"a\"\nhash = \"{HASH}\"\nrate = {rate}\nburst = {burst}\n"
+            );
+            let e = parse_tokens(&text, Path::new("t.toml"))
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains(says), "rate {rate} burst {burst}: {e}");
+        }
+        // Faster than governor's 1 ns unit, and a burst past u32::MAX: both load.
+        let g = grant(&format!(
+            "[[tokens]]\nname = \"fast\"\nhash = \"{HASH}\"\nrate = 1e12\n"
+        ));
+        assert!(g.take().is_ok());
     }
 
     #[test]

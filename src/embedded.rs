@@ -3,14 +3,57 @@
 //! unix socket in that directory (no port to collide with). The child is
 //! restarted if it dies, and shut down cleanly (SHUTDOWN, which syncs the
 //! AOF) when leanmqd exits.
+//!
+//! If leanmqd itself dies without cleaning up (SIGKILL, a crash): on Linux
+//! the kernel sends the child SIGTERM (`PR_SET_PDEATHSIG`), so Redis syncs
+//! its AOF and frees the socket. Other unixes (macOS, the BSDs) have no such
+//! call: there the child is killed when leanmqd drops it (`kill_on_drop`,
+//! which covers every exit but SIGKILL and abort); after a SIGKILL the
+//! child stays until stopped (`redis-cli -s <data-dir>/redis.sock shutdown`)
+//! and the next start fails with a clear error instead of sharing its data.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::sync::{watch, Mutex};
+
+/// Why the embedded redis-server would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("cannot create --data-dir {}: {source}", dir.display())]
+    CreateDataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("--data-dir {}: {source}", dir.display())]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A unix socket path holds at most ~104 bytes (108 on Linux).
+    #[error("--data-dir {} is too long for a unix socket path; use a shorter one", dir.display())]
+    SocketPathTooLong { dir: PathBuf },
+
+    #[error("cannot start {}: {source}. Install Redis (apt-get install redis-server) or pass --redis-url", bin.display())]
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Url(redis::RedisError),
+
+    #[error("redis-server exited during start-up ({0})")]
+    Exited(ExitStatus),
+
+    #[error("redis-server did not answer PING within 20s")]
+    NotReady,
+}
 
 /// The supervised redis-server.
 pub struct EmbeddedRedis {
@@ -25,18 +68,8 @@ pub struct EmbeddedRedis {
 
 fn spawn(bin: &Path, dir: &Path, socket: &Path) -> std::io::Result<Child> {
     let mut cmd = Command::new(bin);
-    // If leanmqd dies without cleaning up (SIGKILL, a crash), the kernel sends
-    // the child SIGTERM, so Redis syncs its AOF and frees the socket instead of
-    // lingering as an orphan that blocks the next start.
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    #[cfg(target_os = "linux")]
+    term_with_parent(&mut cmd);
     cmd.arg("--port")
         .arg("0")
         .arg("--unixsocket")
@@ -60,13 +93,30 @@ fn spawn(bin: &Path, dir: &Path, socket: &Path) -> std::io::Result<Child> {
         .spawn()
 }
 
-async fn wait_ready(url: &str, child: &mut Child) -> Result<(), String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+/// Linux: if leanmqd dies without cleaning up (SIGKILL, a crash), the kernel
+/// sends the child SIGTERM, so Redis syncs its AOF and frees the socket
+/// instead of lingering as an orphan that blocks the next start. (Elsewhere
+/// `kill_on_drop` is the fallback; see the module docs.)
+#[cfg(target_os = "linux")]
+fn term_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+async fn wait_ready(url: &str, child: &mut Child) -> Result<(), EmbeddedError> {
+    let client = redis::Client::open(url).map_err(EmbeddedError::Url)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut delay = Duration::from_millis(10);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("redis-server exited during start-up ({status})"));
+            return Err(EmbeddedError::Exited(status));
         }
         if let Ok(mut c) = client.get_multiplexed_async_connection().await {
             let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
@@ -75,69 +125,81 @@ async fn wait_ready(url: &str, child: &mut Child) -> Result<(), String> {
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err("redis-server did not answer PING within 20s".into());
+            return Err(EmbeddedError::NotReady);
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(200));
     }
 }
 
+/// Restart the child whenever it exits, until `stopped` turns true.
+async fn supervise(
+    child: Arc<Mutex<Option<Child>>>,
+    mut stopped: watch::Receiver<bool>,
+    bin: PathBuf,
+    dir: PathBuf,
+    socket: PathBuf,
+    url: String,
+) {
+    loop {
+        let status = {
+            let mut guard = child.lock().await;
+            let Some(c) = guard.as_mut() else { return };
+            tokio::select! {
+                s = c.wait() => s,
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+        };
+        if *stopped.borrow() {
+            return;
+        }
+        tracing::error!(?status, "embedded redis-server exited; restarting in 1s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match spawn(&bin, &dir, &socket) {
+            Ok(mut c) => {
+                if let Err(e) = wait_ready(&url, &mut c).await {
+                    tracing::error!(error = %e, "embedded redis-server restart failed");
+                }
+                *child.lock().await = Some(c);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot restart redis-server"),
+        }
+    }
+}
+
 impl EmbeddedRedis {
-    pub async fn start(bin: &Path, data_dir: &Path) -> Result<EmbeddedRedis, String> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("cannot create --data-dir {}: {e}", data_dir.display()))?;
+    pub async fn start(bin: &Path, data_dir: &Path) -> Result<EmbeddedRedis, EmbeddedError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| EmbeddedError::CreateDataDir {
+            dir: data_dir.to_path_buf(),
+            source,
+        })?;
         let dir: PathBuf = data_dir
             .canonicalize()
-            .map_err(|e| format!("--data-dir {}: {e}", data_dir.display()))?;
+            .map_err(|source| EmbeddedError::DataDir {
+                dir: data_dir.to_path_buf(),
+                source,
+            })?;
         let socket = dir.join("redis.sock");
         if socket.as_os_str().len() > 100 {
-            return Err(format!(
-                "--data-dir {} is too long for a unix socket path; use a shorter one",
-                dir.display()
-            ));
+            return Err(EmbeddedError::SocketPathTooLong { dir });
         }
         let url = format!("redis+unix://{}", socket.display());
-        let mut child = spawn(bin, &dir, &socket).map_err(|e| {
-            format!(
-                "cannot start {}: {e}. Install Redis (apt-get install redis-server) or pass --redis-url",
-                bin.display()
-            )
+        let mut child = spawn(bin, &dir, &socket).map_err(|source| EmbeddedError::Spawn {
+            bin: bin.to_path_buf(),
+            source,
         })?;
         wait_ready(&url, &mut child).await?;
         tracing::info!(data_dir = %dir.display(), "embedded redis-server started (AOF on)");
         let child = Arc::new(Mutex::new(Some(child)));
-        let (stop, mut stopped) = watch::channel(false);
-        let supervisor = {
-            let child = child.clone();
-            let bin = bin.to_path_buf();
-            let url = url.clone();
-            tokio::spawn(async move {
-                loop {
-                    let status = {
-                        let mut guard = child.lock().await;
-                        let Some(c) = guard.as_mut() else { return };
-                        tokio::select! {
-                            s = c.wait() => s,
-                            _ = stopped.wait_for(|s| *s) => return,
-                        }
-                    };
-                    if *stopped.borrow() {
-                        return;
-                    }
-                    tracing::error!(?status, "embedded redis-server exited; restarting in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    match spawn(&bin, &dir, &socket) {
-                        Ok(mut c) => {
-                            if let Err(e) = wait_ready(&url, &mut c).await {
-                                tracing::error!(error = %e, "embedded redis-server restart failed");
-                            }
-                            *child.lock().await = Some(c);
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot restart redis-server"),
-                    }
-                }
-            })
-        };
+        let (stop, stopped) = watch::channel(false);
+        let supervisor = tokio::spawn(supervise(
+            child.clone(),
+            stopped,
+            bin.to_path_buf(),
+            dir,
+            socket,
+            url.clone(),
+        ));
         Ok(EmbeddedRedis {
             url,
             stop,

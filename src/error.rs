@@ -58,6 +58,13 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// Redis answered NOGROUP: the stream or its consumer group vanished
+    /// (Redis restarted empty, or someone deleted the key). The fetch path
+    /// recreates the group and retries; anywhere else a client sees it as
+    /// INTERNAL, with the same message as any other unexpected Redis reply.
+    #[error("internal error: redis: {0}")]
+    NoGroup(String),
+
     /// A bug or an unexpected Redis reply. Logged with detail.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,7 +83,20 @@ impl Error {
     /// True when Redis answered NOGROUP: the stream or its group vanished
     /// (Redis restarted empty, or someone deleted the key).
     pub fn is_nogroup(&self) -> bool {
-        matches!(self, Error::Internal(m) if m.contains("NOGROUP"))
+        matches!(self, Error::NoGroup(_))
+    }
+}
+
+/// Did Redis answer NOGROUP? Its error code says so; Redis 6.2 reports an
+/// error raised inside a script as `ERR Error running script …` with the
+/// original reply in the text, so that form is read from the detail.
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    match e.code() {
+        Some("NOGROUP") => true,
+        Some("ERR") => e
+            .detail()
+            .is_some_and(|d| d.starts_with("Error running script") && d.contains("NOGROUP")),
+        _ => false,
     }
 }
 
@@ -98,6 +118,8 @@ impl From<redis::RedisError> for Error {
             );
         if transient {
             Error::Unavailable(e.to_string())
+        } else if is_nogroup(&e) {
+            Error::NoGroup(e.to_string())
         } else {
             Error::Internal(format!("redis: {e}"))
         }
@@ -124,11 +146,63 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Internal(_) => Code::Internal,
+            Error::NoGroup(_) | Error::Internal(_) => Code::Internal,
         };
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
         }
         tonic::Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A RedisError as the client builds it from a reply on the wire.
+    fn reply(wire: &str) -> redis::RedisError {
+        match redis::parse_redis_value(wire.as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nogroup_comes_from_the_error_code() {
+        for wire in [
+            "-NOGROUP No such key 'q' or consumer group 'g' in XREADGROUP with GROUP option\r\n",
+            // Redis 7: an error raised in a script keeps its code.
+            "-NOGROUP No such key 'q' or consumer group 'g' script: f, on @user_script:99.\r\n",
+            // Redis 6.2: the script wraps it in ERR.
+            "-ERR Error running script (call to f_1): @user_script:99: NOGROUP No such key 'q'\r\n",
+        ] {
+            let r = reply(wire);
+            let shown = format!("internal error: redis: {r}");
+            let e = Error::from(r);
+            assert!(e.is_nogroup(), "{wire}");
+            let status = tonic::Status::from(e);
+            assert_eq!(status.code(), tonic::Code::Internal, "{wire}");
+            assert_eq!(status.message(), shown, "the message clients saw before");
+        }
+    }
+
+    #[test]
+    fn other_errors_are_not_nogroup() {
+        for (wire, code) in [
+            ("-ERR unknown command 'NOGROUP'\r\n", tonic::Code::Internal),
+            (
+                "-WRONGTYPE Operation against a key\r\n",
+                tonic::Code::Internal,
+            ),
+            ("-LOADING Redis is loading\r\n", tonic::Code::Unavailable),
+            (
+                "-OOM command not allowed\r\n",
+                tonic::Code::ResourceExhausted,
+            ),
+        ] {
+            let e = Error::from(reply(wire));
+            assert!(!e.is_nogroup(), "{wire}");
+            assert_eq!(tonic::Status::from(e).code(), code, "{wire}");
+        }
     }
 }

@@ -143,10 +143,18 @@ where
 /// Load shedding: at most `limit` unary calls in flight on this replica;
 /// one more is answered RESOURCE_EXHAUSTED at once instead of queueing, so
 /// an overloaded replica stays responsive and clients back off or go to
-/// another replica. Subscribe streams are bounded separately.
+/// another replica. Long-lived streams (Subscribe, health Watch) are
+/// bounded separately and pass by.
+///
+/// The limit is tower's: each limited call goes through
+/// `LoadShed<ConcurrencyLimit<_>>` over one semaphore shared by every
+/// connection. `ConcurrencyLimit` takes its permit when polled ready and
+/// `LoadShed` turns "not ready" into an immediate `Overloaded`, which this
+/// layer answers as a gRPC status (tower would surface it as an error).
 #[derive(Clone)]
 pub struct ShedLayer {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// As configured, for the refusal message.
     limit: usize,
 }
 
@@ -156,6 +164,14 @@ impl ShedLayer {
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)),
             limit,
         }
+    }
+
+    /// What a shed call is told.
+    fn refusal(&self) -> tonic::Status {
+        tonic::Status::resource_exhausted(format!(
+            "leanmqd is at its limit of {} calls in flight (--max-concurrent-rpcs); retry with backoff",
+            self.limit
+        ))
     }
 }
 
@@ -178,9 +194,10 @@ pub struct Shed<S> {
 
 impl<S, B, RB> tower::Service<http::Request<B>> for Shed<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: std::error::Error + Send + Sync + 'static,
+    B: Send + 'static,
     RB: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -195,18 +212,26 @@ where
         if is_long_lived(req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
-        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
-            observe::shed();
-            return refuse(tonic::Status::resource_exhausted(format!(
-                "leanmqd is at its limit of {} calls in flight (--max-concurrent-rpcs); retry with backoff",
-                self.layer.limit
-            )));
-        };
-        let fut = self.inner.call(req);
+        // The service polled ready is the one that serves; a clone stays.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let limited = tower::load_shed::LoadShed::new(
+            tower::limit::ConcurrencyLimit::with_semaphore(ready, self.layer.permits.clone()),
+        );
+        let layer = self.layer.clone();
         Box::pin(async move {
-            let r = fut.await;
-            drop(permit);
-            r
+            match tower::ServiceExt::oneshot(limited, req).await {
+                Ok(resp) => Ok(resp),
+                Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
+                    observe::shed();
+                    Ok(layer.refusal().into_http())
+                }
+                // LoadShed boxes the inner error; give back its own type.
+                Err(e) => match e.downcast::<S::Error>() {
+                    Ok(inner) => Err(*inner),
+                    Err(other) => Ok(tonic::Status::internal(other.to_string()).into_http()),
+                },
+            }
         })
     }
 }

@@ -8,13 +8,50 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-use leanmq_grpc::config::{Config, EXIT_CONFIG, EXIT_UNAVAILABLE};
+use clap::{Parser, Subcommand};
+use leanmq_grpc::config::{Config, StartupError, EXIT_CONFIG};
 use leanmq_grpc::embedded::EmbeddedRedis;
 use leanmq_grpc::{server, shutdown};
 
+/// leanmqd: LeanMQ's webhook pattern as a gRPC broker on Redis Streams.
+/// Without a subcommand it serves, configured by the flags below.
+#[derive(Parser)]
+#[command(
+    name = "leanmqd",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Tool>,
+    #[command(flatten)]
+    serve: Config,
+}
+
+/// Helpers shipped in the same binary, so an image needs nothing else.
+#[derive(Subcommand)]
+enum Tool {
+    /// Read a token on stdin and print the hash the --auth-tokens file
+    /// stores for it (`sha256:<hex>`).
+    HashToken,
+    /// Exit 0 when the leanmqd at ADDR reports SERVING over gRPC health,
+    /// 1 otherwise (for container HEALTHCHECKs).
+    Healthcheck {
+        /// host:port to probe; default $LEANMQ_HEALTH_LISTEN, else
+        /// $LEANMQ_LISTEN, else 127.0.0.1:50051.
+        addr: Option<String>,
+    },
+}
+
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(code as u8)
+}
+
+/// Log a start-up error (through tracing once it is up) and give its code.
+fn failed(e: &StartupError) -> ExitCode {
+    tracing::error!("{e}");
+    exit(e.exit_code())
 }
 
 /// `leanmqd healthcheck [ADDR]`: exit 0 when the leanmqd at ADDR (default:
@@ -90,18 +127,7 @@ fn hash_token() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("hash-token") {
-        return hash_token();
-    }
-    if args.get(1).map(String::as_str) == Some("healthcheck") {
-        let addr = match args.get(2) {
-            Some(a) => a.clone(),
-            None => default_health_addr(),
-        };
-        return healthcheck(&addr);
-    }
-    let cfg = match Config::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
@@ -109,21 +135,27 @@ fn main() -> ExitCode {
             return exit(code);
         }
     };
-    if let Err(e) = cfg.validate() {
-        eprintln!("leanmqd: invalid configuration: {e}");
-        return exit(EXIT_CONFIG);
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("leanmqd: cannot start the async runtime: {e}");
-            return exit(EXIT_UNAVAILABLE);
+    let cfg = match cli.command {
+        Some(Tool::HashToken) => return hash_token(),
+        Some(Tool::Healthcheck { addr }) => {
+            return healthcheck(&addr.unwrap_or_else(default_health_addr))
         }
+        None => cli.serve,
     };
-    rt.block_on(run(cfg))
+    // Before logging is set up, errors go to stderr as they are.
+    let runtime = cfg.validate().and_then(|()| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(StartupError::Runtime)
+    });
+    match runtime {
+        Ok(rt) => rt.block_on(run(cfg)),
+        Err(e) => {
+            eprintln!("leanmqd: {e}");
+            exit(e.exit_code())
+        }
+    }
 }
 
 async fn run(cfg: Config) -> ExitCode {
@@ -131,21 +163,18 @@ async fn run(cfg: Config) -> ExitCode {
         match leanmq_grpc::telemetry::init(&cfg.log_format, cfg.otlp_endpoint.as_deref()) {
             Ok(t) => t,
             Err(e) => {
+                let e = StartupError::Telemetry(e);
                 eprintln!("leanmqd: {e}");
-                return exit(EXIT_CONFIG);
+                return exit(e.exit_code());
             }
         };
     let mut signals = match shutdown::Signals::install() {
         Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot install signal handlers: {e}");
-            return exit(EXIT_UNAVAILABLE);
-        }
+        Err(e) => return failed(&StartupError::Signals(e)),
     };
     if let Some(addr) = cfg.metrics_listen {
         if let Err(e) = leanmq_grpc::observe::install(addr) {
-            tracing::error!("{e}");
-            return exit(EXIT_UNAVAILABLE);
+            return failed(&StartupError::Metrics(e));
         }
         tracing::info!(%addr, "metrics at /metrics");
     }
@@ -156,36 +185,33 @@ async fn run(cfg: Config) -> ExitCode {
                 let url = e.url.clone();
                 (Some(e), url)
             }
-            Err(e) => {
-                tracing::error!("{e}");
-                return exit(EXIT_UNAVAILABLE);
-            }
+            Err(e) => return failed(&e.into()),
         },
     };
     let code = match server::start(&cfg, &url).await {
-        Ok(running) => {
-            while signals.recv().await == shutdown::SignalEvent::Reload {
-                match running.reload() {
-                    Ok(()) => tracing::info!("reload done"),
-                    Err(e) => tracing::error!("reload failed, keeping what was in force: {e}"),
-                }
-            }
-            match running.stop().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            exit(EXIT_UNAVAILABLE)
-        }
+        Ok(running) => serve(running, &mut signals).await,
+        Err(e) => failed(&e.into()),
     };
     if let Some(e) = embedded {
         e.stop().await;
     }
     tracing::info!("leanmqd stopped");
     code
+}
+
+/// Serve until SIGINT/SIGTERM, reloading on SIGHUP; then drain.
+async fn serve(running: server::Running, signals: &mut shutdown::Signals) -> ExitCode {
+    while signals.recv().await == shutdown::SignalEvent::Reload {
+        match running.reload() {
+            Ok(()) => tracing::info!("reload done"),
+            Err(e) => tracing::error!("reload failed, keeping what was in force: {e}"),
+        }
+    }
+    match running.stop().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
