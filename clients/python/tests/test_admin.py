@@ -186,6 +186,26 @@ def test_requeue_since_and_all_through_webhook_admin(leanmqd: Leanmqd) -> None:
         admin.delete_queue(path, confirm=queue_name(path))
 
 
+def test_id_lists_over_1000_are_split_into_calls(leanmqd: Leanmqd) -> None:
+    path = sdk_path("many")
+    handler = Handler()
+    counter = CountingInterceptor()
+    channel = grpc.intercept_channel(grpc.insecure_channel(leanmqd.target), counter)
+    try:
+        with Webhook(leanmqd.target, token=ADMIN_TOKEN) as wh, Admin(channel, token=ADMIN_TOKEN) as admin:
+            wh.add_handler(path, handler)
+            dead_letter(wh, admin, path, handler, ["x"])
+            absent = [f"{i}-0" for i in range(1, 1501)]  # valid ids, none in the DLQ
+            counter.calls.clear()
+            result = admin.requeue_dead_letters(path, ids=absent)
+            assert len(result) == 0 and result.missing == tuple(absent)
+            assert admin.delete_dead_letters(path, absent) == 0
+            assert counter.calls == ["RequeueDeadLetters"] * 2 + ["DeleteDeadLetters"] * 2
+            assert admin.get_queue(path).dead_letters == 1
+    finally:
+        channel.close()
+
+
 def test_bad_requests_fail_before_a_call(leanmqd: Leanmqd) -> None:
     with Admin(leanmqd.target, token=ADMIN_TOKEN) as admin:
         path = sdk_path("bad")
