@@ -128,8 +128,11 @@ type route struct {
 type Client struct {
 	cfg  config
 	conn *grpc.ClientConn // nil when built with New
-	rpc  pb.BrokerClient
-	log  *slog.Logger
+	// cc is the connection every call goes through (with WithToken's
+	// metadata), shared by Admin.
+	cc  grpc.ClientConnInterface
+	rpc pb.BrokerClient
+	log *slog.Logger
 
 	mu      sync.Mutex
 	routes  []*route
@@ -196,10 +199,17 @@ func newClient(cfg config, conn grpc.ClientConnInterface) *Client {
 	if log == nil {
 		log = slog.Default()
 	}
-	if cfg.token != "" {
-		conn = &bearerConn{ClientConnInterface: conn, authorization: "Bearer " + cfg.token}
+	conn = withBearer(conn, cfg.token)
+	return &Client{cfg: cfg, cc: conn, rpc: pb.NewBrokerClient(conn), log: log.With("component", "leanmq")}
+}
+
+// withBearer is conn sending WithToken's token on every call (conn itself
+// without a token).
+func withBearer(conn grpc.ClientConnInterface, token string) grpc.ClientConnInterface {
+	if token == "" {
+		return conn
 	}
-	return &Client{cfg: cfg, rpc: pb.NewBrokerClient(conn), log: log.With("component", "leanmq")}
+	return &bearerConn{ClientConnInterface: conn, authorization: "Bearer " + token}
 }
 
 // bearerConn adds the authorization metadata of WithToken to every unary

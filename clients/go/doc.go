@@ -27,6 +27,17 @@
 //
 //	id, err := client.Send(ctx, "/order/status/", map[string]any{"order_id": "ORD-12345", "status": "shipped"})
 //
+// # Administration
+//
+// client.Admin() (or NewAdmin on any connection) inspects queues and
+// repairs dead-letter queues over the same connection and token:
+//
+//	for dl, err := range client.Admin().ListDeadLetters(ctx, "/order/status/") {
+//		if err != nil { ... }
+//		fmt.Println(dl.ID, dl.LastReason)
+//	}
+//	res, err := client.Admin().RequeueDeadLetters(ctx, "/order/status/", leanmq.AllDeadLetters())
+//
 // # Handler outcomes
 //
 // What the handler returns decides how the delivery is settled:

@@ -28,11 +28,13 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// The two tokens of writeTokensFile: sdkToken may send to and subscribe to
-// /sdk/>, sendOnlyToken may only send to /other/>.
+// The tokens of writeTokensFile: sdkToken may send to and subscribe to
+// /sdk/>, sendOnlyToken may only send to /other/>, adminToken may also
+// administer /sdk/> (the Admin tests).
 const (
 	sdkToken      = "sdk-token-3f9c1b7e"
 	sendOnlyToken = "send-only-token-8d2a4c6f"
+	adminToken    = "admin-token-5e1d9a27"
 )
 
 // leanmqdBinary returns the leanmqd to test against, or skips the test.
@@ -75,7 +77,14 @@ subscribe = ["/sdk/>"]
 name = "send-only"
 hash = %q
 send = ["/other/>"]
-`, tokenHash(sdkToken), tokenHash(sendOnlyToken))
+
+[[tokens]]
+name = "admin"
+hash = %q
+send = ["/sdk/>"]
+subscribe = ["/sdk/>"]
+admin = ["/sdk/>"]
+`, tokenHash(sdkToken), tokenHash(sendOnlyToken), tokenHash(adminToken))
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}

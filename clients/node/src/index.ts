@@ -1,4 +1,15 @@
 export { Webhook } from "./webhook";
+export { Admin, DeadLetterEntry, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./admin";
+export type {
+  AdminOptions,
+  Failure,
+  GroupInfo,
+  ListDeadLettersOptions,
+  QueueInfo,
+  QueueSummary,
+  RequeueResult,
+  RequeueSelection,
+} from "./admin";
 export type {
   BatchMessage,
   Handler,

@@ -1,5 +1,5 @@
 // Small helpers shared by the SDK. Not part of the public API.
-import { status as Status, type ServiceError } from "@grpc/grpc-js";
+import { InterceptingCall, status as Status, type Interceptor, type ServiceError } from "@grpc/grpc-js";
 import type { Duration } from "./gen/google/protobuf/duration";
 
 export function msToDuration(ms: number): Duration {
@@ -81,3 +81,18 @@ export const FATAL_STREAM_CODES: ReadonlySet<number> = new Set([
   Status.UNAUTHENTICATED,
   Status.PERMISSION_DENIED,
 ]);
+
+/** Adds `authorization: Bearer <token>` (leanmqd's `--auth-tokens`) to every call. */
+export function bearerInterceptor(token: string): Interceptor {
+  if (typeof token !== "string" || token === "" || /[\s\x00-\x1f\x7f]/.test(token)) {
+    throw new TypeError("leanmq-grpc: token must be a non-empty string without whitespace");
+  }
+  const authorization = `Bearer ${token}`;
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set("authorization", authorization);
+        next(metadata, listener);
+      },
+    });
+}

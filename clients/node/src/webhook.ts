@@ -1,12 +1,11 @@
 import { EventEmitter } from "node:events";
 import {
-  InterceptingCall,
   credentials as grpcCredentials,
   type ChannelCredentials,
   type ChannelOptions,
-  type Interceptor,
   type ServiceError,
 } from "@grpc/grpc-js";
+import { Admin } from "./admin";
 import {
   BrokerClient,
   ReceiveRequest,
@@ -19,7 +18,7 @@ import {
 } from "./gen/leanmq/v1/broker";
 import { Delivery, type DeliveryHooks } from "./delivery";
 import { DeadLetterError, RetryAfterError } from "./errors";
-import { deferred, errorMessage, msToDuration, type Deferred } from "./internal";
+import { bearerInterceptor, deferred, errorMessage, msToDuration, type Deferred } from "./internal";
 import { encodePayload } from "./payload";
 import { Rpc } from "./rpc";
 import { SubscribeLoop } from "./stream";
@@ -158,6 +157,9 @@ interface Route {
  */
 export class Webhook extends EventEmitter {
   readonly client: BrokerClient;
+  private readonly target: string;
+  private readonly channelOptions: ChannelOptions;
+  private adminClient: Admin | undefined;
   private readonly rpc: Rpc;
   private readonly routes = new Map<string, Route>();
   private readonly iterators = new Set<SubscribeLoop>();
@@ -179,7 +181,23 @@ export class Webhook extends EventEmitter {
       channelOptions.interceptors = [bearerInterceptor(options.token), ...(channelOptions.interceptors ?? [])];
     }
     this.client = new BrokerClient(target, options.credentials ?? grpcCredentials.createInsecure(), channelOptions);
+    this.target = target;
+    this.channelOptions = channelOptions;
     this.rpc = new Rpc(this.client, { callTimeoutMs: options.callTimeoutMs ?? 30_000, settleAttempts: 6 });
+  }
+
+  /**
+   * An `Admin` (queues, dead letters) on this webhook's channel, with its
+   * token and call timeout; closed with the webhook.
+   */
+  get admin(): Admin {
+    if (this.closed) throw new Error("leanmq-grpc: webhook is closed");
+    this.adminClient ??= new Admin(
+      this.target,
+      { callTimeoutMs: this.options.callTimeoutMs },
+      { ...this.channelOptions, channelOverride: this.client.getChannel() },
+    );
+    return this.adminClient;
   }
 
   /** Register `handler` for `path` (like LeanMQ's `@webhook.get(path)`). Returns the webhook. */
@@ -487,20 +505,6 @@ export class Webhook extends EventEmitter {
 }
 
 /** Adds `authorization: Bearer <token>` to the metadata of every call. */
-function bearerInterceptor(token: string): Interceptor {
-  if (typeof token !== "string" || token === "" || /[\s\x00-\x1f\x7f]/.test(token)) {
-    throw new TypeError("leanmq-grpc: token must be a non-empty string without whitespace");
-  }
-  const authorization = `Bearer ${token}`;
-  return (options, nextCall) =>
-    new InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
-        metadata.set("authorization", authorization);
-        next(metadata, listener);
-      },
-    });
-}
-
 function toResult(r: SendResponse): SendResult {
   return { messageId: r.messageId, duplicate: r.duplicate, scheduleId: r.scheduleId };
 }

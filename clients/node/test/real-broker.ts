@@ -13,9 +13,13 @@ import { Client, Metadata, credentials as grpcCredentials, type ChannelCredentia
 /** The repository root (this file runs from clients/node/build/test/). */
 const REPO = path.resolve(__dirname, "../../../..");
 
-/** Two tokens: one may send to and subscribe to /sdk/>, one may only send to /other/>. */
+/**
+ * Three tokens: one may send to and subscribe to /sdk/>, one may only send
+ * to /other/>, and one may also administer /sdk/> (the Admin tests).
+ */
 export const SDK_TOKEN = "sdk-token-3f9c1b7e";
 export const SEND_ONLY_TOKEN = "send-only-token-8d2a4c6f";
+export const ADMIN_TOKEN = "admin-token-5e1d9a27";
 
 export function leanmqdBinary(): string | undefined {
   const given = process.env.LEANMQD;
@@ -59,6 +63,13 @@ subscribe = ["/sdk/>"]
 name = "send-only"
 hash = "${tokenHash(SEND_ONLY_TOKEN)}"
 send = ["/other/>"]
+
+[[tokens]]
+name = "admin"
+hash = "${tokenHash(ADMIN_TOKEN)}"
+send = ["/sdk/>"]
+subscribe = ["/sdk/>"]
+admin = ["/sdk/>"]
 `,
   );
   return file;
@@ -84,7 +95,7 @@ export function tempDir(): { dir: string; remove(): void } {
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);

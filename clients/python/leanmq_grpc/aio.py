@@ -1,11 +1,13 @@
-"""asyncio webhook layer on ``grpc.aio``: ``AsyncWebhook``."""
+"""asyncio layer on ``grpc.aio``: ``AsyncWebhook`` and ``AsyncAdmin`` (also
+importable as ``leanmq_grpc.aio.Admin``)."""
 from __future__ import annotations
 
 import asyncio
 import time
 import functools
 import logging
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, TypeVar
+from datetime import datetime
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, TypeVar
 
 import grpc
 import grpc.aio
@@ -36,8 +38,27 @@ from ._common import (
     shutdown_settlement,
     to_duration,
 )
+from ._proto.leanmq.v1 import admin_pb2 as apb
+from ._proto.leanmq.v1 import admin_pb2_grpc as apb_grpc
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
+from .admin import (
+    DEFAULT_PAGE_SIZE,
+    DeadLetterEntry,
+    QueueInfo,
+    QueueSummary,
+    RequeueResult,
+    check_confirm,
+    check_paging,
+    dead_letter_entry,
+    delete_requests,
+    page_request,
+    queue_info,
+    queue_summary,
+    requeue_requests,
+    requeue_result,
+)
+from .errors import error_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,6 +129,7 @@ class AsyncWebhook:
             self._channel, self._owns_channel = target, False
             self._stub = pb_grpc.BrokerStub(target)
         self._router = Router()
+        self._admin: Optional["AsyncAdmin"] = None
         self._stop_event: Optional[asyncio.Event] = None
         self._stop_requested = False
         self._ready: Dict[str, asyncio.Event] = {}
@@ -145,6 +167,16 @@ class AsyncWebhook:
             self._stub = pb_grpc.BrokerStub(self._channel)
         return self._stub
 
+    # ------------------------------------------------------------ administration
+
+    @property
+    def admin(self) -> "AsyncAdmin":
+        """An :class:`AsyncAdmin` on this webhook's channel, with its token,
+        metadata and ``rpc_timeout`` (closed with the webhook)."""
+        if self._admin is None:
+            self._admin = AsyncAdmin._sharing(lambda: self._get_stub() and self._channel, self._metadata, self.rpc_timeout)
+        return self._admin
+
     # ------------------------------------------------------------ sending
 
     async def send(
@@ -156,12 +188,18 @@ class AsyncWebhook:
         content_type: Optional[str] = None,
     ) -> str:
         req = build_send_request(path, data, headers, content_type)
-        resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        try:
+            resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise error_for(e) from e
         return str(resp.message_id)
 
     async def send_batch(self, messages: Iterable[BatchItem]) -> List[str]:
         req = build_batch_request(messages)
-        resp = await self._get_stub().SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        try:
+            resp = await self._get_stub().SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise error_for(e) from e
         return [r.message_id for r in resp.results]
 
     # ------------------------------------------------------------ pull processing
@@ -343,7 +381,7 @@ class AsyncWebhook:
                 code = rpc_code(e)
                 if code in FATAL_STREAM_CODES:
                     logger.error("subscription to %s failed: %s", route.path, e)
-                    fatal.append(e)
+                    fatal.append(error_for(e))
                     return
                 failures += 1
                 logger.log(
@@ -476,3 +514,142 @@ class AsyncWebhook:
                     return
                 logger.warning("Extend failed for message %s: %s; retrying", delivery.message_id, e)
                 delay = min(1.0, lease / 4)
+
+
+class AsyncAdmin:
+    """asyncio twin of :class:`leanmq_grpc.Admin`: the same constructor and
+    methods, as coroutines; :meth:`list_dead_letters` is an async iterator.
+
+    ``target`` is ``"host:port"`` (the channel is made on first use, on the
+    running loop) or a ``grpc.aio.Channel`` (not closed by :meth:`close`).
+    ``webhook.admin`` gives one on an :class:`AsyncWebhook`'s channel.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        token: Optional[str] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        metadata: Optional[Metadata] = None,
+        options: Optional[Sequence[Any]] = None,
+        rpc_timeout: float = 30.0,
+    ) -> None:
+        call_md = call_metadata(metadata, token)
+        if isinstance(target, str):
+            self._channel: Any = None
+
+            def make() -> Any:
+                if self._channel is None:
+                    if credentials is not None:
+                        self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+                    else:
+                        self._channel = grpc.aio.insecure_channel(target, options=options)
+                return self._channel
+
+            self._init(make, True, call_md, rpc_timeout)
+        else:
+            self._channel = target
+            self._init(lambda: target, False, call_md, rpc_timeout)
+
+    @classmethod
+    def _sharing(cls, channel: Callable[[], Any], metadata: Metadata, rpc_timeout: float) -> "AsyncAdmin":
+        """An AsyncAdmin on another client's (lazily made) channel and metadata."""
+        admin = cls.__new__(cls)
+        admin._channel = None
+        admin._init(channel, False, tuple(metadata), rpc_timeout)
+        return admin
+
+    def _init(self, channel: Callable[[], Any], owns: bool, metadata: Metadata, rpc_timeout: float) -> None:
+        if not rpc_timeout > 0:
+            raise ValueError("rpc_timeout must be > 0")
+        self._get_channel = channel
+        self._owns_channel = owns
+        self._metadata = tuple(metadata)
+        self.rpc_timeout = float(rpc_timeout)
+        self._stub: Any = None
+        self._stub_channel: Any = None
+        self._closed = False
+
+    def _get_stub(self) -> Any:
+        if self._closed:
+            raise RuntimeError("AsyncAdmin is closed")
+        channel = self._get_channel()
+        if self._stub is None or channel is not self._stub_channel:
+            self._stub, self._stub_channel = apb_grpc.AdminStub(channel), channel
+        return self._stub
+
+    async def _call(self, name: str, request: Any) -> Any:
+        method = getattr(self._get_stub(), name)
+        try:
+            return await method(request, timeout=self.rpc_timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise error_for(e) from e
+
+    async def list_queues(self) -> List[QueueSummary]:
+        resp = await self._call("ListQueues", apb.ListQueuesRequest())
+        return [queue_summary(q) for q in resp.queues]
+
+    async def get_queue(self, path: str) -> QueueInfo:
+        return queue_info(await self._call("GetQueue", apb.GetQueueRequest(path=path)))
+
+    async def purge_queue(self, path: str, confirm: str) -> int:
+        req = apb.PurgeQueueRequest(path=path, confirm=check_confirm(confirm))
+        return int((await self._call("PurgeQueue", req)).purged)
+
+    async def delete_queue(self, path: str, confirm: str, with_dlq: bool = True) -> int:
+        req = apb.DeleteQueueRequest(path=path, confirm=check_confirm(confirm), with_dlq=bool(with_dlq))
+        return int((await self._call("DeleteQueue", req)).deleted_messages)
+
+    def list_dead_letters(
+        self, path: str, limit: Optional[int] = None, *, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> AsyncIterator[DeadLetterEntry]:
+        """``async for dl in admin.list_dead_letters(path)``: every page, oldest first."""
+        check_paging(limit, page_size)
+        return self._pages(path, limit, page_size)
+
+    async def _pages(self, path: str, limit: Optional[int], page_size: int) -> AsyncIterator[DeadLetterEntry]:
+        seen, token = 0, ""
+        while limit is None or seen < limit:
+            resp = await self._call("ListDeadLetters", page_request(path, page_size, limit, seen, token))
+            for m in resp.dead_letters:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield dead_letter_entry(m)
+            token = resp.next_page_token
+            if not token:
+                return
+
+    async def requeue_dead_letters(
+        self,
+        path: str,
+        ids: Optional[Iterable[str]] = None,
+        all: bool = False,
+        since: Optional[datetime] = None,
+    ) -> RequeueResult:
+        responses = [await self._call("RequeueDeadLetters", r) for r in requeue_requests(path, ids, all, since)]
+        return requeue_result(responses)
+
+    async def delete_dead_letters(self, path: str, ids: Iterable[str]) -> int:
+        return sum([int((await self._call("DeleteDeadLetters", r)).deleted) for r in delete_requests(path, ids)])
+
+    async def purge_dead_letters(self, path: str) -> int:
+        return int((await self._call("PurgeDeadLetters", apb.PurgeDeadLettersRequest(path=path))).purged)
+
+    async def close(self) -> None:
+        """Close the channel, if this AsyncAdmin made it."""
+        self._closed = True
+        if self._owns_channel and self._channel is not None:
+            await self._channel.close()
+        self._channel = None
+
+    async def __aenter__(self) -> "AsyncAdmin":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+#: ``from leanmq_grpc.aio import Admin`` reads as the sync API does.
+Admin = AsyncAdmin

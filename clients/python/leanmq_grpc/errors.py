@@ -1,4 +1,6 @@
-"""Exceptions a handler raises to choose how its message is settled.
+"""Exceptions: those a handler raises to choose how its message is settled,
+and the typed errors every SDK call raises when leanmqd refuses or cannot be
+reached (``LeanMQError`` and one subclass per gRPC status code).
 
 | the handler...                 | the SDK calls                                 |
 | ------------------------------ | --------------------------------------------- |
@@ -9,7 +11,9 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Type
+
+import grpc
 
 
 class DeadLetter(Exception):
@@ -47,3 +51,160 @@ class RetryAfter(Exception):
 
     def __str__(self) -> str:
         return self.reason
+
+
+# --------------------------------------------------------------------------- call errors
+
+
+class LeanMQError(grpc.RpcError):
+    """A call to leanmqd failed. Every SDK call raises a subclass per gRPC
+    status code (``Unavailable``, ``PermissionDenied``, ...) instead of a raw
+    ``grpc.RpcError``.
+
+    It still *is* a ``grpc.RpcError`` with ``code()`` and ``details()``, so
+    code written against the raw gRPC errors keeps working. The gRPC error
+    it came from is ``__cause__``.
+    """
+
+    #: The status code of this class; ``code()`` gives the actual one.
+    grpc_code: Optional[grpc.StatusCode] = None
+
+    def __init__(self, details: str, code: Optional[grpc.StatusCode] = None) -> None:
+        super().__init__(details)
+        self._code = code if code is not None else (self.grpc_code or grpc.StatusCode.UNKNOWN)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        """The gRPC status code (as ``grpc.RpcError.code()``)."""
+        return self._code
+
+    def details(self) -> str:
+        """The server's message (as ``grpc.RpcError.details()``)."""
+        return self._details
+
+    def __str__(self) -> str:
+        return f"{self._code.name}: {self._details}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._details!r})"
+
+
+class Cancelled(LeanMQError):
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
+class Unknown(LeanMQError):
+    grpc_code = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(LeanMQError):
+    """The request is malformed (a bad path, id, count, or a wrong ``confirm``)."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(LeanMQError):
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(LeanMQError):
+    """E.g. ``get_queue`` of a queue that does not exist."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(LeanMQError):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(LeanMQError):
+    """The token may not do this on this path (its grant does not cover it)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(LeanMQError):
+    """A limit was hit (the token's rate, a size bound)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(LeanMQError):
+    """E.g. a lease that was lost before the delivery was settled."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(LeanMQError):
+    grpc_code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(LeanMQError):
+    grpc_code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(LeanMQError):
+    """The server does not have this call (an older leanmqd?)."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(LeanMQError):
+    grpc_code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(LeanMQError):
+    """leanmqd (or its Redis) cannot be reached right now; worth retrying."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(LeanMQError):
+    grpc_code = grpc.StatusCode.DATA_LOSS
+
+
+class Unauthenticated(LeanMQError):
+    """No token, or one leanmqd does not know."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+_BY_CODE: Dict[grpc.StatusCode, Type[LeanMQError]] = {
+    cls.grpc_code: cls
+    for cls in (
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    )
+    if cls.grpc_code is not None
+}
+
+
+def error_for(err: BaseException) -> BaseException:
+    """The typed error for a gRPC error (itself when already typed or not a
+    gRPC error); raise it ``from err``."""
+    if isinstance(err, LeanMQError) or not isinstance(err, grpc.RpcError):
+        return err
+    code_fn = getattr(err, "code", None)
+    details_fn = getattr(err, "details", None)
+    code = code_fn() if callable(code_fn) else None
+    details = details_fn() if callable(details_fn) else None
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    cls = _BY_CODE.get(code, LeanMQError)
+    typed = cls(details or str(err) or code.name, code)
+    typed.__cause__ = err
+    return typed

@@ -42,6 +42,8 @@ from ._common import (
 )
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
+from .admin import Admin
+from .errors import error_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -279,8 +281,9 @@ class Webhook:
             ``authorization: Bearer <token>`` on every call, Subscribe
             streams included. A missing or unknown token fails calls with
             ``UNAUTHENTICATED``, a path outside the token's grant with
-            ``PERMISSION_DENIED`` (``grpc.RpcError``; a service stops with it
-            in ``service.error``).
+            ``PERMISSION_DENIED`` (``Unauthenticated`` / ``PermissionDenied``,
+            both :class:`~leanmq_grpc.LeanMQError`; a service stops with it in
+            ``service.error``).
     """
 
     def __init__(
@@ -320,6 +323,7 @@ class Webhook:
         self._keeper = _LeaseKeeper(self)
         self._acker = _AckBatcher(self)
         self._services: List["WebhookService"] = []
+        self._admin: Optional[Admin] = None
         self._closed = False
 
     # ------------------------------------------------------------ registration
@@ -341,6 +345,16 @@ class Webhook:
         """Non-decorator form of :meth:`get`."""
         self._router.add(path, handler, raw)
 
+    # ------------------------------------------------------------ administration
+
+    @property
+    def admin(self) -> Admin:
+        """An :class:`~leanmq_grpc.Admin` on this webhook's channel, with its
+        token, metadata and ``rpc_timeout`` (closed with the webhook)."""
+        if self._admin is None:
+            self._admin = Admin._on_channel(self._channel, self._metadata, self.rpc_timeout)
+        return self._admin
+
     # ------------------------------------------------------------ sending
 
     def send(
@@ -355,16 +369,24 @@ class Webhook:
 
         dict/list (any JSON value) → JSON, ``application/json``; bytes →
         ``application/octet-stream`` (or ``content_type``).
-        Raises ``grpc.RpcError`` when the broker refuses or is unreachable.
+        Raises a :class:`~leanmq_grpc.LeanMQError` subclass when the broker
+        refuses (``PermissionDenied``, ``InvalidArgument``, ...) or is
+        unreachable (``Unavailable``).
         """
         req = build_send_request(path, data, headers, content_type)
-        resp = self._stub.Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        try:
+            resp = self._stub.Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise error_for(e) from e
         return resp.message_id
 
     def send_batch(self, messages: Iterable[BatchItem]) -> List[str]:
         """Send ``[(path, data), (path, data, headers), …]`` atomically; ids in order."""
         req = build_batch_request(messages)
-        resp = self._stub.SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        try:
+            resp = self._stub.SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise error_for(e) from e
         return [r.message_id for r in resp.results]
 
     # ------------------------------------------------------------ pull processing
@@ -638,7 +660,7 @@ class _Subscription:
                 code = rpc_code(e)
                 if code in FATAL_STREAM_CODES:
                     logger.error("subscription to %s failed: %s", self.route.path, e)
-                    svc._fatal(e)
+                    svc._fatal(error_for(e))
                     break
                 failures += 1
                 # Warn once per outage; the retries after that are debug noise.

@@ -20,9 +20,11 @@ import grpc
 
 REPO = Path(__file__).resolve().parents[3]
 
-#: Two tokens: one may send to and subscribe to /sdk/>, one may only send to /other/>.
+#: Three tokens: one may send to and subscribe to /sdk/>, one may only send
+#: to /other/>, and one may also administer /sdk/> (the Admin tests).
 SDK_TOKEN = "sdk-token-3f9c1b7e"
 SEND_ONLY_TOKEN = "send-only-token-8d2a4c6f"
+ADMIN_TOKEN = "admin-token-5e1d9a27"
 
 
 def leanmqd_binary() -> Optional[str]:
@@ -56,6 +58,13 @@ subscribe = ["/sdk/>"]
 name = "send-only"
 hash = "{token_hash(SEND_ONLY_TOKEN)}"
 send = ["/other/>"]
+
+[[tokens]]
+name = "admin"
+hash = "{token_hash(ADMIN_TOKEN)}"
+send = ["/sdk/>"]
+subscribe = ["/sdk/>"]
+admin = ["/sdk/>"]
 """
     )
     return path
