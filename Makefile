@@ -7,7 +7,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test test-rust test-clients test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
+.PHONY: layout run test test-rust test-clients test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
 
 run: redis
 	$(CARGO) run --release --bin leanmqd -- $(ARGS)
@@ -84,7 +84,11 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features otlp -- -D warnings
 
-lint: fmt clippy
+# src/ stays navigable: no file over 700 lines, no function over 90.
+layout:
+	python3 scripts/check_layout.py src
+
+lint: fmt clippy layout
 
 ci: lint test soak-short bench-short
 

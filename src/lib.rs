@@ -5,25 +5,35 @@
 //! Redis Streams, wire-compatible with LeanMQ 0.2.0.
 //!
 //! ## Map
-//! - [`main`](../leanmqd/index.html) — the `leanmqd` binary: flags, logging, embedded Redis, signals.
+//! A request enters at the edge (`rpc`, one file per RPC), makes one call
+//! into the domain façade (`queues`), which drives the Redis side
+//! (`broker`) and the local fan-out (`broker::dispatch`).
+//!
+//! - [`main`](../leanmqd/index.html) — the `leanmqd` binary: clap flags and subcommands, logging, embedded Redis, signals.
 //! - [`config`] — flags with `LEANMQ_*` env twins, validated before binding (bad config exits 64).
-//! - [`server`] — assembles the services (Broker, Health, Reflection) and the drain.
-//! - [`shutdown`] — SIGINT/SIGTERM and the drain broadcast.
+//! - [`server`] — assembles the services (Broker, Admin, Health, Reflection) behind one tower stack.
+//! - [`shutdown`] — SIGINT/SIGTERM, and the drain: one cancellation token and one task tracker for every task.
 //! - [`embedded`] — the supervised `redis-server` child used when no Redis URL is given.
-//! - [`rpc`] — the gRPC edge: one file per RPC, proto ↔ domain conversion in `rpc::convert`.
+//! - [`rpc`] — the gRPC edge: convert → one call into [`queues`] → convert (`rpc::convert`); Admin in `rpc::admin`.
+//! - [`queues`] — the domain façade: one method per operation; ensure-on-first-use and credit release live here.
 //! - [`routing`] — path → queue name → Redis keys, exactly as LeanMQ maps them.
 //! - [`broker`] — the only code that speaks Redis:
-//!   - `broker::redis` — pooled, pipelined connections;
-//!   - `broker::envelope` — LeanMQ's `data` JSON envelope;
-//!   - `broker::receipt` — self-contained delivery receipts;
-//!   - `broker::dispatch` — one reader per (queue, group), fan-out by credit;
+//!   - `broker::types` — what is sent, delivered and settled;
+//!   - `broker::send`, `fetch`, `settle`, `admin`, `schedule` — one `impl Broker` each;
+//!   - `broker::scripts` — one typed wrapper per Lua script, and the names and codes Rust and Lua share;
 //!   - `broker/lua/` — every multi-step change as one atomic script (plain
-//!     appends and plain reads of new entries use MULTI/EXEC instead; see `broker`).
+//!     appends and plain reads of new entries use MULTI/EXEC instead; see `broker`);
+//!   - `broker::coalesce` — concurrent unary Sends sharing one Redis call;
+//!   - `broker::dispatch` — fan-out by credit: `ledger` (pure), `reader` (plan, fetch, deliver, block), `subscription`;
+//!   - `broker::redis` — pooled, pipelined connections, and `Waiter`, the blocking wait for appends;
+//!   - `broker::background` — the scheduler, retention and gauge tasks;
+//!   - `broker::envelope` — LeanMQ's `data` JSON envelope; `broker::receipt` — delivery receipts.
 //! - [`auth`] — bearer tokens (hashes in a file) and the one place that decides per-path permissions.
 //! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
 //! - [`telemetry`] — logs and optional OTLP trace export (`otlp` feature).
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
 //! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
+//! - [`backoff`] — retry delays, in one place.
 
 pub mod auth;
 pub mod backoff;

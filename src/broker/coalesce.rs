@@ -108,17 +108,23 @@ async fn gather(
 /// messages are plain (see `Broker::append_plain`), and in Redis Cluster a
 /// call must stay within one queue's slot anyway.
 async fn run(broker: &Broker, jobs: Vec<Job>) {
-    let mut by_queue: Vec<Vec<Job>> = Vec::new();
+    futures::future::join_all(by_queue(jobs).into_iter().map(|g| shared(broker, g))).await;
+}
+
+/// Jobs grouped by queue, each group in arrival order, groups in order of
+/// their first job.
+fn by_queue(jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut groups: Vec<Vec<Job>> = Vec::new();
     for j in jobs {
-        match by_queue
+        match groups
             .iter_mut()
             .find(|g| g[0].msg.route.queue == j.msg.route.queue)
         {
             Some(g) => g.push(j),
-            None => by_queue.push(vec![j]),
+            None => groups.push(vec![j]),
         }
     }
-    futures::future::join_all(by_queue.into_iter().map(|g| shared(broker, g))).await;
+    groups
 }
 
 async fn shared(broker: &Broker, jobs: Vec<Job>) {
@@ -140,5 +146,90 @@ async fn shared(broker: &Broker, jobs: Vec<Job>) {
                 let _ = done.send(broker.send_alone(m).await);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::route;
+
+    fn job(path: &str, n: u8) -> (Job, oneshot::Receiver<Result<Sent>>) {
+        let (done, rx) = oneshot::channel();
+        let msg = Outgoing {
+            route: route(path).expect("path"),
+            payload: bytes::Bytes::from(vec![n]),
+            content_type: String::new(),
+            headers: Vec::new(),
+            ttl: None,
+            delay: None,
+            idempotency_key: None,
+        };
+        (Job { msg, done }, rx)
+    }
+
+    #[test]
+    fn shared_calls_group_jobs_by_queue_keeping_arrival_order() {
+        let jobs = vec![
+            job("/a", 1).0,
+            job("/b", 2).0,
+            job("/a", 3).0,
+            job("/c/", 4).0,
+            job("/b", 5).0,
+        ];
+        let groups = by_queue(jobs);
+        let shape: Vec<(String, Vec<u8>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g[0].msg.route.queue.clone(),
+                    g.iter().map(|j| j.msg.payload[0]).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("a".to_string(), vec![1, 3]),
+                ("b".to_string(), vec![2, 5]),
+                ("c".to_string(), vec![4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_that_share_a_queue_share_a_call() {
+        // LeanMQ maps both spellings to one queue, so they are one atomic call.
+        let groups = by_queue(vec![job("/order/status", 1).0, job("/order-status", 2).0]);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].len(), 2);
+    }
+
+    #[test]
+    fn each_caller_keeps_its_own_answer_channel() {
+        let (a, mut ra) = job("/a", 1);
+        let (b, mut rb) = job("/a", 2);
+        let mut groups = by_queue(vec![a, b]);
+        let g = groups.remove(0);
+        for (i, j) in g.into_iter().enumerate() {
+            let _ = j.done.send(Ok(Sent {
+                message_id: format!("{i}-0"),
+                ..Sent::default()
+            }));
+        }
+        assert_eq!(
+            ra.try_recv()
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|s| s.message_id),
+            Some("0-0".into())
+        );
+        assert_eq!(
+            rb.try_recv()
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|s| s.message_id),
+            Some("1-0".into())
+        );
     }
 }
