@@ -116,13 +116,40 @@ fn advice(code: Code) -> &'static str {
     }
 }
 
+/// What to try when a connection failed this way.
+fn connect_advice(addr: &str, cause: &str) -> &'static str {
+    let cause = cause.to_ascii_lowercase();
+    let tls = addr.starts_with("https://");
+    let closed = [
+        "broken pipe",
+        "connection reset",
+        "closed",
+        "connection error",
+        "frame",
+    ]
+    .iter()
+    .any(|w| cause.contains(w));
+    if cause.contains("certificaterequired") || cause.contains("certificate required") {
+        "leanmqd requires a client certificate: pass --cert and --key"
+    } else if cause.contains("certificate") {
+        "pass the CA that signed leanmqd's certificate with --ca"
+    } else if closed && tls {
+        "leanmqd hung up during setup: if it requires a client certificate, pass --cert and --key"
+    } else if closed {
+        "leanmqd hung up or spoke another protocol: if it serves TLS, use an https:// address"
+    } else {
+        "check that it runs there, or set --addr / LEANMQ_ADDR"
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Usage(m) => write!(f, "{m}"),
             Failure::Unreachable { addr, cause } => write!(
                 f,
-                "cannot reach leanmqd at {addr}: {cause} (UNAVAILABLE); check that it runs there, or set --addr / LEANMQ_ADDR"
+                "cannot reach leanmqd at {addr}: {cause} (UNAVAILABLE); {}",
+                connect_advice(addr, cause)
             ),
             Failure::Timeout { addr, after } => write!(
                 f,

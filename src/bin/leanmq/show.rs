@@ -92,13 +92,13 @@ pub fn payload_pretty(content_type: &str, bytes: &[u8]) -> String {
 
 /// A timestamp as RFC 3339 UTC with milliseconds.
 pub fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
-    let st = SystemTime::try_from(ts?.clone()).ok()?;
+    let st = SystemTime::try_from(*ts?).ok()?;
     Some(humantime::format_rfc3339_millis(st).to_string())
 }
 
 /// A proto duration, as std.
 pub fn duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
-    Duration::try_from(d?.clone()).ok()
+    Duration::try_from(*d?).ok()
 }
 
 /// An age for people: whole seconds from a second on ("1h 2m 3s"),
