@@ -3,153 +3,52 @@
 //! letter, dlq ls/show, requeue, tail), TLS and token flags, and every
 //! documented exit code with its message. JSON outputs are parsed.
 
+mod cli_support;
 mod common;
 
 use std::process::Stdio;
 
+use cli_support::*;
 use common::pki::{write, Ca};
 use common::*;
 use leanmq_grpc::proto;
 use leanmq_grpc::proto::admin_client::AdminClient;
-use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_leanmq");
-
-/// What one run of `leanmq` did.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Run {
-        assert_eq!(self.code, Some(0), "stderr: {}", self.stderr);
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
-
-    /// Exit `code` with `needle` in the one-line error.
-    fn fails(&self, code: i32, needle: &str) {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "stdout: {} stderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(
-            self.stderr.contains(needle),
-            "{needle:?} not in: {}",
-            self.stderr
-        );
-    }
-}
-
-/// A `leanmq` command with none of the caller's LEANMQ_* settings.
-fn command(addr: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(BIN);
-    for v in [
-        "LEANMQ_ADDR",
-        "LEANMQ_TOKEN",
-        "LEANMQ_CA",
-        "LEANMQ_CERT",
-        "LEANMQ_KEY",
-        "LEANMQ_TIMEOUT",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("LEANMQ_ADDR", addr).kill_on_drop(true);
-    c
-}
-
-async fn finish(c: &mut tokio::process::Command, stdin: Option<&[u8]>) -> Run {
-    c.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn leanmq");
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data).await.expect("write stdin");
-    }
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("leanmq exits in time")
-        .expect("leanmq output");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-async fn leanmq(addr: &str, args: &[&str]) -> Run {
-    finish(command(addr).args(args), None).await
-}
-
-async fn leanmq_stdin(addr: &str, args: &[&str], stdin: &[u8]) -> Run {
-    finish(command(addr).args(args), Some(stdin)).await
-}
-
-fn http(d: &Leanmqd) -> String {
-    format!("http://{}", d.addr)
-}
-
-/// Every line of NDJSON output, parsed.
-fn ndjson(s: &str) -> Vec<Value> {
-    s.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-#[tokio::test]
-async fn send_queues_dead_letter_requeue_and_tail() {
-    let redis = RedisProc::start();
-    let d = Leanmqd::start(&redis.url()).await;
-    let addr = http(&d);
+/// Sends of each kind; returns the ids of the JSON order and of the
+/// JSON array sent with the human form.
+async fn send_each_kind(addr: &str) -> (String, String) {
     let order = r#"{"order_id": 7, "big": 12345678901234567890123}"#;
-    let sent = leanmq(
-        &addr,
-        &[
-            "send",
-            "/cli/orders",
-            order,
-            "--header",
-            "trace=abc",
-            "--json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
+    let args = [
+        "send",
+        "/cli/orders",
+        order,
+        "--header",
+        "trace=abc",
+        "--json",
+    ];
+    let sent = leanmq(addr, &args).await.ok().json();
     let first = sent["message_id"].as_str().expect("an id").to_string();
     assert_eq!(sent["duplicate"], false);
     // An idempotency key: the second send stores nothing.
     let keyed = ["send", "/cli/orders", "plain text", "--key", "k1", "--json"];
-    let a = leanmq(&addr, &keyed).await.ok().json();
-    let b = leanmq(&addr, &keyed).await.ok().json();
-    assert_eq!(
-        (a["message_id"].clone(), b["duplicate"].clone()),
-        (b["message_id"].clone(), Value::Bool(true))
-    );
+    let a = leanmq(addr, &keyed).await.ok().json();
+    let b = leanmq(addr, &keyed).await.ok().json();
+    assert_eq!(a["message_id"], b["message_id"]);
+    assert_eq!(b["duplicate"], true);
     // A delayed message has a schedule id, and is scheduled, not in the stream.
     let later = ["send", "/cli/orders", "{}", "--delay", "1h", "--json"];
-    let delayed = leanmq(&addr, &later).await.ok().json();
+    let delayed = leanmq(addr, &later).await.ok().json();
     assert_eq!(delayed["message_id"], "");
     assert!(!delayed["schedule_id"].as_str().unwrap_or("").is_empty());
     // The human form prints just the id.
-    let human = leanmq(&addr, &["send", "/cli/orders", "[1,2]"]).await.ok();
-    assert!(human.stdout.trim().contains('-'), "{}", human.stdout);
+    let human = leanmq(addr, &["send", "/cli/orders", "[1,2]"]).await.ok();
+    let id = human.stdout.trim().to_string();
+    assert!(id.contains('-') && !id.contains(' '), "{}", human.stdout);
+    (first, id)
+}
 
-    let queues = leanmq(&addr, &["queues", "--json"]).await.ok().json();
+async fn check_queues(addr: &str) {
+    let queues = leanmq(addr, &["queues", "--json"]).await.ok().json();
     let q = queues
         .as_array()
         .and_then(|a| a.iter().find(|q| q["queue"] == "cli_orders"))
@@ -160,29 +59,34 @@ async fn send_queues_dead_letter_requeue_and_tail() {
     assert_eq!(q["paths"], serde_json::json!(["/cli/orders"]));
     assert_eq!(q["groups"][0]["name"], "cli_orders-group");
     assert_eq!(q["groups"][0]["lag"], 3);
-    let table = leanmq(&addr, &["queues"]).await.ok();
+    let table = leanmq(addr, &["queues"]).await.ok();
     assert!(table.stdout.contains("OLDEST UNACKED") && table.stdout.contains("cli_orders"));
+}
 
-    // A handler dead-letters the order; the others are acked.
+/// A handler dead-letters the messages `doomed` names and acks the rest.
+async fn dead_letter(d: &Leanmqd, doomed: &[&str]) {
     let mut c = d.client().await;
     let got = receive(&mut c, "/cli/orders", "", 10, 30_000).await;
     assert_eq!(got.len(), 3);
     for dl in &got {
-        if dl.message_id == first {
-            c.nack(proto::NackRequest {
+        if doomed.contains(&dl.message_id.as_str()) {
+            let nack = proto::NackRequest {
                 receipt: dl.receipt.clone(),
                 dead_letter: true,
                 reason: "boom: no such order".into(),
                 ..Default::default()
-            })
-            .await
-            .expect("nack");
+            };
+            c.nack(nack).await.expect("nack");
         } else {
             ack(&mut c, &[&dl.receipt]).await;
         }
     }
+}
 
-    let ls = leanmq(&addr, &["dlq", "ls", "/cli/orders", "--json"])
+/// `dlq ls` and `dlq show` of the dead-lettered order; returns its DLQ id
+/// and the other dead letter's.
+async fn inspect_dead_letters(addr: &str, first: &str) -> (String, String) {
+    let ls = leanmq(addr, &["dlq", "ls", "/cli/orders", "--json"])
         .await
         .ok();
     assert!(
@@ -191,41 +95,66 @@ async fn send_queues_dead_letter_requeue_and_tail() {
         ls.stdout
     );
     let letters = ls.json();
+    assert_eq!(letters.as_array().map(Vec::len), Some(2));
     let letter = &letters[0];
-    assert_eq!(letters.as_array().map(Vec::len), Some(1));
-    assert_eq!(letter["original_message_id"], first.as_str());
+    assert_eq!(letter["original_message_id"], first);
     assert_eq!(letter["payload"]["order_id"], 7);
     assert_eq!(letter["headers"]["trace"], "abc");
     assert_eq!(letter["last_reason"], "boom: no such order");
     let dead_id = letter["id"].as_str().expect("id").to_string();
-    let ls = leanmq(&addr, &["dlq", "ls", "/cli/orders"]).await.ok();
+    let other = letters[1]["id"].as_str().expect("id").to_string();
+    let ls = leanmq(addr, &["dlq", "ls", "/cli/orders", "--limit", "1"])
+        .await
+        .ok();
     assert!(
         ls.stdout.contains(&dead_id) && ls.stdout.contains("boom"),
         "{}",
         ls.stdout
     );
+    assert!(!ls.stdout.contains(&other) && ls.stderr.contains("raise --limit"));
 
-    let show = leanmq(&addr, &["dlq", "show", "/cli/orders", &dead_id, "--json"])
-        .await
-        .ok()
-        .json();
+    let args = ["dlq", "show", "/cli/orders", &dead_id, "--json"];
+    let show = leanmq(addr, &args).await.ok().json();
     assert_eq!(show["id"], dead_id.as_str());
     assert_eq!(show["failures"][0]["reason"], "boom: no such order");
     assert_eq!(show["failures"][0]["group"], "cli_orders-group");
-    let show = leanmq(&addr, &["dlq", "show", "/cli/orders", &dead_id])
-        .await
-        .ok();
+    let show = leanmq(addr, &args[..4]).await.ok();
     assert!(
         show.stdout.contains("  \"order_id\": 7"),
-        "pretty-printed: {}",
+        "pretty: {}",
         show.stdout
     );
     assert!(show.stdout.contains("trace: abc") && show.stdout.contains("boom: no such order"));
+    (dead_id, other)
+}
 
-    let requeued = leanmq(&addr, &["dlq", "requeue", "/cli/orders", "--all", "--json"])
+#[tokio::test]
+async fn send_queues_dead_letter_requeue_and_tail() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let addr = http(&d);
+    let (first, array) = send_each_kind(&addr).await;
+    check_queues(&addr).await;
+    dead_letter(&d, &[&first, &array]).await;
+    let (dead_id, other) = inspect_dead_letters(&addr, &first).await;
+
+    let rm = leanmq(&addr, &["dlq", "rm", "/cli/orders", &other, "--json"])
         .await
         .ok()
         .json();
+    assert_eq!(rm["deleted"], 1);
+    let future = [
+        "dlq",
+        "requeue",
+        "/cli/orders",
+        "--since",
+        "2100-01-01T00:00:00Z",
+        "--json",
+    ];
+    let none = leanmq(&addr, &future).await.ok().json();
+    assert_eq!(none["requeued"], serde_json::json!([]), "--since filters");
+    let all = ["dlq", "requeue", "/cli/orders", "--all", "--json"];
+    let requeued = leanmq(&addr, &all).await.ok().json();
     assert_eq!(requeued["requeued"][0]["dead_letter_id"], dead_id.as_str());
     assert_eq!(requeued["missing"], serde_json::json!([]));
     let new_id = requeued["requeued"][0]["message_id"]
@@ -256,8 +185,10 @@ async fn send_queues_dead_letter_requeue_and_tail() {
     assert_eq!(dl["payload"]["order_id"], 7);
     assert_eq!(dl["content_type"], "application/json");
     assert_eq!(dl["headers"]["trace"], "abc");
-    assert_eq!(dl["attempt"], 1);
-    assert_eq!(dl["path"], "/cli/orders");
+    assert_eq!(
+        (dl["attempt"].clone(), dl["path"].clone()),
+        (1.into(), "/cli/orders".into())
+    );
     assert_eq!(dl["group"], "cli_orders-group");
     for field in ["receipt", "published_at", "lease_expires_at"] {
         assert!(
@@ -377,11 +308,10 @@ async fn send_lines_in_batches_up_to_a_bad_line() {
 }
 
 #[tokio::test]
-async fn bad_input_gets_the_documented_exit_code_and_message() {
+async fn usage_errors_exit_2_and_send_nothing() {
     let redis = RedisProc::start();
     let d = Leanmqd::start(&redis.url()).await;
     let addr = http(&d);
-    // 2: usage, found before anything is sent.
     leanmq(&addr, &["send", "/cli/x", r#"{"a":"#])
         .await
         .fails(2, "DATA starts like JSON but does not parse");
@@ -441,8 +371,19 @@ async fn bad_input_gets_the_documented_exit_code_and_message() {
         0,
         "usage errors send nothing"
     );
+    // Input is checked before connecting: a usage error stays one when
+    // leanmqd is down.
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    leanmq(&nobody, &["send", "/cli/x", "{"])
+        .await
+        .fails(2, "DATA starts like JSON");
+}
 
-    // 1: refused by the server, or not there.
+#[tokio::test]
+async fn refusals_and_unknown_ids_exit_1() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let addr = http(&d);
     leanmq(&addr, &["send", "/cli/x", r#"{"_metadata":1}"#])
         .await
         .fails(1, "refused by leanmqd (INVALID_ARGUMENT)");
@@ -469,8 +410,10 @@ async fn bad_input_gets_the_documented_exit_code_and_message() {
         .ok()
         .json();
     assert_eq!(purged["purged"], 0);
+}
 
-    // 3: unreachable, with the address and the cause.
+#[tokio::test]
+async fn unreachable_exits_3_naming_address_and_cause() {
     let nobody = format!("http://127.0.0.1:{}", free_port());
     let run = leanmq(&nobody, &["queues"]).await;
     run.fails(

@@ -194,7 +194,9 @@ mod tests {
     #[test]
     fn tokens_are_checked_without_being_echoed() {
         assert!(bearer_value(Some("")).is_err());
-        let e = bearer_value(Some("bad\nsecret")).err().map(|f| f.to_string());
+        let e = bearer_value(Some("bad\nsecret"))
+            .err()
+            .map(|f| f.to_string());
         assert!(e.is_some_and(|m| !m.contains("secret")));
         assert!(bearer_value(Some("ok-token")).is_ok_and(|v| v.is_some()));
     }
