@@ -6,52 +6,13 @@ mod common;
 
 use std::path::Path;
 
+use common::pki::{write, Ca};
 use common::*;
 use leanmq_grpc::proto;
 use leanmq_grpc::proto::admin_client::AdminClient;
 use leanmq_grpc::proto::broker_client::BrokerClient;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request};
-
-/// A CA and the PEM of certificates it signs.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().expect("key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("ca"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// (cert PEM, key PEM) for `name` (a DNS name in the SAN).
-    fn leaf(&self, name: &str) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec![name.to_string()])
-            .expect("params")
-            .signed_by(&key, &self.issuer)
-            .expect("sign");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write");
-    p
-}
 
 async fn tls_channel(
     addr: std::net::SocketAddr,

@@ -3,6 +3,8 @@
 //! a deadline, never a bare sleep.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
