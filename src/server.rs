@@ -278,12 +278,14 @@ async fn watch_redis(
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut serving = true;
+    crate::observe::serving(serving);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = drain.wait_for(|d| *d) => return,
         }
         let ok = broker.redis.ping().await.is_ok();
+        crate::observe::serving(ok);
         if ok != serving && !*drain.borrow() {
             serving = ok;
             let status = if ok {
