@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import functools
 import logging
@@ -36,6 +37,7 @@ from ._common import (
     shutdown_settlement,
     to_duration,
 )
+from . import tracing
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
 
@@ -156,12 +158,14 @@ class AsyncWebhook:
         content_type: Optional[str] = None,
     ) -> str:
         req = build_send_request(path, data, headers, content_type)
-        resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))
         return str(resp.message_id)
 
     async def send_batch(self, messages: Iterable[BatchItem]) -> List[str]:
         req = build_batch_request(messages)
-        resp = await self._get_stub().SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+        resp = await self._get_stub().SendBatch(
+            req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata)
+        )
         return [r.message_id for r in resp.results]
 
     # ------------------------------------------------------------ pull processing
@@ -385,14 +389,18 @@ class AsyncWebhook:
     # ------------------------------------------------------------ internals
 
     async def _call_handler(self, job: _Job) -> None:
-        arg = handler_argument(job.route, job.delivery)
-        if job.route.is_async:
-            await job.route.handler(arg)
-            return
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, functools.partial(job.route.handler, arg))
-        if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
-            await result
+        with tracing.handler_span(job.delivery):
+            arg = handler_argument(job.route, job.delivery)
+            if job.route.is_async:
+                await job.route.handler(arg)
+                return
+            loop = asyncio.get_running_loop()
+            # The executor thread does not inherit context variables: hand it
+            # this one, so the handler sees its span and delivery_traceparent().
+            ctx = contextvars.copy_context()
+            result = await loop.run_in_executor(None, ctx.run, functools.partial(job.route.handler, arg))
+            if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
+                await result
 
     async def _run_handler(self, job: _Job, keeper: "asyncio.Future[None]") -> Optional[Exception]:
         """Run the handler; returns the exception it raised (logged), None on
