@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t leanmqd .
 # Run:   docker run -p 50051:50051 -e LEANMQ_REDIS_URL=redis://redis:6379 leanmqd
+#        (traces: -e LEANMQ_OTLP_ENDPOINT=http://otel-collector:4317)
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -9,6 +10,7 @@ COPY proto ./proto
 COPY src ./src
 # The workspace's other member must be present for cargo to resolve it.
 COPY bench ./bench
+# Default features: OTLP trace export is built in, on with LEANMQ_OTLP_ENDPOINT.
 RUN cargo build --release --locked -p leanmq-grpc --bin leanmqd \
  && strip target/release/leanmqd
 

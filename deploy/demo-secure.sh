@@ -36,8 +36,8 @@ echo '$ grpcurl -cacert ca.crt -H "authorization: Bearer $TOKEN" -d "$SEND" loca
 $GRPCURL -cacert ca.crt -H "authorization: Bearer $TOKEN" -d "$SEND" localhost:50777 leanmq.v1.Broker/Send 2>&1
 echo '$ grpcurl -cacert ca.crt -H "authorization: Bearer $TOKEN" -d "{\"path\":\"/order/status/\",\"max_messages\":10}" localhost:50777 leanmq.v1.Broker/Receive'
 $GRPCURL -cacert ca.crt -H "authorization: Bearer $TOKEN" -d '{"path":"/order/status/","max_messages":10}' localhost:50777 leanmq.v1.Broker/Receive 2>&1 | head -12
-echo '$ curl -s localhost:9777/metrics | grep -E "^leanmq_(messages_sent|deliveries)_total|^leanmq_rpc_duration_seconds_count"'
-curl -s localhost:9777/metrics | grep -E '^leanmq_(messages_sent|deliveries)_total|^leanmq_rpc_duration_seconds_count'
+echo '$ curl -s localhost:9777/metrics | grep -E "^leanmq_(messages_sent|deliveries)_total|^grpc_server_handling_seconds_count"'
+curl -s localhost:9777/metrics | grep -E '^leanmq_(messages_sent|deliveries)_total|^grpc_server_handling_seconds_count'
 kill $PID; wait $PID
 redis-cli -p 26399 shutdown nosave >/dev/null 2>&1
 rm -rf "$WORK"

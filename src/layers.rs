@@ -9,7 +9,8 @@ use tonic::codegen::http;
 
 use crate::observe;
 
-/// Records `leanmq_rpc_duration_seconds{method, code}` for every call.
+/// Records `grpc_server_handling_seconds{grpc_service, grpc_method,
+/// grpc_type, grpc_code}` for every call.
 #[derive(Clone, Copy, Default)]
 pub struct RpcMetricsLayer;
 

@@ -2,6 +2,14 @@
 //! port). Without that flag no recorder is installed and every call here is
 //! a no-op.
 //!
+//! Names follow Prometheus conventions (`_total` counters, base units in
+//! the name); the RPC histogram is the gRPC ecosystem's server metric
+//! (`grpc_server_handling_seconds` with `grpc_service`, `grpc_method`,
+//! `grpc_type`, `grpc_code`), so stock gRPC dashboards and alerts work on
+//! it. `docs/operations.md` lists every metric with its labels; keep it,
+//! `deploy/grafana` and `deploy/prometheus/alerts.yml` in step with this
+//! file (`make test-deploy` checks that they only name metrics made here).
+//!
 //! | metric | labels | what |
 //! | --- | --- | --- |
 //! | `leanmq_messages_sent_total` | queue | appended (or scheduled) by Send/SendBatch |
@@ -12,9 +20,12 @@
 //! | `leanmq_dead_lettered_total` | queue, group, reason | moved to the DLQ (`consumer`, `max_attempts`, `lease_expired`, `expired`) |
 //! | `leanmq_expired_total` | queue, group | TTL passed before delivery |
 //! | `leanmq_queue_depth`, `_pending`, `_oldest_unacked_seconds`, `_dead_letters`, `_scheduled` | queue | sampled every 15 s |
-//! | `leanmq_rpc_duration_seconds` | method, code | gRPC handling time (to response headers for streams) |
+//! | `leanmq_group_lag` | queue, group | entries not yet delivered to the group, sampled every 15 s |
+//! | `grpc_server_handling_seconds` | grpc_service, grpc_method, grpc_type, grpc_code | gRPC handling time (to response headers for streams) |
 //! | `leanmq_redis_duration_seconds` | | Redis round trips of the shared lanes |
 //! | `leanmq_redis_errors_total` | kind (`unavailable`, `nogroup`, `other`) | Redis failures |
+//! | `leanmq_serving` | | 1 while health says SERVING, 0 while Redis is unreachable |
+//! | `leanmq_load_shed_total` | | unary calls refused by `--max-concurrent-rpcs` |
 //! | `leanmq_open_streams` | | Subscribe streams open on this replica |
 
 use std::net::SocketAddr;
@@ -85,41 +96,92 @@ pub fn queue_gauges(
     gauge!("leanmq_queue_scheduled", "queue" => q).set(scheduled as f64);
 }
 
-/// The `method` label of a request path: the known methods as static
-/// strings (no allocation per call); anything else is "other", so a client
-/// can't grow the label set with made-up paths.
-pub fn method_label(path: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "/leanmq.v1.Broker/Send",
-        "/leanmq.v1.Broker/SendBatch",
-        "/leanmq.v1.Broker/Subscribe",
-        "/leanmq.v1.Broker/Receive",
-        "/leanmq.v1.Broker/Ack",
-        "/leanmq.v1.Broker/Nack",
-        "/leanmq.v1.Broker/Extend",
-        "/leanmq.v1.Admin/ListQueues",
-        "/leanmq.v1.Admin/GetQueue",
-        "/leanmq.v1.Admin/ListDeadLetters",
-        "/leanmq.v1.Admin/RequeueDeadLetters",
-        "/leanmq.v1.Admin/DeleteDeadLetters",
-        "/leanmq.v1.Admin/PurgeDeadLetters",
-        "/leanmq.v1.Admin/PurgeQueue",
-        "/leanmq.v1.Admin/DeleteQueue",
-        "/grpc.health.v1.Health/Check",
-        "/grpc.health.v1.Health/Watch",
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    ];
-    KNOWN
-        .iter()
-        .copied()
-        .find(|k| *k == path)
-        .unwrap_or("other")
+/// A group's lag (entries not yet delivered to it); Redis reports none
+/// (negative here) after deletions it can't account for, and then the last
+/// known value stays.
+pub fn group_lag(queue: &str, group: &str, lag: i64) {
+    if lag >= 0 {
+        gauge!("leanmq_group_lag", "queue" => queue.to_string(), "group" => group.to_string())
+            .set(lag as f64);
+    }
 }
 
-pub fn rpc(method: &'static str, code: &'static str, took: Duration) {
-    histogram!("leanmq_rpc_duration_seconds", "method" => method, "code" => code)
-        .record(took.as_secs_f64());
+/// Health as a gauge, so an alert can fire on NOT_SERVING.
+pub fn serving(ok: bool) {
+    gauge!("leanmq_serving").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// The gRPC labels of a call: service, method and type (`unary`,
+/// `server_stream`, `bidi_stream`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcLabels {
+    pub service: &'static str,
+    pub method: &'static str,
+    pub kind: &'static str,
+}
+
+/// The labels of a request path: the known methods as static strings (no
+/// allocation per call); anything else is "other", so a client can't grow
+/// the label set with made-up paths.
+pub fn method_label(path: &str) -> RpcLabels {
+    const UNARY: &str = "unary";
+    const KNOWN: &[(&str, &str, &str)] = &[
+        ("leanmq.v1.Broker", "Send", UNARY),
+        ("leanmq.v1.Broker", "SendBatch", UNARY),
+        ("leanmq.v1.Broker", "Subscribe", "server_stream"),
+        ("leanmq.v1.Broker", "Receive", UNARY),
+        ("leanmq.v1.Broker", "Ack", UNARY),
+        ("leanmq.v1.Broker", "Nack", UNARY),
+        ("leanmq.v1.Broker", "Extend", UNARY),
+        ("leanmq.v1.Admin", "ListQueues", UNARY),
+        ("leanmq.v1.Admin", "GetQueue", UNARY),
+        ("leanmq.v1.Admin", "ListDeadLetters", UNARY),
+        ("leanmq.v1.Admin", "RequeueDeadLetters", UNARY),
+        ("leanmq.v1.Admin", "DeleteDeadLetters", UNARY),
+        ("leanmq.v1.Admin", "PurgeDeadLetters", UNARY),
+        ("leanmq.v1.Admin", "PurgeQueue", UNARY),
+        ("leanmq.v1.Admin", "DeleteQueue", UNARY),
+        ("grpc.health.v1.Health", "Check", UNARY),
+        ("grpc.health.v1.Health", "Watch", "server_stream"),
+        (
+            "grpc.reflection.v1.ServerReflection",
+            "ServerReflectionInfo",
+            "bidi_stream",
+        ),
+        (
+            "grpc.reflection.v1alpha.ServerReflection",
+            "ServerReflectionInfo",
+            "bidi_stream",
+        ),
+    ];
+    let (service, method) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or(("", ""));
+    KNOWN
+        .iter()
+        .find(|(s, m, _)| *s == service && *m == method)
+        .map(|&(service, method, kind)| RpcLabels {
+            service,
+            method,
+            kind,
+        })
+        .unwrap_or(RpcLabels {
+            service: "other",
+            method: "other",
+            kind: "other",
+        })
+}
+
+pub fn rpc(labels: RpcLabels, code: &'static str, took: Duration) {
+    histogram!(
+        "grpc_server_handling_seconds",
+        "grpc_service" => labels.service,
+        "grpc_method" => labels.method,
+        "grpc_type" => labels.kind,
+        "grpc_code" => code
+    )
+    .record(took.as_secs_f64());
 }
 
 pub fn redis_call(took: Duration) {
@@ -164,5 +226,41 @@ pub fn code_name(code: &str) -> &'static str {
         "15" => "DATA_LOSS",
         "16" => "UNAUTHENTICATED",
         _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_paths_split_into_grpc_labels_and_the_rest_are_other() {
+        assert_eq!(
+            method_label("/leanmq.v1.Broker/Send"),
+            RpcLabels {
+                service: "leanmq.v1.Broker",
+                method: "Send",
+                kind: "unary"
+            }
+        );
+        assert_eq!(
+            method_label("/leanmq.v1.Broker/Subscribe").kind,
+            "server_stream"
+        );
+        assert_eq!(
+            method_label("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").kind,
+            "bidi_stream"
+        );
+        for made_up in [
+            "/leanmq.v1.Broker/Nope",
+            "/x/Send",
+            "",
+            "/",
+            "Send",
+            "/leanmq.v1.Broker/Send/x",
+        ] {
+            assert_eq!(method_label(made_up).service, "other", "{made_up}");
+            assert_eq!(method_label(made_up).method, "other", "{made_up}");
+        }
     }
 }

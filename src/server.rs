@@ -298,12 +298,14 @@ async fn until_drained(serving: ServeFuture, drain: Drain, grace: Duration) -> R
 /// Health follows Redis: NOT_SERVING while it is unreachable, SERVING again after.
 async fn watch_redis(broker: Arc<Broker>, reporter: HealthReporter, drain: Drain) {
     let mut serving = true;
+    crate::observe::serving(serving);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = drain.draining() => return,
         }
         let ok = broker.redis.ping().await.is_ok();
+        crate::observe::serving(ok);
         if ok != serving && !drain.is_draining() {
             serving = ok;
             let status = if ok {

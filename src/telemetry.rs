@@ -1,5 +1,7 @@
-//! Logs (`RUST_LOG`, text or JSON) and, with the `otlp` feature and
-//! `--otlp-endpoint`, OpenTelemetry trace export over OTLP/gRPC.
+//! Logs (`RUST_LOG`, text or JSON) and, with `--otlp-endpoint`,
+//! OpenTelemetry trace export over OTLP/gRPC. The export is compiled in by
+//! the default `otlp` feature and costs nothing until the flag turns it on;
+//! `--no-default-features` builds leave it out.
 //!
 //! Trace context: a Send's `traceparent` metadata becomes the message's
 //! `traceparent` header (see `rpc::convert`), so the consumer continues the
@@ -24,7 +26,7 @@ impl Drop for Telemetry {
     }
 }
 
-/// True when this binary can export traces (built with `--features otlp`).
+/// True when this binary can export traces (the default `otlp` feature).
 pub const OTLP_BUILT_IN: bool = cfg!(feature = "otlp");
 
 /// Set once traces are exported: only then are per-call spans worth their
@@ -78,7 +80,9 @@ pub fn init(format: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry, Stri
         });
     }
     if otlp_endpoint.is_some() {
-        return Err("--otlp-endpoint needs a leanmqd built with --features otlp".into());
+        return Err(
+            "--otlp-endpoint needs a leanmqd built with the `otlp` feature (a default one)".into(),
+        );
     }
     registry.try_init().map_err(|e| e.to_string())?;
     Ok(Telemetry {

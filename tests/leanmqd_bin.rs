@@ -257,15 +257,16 @@ async fn metrics_count_the_traffic_and_redis_errors() {
     assert_eq!(
         sample(
             &body,
-            "leanmq_rpc_duration_seconds_count{method=\"/leanmq.v1.Broker/Send\",code=\"OK\"}"
+            "grpc_server_handling_seconds_count{grpc_service=\"leanmq.v1.Broker\",grpc_method=\"Send\",grpc_type=\"unary\",grpc_code=\"OK\"}"
         ),
         Some(3.0)
     );
     assert_eq!(
-        sample(&body, "leanmq_rpc_duration_seconds_count{method=\"/leanmq.v1.Broker/Send\",code=\"INVALID_ARGUMENT\"}"),
+        sample(&body, "grpc_server_handling_seconds_count{grpc_service=\"leanmq.v1.Broker\",grpc_method=\"Send\",grpc_type=\"unary\",grpc_code=\"INVALID_ARGUMENT\"}"),
         Some(1.0)
     );
     assert_eq!(sample(&body, "leanmq_open_streams"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "leanmq_serving"), Some(1.0), "{body}");
     assert!(sample(&body, "leanmq_redis_duration_seconds_count").is_some_and(|n| n > 0.0));
 
     // Redis loses its data: the reader hits NOGROUP, recreates the group and counts it.

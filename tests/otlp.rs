@@ -1,4 +1,4 @@
-//! OTLP export (`--features otlp`): a Send carrying `traceparent` shows up
+//! OTLP export (the default `otlp` feature): a Send carrying `traceparent` shows up
 //! at a collector as a `leanmq.send` span in the caller's trace.
 #![cfg(feature = "otlp")]
 

@@ -61,7 +61,7 @@ func (c *Client) Send(ctx context.Context, path string, payload any, opts ...Sen
 	if err != nil {
 		return "", err
 	}
-	resp, err := c.rpc.Send(ctx, req)
+	resp, err := c.rpc.Send(withTraceparent(ctx), req)
 	if err != nil {
 		return "", fmt.Errorf("leanmq: send to %s: %w", path, err)
 	}
@@ -79,7 +79,7 @@ func (c *Client) SendBatch(ctx context.Context, msgs []Message) ([]string, error
 		}
 		req.Messages = append(req.Messages, r)
 	}
-	resp, err := c.rpc.SendBatch(ctx, req)
+	resp, err := c.rpc.SendBatch(withTraceparent(ctx), req)
 	if err != nil {
 		return nil, fmt.Errorf("leanmq: send batch: %w", err)
 	}

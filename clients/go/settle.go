@@ -133,12 +133,15 @@ func (c *Client) settle(base context.Context, d *Delivery, herr error) {
 	}
 }
 
-// callHandler runs h, turning a panic into a *PanicError.
+// callHandler runs h inside d's handler span (tracing.go), turning a panic
+// into a *PanicError.
 func callHandler(ctx context.Context, h HandlerFunc, d *Delivery) (err error) {
+	ctx, endSpan := startHandlerSpan(ctx, d)
 	defer func() {
 		if v := recover(); v != nil {
 			err = &PanicError{Value: v, Stack: debug.Stack()}
 		}
+		endSpan(err)
 	}()
 	return h(ctx, d)
 }

@@ -135,6 +135,9 @@ async fn gauges(broker: Arc<Broker>, drain: Drain) {
                         .max()
                         .map(Duration::from_millis);
                     let retrying: i64 = info.groups.iter().map(|g| g.retrying).sum();
+                    for g in &info.groups {
+                        crate::observe::group_lag(&q.queue, &g.name, g.lag);
+                    }
                     crate::observe::queue_gauges(
                         &q.queue,
                         info.length,

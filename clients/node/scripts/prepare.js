@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `prepare`: build dist/ with tsc.
+// `prepare`: build dist/ with tsc, then its ES module entry (esm-wrapper.js).
 //
 // `npm install ./clients/node` links this folder into the consumer and runs
 // `prepare` here without installing this folder's dependencies, so when they
@@ -28,7 +28,7 @@ function run(cmd, args, env) {
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
 
-const needed = ["typescript", "@grpc/grpc-js", "@bufbuild/protobuf", "@types/node"];
+const needed = ["typescript", "@grpc/grpc-js", "@bufbuild/protobuf", "@types/node", "@opentelemetry/api"];
 if (!needed.every(resolvable)) {
   console.error(`leanmq-grpc: installing build dependencies in ${root}`);
   // Drop the outer npm's settings that would redirect this install (global,
@@ -47,3 +47,4 @@ if (!needed.every(resolvable)) {
 
 const tsc = require.resolve("typescript/bin/tsc", { paths: [root] });
 run(process.execPath, [tsc, "-p", path.join(root, "tsconfig.json")], process.env);
+run(process.execPath, [path.join(__dirname, "esm-wrapper.js")], process.env);

@@ -26,6 +26,8 @@ export type {
 export { Delivery, AckOutcome, NackOutcome, DEFAULT_LEASE_MS } from "./delivery";
 export type { NackOptions, NackResult } from "./delivery";
 export { DeadLetterError, RetryAfterError } from "./errors";
+export { TRACEPARENT, parseTraceparent, traceContext } from "./tracing";
+export type { TraceContext } from "./tracing";
 export { BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, decodePayload, encodePayload, isJsonContentType } from "./payload";
 export { BrokerClient, BrokerService } from "./gen/leanmq/v1/broker";
 export type { BrokerServer } from "./gen/leanmq/v1/broker";

@@ -17,6 +17,7 @@ import type {
   SendResponse,
 } from "./gen/leanmq/v1/broker";
 import { Backoff, delay, errorCode } from "./internal";
+import { TRACEPARENT, activeTraceparent } from "./tracing";
 
 interface Unary {
   send: [SendRequest, SendResponse];
@@ -52,7 +53,13 @@ export class Rpc {
         opts: Partial<CallOptions>,
         cb: (err: ServiceError | null, res: Res<M>) => void,
       ) => unknown;
-      fn.call(this.client, request, new Metadata(), callOptions, (err, res) => (err ? reject(err) : resolve(res)));
+      const md = new Metadata();
+      if (method === "send" || method === "sendBatch") {
+        // The caller's span travels with the message (tracing.ts).
+        const tp = activeTraceparent();
+        if (tp) md.set(TRACEPARENT, tp);
+      }
+      fn.call(this.client, request, md, callOptions, (err, res) => (err ? reject(err) : resolve(res)));
     });
   }
 

@@ -22,6 +22,7 @@ import { bearerInterceptor, deferred, errorMessage, msToDuration, type Deferred 
 import { encodePayload } from "./payload";
 import { Rpc } from "./rpc";
 import { SubscribeLoop } from "./stream";
+import { inHandlerSpan } from "./tracing";
 
 /** A handler: `data` is the parsed JSON (application/json) or the payload Buffer. */
 export type Handler<T = any> = (data: T, delivery: Delivery<T>) => unknown;
@@ -386,7 +387,7 @@ export class Webhook extends EventEmitter {
       return;
     }
     try {
-      await handler(data, d);
+      await inHandlerSpan(d, () => handler(data, d));
       outcome = { kind: "ack" };
     } catch (err) {
       if (err instanceof DeadLetterError) outcome = { kind: "nack", error: err, deadLetter: true };

@@ -21,11 +21,13 @@ Every call raises a ``LeanMQError`` subclass (``Unavailable``,
 gRPC status code, never a raw ``grpc.RpcError``.
 
 The generated gRPC code is importable as ``leanmq_grpc.pb`` (messages) and
-``leanmq_grpc.pb_grpc`` (``BrokerStub``, ``BrokerServicer``).
+``leanmq_grpc.pb_grpc`` (``BrokerStub``, ``BrokerServicer``). Trace context
+through the broker (optional OpenTelemetry API): ``leanmq_grpc.tracing``.
 """
 from ._common import Delivery, normalize_path, queue_name
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
+from . import tracing
 from .admin import (
     Admin,
     DeadLetterEntry,
@@ -101,4 +103,5 @@ __all__ = [
     "pb",
     "pb_grpc",
     "queue_name",
+    "tracing",
 ]

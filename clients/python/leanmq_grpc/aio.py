@@ -3,6 +3,7 @@ importable as ``leanmq_grpc.aio.Admin``)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import functools
 import logging
@@ -40,6 +41,7 @@ from ._common import (
 )
 from ._proto.leanmq.v1 import admin_pb2 as apb
 from ._proto.leanmq.v1 import admin_pb2_grpc as apb_grpc
+from . import tracing
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
 from .admin import (
@@ -189,7 +191,7 @@ class AsyncWebhook:
     ) -> str:
         req = build_send_request(path, data, headers, content_type)
         try:
-            resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+            resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))
         except grpc.RpcError as e:
             raise error_for(e) from e
         return str(resp.message_id)
@@ -197,7 +199,7 @@ class AsyncWebhook:
     async def send_batch(self, messages: Iterable[BatchItem]) -> List[str]:
         req = build_batch_request(messages)
         try:
-            resp = await self._get_stub().SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+            resp = await self._get_stub().SendBatch(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))
         except grpc.RpcError as e:
             raise error_for(e) from e
         return [r.message_id for r in resp.results]
@@ -423,14 +425,18 @@ class AsyncWebhook:
     # ------------------------------------------------------------ internals
 
     async def _call_handler(self, job: _Job) -> None:
-        arg = handler_argument(job.route, job.delivery)
-        if job.route.is_async:
-            await job.route.handler(arg)
-            return
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, functools.partial(job.route.handler, arg))
-        if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
-            await result
+        with tracing.handler_span(job.delivery):
+            arg = handler_argument(job.route, job.delivery)
+            if job.route.is_async:
+                await job.route.handler(arg)
+                return
+            loop = asyncio.get_running_loop()
+            # The executor thread does not inherit context variables: hand it
+            # this one, so the handler sees its span and delivery_traceparent().
+            ctx = contextvars.copy_context()
+            result = await loop.run_in_executor(None, ctx.run, functools.partial(job.route.handler, arg))
+            if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
+                await result
 
     async def _run_handler(self, job: _Job, keeper: "asyncio.Future[None]") -> Optional[Exception]:
         """Run the handler; returns the exception it raised (logged), None on

@@ -40,6 +40,7 @@ from ._common import (
     shutdown_settlement,
     to_duration,
 )
+from . import tracing
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
 from .admin import Admin
@@ -375,7 +376,7 @@ class Webhook:
         """
         req = build_send_request(path, data, headers, content_type)
         try:
-            resp = self._stub.Send(req, timeout=self.rpc_timeout, metadata=self._metadata)
+            resp = self._stub.Send(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))
         except grpc.RpcError as e:
             raise error_for(e) from e
         return resp.message_id
@@ -384,7 +385,7 @@ class Webhook:
         """Send ``[(path, data), (path, data, headers), …]`` atomically; ids in order."""
         req = build_batch_request(messages)
         try:
-            resp = self._stub.SendBatch(req, timeout=self.rpc_timeout, metadata=self._metadata)
+            resp = self._stub.SendBatch(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))
         except grpc.RpcError as e:
             raise error_for(e) from e
         return [r.message_id for r in resp.results]
@@ -504,7 +505,8 @@ class Webhook:
         """Run the handler; returns what it raised (logged), None on success."""
         state.started = True
         try:
-            state.route.handler(handler_argument(state.route, state.delivery))
+            with tracing.handler_span(state.delivery):
+                state.route.handler(handler_argument(state.route, state.delivery))
         except BaseException as e:  # noqa: BLE001 - every failure is settled
             if not isinstance(e, Exception):
                 logger.warning("handler for %s interrupted: %r", state.route.path, e)
