@@ -21,8 +21,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::broker::Creator;
 use crate::error::{Error, Result};
 use crate::routing::{self, Pattern};
+
+/// Largest `max_queues` a token may be given.
+const MAX_TOKEN_QUEUES: u64 = 10_000_000;
 
 /// What a call wants to do on a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,8 @@ struct TokenEntry {
     rate: Option<f64>,
     /// Requests it may make at once above `rate` (default: one second's worth).
     burst: Option<f64>,
+    /// Queues it may create (and have at once; deleting one frees its place).
+    max_queues: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +174,8 @@ pub struct Grant {
     rules: Option<Rules>,
     /// Token bucket for the optional per-token rate limit.
     bucket: Option<Bucket>,
+    /// The optional `max_queues` quota, counted in Redis.
+    creator: Option<Creator>,
 }
 
 #[derive(Debug)]
@@ -236,6 +244,7 @@ impl Grant {
             name: "anonymous".into(),
             rules: None,
             bucket: None,
+            creator: None,
         })
     }
 
@@ -300,6 +309,11 @@ impl Grant {
     /// Is `queue` visible to this caller's admin grant (ListQueues filter)?
     pub fn sees_queue(&self, queue: &str) -> bool {
         self.check_queue(Action::Admin, queue).is_ok()
+    }
+
+    /// Whose quota the queues this caller creates count against.
+    pub fn creator(&self) -> Option<Creator> {
+        self.creator.clone()
     }
 
     /// Take one request from the token's rate budget.
@@ -371,10 +385,20 @@ fn parse_tokens(text: &str, origin: &Path) -> std::result::Result<TokenSet, Stri
                 Some(Bucket::new(rate, burst).map_err(|e| format!("{at}: {e}"))?)
             }
         };
+        if t.max_queues.is_some_and(|m| m > MAX_TOKEN_QUEUES) {
+            return Err(format!(
+                "{at}: max_queues must be at most {MAX_TOKEN_QUEUES}"
+            ));
+        }
+        let creator = t.max_queues.map(|max_queues| Creator {
+            name: t.name.as_str().into(),
+            max_queues,
+        });
         let grant = Arc::new(Grant {
             name: t.name,
             rules: Some(rules),
             bucket,
+            creator,
         });
         if set
             .by_hash

@@ -102,6 +102,23 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_RETENTION_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub retention_interval: Duration,
 
+    /// A consumer group with nothing pending whose consumers have all been
+    /// idle this long is removed by the retention sweep, freeing what it
+    /// held back. Never LeanMQ's own groups ({queue}-group and its DLQ's
+    /// {queue}-group-dlq). "0s": never.
+    #[arg(long, env = "LEANMQ_GROUP_IDLE_EXPIRY", default_value = "31days", value_parser = parse_duration)]
+    pub group_idle_expiry: Duration,
+
+    /// Most consumer groups on one queue besides LeanMQ's default group;
+    /// a Subscribe or Receive that would make one more is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LEANMQ_MAX_GROUPS_PER_QUEUE", default_value_t = crate::broker::limits::DEFAULT_MAX_GROUPS_PER_QUEUE)]
+    pub max_groups_per_queue: u32,
+
+    /// Most queues in all; a Send, SendBatch, Subscribe or Receive that
+    /// would create one more is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LEANMQ_MAX_QUEUES", default_value_t = crate::broker::limits::DEFAULT_MAX_QUEUES)]
+    pub max_queues: u64,
+
     /// Opt-in hard cap on stream length. LOSES DATA: the oldest entries go,
     /// read or not. Counted (GetQueue `dropped`) and logged as a warning.
     #[arg(long, env = "LEANMQ_MAX_LEN")]
@@ -332,6 +349,14 @@ impl Config {
         ensure(
             self.max_len != Some(0),
             "--max-len must be at least 1 (leave it unset for no cap)",
+        )?;
+        ensure(
+            (1..=crate::broker::limits::MAX_GROUPS_PER_QUEUE).contains(&self.max_groups_per_queue),
+            "--max-groups-per-queue must be between 1 and 10000",
+        )?;
+        ensure(
+            (1..=100_000_000).contains(&self.max_queues),
+            "--max-queues must be between 1 and 100000000",
         )?;
         ensure(
             between(self.redis_lanes, 64),

@@ -100,8 +100,31 @@ fn is_nogroup(e: &redis::RedisError) -> bool {
     }
 }
 
+/// A limit a script enforced (`QUOTA` replies from `common.lua`'s `admit`
+/// and `ensure.lua`): its message, read like [`is_nogroup`] on Redis 6.2.
+fn quota(e: &redis::RedisError) -> Option<String> {
+    let detail = e.detail().unwrap_or_default();
+    match e.code() {
+        Some("QUOTA") => Some(
+            detail
+                .split(" script: ")
+                .next()
+                .unwrap_or(detail)
+                .to_string(),
+        ),
+        Some("ERR") if detail.starts_with("Error running script") => {
+            let at = detail.find("QUOTA ")?;
+            Some(detail[at + 6..].to_string())
+        }
+        _ => None,
+    }
+}
+
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
+        if let Some(msg) = quota(&e) {
+            return Error::ResourceExhausted(msg);
+        }
         if e.code() == Some("OOM") {
             return Error::ResourceExhausted(
                 "redis is out of memory (maxmemory reached); nothing was written, retry after consumers catch up".into(),
@@ -183,6 +206,22 @@ mod tests {
             let status = tonic::Status::from(e);
             assert_eq!(status.code(), tonic::Code::Internal, "{wire}");
             assert_eq!(status.message(), shown, "the message clients saw before");
+        }
+    }
+
+    #[test]
+    fn quota_replies_are_resource_exhausted_with_their_message() {
+        for wire in [
+            "-QUOTA leanmqd holds at most 5 queues (--max-queues); refused to create q script: f, on @user_script:9.\r\n",
+            "-ERR Error running script (call to f_1): @user_script:9: QUOTA leanmqd holds at most 5 queues (--max-queues); refused to create q\r\n",
+        ] {
+            let status = tonic::Status::from(Error::from(reply(wire)));
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{wire}");
+            assert!(
+                status.message().starts_with("leanmqd holds at most 5 queues (--max-queues); refused to create q"),
+                "{}",
+                status.message()
+            );
         }
     }
 

@@ -13,7 +13,7 @@ use crate::broker::coalesce::Coalescer;
 use crate::broker::dispatch::{Dispatcher, Subscription};
 use crate::broker::receipt::Receipt;
 use crate::broker::{
-    by_subscription, AckOutcome, Broker, Delivery, NackOutcome, Outgoing, Sent, Target,
+    by_subscription, AckOutcome, Broker, Creator, Delivery, NackOutcome, Outgoing, Sent, Target,
 };
 use crate::error::Result;
 use crate::routing::{Pattern, Route};
@@ -75,11 +75,12 @@ impl Queues {
         start: String,
         max_in_flight: u32,
         lease: Duration,
+        creator: Option<&Creator>,
     ) -> Result<Subscription> {
         Ok(match source {
             Source::Path(target) => {
                 self.broker
-                    .ensure(&target, &start, Some(&target.route.path))
+                    .ensure(&target, &start, Some(&target.route.path), creator)
                     .await?;
                 self.dispatcher.subscribe(&target, max_in_flight, lease)
             }
@@ -90,10 +91,16 @@ impl Queues {
         })
     }
 
-    /// Pull deliveries; the queue and group are created first.
-    pub async fn receive(&self, target: &Target, pull: Pull) -> Result<Vec<Delivery>> {
+    /// Pull deliveries; the queue and group are created first (a new queue
+    /// counting against `creator`'s quota).
+    pub async fn receive(
+        &self,
+        target: &Target,
+        pull: Pull,
+        creator: Option<&Creator>,
+    ) -> Result<Vec<Delivery>> {
         self.broker
-            .ensure(target, &pull.start, Some(&target.route.path))
+            .ensure(target, &pull.start, Some(&target.route.path), creator)
             .await?;
         self.dispatcher
             .receive(target, pull.max, pull.lease, pull.wait)

@@ -109,6 +109,7 @@ pub async fn serve(
             max_age: cfg.retention_max_age,
             interval: cfg.retention_interval,
             max_len: cfg.max_len,
+            group_idle_expiry: cfg.group_idle_expiry,
             sample_gauges: cfg.metrics_listen.is_some(),
         },
         &drain,
@@ -165,6 +166,8 @@ fn build_broker(cfg: &Config, redis_url: &str) -> Result<Broker, String> {
             retry_max: cfg.retry_max,
             orphan_timeout: cfg.orphan_timeout,
             dedup_window: cfg.dedup_window,
+            max_queues: cfg.max_queues,
+            max_groups_per_queue: cfg.max_groups_per_queue,
         },
         redis,
     ))

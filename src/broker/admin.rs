@@ -77,7 +77,7 @@ pub fn resolve(path_or_queue: &str) -> Result<Route> {
 }
 
 /// A RESP2 field/value array as a map.
-fn fields(v: &Value) -> HashMap<String, Value> {
+pub(crate) fn fields(v: &Value) -> HashMap<String, Value> {
     let mut m = HashMap::new();
     if let Some(a) = as_array(v) {
         for kv in a.chunks(2) {
@@ -312,7 +312,7 @@ impl Broker {
             route: route.clone(),
             group: routing::default_group(&route.queue),
         };
-        self.ensure(&target, "$", None).await?;
+        self.ensure(&target, "$", None, None).await?;
         let ids: Vec<String> = match selector {
             Selector::Ids(ids) => {
                 if let Some(bad) = ids.iter().find(|i| !is_entry_id(i)) {
@@ -420,6 +420,11 @@ impl Broker {
 
     pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
         let k = self.keys(queue);
+        // The token that created it gets its place back (after the delete:
+        // a crash in between leaves it counted, never a queue uncounted).
+        let owner: Option<String> = self
+            .query(redis::cmd("HGET").arg(&k.meta).arg("created_by"))
+            .await?;
         let n = self
             .run(scripts::DeleteQueue {
                 keys: &k,
@@ -437,6 +442,11 @@ impl Broker {
             let _: i64 = self.query(&srem).await?;
             let _: i64 = self
                 .query(redis::cmd("ZREM").arg(&k.schedule).arg(queue))
+                .await?;
+        }
+        if let Some(owner) = owner {
+            let _: i64 = self
+                .query(redis::cmd("SREM").arg(self.owner_key_of(&owner)).arg(queue))
                 .await?;
         }
         tracing::warn!(queue, with_dlq, deleted = n, "queue deleted");

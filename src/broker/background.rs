@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::limits::REGISTRY_SCAN_STEP;
 use super::scripts::Due;
-use super::Broker;
+use super::{Broker, RetainPolicy};
 use crate::shutdown::Drain;
 
 /// Longest the scheduler sleeps between looks at the schedule, so a delayed
@@ -20,6 +21,8 @@ pub struct Retention {
     pub interval: Duration,
     /// Opt-in cap; loses data.
     pub max_len: Option<u64>,
+    /// Empty groups idle this long are destroyed (`--group-idle-expiry`); zero: never.
+    pub group_idle_expiry: Duration,
     /// Sample per-queue gauges for /metrics (only when metrics are served).
     pub sample_gauges: bool,
 }
@@ -80,44 +83,73 @@ async fn scheduler(broker: Arc<Broker>, drain: Drain) {
     }
 }
 
+/// Every `interval`, one retention pass over every queue: the registry is
+/// walked in SSCAN steps and each queue's pass is a series of short script
+/// calls, so no single Redis call of the sweep grows with the number of
+/// queues or groups.
 async fn sweeper(broker: Arc<Broker>, r: Retention, drain: Drain) {
+    let policy = RetainPolicy {
+        max_age: r.max_age,
+        max_len: r.max_len,
+        group_idle_expiry: r.group_idle_expiry,
+    };
     loop {
         if pause(r.interval, &drain).await {
             return;
         }
-        let queues = match broker.list_queues().await {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::debug!(error = %e, "retention: cannot list queues");
-                continue;
-            }
-        };
-        for q in queues {
-            if let Err(e) = broker.repair_schedule(&q.queue).await {
-                tracing::debug!(queue = %q.queue, error = %e, "schedule repair failed");
-            }
-            match broker
-                .retain(
-                    &q.queue,
-                    r.max_age.as_millis() as u64,
-                    r.max_len.unwrap_or(0),
-                )
-                .await
-            {
-                Ok((trimmed, dropped)) => {
-                    if trimmed > 0 {
-                        tracing::debug!(queue = %q.queue, trimmed, "retention trimmed acked entries");
-                    }
-                    if dropped > 0 {
-                        tracing::warn!(
-                            queue = %q.queue, dropped,
-                            "--max-len dropped entries, possibly unread: data lost by configuration"
-                        );
-                    }
+        let mut cursor = 0;
+        loop {
+            let (next, queues) = match broker.scan_registry(cursor, REGISTRY_SCAN_STEP).await {
+                Ok(step) => step,
+                Err(e) => {
+                    tracing::debug!(error = %e, "retention: cannot read the registry");
+                    break;
                 }
-                Err(e) => tracing::warn!(queue = %q.queue, error = %e, "retention pass failed"),
+            };
+            for q in queues {
+                if drain.is_draining() {
+                    return;
+                }
+                sweep_one(&broker, &q, &policy).await;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Schedule repair and one retention pass over `queue`, logged.
+async fn sweep_one(broker: &Broker, queue: &str, policy: &RetainPolicy) {
+    if let Err(e) = broker.repair_schedule(queue).await {
+        tracing::debug!(queue, error = %e, "schedule repair failed");
+    }
+    match broker.retain(queue, policy).await {
+        Ok(done) => {
+            if done.trimmed > 0 {
+                tracing::debug!(
+                    queue,
+                    trimmed = done.trimmed,
+                    "retention trimmed acked entries"
+                );
+            }
+            if done.expired > 0 {
+                tracing::info!(
+                    queue,
+                    groups = done.expired,
+                    "retention removed idle empty groups (--group-idle-expiry)"
+                );
+            }
+            if done.dropped > 0 {
+                tracing::warn!(
+                    queue,
+                    dropped = done.dropped,
+                    "--max-len dropped entries, possibly unread: data lost by configuration"
+                );
             }
         }
+        Err(e) => tracing::warn!(queue, error = %e, "retention pass failed"),
     }
 }
 

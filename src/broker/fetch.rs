@@ -107,7 +107,7 @@ impl Broker {
                     queue = %target.route.queue, group = %target.group, recover_at,
                     "consumer group missing (NOGROUP): Redis lost its data or the key was deleted; recreating the group"
                 );
-                self.ensure(target, recover_at, None).await?;
+                self.ensure(target, recover_at, None, None).await?;
                 once().await
             }
             other => other,

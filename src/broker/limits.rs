@@ -32,3 +32,14 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// Default and largest ListDeadLetters page.
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
+/// Groups the retention pass looks at in one pipeline (see
+/// `broker::retention`); each a command of a few microseconds.
+pub const GROUPS_PER_PIPELINE: usize = 100;
+/// Default and largest `--max-groups-per-queue` (groups besides LeanMQ's
+/// default one): a new group costs one XINFO GROUPS over them all.
+pub const DEFAULT_MAX_GROUPS_PER_QUEUE: u32 = 1000;
+pub const MAX_GROUPS_PER_QUEUE: u32 = 10_000;
+/// Default `--max-queues`.
+pub const DEFAULT_MAX_QUEUES: u64 = 10_000;
+/// Registry members one step of a walk over it asks for (SSCAN COUNT).
+pub const REGISTRY_SCAN_STEP: u32 = 500;

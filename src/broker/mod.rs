@@ -28,7 +28,8 @@
 //! - `coalesce` — concurrent unary Sends sharing a Redis call;
 //! - `dispatch` — the fan-out to local subscribers (credit ledger and
 //!   readers; it sends no Redis command of its own);
-//! - `background` — the scheduler, retention and gauge tasks;
+//! - `background` — the scheduler, retention and gauge tasks; `retention`
+//!   — one queue's retention pass and the registry walk;
 //! - `redis` — the connection layer, including the blocking waits;
 //! - `envelope`, `receipt`, `limits` — LeanMQ's envelope, delivery
 //!   receipts, request limits.
@@ -42,6 +43,7 @@ mod fetch;
 pub mod limits;
 pub mod receipt;
 pub mod redis;
+mod retention;
 mod schedule;
 pub mod scripts;
 mod send;
@@ -51,9 +53,10 @@ mod types;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::routing::QueueKeys;
 use receipt::Receipt;
+pub use retention::{RetainPolicy, Retained};
 pub use scripts::{DLQ_HOLD, HOLDER};
 pub use types::*;
 
@@ -128,20 +131,84 @@ impl Broker {
     }
 
     /// Redis Cluster only: record a queue (and its DLQ) in the registry,
-    /// which scripts cannot reach there. Idempotent; done before the
-    /// script, so a queue with data is never missing from the registry.
-    async fn register(&self, k: &QueueKeys) -> Result<()> {
-        if self.redis.is_cluster() {
+    /// which scripts cannot reach there, after checking `--max-queues` and
+    /// the creator's quota (not atomic with other replicas' creations, so a
+    /// burst of concurrent creations may pass a cap by as many as run at
+    /// once). Idempotent; done before the script, so a queue with data is
+    /// never missing from the registry.
+    async fn register(&self, k: &QueueKeys, creator: Option<&Creator>) -> Result<()> {
+        if !self.redis.is_cluster() {
+            return Ok(());
+        }
+        let (known, members): (bool, u64) = self
+            .query_pipe(
+                ::redis::pipe()
+                    .cmd("SISMEMBER")
+                    .arg(&k.registry)
+                    .arg(&k.stream)
+                    .cmd("SCARD")
+                    .arg(&k.registry),
+            )
+            .await?;
+        if known {
+            return Ok(());
+        }
+        let max = self.settings.max_queues;
+        if max > 0 && members + 2 > 2 * max {
+            return Err(Error::ResourceExhausted(format!(
+                "leanmqd holds at most {max} queues (--max-queues); refused to create {}",
+                k.queue
+            )));
+        }
+        if let Some(c) = creator {
+            let key = self.owner_key(c);
+            let had: u64 = self.query(::redis::cmd("SCARD").arg(&key)).await?;
+            if had >= c.max_queues {
+                return Err(Error::ResourceExhausted(format!(
+                    "token {:?} may create at most {} queues (max_queues in the tokens file) and has created {had}; refused to create {}",
+                    c.name, c.max_queues, k.queue
+                )));
+            }
             let _: i64 = self
-                .query(
-                    ::redis::cmd("SADD")
-                        .arg(&k.registry)
-                        .arg(&k.stream)
-                        .arg(&k.dlq),
-                )
+                .query(::redis::cmd("SADD").arg(&key).arg(&k.queue))
                 .await?;
         }
+        let _: i64 = self
+            .query(
+                ::redis::cmd("SADD")
+                    .arg(&k.registry)
+                    .arg(&k.stream)
+                    .arg(&k.dlq),
+            )
+            .await?;
         Ok(())
+    }
+
+    /// The set of queues a token has created (its `max_queues` quota). The
+    /// `#` after the prefix keeps it apart from every queue's keys, whose
+    /// names hold only letters, digits and `_`.
+    pub(crate) fn owner_key(&self, c: &Creator) -> String {
+        self.owner_key_of(&c.name)
+    }
+
+    pub(crate) fn owner_key_of(&self, token: &str) -> String {
+        format!("{}#created-by:{}", self.settings.prefix, token)
+    }
+
+    /// What creating a queue must fit in, for a script (nothing in Redis
+    /// Cluster, where [`Broker::register`] checks).
+    pub(crate) fn admission<'a>(
+        &self,
+        creator: Option<&'a Creator>,
+        owner_key: &'a str,
+    ) -> scripts::Admission<'a> {
+        if self.redis.is_cluster() {
+            return scripts::Admission::default();
+        }
+        scripts::Admission {
+            max_registry: 2 * self.settings.max_queues,
+            owner: creator.map(|c| (owner_key, c.max_queues, &*c.name)),
+        }
     }
 
     /// One command on a lane.
@@ -180,10 +247,19 @@ impl Broker {
 
     /// Create the queue pair, LeanMQ's groups, metadata and registry entry,
     /// and `target.group` (at `start`, a stream id or `$`, when new), and
-    /// record `path`. Idempotent.
-    pub async fn ensure(&self, target: &Target, start: &str, path: Option<&str>) -> Result<()> {
+    /// record `path`. Idempotent. A new queue counts against `--max-queues`
+    /// and `creator`'s quota, a new group against `--max-groups-per-queue`:
+    /// past them, RESOURCE_EXHAUSTED and nothing is created.
+    pub async fn ensure(
+        &self,
+        target: &Target,
+        start: &str,
+        path: Option<&str>,
+        creator: Option<&Creator>,
+    ) -> Result<()> {
         let k = self.keys(&target.route.queue);
-        self.register(&k).await?;
+        self.register(&k, creator).await?;
+        let owner_key = creator.map(|c| self.owner_key(c)).unwrap_or_default();
         self.run(scripts::Ensure {
             keys: &k,
             registry: self.global(&k, &k.registry),
@@ -191,6 +267,8 @@ impl Broker {
             group: &target.group,
             start,
             path: path.unwrap_or(""),
+            max_groups: self.settings.max_groups_per_queue,
+            admission: self.admission(creator, &owner_key),
         })
         .await
     }

@@ -1,5 +1,4 @@
-//! The delayed-message schedule and the retention sweep's primitives
-//! (driven by the tasks in `background`).
+//! The delayed-message schedule (driven by the scheduler in `background`).
 
 use super::scripts::{self, Due};
 use super::Broker;
@@ -83,16 +82,5 @@ impl Broker {
                 .await?;
         }
         Ok(())
-    }
-
-    /// One retention pass over a queue: (trimmed, dropped by --max-len).
-    pub async fn retain(&self, queue: &str, max_age_ms: u64, max_len: u64) -> Result<(i64, i64)> {
-        let k = self.keys(queue);
-        self.run(scripts::Retain {
-            keys: &k,
-            max_age_ms,
-            max_len,
-        })
-        .await
     }
 }

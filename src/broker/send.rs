@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::scripts::{self, bad_reply, Appended, SendItem};
-use super::{envelope, Broker, Outgoing, Sent};
+use super::{envelope, Broker, Creator, Outgoing, Sent};
 use crate::error::{Error, Result};
 use crate::routing::QueueKeys;
 
@@ -65,8 +65,9 @@ impl Broker {
             ));
         }
         let first = self.keys(enc.queues.first().copied().unwrap_or_default());
+        let creator = msgs.iter().find_map(|m| m.creator.as_ref());
         if cluster {
-            self.register(&first).await?;
+            self.register(&first, creator).await?;
         } else if enc.queues.len() == 1 && msgs.iter().all(Outgoing::is_plain) {
             match self.append_plain(&first, msgs, &enc.per_msg).await {
                 Ok(Some(sent)) => return Ok(sent),
@@ -78,7 +79,7 @@ impl Broker {
                 Err(_) => {}
             }
         }
-        let sent = self.send_scripted(&first, msgs, &enc).await?;
+        let sent = self.send_scripted(&first, msgs, &enc, creator).await?;
         if cluster {
             self.schedule_earliest(&first, msgs).await?;
         }
@@ -91,7 +92,9 @@ impl Broker {
         first: &QueueKeys,
         msgs: &[Outgoing],
         enc: &Encoded<'_>,
+        creator: Option<&Creator>,
     ) -> Result<Vec<Sent>> {
+        let owner_key = creator.map(|c| self.owner_key(c)).unwrap_or_default();
         let keys: Vec<_> = enc.queues.iter().map(|q| self.keys(q)).collect();
         let items = msgs
             .iter()
@@ -112,6 +115,7 @@ impl Broker {
                 queues: keys.iter().map(|k| k.as_ref()).collect(),
                 created_at: &enc.now,
                 dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
+                admission: self.admission(creator, &owner_key),
                 items,
             })
             .await?;

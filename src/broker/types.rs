@@ -23,6 +23,21 @@ pub struct Settings {
     pub orphan_timeout: Duration,
     /// How long an idempotency key is remembered.
     pub dedup_window: Duration,
+    /// Most queues (`--max-queues`); creating one more is RESOURCE_EXHAUSTED.
+    pub max_queues: u64,
+    /// Most consumer groups per queue besides LeanMQ's default one
+    /// (`--max-groups-per-queue`): each costs retention work and memory.
+    pub max_groups_per_queue: u32,
+}
+
+/// The token that would create a queue, for its `max_queues` quota
+/// (counted in Redis, so across replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creator {
+    /// The token's name, recorded as the queue's `created_by`.
+    pub name: Arc<str>,
+    /// How many queues it may have created at once.
+    pub max_queues: u64,
 }
 
 /// A validated message to append.
@@ -38,6 +53,9 @@ pub struct Outgoing {
     pub delay: Option<Duration>,
     /// Deduplication key within the queue.
     pub idempotency_key: Option<String>,
+    /// Whose quota a queue this message creates counts against (`None`:
+    /// no per-token quota).
+    pub creator: Option<Creator>,
 }
 
 impl Outgoing {

@@ -108,6 +108,7 @@ pub fn outgoing(
         ttl,
         delay: delay_or_deliver_at(delay, r.deliver_at).map_err(at)?,
         idempotency_key: idempotency_key(r.idempotency_key).map_err(at)?,
+        creator: None,
     })
 }
 

@@ -38,7 +38,10 @@ pub async fn handle(
         wait,
         start: convert::start_position(req.start)?,
     };
-    let deliveries = svc.queues.receive(&target, pull).await?;
+    let deliveries = svc
+        .queues
+        .receive(&target, pull, caller.grant.creator().as_ref())
+        .await?;
     Ok(proto::ReceiveResponse {
         deliveries: deliveries.into_iter().map(convert::delivery).collect(),
     })

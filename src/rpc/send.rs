@@ -22,8 +22,9 @@ pub async fn handle(
         tracing::Span::none()
     };
     async move {
-        let msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
+        let mut msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
         caller.grant.check(Action::Send, &msg.route)?;
+        msg.creator = caller.grant.creator();
         let s = svc.queues.send(msg).await?;
         Ok(convert::sent(s))
     }

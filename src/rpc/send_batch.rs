@@ -26,8 +26,9 @@ pub async fn handle(
         .enumerate()
         .map(|(i, m)| {
             let at = format!("messages[{i}]");
-            let msg = convert::outgoing(&at, m, &svc.settings, caller.traceparent.as_deref())?;
+            let mut msg = convert::outgoing(&at, m, &svc.settings, caller.traceparent.as_deref())?;
             caller.grant.check(Action::Send, &msg.route)?;
+            msg.creator = caller.grant.creator();
             Ok(msg)
         })
         .collect::<Result<Vec<_>>>()?;

@@ -56,7 +56,13 @@ pub async fn handle(
     };
     let sub = svc
         .queues
-        .subscribe(source, start, max_in_flight, lease)
+        .subscribe(
+            source,
+            start,
+            max_in_flight,
+            lease,
+            caller.grant.creator().as_ref(),
+        )
         .await?;
     let stream = futures::stream::unfold((sub, open), |(mut sub, open)| async move {
         let item = sub.next().await?;

@@ -256,7 +256,7 @@ impl PatternWatch {
                 .clone()
                 .unwrap_or_else(|| crate::routing::default_group(&route.queue));
             let target = Target { route, group };
-            if let Err(e) = broker.ensure(&target, &self.start, None).await {
+            if let Err(e) = broker.ensure(&target, &self.start, None, None).await {
                 tracing::warn!(error = %e, queue = %target.route.queue, "pattern: cannot attach queue");
                 continue;
             }

@@ -131,3 +131,42 @@ local function group_names(stream)
   end
   return names
 end
+
+-- Limits on what a tenant can make. QUOTA errors become RESOURCE_EXHAUSTED.
+
+-- Create a group like mkgroup; returns (error reply or nil, true when new).
+local function mkgroup_new(key, group, start)
+  local r = redis.pcall('XGROUP', 'CREATE', key, group, start or '$', 'MKSTREAM')
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'BUSYGROUP', 1, true) then return nil, false end
+    return redis.error_reply(r.err), false
+  end
+  return nil, true
+end
+
+-- May these NEW queues (stream keys not yet in REGISTRY) be created? Refused
+-- as a whole, before anything is written, when the registry would pass
+-- MAX_REGISTRY members (two per queue: it and its DLQ; 0: no cap), or the
+-- creating token's set of queues OWNER_KEY ('' for none) would pass
+-- OWNER_MAX. In Redis Cluster (REGISTRY is then the stream) the caller checks.
+local function admit(registry, fresh, max_registry, owner_key, owner_max, owner)
+  if #fresh == 0 then return nil end
+  if max_registry > 0 and redis.call('SCARD', registry) + 2 * #fresh > max_registry then
+    return redis.error_reply(string.format(
+      'QUOTA leanmqd holds at most %d queues (--max-queues); refused to create %s',
+      max_registry / 2, table.concat(fresh, ', ')))
+  end
+  if owner_key ~= '' and redis.call('SCARD', owner_key) + #fresh > owner_max then
+    return redis.error_reply(string.format(
+      'QUOTA token %q may create at most %d queues (max_queues in the tokens file) and has created %d; refused to create %s',
+      owner, owner_max, redis.call('SCARD', owner_key), table.concat(fresh, ', ')))
+  end
+  return nil
+end
+
+-- Record that OWNER created queue QNAME (META: its metadata hash).
+local function owned(owner_key, owner, meta, qname)
+  if owner_key == '' then return end
+  redis.call('SADD', owner_key, qname)
+  redis.call('HSET', meta, 'created_by', owner)
+end

@@ -1,12 +1,15 @@
 -- Append a batch atomically: all messages or none.
 -- KEYS: registry, schedule, then per queue i (8 each): stream, dlq, meta,
 --       dlq_meta, expiry, delayed, delayed_data, paths
--- ARGV: created_at, nqueues, dedup_window_ms, queue names...,
+-- ARGV: created_at, nqueues, dedup_window_ms, max registry members (0: no
+--       cap), owner set key ('' for none), owner's max queues, owner name,
+--       queue names...,
 --       then per message (6 each): queue index, data, ttl_ms | '',
 --       delay_ms | '', idempotency key | '', path
 -- Returns per message: value ('m:<entry id>' or 's:<schedule id>'), duplicate (0/1)
 local nq = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
+local names = 7  -- ARGV[names + i] is queue i's name
 local function k(i, j) return KEYS[2 + (i - 1) * 8 + j] end
 -- Check every key's type first, so no write can fail half-way through.
 for i = 1, nq do
@@ -15,16 +18,27 @@ for i = 1, nq do
     return redis.error_reply('WRONGTYPE key ' .. k(i, 1) .. ' holds a ' .. t .. ', not a stream')
   end
 end
+-- New queues must fit --max-queues and the token's quota, all or none.
+local fresh, is_fresh = {}, {}
+for i = 1, nq do
+  if KEYS[1] ~= k(i, 1) and redis.call('SISMEMBER', KEYS[1], k(i, 1)) == 0 then
+    fresh[#fresh + 1] = ARGV[names + i]
+    is_fresh[i] = true
+  end
+end
+local e = admit(KEYS[1], fresh, tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7])
+if e then return e end
 for i = 1, nq do
   if redis.call('EXISTS', k(i, 3)) == 0 or redis.call('EXISTS', k(i, 1)) == 0 then
-    local e = ensure_queue(k(i, 1), k(i, 2), k(i, 3), k(i, 4), KEYS[1], ARGV[3 + i], ARGV[1])
+    e = ensure_queue(k(i, 1), k(i, 2), k(i, 3), k(i, 4), KEYS[1], ARGV[names + i], ARGV[1])
     if e then return e end
   end
+  if is_fresh[i] then owned(ARGV[5], ARGV[7], k(i, 3), ARGV[names + i]) end
 end
 local now = now_ms()
 local out = {}
 local recorded = {}  -- (queue, path) pairs already added to the paths set
-for j = 4 + nq, #ARGV, 6 do
+for j = names + 1 + nq, #ARGV, 6 do
   local qi = tonumber(ARGV[j])
   local data, ttl, delay, dkey, path = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], ARGV[j + 5]
   local stream = k(qi, 1)
@@ -48,7 +62,7 @@ for j = 4 + nq, #ARGV, 6 do
       redis.call('ZADD', k(qi, 6), due, sid)
       redis.call('HSET', k(qi, 7), sid, exp .. '\n' .. data)
       -- (In Redis Cluster KEYS[2] is the stream: the caller updates the schedule.)
-      if KEYS[2] ~= stream then redis.call('ZADD', KEYS[2], 'LT', due, ARGV[3 + qi]) end
+      if KEYS[2] ~= stream then redis.call('ZADD', KEYS[2], 'LT', due, ARGV[names + qi]) end
       val = 's:' .. sid
     else
       local id = redis.call('XADD', stream, '*', 'data', data)

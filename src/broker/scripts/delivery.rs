@@ -16,6 +16,9 @@ pub struct Ensure<'a> {
     pub group: &'a str,
     pub start: &'a str,
     pub path: &'a str,
+    /// Most groups besides the default one; 0: no cap.
+    pub max_groups: u32,
+    pub admission: super::Admission<'a>,
 }
 
 impl Call for Ensure<'_> {
@@ -32,11 +35,14 @@ impl Call for Ensure<'_> {
             .key(&k.dlq_meta)
             .key(self.registry)
             .key(&k.paths)
+            .key(&k.stats)
             .arg(&k.queue)
             .arg(&self.created_at)
             .arg(self.group)
             .arg(self.start)
-            .arg(self.path);
+            .arg(self.path)
+            .arg(self.max_groups);
+        self.admission.push(inv);
     }
     fn reply(_: i64) -> Result<()> {
         Ok(())

@@ -134,6 +134,7 @@ scripts!(
     due_queues,
     promote,
     retention,
+    expire_group,
     requeue,
     delete_dead,
     purge_dlq,

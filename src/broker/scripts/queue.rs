@@ -17,6 +17,24 @@ pub struct SendItem<'a> {
     pub path: &'a str,
 }
 
+/// What creating a queue must fit in (`admit` in common.lua). In Redis
+/// Cluster the scripts cannot reach the registry: the broker checks there.
+#[derive(Default)]
+pub struct Admission<'a> {
+    /// Most registry members (two per queue: it and its DLQ); 0: no cap.
+    pub max_registry: u64,
+    /// The creating token's set of queues, its quota, and its name.
+    pub owner: Option<(&'a str, u64, &'a str)>,
+}
+
+impl Admission<'_> {
+    /// Its four ARGV, in the order the scripts read them.
+    pub(crate) fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        let (key, max, name) = self.owner.unwrap_or(("", 0, ""));
+        inv.arg(self.max_registry).arg(key).arg(max).arg(name);
+    }
+}
+
 /// `send.lua`: append a batch atomically, all or none.
 pub struct Send<'a> {
     /// Registry and schedule keys (the first queue's stream in Redis Cluster).
@@ -25,6 +43,7 @@ pub struct Send<'a> {
     pub queues: Vec<&'a QueueKeys>,
     pub created_at: &'a str,
     pub dedup_window_ms: u64,
+    pub admission: Admission<'a>,
     pub items: Vec<SendItem<'a>>,
 }
 
@@ -59,6 +78,7 @@ impl Call for Send<'_> {
         inv.arg(self.created_at)
             .arg(self.queues.len())
             .arg(self.dedup_window_ms);
+        self.admission.push(inv);
         for k in &self.queues {
             inv.arg(&k.queue);
         }
@@ -149,18 +169,32 @@ impl Call for Promote<'_> {
     }
 }
 
-/// `retention.lua`: trim what every group has acked; apply `--max-len`.
+/// `retention.lua`: the last step of a retention pass: trim below the
+/// lowest id some group needs; apply `--max-len`.
 pub struct Retain<'a> {
     pub keys: &'a QueueKeys,
     pub max_age_ms: u64,
     /// 0: no cap.
     pub max_len: u64,
+    /// The lowest id some group still needs; `None` when there is no group.
+    pub threshold: Option<&'a str>,
+    /// The queue's count of groups created, read before the groups were.
+    pub generation: &'a str,
+}
+
+/// What the trim did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub trimmed: i64,
+    /// Dropped by `--max-len`.
+    pub dropped: i64,
+    /// A group was created since the groups were read: nothing was done.
+    pub groups_changed: bool,
 }
 
 impl Call for Retain<'_> {
     type Raw = (i64, i64);
-    /// (trimmed, dropped by `--max-len`).
-    type Reply = (i64, i64);
+    type Reply = Trimmed;
     fn script<'s>(&self, s: &'s Scripts) -> &'s Script {
         &s.retention
     }
@@ -168,10 +202,41 @@ impl Call for Retain<'_> {
         inv.key(&self.keys.stream)
             .key(&self.keys.stats)
             .arg(self.max_age_ms)
-            .arg(self.max_len);
+            .arg(self.max_len)
+            .arg(self.threshold.unwrap_or(""))
+            .arg(self.generation);
     }
-    fn reply(r: (i64, i64)) -> Result<(i64, i64)> {
-        Ok(r)
+    fn reply((trimmed, dropped): (i64, i64)) -> Result<Trimmed> {
+        Ok(Trimmed {
+            trimmed: trimmed.max(0),
+            dropped,
+            groups_changed: trimmed < 0,
+        })
+    }
+}
+
+/// `expire_group.lua`: destroy a group if it is still idle and empty.
+pub struct ExpireGroup<'a> {
+    pub keys: &'a QueueKeys,
+    pub group: &'a str,
+    pub idle_ms: u64,
+}
+
+impl Call for ExpireGroup<'_> {
+    type Raw = i64;
+    /// Whether it was destroyed.
+    type Reply = bool;
+    fn script<'s>(&self, s: &'s Scripts) -> &'s Script {
+        &s.expire_group
+    }
+    fn build(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.key(&self.keys.stream)
+            .arg(self.group)
+            .arg(self.idle_ms)
+            .arg(crate::routing::default_group(&self.keys.queue));
+    }
+    fn reply(n: i64) -> Result<bool> {
+        Ok(n == 1)
     }
 }
 
@@ -336,5 +401,21 @@ mod tests {
         assert_eq!((d.now_ms, d.next_ms), (5, None));
         assert_eq!(Promote::reply((2, 99)).ok(), Some((2, Some(99))));
         assert_eq!(Requeue::reply(String::new()).ok(), Some(None));
+    }
+
+    #[test]
+    fn a_trim_that_saw_the_groups_change_did_nothing() {
+        let changed = Retain::reply((-1, 0)).expect("parses");
+        assert!(changed.groups_changed);
+        assert_eq!(changed.trimmed, 0);
+        let done = Retain::reply((4, 1)).expect("parses");
+        assert_eq!(
+            done,
+            Trimmed {
+                trimmed: 4,
+                dropped: 1,
+                groups_changed: false
+            }
+        );
     }
 }

@@ -1,0 +1,432 @@
+//! A shared service: what one tenant's ordinary requests may cost everyone
+//! else. Retention stays short inside Redis however many groups a queue
+//! has; idle empty groups expire; groups per queue, queues in all and
+//! queues per token are capped, atomically. Everything against a real
+//! redis-server and leanmqd.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use leanmq_grpc::proto;
+use leanmq_grpc::proto::admin_client::AdminClient;
+use tonic::{Code, Request};
+
+/// A field of `INFO commandstats` for one command (`calls`, `usec_per_call`).
+fn command_stat(r: &RedisProc, command: &str, field: &str) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut r.conn())
+        .expect("info");
+    let prefix = format!("cmdstat_{command}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|stats| {
+            stats.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == field).then(|| v.parse().ok()).flatten()
+            })
+        })
+        .unwrap_or(0.0)
+}
+
+fn group_names(r: &RedisProc, stream: &str) -> Vec<String> {
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query(&mut r.conn())
+        .unwrap_or_default();
+    groups
+        .iter()
+        .filter_map(|g| match g {
+            redis::Value::Array(f) => f.chunks(2).find_map(|kv| match kv {
+                [redis::Value::BulkString(k), redis::Value::BulkString(v)] if k == b"name" => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+fn receive_req(path: &str, group: &str) -> proto::ReceiveRequest {
+    proto::ReceiveRequest {
+        path: path.into(),
+        group: group.into(),
+        max_messages: 1,
+        ..Default::default()
+    }
+}
+
+/// 2,000 groups on one queue (one far behind, in the middle of the name
+/// order): every retention call stays under 20 ms of Redis time, and the
+/// passes, made of many calls, still trim exactly what every group acked.
+#[tokio::test]
+async fn retention_over_thousands_of_groups_stays_short_and_exact() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.retention_max_age = Duration::ZERO;
+        c.retention_interval = Duration::from_millis(100);
+        c.max_groups_per_queue = 5000;
+    })
+    .await;
+    let mut c = d.client().await;
+    let mut a = AdminClient::new(d.channel().await);
+    c.receive(receive_req("/wide", ""))
+        .await
+        .expect("the queue");
+    for i in 0..10 {
+        send(&mut c, "/wide", format!("{i}").as_bytes()).await;
+    }
+    // The groups, made directly (at "$": each has read everything), and
+    // one laggard at the start that has read nothing.
+    let mut p = redis::pipe();
+    for i in 0..2000 {
+        p.cmd("XGROUP")
+            .arg("CREATE")
+            .arg("webhook:wide")
+            .arg(format!("g{i:04}"))
+            .arg("$")
+            .ignore();
+    }
+    p.cmd("XGROUP")
+        .arg("CREATE")
+        .arg("webhook:wide")
+        .arg("g1000-laggard")
+        .arg("0")
+        .ignore();
+    let () = p.query(&mut redis.conn()).expect("groups");
+    // The default group reads and acks everything.
+    let got = receive(&mut c, "/wide", "", 10, 30_000).await;
+    assert_eq!(got.len(), 10);
+    ack(
+        &mut c,
+        &got.iter().map(|m| m.receipt.as_str()).collect::<Vec<_>>(),
+    )
+    .await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg("20000")
+        .query(&mut redis.conn())
+        .expect("slowlog threshold");
+    let () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query(&mut redis.conn())
+        .expect("slowlog reset");
+    let trims_before = command_stat(&redis, "xtrim", "calls");
+    // Several whole passes (each ends in one XTRIM, after 21 slices of
+    // 100 groups): the laggard holds every entry back.
+    eventually("three passes over the 2,001 groups", || async {
+        (command_stat(&redis, "xtrim", "calls") - trims_before >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(xlen(&redis, "webhook:wide"), 10, "the laggard read nothing");
+    // The laggard catches up and acks: now everything goes.
+    let lag = receive(&mut c, "/wide", "g1000-laggard", 10, 30_000).await;
+    assert_eq!(lag.len(), 10);
+    ack(
+        &mut c,
+        &lag.iter().map(|m| m.receipt.as_str()).collect::<Vec<_>>(),
+    )
+    .await;
+    eventually("everything acked by every group is trimmed", || async {
+        (xlen(&redis, "webhook:wide") == 0).then_some(())
+    })
+    .await;
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(10)
+        .query(&mut redis.conn())
+        .expect("slowlog");
+    assert!(slow.is_empty(), "Redis calls of 20 ms or more: {slow:?}");
+    let per_call = command_stat(&redis, "evalsha", "usec_per_call");
+    assert!(per_call < 20_000.0, "scripts took {per_call} us per call");
+    // Sends are served meanwhile.
+    send(&mut c, "/elsewhere", b"ok").await;
+    assert_eq!(group_names(&redis, "webhook:wide").len(), 2002);
+    let _ = a.list_queues(proto::ListQueuesRequest::default()).await;
+}
+
+/// An empty group idle past --group-idle-expiry goes; one with a pending
+/// delivery stays, as do LeanMQ's default groups; a gone group comes back
+/// on its next Receive.
+#[tokio::test]
+async fn idle_empty_groups_expire_but_never_pending_or_default_ones() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.group_idle_expiry = Duration::from_secs(2);
+        c.retention_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut c = d.client().await;
+    // "busy" holds a message; "gone" reads nothing after its first look.
+    for g in ["busy", "gone"] {
+        c.receive(receive_req("/idle", g)).await.expect("the group");
+    }
+    send(&mut c, "/idle", b"held").await;
+    let held = receive(&mut c, "/idle", "busy", 1, 60_000).await;
+    assert_eq!(held.len(), 1);
+    let start = Instant::now();
+    eventually("the idle empty group expires", || async {
+        (!group_names(&redis, "webhook:idle").contains(&"gone".to_string())).then_some(())
+    })
+    .await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "not before it was idle"
+    );
+    let mut left = group_names(&redis, "webhook:idle");
+    left.sort();
+    assert_eq!(left, ["busy", "idle-group"]);
+    assert_eq!(group_names(&redis, "webhook:idle:dlq"), ["idle-group-dlq"]);
+    // The pending delivery is still held and can be acked.
+    assert_eq!(
+        ack(&mut c, &[&held[0].receipt]).await,
+        [proto::AckOutcome::Acked as i32]
+    );
+    // The expired group is made again by its next Receive.
+    c.receive(receive_req("/idle", "gone"))
+        .await
+        .expect("made again");
+    assert!(group_names(&redis, "webhook:idle").contains(&"gone".to_string()));
+}
+
+/// --max-groups-per-queue: the group past it is refused (Receive and
+/// Subscribe), atomically under concurrency; existing groups keep working.
+#[tokio::test]
+async fn groups_per_queue_are_capped_atomically() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| c.max_groups_per_queue = 3).await;
+    let c = d.client().await;
+    let tries = (0..20).map(|i| {
+        let mut c = c.clone();
+        async move { code(c.receive(receive_req("/capped", &format!("g{i}"))).await) }
+    });
+    let codes = futures::future::join_all(tries).await;
+    assert_eq!(
+        codes.iter().filter(|c| **c == Code::Ok).count(),
+        3,
+        "{codes:?}"
+    );
+    assert!(codes
+        .iter()
+        .all(|c| *c == Code::Ok || *c == Code::ResourceExhausted));
+    assert_eq!(
+        group_names(&redis, "webhook:capped").len(),
+        4,
+        "3 and the default"
+    );
+    let mut c = c.clone();
+    let err = c
+        .receive(receive_req("/capped", "one-more"))
+        .await
+        .expect_err("over the cap");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("--max-groups-per-queue"),
+        "{}",
+        err.message()
+    );
+    let sub = c
+        .subscribe(proto::SubscribeRequest {
+            path: "/capped".into(),
+            group: "by-stream".into(),
+            ..Default::default()
+        })
+        .await;
+    let refused = match sub {
+        Err(s) => s.code(),
+        Ok(s) => s
+            .into_inner()
+            .message()
+            .await
+            .err()
+            .map(|s| s.code())
+            .unwrap_or(Code::Ok),
+    };
+    assert_eq!(refused, Code::ResourceExhausted);
+    // The default group and existing groups are unaffected.
+    assert_eq!(code(c.receive(receive_req("/capped", "")).await), Code::Ok);
+    let ok = group_names(&redis, "webhook:capped")
+        .into_iter()
+        .find(|g| g.starts_with('g'))
+        .expect("a kept group");
+    assert_eq!(code(c.receive(receive_req("/capped", &ok)).await), Code::Ok);
+}
+
+/// --max-queues: a SendBatch over the cap stores nothing; Send, Receive and
+/// Subscribe that would create one more are refused; concurrent creations
+/// stop exactly at the cap; deleting a queue frees its place.
+#[tokio::test]
+async fn queues_in_all_are_capped_atomically() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| c.max_queues = 5).await;
+    let c = d.client().await;
+    let mut a = AdminClient::new(d.channel().await);
+    let mut c1 = c.clone();
+    let batch = c1
+        .send_batch(proto::SendBatchRequest {
+            messages: (0..6).map(|i| json_send(&format!("/b{i}"), "{}")).collect(),
+        })
+        .await
+        .expect_err("six new queues");
+    assert_eq!(batch.code(), Code::ResourceExhausted);
+    assert!(
+        batch.message().contains("--max-queues"),
+        "{}",
+        batch.message()
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut redis.conn())
+        .expect("keys");
+    assert!(keys.is_empty(), "nothing stored: {keys:?}");
+    let tries = (0..20).map(|i| {
+        let mut c = c.clone();
+        async move { code(c.send(json_send(&format!("/q{i}"), "{}")).await) }
+    });
+    let codes = futures::future::join_all(tries).await;
+    assert_eq!(
+        codes.iter().filter(|c| **c == Code::Ok).count(),
+        5,
+        "{codes:?}"
+    );
+    let scard: i64 = redis::cmd("SCARD")
+        .arg("webhook:registry")
+        .query(&mut redis.conn())
+        .expect("scard");
+    assert_eq!(scard, 10, "five queues and their DLQs");
+    assert_eq!(
+        code(c1.receive(receive_req("/new", "")).await),
+        Code::ResourceExhausted
+    );
+    let sub = c1
+        .subscribe(proto::SubscribeRequest {
+            path: "/new".into(),
+            ..Default::default()
+        })
+        .await;
+    let refused = match sub {
+        Err(s) => s.code(),
+        Ok(s) => s
+            .into_inner()
+            .message()
+            .await
+            .err()
+            .map(|s| s.code())
+            .unwrap_or(Code::Ok),
+    };
+    assert_eq!(refused, Code::ResourceExhausted);
+    // Existing queues keep working; a deleted one frees its place.
+    let made: Vec<usize> = (0..20).filter(|i| codes[*i] == Code::Ok).collect();
+    let first = format!("/q{}", made[0]);
+    assert_eq!(code(c1.send(json_send(&first, "{}")).await), Code::Ok);
+    a.delete_queue(proto::DeleteQueueRequest {
+        path: first.clone(),
+        with_dlq: true,
+        confirm: first[1..].to_string(),
+    })
+    .await
+    .expect("delete");
+    assert_eq!(code(c1.send(json_send("/new", "{}")).await), Code::Ok);
+}
+
+fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let h = leanmq_grpc::auth::hash_token;
+    let path = dir.join("tokens.toml");
+    let text = format!(
+        "[[tokens]]\nname = \"tenant\"\nhash = \"{}\"\nsend = [\">\"]\nsubscribe = [\">\"]\nmax_queues = 2\n\n\
+         [[tokens]]\nname = \"other\"\nhash = \"{}\"\nsend = [\">\"]\nsubscribe = [\">\"]\nadmin = [\">\"]\n",
+        h("tenant-secret"),
+        h("other-secret"),
+    );
+    std::fs::write(&path, text).expect("tokens file");
+    path
+}
+
+fn as_token<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    r
+}
+
+/// A token's `max_queues`: it may create that many queues, may still use
+/// queues others made, and gets its place back when one of its queues is
+/// deleted; other tokens are not limited by it.
+#[tokio::test]
+async fn a_tokens_queue_quota_counts_what_it_created() {
+    let redis = RedisProc::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = tokens_file(dir.path());
+    let d = Leanmqd::start_with(&redis.url(), move |c| c.auth_tokens = Some(file)).await;
+    let mut c = d.client().await;
+    let mut a = AdminClient::new(d.channel().await);
+    let t = "tenant-secret";
+    for p in ["/t/a", "/t/b"] {
+        assert_eq!(
+            code(c.send(as_token(json_send(p, "{}"), t)).await),
+            Code::Ok,
+            "{p}"
+        );
+    }
+    let err = c
+        .send(as_token(json_send("/t/c", "{}"), t))
+        .await
+        .expect_err("a third queue");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("max_queues"), "{}", err.message());
+    assert_eq!(
+        code(c.receive(as_token(receive_req("/t/d", ""), t)).await),
+        Code::ResourceExhausted
+    );
+    // Another token makes /t/c; the tenant may use it (it creates nothing).
+    assert_eq!(
+        code(
+            c.send(as_token(json_send("/t/c", "{}"), "other-secret"))
+                .await
+        ),
+        Code::Ok
+    );
+    assert_eq!(
+        code(c.send(as_token(json_send("/t/c", "{}"), t)).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(c.send(as_token(json_send("/t/a", "{}"), t)).await),
+        Code::Ok
+    );
+    a.delete_queue(as_token(
+        proto::DeleteQueueRequest {
+            path: "/t/a".into(),
+            with_dlq: true,
+            confirm: "t_a".into(),
+        },
+        "other-secret",
+    ))
+    .await
+    .expect("delete");
+    assert_eq!(
+        code(c.send(as_token(json_send("/t/e", "{}"), t)).await),
+        Code::Ok
+    );
+    let owned: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("webhook:#created-by:tenant")
+        .query(&mut redis.conn())
+        .expect("smembers");
+    let mut owned = owned;
+    owned.sort();
+    assert_eq!(owned, ["t_b", "t_e"]);
+}
