@@ -146,8 +146,15 @@ impl Queues {
         Ok(end)
     }
 
-    pub async fn list_queues(&self) -> Result<Vec<QueueSummary>> {
-        self.broker.list_queues().await
+    /// A page of the queues `visible` admits, in name order, after `after`;
+    /// and the last name when more may follow.
+    pub async fn list_queues(
+        &self,
+        page: usize,
+        after: Option<&str>,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Vec<QueueSummary>, Option<String>)> {
+        self.broker.list_queues_page(page, after, visible).await
     }
 
     pub async fn get_queue(&self, queue: &str) -> Result<QueueInfo> {

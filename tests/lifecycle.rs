@@ -61,7 +61,7 @@ async fn admin_lists_and_inspects_queues() {
     .await
     .expect("nack");
     let list = a
-        .list_queues(proto::ListQueuesRequest {})
+        .list_queues(proto::ListQueuesRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -686,7 +686,7 @@ async fn the_opt_in_max_len_cap_drops_and_counts() {
         .expect("stats");
     assert_eq!(stats, 7);
     let _ = a
-        .list_queues(proto::ListQueuesRequest {})
+        .list_queues(proto::ListQueuesRequest::default())
         .await
         .expect("still serving");
 }

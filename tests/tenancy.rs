@@ -430,3 +430,129 @@ async fn a_tokens_queue_quota_counts_what_it_created() {
     owned.sort();
     assert_eq!(owned, ["t_b", "t_e"]);
 }
+
+/// `INFO stats total_commands_processed`.
+fn commands_processed(r: &RedisProc) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut r.conn())
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_commands_processed")
+}
+
+/// Queues `/{prefix}/q0000` … made with SendBatch calls of 1,000.
+async fn make_queues(c: &mut Client, prefix: &str, n: usize) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}_q{i:04}")).collect();
+    for chunk in names.chunks(1000) {
+        c.send_batch(proto::SendBatchRequest {
+            messages: chunk
+                .iter()
+                .map(|q| json_send(&format!("/{}", q.replace('_', "/")), "{}"))
+                .collect(),
+        })
+        .await
+        .expect("send batch");
+    }
+    names
+}
+
+/// 2,000 queues and five idle pattern subscriptions: Redis serves a few
+/// commands a second in all (they share the replica's one discovery), not
+/// a listing of every queue per subscription per second; a queue made
+/// later is still found.
+#[tokio::test]
+async fn idle_pattern_subscriptions_cost_redis_almost_nothing() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.retention_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let mut c = d.client().await;
+    make_queues(&mut c, "many", 2000).await;
+    send(&mut c, "/late/x", b"{}").await;
+    let mut subs = Vec::new();
+    for pattern in ["/none0/>", "/none1/>", "/none2/*", "/none3/*/x", "/late/*"] {
+        let s = c
+            .subscribe(proto::SubscribeRequest {
+                path: pattern.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        subs.push(s);
+    }
+    let late = subs.last_mut().expect("the /late/* subscription");
+    // Attached to /late/x: discovery has walked the registry.
+    assert_eq!(next(late).await.path, "/late/x");
+    let before = commands_processed(&redis);
+    let window = Duration::from_secs(3);
+    // The measured window itself (nothing waits on a condition here).
+    tokio::time::sleep(window).await;
+    let spent = commands_processed(&redis) - before;
+    eprintln!("{spent} Redis commands in {window:?}");
+    assert!(
+        spent < 300,
+        "{spent} Redis commands in {window:?} with 2,000 queues and 5 idle pattern subscriptions"
+    );
+    send(&mut c, "/late/y", b"{}").await;
+    let late = subs.last_mut().expect("the /late/* subscription");
+    assert_eq!(next(late).await.path, "/late/y");
+}
+
+/// ListQueues pages: in name order, every queue on exactly one page; an
+/// unset page_size gives the default page and a token; bad sizes and
+/// tokens are INVALID_ARGUMENT.
+#[tokio::test]
+async fn list_queues_pages_cover_every_queue_exactly_once() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    let mut want = make_queues(&mut c, "paged", 250).await;
+    want.sort();
+    let mut a = AdminClient::new(d.channel().await);
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = a
+            .list_queues(proto::ListQueuesRequest {
+                page_size: 100,
+                page_token,
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        sizes.push(page.queues.len());
+        seen.extend(page.queues.into_iter().map(|q| q.queue));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(sizes, [100, 100, 50]);
+    assert_eq!(seen, want, "every queue once, in name order");
+    let first = a
+        .list_queues(proto::ListQueuesRequest::default())
+        .await
+        .expect("default page")
+        .into_inner();
+    assert_eq!(first.queues.len(), 100);
+    assert!(!first.next_page_token.is_empty());
+    for bad in [
+        proto::ListQueuesRequest {
+            page_size: 1001,
+            ..Default::default()
+        },
+        proto::ListQueuesRequest {
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        },
+    ] {
+        let e = a.list_queues(bad).await.expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    }
+}

@@ -187,21 +187,30 @@ func PageSize(n int) ListOption { return func(c *listConfig) { c.pageSize = n } 
 // Limit stops ListDeadLetters after n dead letters (default: all of them).
 func Limit(n int) ListOption { return func(c *listConfig) { c.limit = n } }
 
+// queuePage is how many queues ListQueues asks for per page (the server's largest).
+const queuePage = 1000
+
 // ListQueues returns every queue in the registry that the token's admin
-// grant covers.
+// grant covers, in name order, following the server's pages.
 func (a *Admin) ListQueues(ctx context.Context) ([]QueueSummary, error) {
-	resp, err := a.rpc.ListQueues(ctx, &pb.ListQueuesRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("leanmq: list queues: %w", err)
+	var out []QueueSummary
+	token := ""
+	for {
+		resp, err := a.rpc.ListQueues(ctx, &pb.ListQueuesRequest{PageSize: queuePage, PageToken: token})
+		if err != nil {
+			return nil, fmt.Errorf("leanmq: list queues: %w", err)
+		}
+		for _, q := range resp.GetQueues() {
+			out = append(out, QueueSummary{
+				Queue: q.GetQueue(), Stream: q.GetStream(), Length: q.GetLength(),
+				DeadLetters: q.GetDeadLetters(), Paths: q.GetPaths(),
+			})
+		}
+		token = resp.GetNextPageToken()
+		if token == "" {
+			return out, nil
+		}
 	}
-	out := make([]QueueSummary, 0, len(resp.GetQueues()))
-	for _, q := range resp.GetQueues() {
-		out = append(out, QueueSummary{
-			Queue: q.GetQueue(), Stream: q.GetStream(), Length: q.GetLength(),
-			DeadLetters: q.GetDeadLetters(), Paths: q.GetPaths(),
-		})
-	}
-	return out, nil
 }
 
 // GetQueue returns one queue, named by path ("/order/status/") or queue

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::envelope::{self, Decoded, FailureRecord};
+use super::limits::REGISTRY_SCAN_STEP;
 use super::receipt::is_entry_id;
 use super::scripts::{self, as_array, as_i64, as_string, bad_reply, data_field, RETRY_HOLD};
 use super::{Broker, Target};
@@ -102,20 +103,42 @@ impl Broker {
         Ok(s * 1000 + us / 1000)
     }
 
-    /// Every queue (not DLQ) in the registry.
-    pub async fn list_queues(&self) -> Result<Vec<QueueSummary>> {
-        let registry = format!("{}registry", self.settings.prefix);
-        let mut members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&registry)).await?;
-        members.sort();
-        let cluster = self.redis.is_cluster();
-        let queues: Vec<String> = members
-            .iter()
-            .filter_map(|k| routing::queue_of_key(&self.settings.prefix, k, cluster))
-            .map(str::to_string)
-            .collect();
-        if queues.is_empty() {
-            return Ok(Vec::new());
+    /// A page of queues in name order: the first `page` names after
+    /// `after` (exclusive; `None` from the start) that `visible` admits, and
+    /// the last name when more may follow. The registry is walked in SSCAN
+    /// steps keeping only the best `page + 1` names, so a page costs Redis
+    /// work linear in the registry but no long call and memory for one page.
+    pub async fn list_queues_page(
+        &self,
+        page: usize,
+        after: Option<&str>,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Vec<QueueSummary>, Option<String>)> {
+        let mut best = std::collections::BTreeSet::new();
+        let mut cursor = 0;
+        loop {
+            let (next, names) = self.scan_registry(cursor, REGISTRY_SCAN_STEP).await?;
+            for q in names {
+                if after.is_none_or(|a| q.as_str() > a) && !best.contains(&q) && visible(&q) {
+                    best.insert(q);
+                    if best.len() > page + 1 {
+                        best.pop_last();
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
+        let more = best.len() > page;
+        let queues: Vec<String> = best.into_iter().take(page).collect();
+        let next = if more { queues.last().cloned() } else { None };
+        Ok((self.summaries(queues).await?, next))
+    }
+
+    /// Length, dead letters and paths of each queue.
+    async fn summaries(&self, queues: Vec<String>) -> Result<Vec<QueueSummary>> {
         // One pipeline per queue (a queue's keys share a slot in a cluster;
         // different queues may not), all in flight at once on the lanes.
         let rows: Vec<(i64, i64, Vec<String>)> =
@@ -451,32 +474,5 @@ impl Broker {
         }
         tracing::warn!(queue, with_dlq, deleted = n, "queue deleted");
         Ok(n)
-    }
-
-    /// Queues whose recorded paths match a pattern (LeanMQ queues, with no
-    /// recorded path, as "/" + name with "_" read as "/"). Each with the
-    /// first matching path.
-    pub async fn matching_queues(&self, pattern: &crate::routing::Pattern) -> Result<Vec<Route>> {
-        Ok(self
-            .list_queues()
-            .await?
-            .into_iter()
-            .filter_map(|q| {
-                let guessed;
-                let candidates: &[String] = if q.paths.is_empty() {
-                    guessed = [format!("/{}", q.queue.replace('_', "/"))];
-                    &guessed
-                } else {
-                    &q.paths
-                };
-                candidates
-                    .iter()
-                    .find(|p| pattern.matches(p))
-                    .map(|p| Route {
-                        path: p.clone(),
-                        queue: q.queue.clone(),
-                    })
-            })
-            .collect())
     }
 }

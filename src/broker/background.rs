@@ -156,8 +156,8 @@ async fn sweep_one(broker: &Broker, queue: &str, policy: &RetainPolicy) {
 /// Per-queue gauges for /metrics, every 15 s (first 1000 queues).
 async fn gauges(broker: Arc<Broker>, drain: Drain) {
     loop {
-        if let Ok(queues) = broker.list_queues().await {
-            for q in queues.iter().take(1000) {
+        if let Ok((queues, _)) = broker.list_queues_page(1000, None, &|_| true).await {
+            for q in &queues {
                 if let Ok(info) = broker.get_queue(&q.queue).await {
                     let pending = info.groups.iter().map(|g| g.pending).sum();
                     let oldest = info

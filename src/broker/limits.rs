@@ -43,3 +43,7 @@ pub const MAX_GROUPS_PER_QUEUE: u32 = 10_000;
 pub const DEFAULT_MAX_QUEUES: u64 = 10_000;
 /// Registry members one step of a walk over it asks for (SSCAN COUNT).
 pub const REGISTRY_SCAN_STEP: u32 = 500;
+/// Default and largest ListQueues page. A page walks the whole registry
+/// (in SSCAN steps), so a larger page means fewer walks for a full listing.
+pub const DEFAULT_QUEUE_PAGE: u32 = 100;
+pub const MAX_QUEUE_PAGE: u32 = 1000;

@@ -1,5 +1,5 @@
-//! The retention pass over one queue, and the walk over the registry that
-//! the sweep (in `background`) and pattern discovery share.
+//! The retention pass over one queue, and the reads of the registry that
+//! the sweep (in `background`), ListQueues and pattern discovery share.
 //!
 //! A pass costs Redis time linear in the queue's groups, and no single call
 //! of it grows past a few milliseconds: the groups are read with one
@@ -231,6 +231,23 @@ impl Broker {
             .map(str::to_string)
             .collect();
         Ok((next, queues))
+    }
+
+    /// Members of the registry (two per queue: it and its DLQ).
+    pub async fn registry_size(&self) -> Result<u64> {
+        let registry = format!("{}registry", self.settings.prefix);
+        self.query(::redis::cmd("SCARD").arg(&registry)).await
+    }
+
+    /// The paths recorded for each of `queues` (sorted), in one pipeline.
+    pub async fn recorded_paths(&self, queues: &[String]) -> Result<Vec<Vec<String>>> {
+        let mut p = ::redis::pipe();
+        for q in queues {
+            p.cmd("SMEMBERS").arg(&self.keys(q).paths);
+        }
+        let mut all: Vec<Vec<String>> = self.query_pipe(&p).await?;
+        all.iter_mut().for_each(|p| p.sort());
+        Ok(all)
     }
 }
 

@@ -27,8 +27,14 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Queues come in pages, in queue-name order: every queue that exists for
+// the whole listing is on exactly one page.
 type ListQueuesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Default (0): 100. At most 1000.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's `next_page_token`; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -61,6 +67,20 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
 	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ListQueuesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListQueuesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 type QueueSummary struct {
@@ -146,8 +166,10 @@ func (x *QueueSummary) GetPaths() []string {
 }
 
 type ListQueuesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queues        []*QueueSummary        `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Queues []*QueueSummary        `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
+	// Pass back for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -187,6 +209,13 @@ func (x *ListQueuesResponse) GetQueues() []*QueueSummary {
 		return x.Queues
 	}
 	return nil
+}
+
+func (x *ListQueuesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetQueueRequest struct {
@@ -1426,16 +1455,20 @@ var File_leanmq_v1_admin_proto protoreflect.FileDescriptor
 
 const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15leanmq/v1/admin.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n" +
-	"\x11ListQueuesRequest\"\x8d\x01\n" +
+	"\x15leanmq/v1/admin.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n" +
+	"\x11ListQueuesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x8d\x01\n" +
 	"\fQueueSummary\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x16\n" +
 	"\x06stream\x18\x02 \x01(\tR\x06stream\x12\x16\n" +
 	"\x06length\x18\x03 \x01(\x03R\x06length\x12!\n" +
 	"\fdead_letters\x18\x04 \x01(\x03R\vdeadLetters\x12\x14\n" +
-	"\x05paths\x18\x05 \x03(\tR\x05paths\"E\n" +
+	"\x05paths\x18\x05 \x03(\tR\x05paths\"m\n" +
 	"\x12ListQueuesResponse\x12/\n" +
-	"\x06queues\x18\x01 \x03(\v2\x17.leanmq.v1.QueueSummaryR\x06queues\"%\n" +
+	"\x06queues\x18\x01 \x03(\v2\x17.leanmq.v1.QueueSummaryR\x06queues\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"%\n" +
 	"\x0fGetQueueRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\"\xfa\x01\n" +
 	"\tGroupInfo\x12\x12\n" +

@@ -38,6 +38,9 @@ export interface AdminOptions {
   callTimeoutMs?: number;
 }
 
+/** Queues asked for per ListQueues page (the server's largest). */
+const QUEUE_PAGE = 1000;
+
 /** One queue of `listQueues()`. */
 export interface QueueSummary {
   /** Queue name ("order_status"). */
@@ -199,16 +202,27 @@ export class Admin {
     );
   }
 
-  /** Every queue in the registry (those the token's admin grant covers). */
+  /** Every queue in the registry (those the token's admin grant covers), in name order, following the server's pages. */
   async listQueues(): Promise<QueueSummary[]> {
-    const resp = await this.call<object, { queues: QueueSummary[] }>("listQueues", {});
-    return resp.queues.map((q) => ({
-      queue: q.queue,
-      stream: q.stream,
-      length: q.length,
-      deadLetters: q.deadLetters,
-      paths: [...q.paths],
-    }));
+    const out: QueueSummary[] = [];
+    let pageToken = "";
+    for (;;) {
+      const resp = await this.call<object, { queues: QueueSummary[]; nextPageToken: string }>(
+        "listQueues",
+        { pageSize: QUEUE_PAGE, pageToken },
+      );
+      for (const q of resp.queues) {
+        out.push({
+          queue: q.queue,
+          stream: q.stream,
+          length: q.length,
+          deadLetters: q.deadLetters,
+          paths: [...q.paths],
+        });
+      }
+      pageToken = resp.nextPageToken;
+      if (!pageToken) return out;
+    }
   }
 
   /** One queue, by path ("/order/status/") or name ("order_status"); NOT_FOUND when it does not exist. */

@@ -42,6 +42,10 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- values
 
 
+#: Queues asked for per ListQueues page (the server's largest).
+QUEUE_PAGE = 1000
+
+
 @dataclass(frozen=True)
 class QueueSummary:
     """One queue of ``list_queues()``."""
@@ -356,9 +360,19 @@ class Admin:
     # ------------------------------------------------------------ queues
 
     def list_queues(self) -> List[QueueSummary]:
-        """Every queue in the registry (those the token's admin grant covers)."""
-        resp = self._call(self._stub.ListQueues, apb.ListQueuesRequest())
-        return [queue_summary(q) for q in resp.queues]
+        """Every queue in the registry (those the token's admin grant covers),
+        in name order, following the server's pages."""
+        out: List[QueueSummary] = []
+        token = ""
+        while True:
+            resp = self._call(
+                self._stub.ListQueues,
+                apb.ListQueuesRequest(page_size=QUEUE_PAGE, page_token=token),
+            )
+            out.extend(queue_summary(q) for q in resp.queues)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def get_queue(self, path: str) -> QueueInfo:
         """One queue (by path "/order/status/" or name "order_status") in

@@ -46,6 +46,7 @@ from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
 from .admin import (
     DEFAULT_PAGE_SIZE,
+    QUEUE_PAGE,
     DeadLetterEntry,
     QueueInfo,
     QueueSummary,
@@ -593,8 +594,16 @@ class AsyncAdmin:
             raise error_for(e) from e
 
     async def list_queues(self) -> List[QueueSummary]:
-        resp = await self._call("ListQueues", apb.ListQueuesRequest())
-        return [queue_summary(q) for q in resp.queues]
+        out: List[QueueSummary] = []
+        token = ""
+        while True:
+            resp = await self._call(
+                "ListQueues", apb.ListQueuesRequest(page_size=QUEUE_PAGE, page_token=token)
+            )
+            out.extend(queue_summary(q) for q in resp.queues)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     async def get_queue(self, path: str) -> QueueInfo:
         return queue_info(await self._call("GetQueue", apb.GetQueueRequest(path=path)))

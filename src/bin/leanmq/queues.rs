@@ -102,11 +102,24 @@ fn lag(n: i64) -> String {
 
 pub async fn list(g: &Global) -> Result<(), Failure> {
     let conn = Conn::open(g).await?;
-    let summary = conn
-        .call(conn.admin().list_queues(proto::ListQueuesRequest {}))
-        .await?;
+    // Every page.
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = conn
+            .call(conn.admin().list_queues(proto::ListQueuesRequest {
+                page_size: 1000,
+                page_token,
+            }))
+            .await?;
+        all.extend(page.queues);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     let conn = &conn;
-    let queues: Vec<Option<QueueOut>> = futures::stream::iter(summary.queues)
+    let queues: Vec<Option<QueueOut>> = futures::stream::iter(all)
         .map(|s| async move {
             let req = proto::GetQueueRequest {
                 path: s.queue.clone(),

@@ -3,7 +3,8 @@
 //!
 //! - `ledger` — the pure credit ledger: who holds what, who is stalled;
 //! - `reader` — the loop of one (queue, group): plan, fetch, deliver, block;
-//! - `subscription` — a subscriber's end, which gives back on drop.
+//! - `subscription` — a subscriber's end, which gives back on drop;
+//! - `discovery` — the replica's one search for queues a pattern may match.
 //!
 //! The reader fetches only as much as the subscribers can take, so a slow
 //! subscriber never makes leanmqd buffer without bound. When no entry is
@@ -15,12 +16,13 @@
 //! Credit is the only state kept here, and it heals by itself: a delivery
 //! acked on another replica frees its credit when its lease would have ended.
 
+mod discovery;
 mod ledger;
 mod reader;
 mod subscription;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -29,18 +31,21 @@ use super::{Broker, Delivery, Round, Target};
 use crate::error::Result;
 use crate::routing::Pattern;
 use crate::shutdown::Drain;
+use discovery::{Discovery, Known};
 use ledger::{lock, Credit, Item};
 use reader::Reader;
 pub use subscription::Subscription;
 use subscription::{RegList, Registrations};
 
-/// How often a pattern subscription looks for new matching queues.
-const PATTERN_RESCAN: Duration = Duration::from_secs(1);
+/// How often a pattern subscription checks that it is still wanted.
+const PATTERN_ALIVE: Duration = Duration::from_secs(1);
 
 /// All readers of this replica.
 pub struct Dispatcher {
     broker: Arc<Broker>,
     readers: Mutex<HashMap<(String, String), Arc<Reader>>>,
+    /// Started by the first pattern subscription.
+    discovery: OnceLock<Arc<Discovery>>,
     drain: Drain,
 }
 
@@ -49,6 +54,7 @@ impl Dispatcher {
         Arc::new(Dispatcher {
             broker,
             readers: Mutex::new(HashMap::new()),
+            discovery: OnceLock::new(),
             drain,
         })
     }
@@ -78,7 +84,8 @@ impl Dispatcher {
     }
 
     /// Subscribe to every queue whose path matches `pattern`, now and as
-    /// queues appear (checked every second), sharing one credit.
+    /// queues appear (the replica's discovery looks every second), sharing
+    /// one credit.
     pub fn subscribe_pattern(
         self: &Arc<Self>,
         pattern: Pattern,
@@ -89,7 +96,11 @@ impl Dispatcher {
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(max_in_flight as usize + 1);
         let regs: Registrations = Arc::new(Mutex::new(Vec::new()));
+        let discovery = self
+            .discovery
+            .get_or_init(|| Discovery::start(self.broker.clone(), &self.drain));
         let watch = PatternWatch {
+            known: discovery.watch(),
             dispatcher: self.clone(),
             pattern,
             group,
@@ -205,9 +216,11 @@ impl Dispatcher {
     }
 }
 
-/// A pattern subscription's search for matching queues.
+/// A pattern subscription's search for matching queues, in what the
+/// replica's discovery found.
 struct PatternWatch {
     dispatcher: Arc<Dispatcher>,
+    known: tokio::sync::watch::Receiver<Arc<Known>>,
     pattern: Pattern,
     group: Option<String>,
     start: String,
@@ -219,16 +232,30 @@ struct PatternWatch {
 }
 
 impl PatternWatch {
-    async fn run(self, drain: Drain) {
+    async fn run(mut self, drain: Drain) {
         let mut attached: HashSet<String> = HashSet::new();
+        // How far into the known queues of which epoch this one has looked.
+        let mut seen: (u64, usize) = (0, 0);
         loop {
             let Some(regs) = self.regs.upgrade() else {
                 return;
             };
-            self.attach_new(&regs, &mut attached).await;
+            let known = self.known.borrow_and_update().clone();
+            if known.epoch != seen.0 {
+                seen = (known.epoch, 0);
+            }
+            let from = seen.1.min(known.queues.len());
+            // One that could not be attached (Redis trouble) is tried again.
+            if self
+                .attach_new(&regs, &known.queues[from..], &mut attached)
+                .await
+            {
+                seen.1 = known.queues.len();
+            }
             drop(regs);
             tokio::select! {
-                _ = tokio::time::sleep(PATTERN_RESCAN) => {}
+                r = self.known.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(PATTERN_ALIVE) => {}
                 _ = drain.draining() => return,
             }
         }
@@ -237,17 +264,12 @@ impl PatternWatch {
     async fn attach_new(
         &self,
         regs: &Mutex<Vec<(Arc<Reader>, u64)>>,
+        found: &[discovery::Found],
         attached: &mut HashSet<String>,
-    ) {
+    ) -> bool {
         let broker = &self.dispatcher.broker;
-        let routes = match broker.matching_queues(&self.pattern).await {
-            Ok(routes) => routes,
-            Err(e) => {
-                tracing::debug!(error = %e, "pattern: cannot list queues");
-                return;
-            }
-        };
-        for route in routes {
+        let mut all = true;
+        for route in found.iter().filter_map(|f| f.route(&self.pattern)) {
             if attached.contains(&route.queue) {
                 continue;
             }
@@ -258,6 +280,7 @@ impl PatternWatch {
             let target = Target { route, group };
             if let Err(e) = broker.ensure(&target, &self.start, None, None).await {
                 tracing::warn!(error = %e, queue = %target.route.queue, "pattern: cannot attach queue");
+                all = false;
                 continue;
             }
             attached.insert(target.route.queue.clone());
@@ -266,5 +289,6 @@ impl PatternWatch {
                     .register(&target, self.tx.clone(), self.credit.clone(), self.lease);
             lock(regs).push(reg);
         }
+        all
     }
 }

@@ -1,20 +1,44 @@
-//! ListQueues: every queue in the registry the caller may administer.
+//! ListQueues: a page of the queues in the registry the caller may
+//! administer, in name order.
 
-use crate::error::Result;
+use crate::broker::limits::{DEFAULT_QUEUE_PAGE, MAX_QUEUE_PAGE};
+use crate::error::{Error, Result};
 use crate::proto;
 use crate::queues::Queues;
+use crate::rpc::convert;
+
+/// A page token: the last queue name of the page before, marked so that
+/// the empty queue name (path "/") is a token too.
+const TOKEN_MARK: &str = "q:";
+
+fn after(token: &str) -> Result<Option<&str>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    match token.strip_prefix(TOKEN_MARK) {
+        Some(q) if q.is_empty() || crate::routing::is_queue_name(q) => Ok(Some(q)),
+        _ => Err(Error::invalid("page_token is not one this server issued")),
+    }
+}
 
 pub async fn handle(
     queues: &Queues,
     grant: &crate::auth::Grant,
-    _req: proto::ListQueuesRequest,
+    req: proto::ListQueuesRequest,
 ) -> Result<proto::ListQueuesResponse> {
+    let page = convert::count(
+        "page_size",
+        req.page_size,
+        DEFAULT_QUEUE_PAGE,
+        MAX_QUEUE_PAGE,
+    )?;
+    let after = after(&req.page_token)?;
+    let (page, next) = queues
+        .list_queues(page as usize, after, &|q| grant.sees_queue(q))
+        .await?;
     Ok(proto::ListQueuesResponse {
-        queues: queues
-            .list_queues()
-            .await?
+        queues: page
             .into_iter()
-            .filter(|q| grant.sees_queue(&q.queue))
             .map(|q| proto::QueueSummary {
                 queue: q.queue,
                 stream: q.stream,
@@ -23,5 +47,21 @@ pub async fn handle(
                 paths: q.paths,
             })
             .collect(),
+        next_page_token: next.map(|q| format!("{TOKEN_MARK}{q}")).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tokens_this_server_issues_are_taken() {
+        assert_eq!(after("").ok(), Some(None));
+        assert_eq!(after("q:").ok(), Some(Some("")));
+        assert_eq!(after("q:order_eu").ok(), Some(Some("order_eu")));
+        for bad in ["order_eu", "q:a b", "q:a:b"] {
+            assert!(after(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -31,7 +31,15 @@ export const protobufFileName = "leanmq/v1/admin.proto";
  * `webhook:registry` set). Every change is atomic per message.
  */
 
+/**
+ * Queues come in pages, in queue-name order: every queue that exists for
+ * the whole listing is on exactly one page.
+ */
 export interface ListQueuesRequest {
+  /** Default (0): 100. At most 1000. */
+  pageSize: number;
+  /** From a previous response's `next_page_token`; empty for the first page. */
+  pageToken: string;
 }
 
 export interface QueueSummary {
@@ -52,6 +60,8 @@ export interface QueueSummary {
 
 export interface ListQueuesResponse {
   queues: QueueSummary[];
+  /** Pass back for the next page; empty on the last page. */
+  nextPageToken: string;
 }
 
 export interface GetQueueRequest {
@@ -231,11 +241,17 @@ export interface DeleteQueueResponse {
 }
 
 function createBaseListQueuesRequest(): ListQueuesRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
-  encode(_: ListQueuesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListQueuesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -252,6 +268,22 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -264,20 +296,39 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
     }
   },
 
-  fromJSON(_: any): ListQueuesRequest {
-    return {};
+  fromJSON(object: any): ListQueuesRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListQueuesRequest): unknown {
+  toJSON(message: ListQueuesRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(base?: I): ListQueuesRequest {
     return ListQueuesRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(_: I): ListQueuesRequest {
+  fromPartial<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(object: I): ListQueuesRequest {
     const message = createBaseListQueuesRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
@@ -420,13 +471,16 @@ export const QueueSummary: MessageFns<QueueSummary> = {
 };
 
 function createBaseListQueuesResponse(): ListQueuesResponse {
-  return { queues: [] };
+  return { queues: [], nextPageToken: "" };
 }
 
 export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
   encode(message: ListQueuesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.queues) {
       QueueSummary.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -452,6 +506,14 @@ export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
             message.queues.push(QueueSummary.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -467,6 +529,11 @@ export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
   fromJSON(object: any): ListQueuesResponse {
     return {
       queues: globalThis.Array.isArray(object?.queues) ? object.queues.map((e: any) => QueueSummary.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -474,6 +541,9 @@ export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
     const obj: any = {};
     if (message.queues?.length) {
       obj.queues = message.queues.map((e) => QueueSummary.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -484,6 +554,7 @@ export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListQueuesResponse>, I>>(object: I): ListQueuesResponse {
     const message = createBaseListQueuesResponse();
     message.queues = object.queues?.map((e) => QueueSummary.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };

@@ -19,11 +19,25 @@ DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
 @typing.final
 class ListQueuesRequest(google.protobuf.message.Message):
+    """Queues come in pages, in queue-name order: every queue that exists for
+    the whole listing is on exactly one page.
+    """
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    page_size: builtins.int
+    """Default (0): 100. At most 1000."""
+    page_token: builtins.str
+    """From a previous response's `next_page_token`; empty for the first page."""
     def __init__(
         self,
+        *,
+        page_size: builtins.int = ...,
+        page_token: builtins.str = ...,
     ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
 global___ListQueuesRequest = ListQueuesRequest
 
@@ -68,14 +82,18 @@ class ListQueuesResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     QUEUES_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Pass back for the next page; empty on the last page."""
     @property
     def queues(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___QueueSummary]: ...
     def __init__(
         self,
         *,
         queues: collections.abc.Iterable[global___QueueSummary] | None = ...,
+        next_page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["queues", b"queues"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["next_page_token", b"next_page_token", "queues", b"queues"]) -> None: ...
 
 global___ListQueuesResponse = ListQueuesResponse
 
