@@ -624,6 +624,18 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_quota_is_bounded_and_names_its_token() {
+        let q =
+            |n: &str| format!("[[tokens]]\nname = \"t\"\nhash = \"{HASH}\"\nmax_queues = {n}\n");
+        let c = grant(&q("3")).creator().expect("a quota");
+        assert_eq!((&*c.name, c.max_queues), ("t", 3));
+        assert!(grant(&q("0")).creator().is_some(), "0: may create none");
+        let e = parse_tokens(&q("10000001"), Path::new("t.toml")).err();
+        assert!(e.unwrap_or_default().contains("max_queues must be at most"));
+        assert!(Grant::everything().creator().is_none());
+    }
+
+    #[test]
     fn authenticate_outcomes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("tokens.toml");

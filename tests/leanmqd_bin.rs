@@ -43,6 +43,10 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--tls-cert", "/nonexistent.crt"],
         vec!["--auth-tokens", "/nonexistent.toml"],
         vec!["--max-concurrent-rpcs", "0"],
+        vec!["--max-queues", "0"],
+        vec!["--max-groups-per-queue", "0"],
+        vec!["--max-groups-per-queue", "10001"],
+        vec!["--group-idle-expiry", "soon"],
         vec!["--redis-url", "redis+sentinel://leanmq:hunter2@/"],
         vec!["--no-such-flag"],
     ] {
