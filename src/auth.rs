@@ -5,7 +5,9 @@
 //!   `name`, `hash` (what `leanmqd hash-token` prints; never the token
 //!   itself), and lists `send`, `subscribe`, `admin` of NATS-style path
 //!   patterns (`/order/>`, `/order/*/eu`, `>`). Optional `rate` (requests
-//!   per second, per replica) and `burst` limit a token's traffic.
+//!   per second, per replica) and `burst` limit a token's traffic, and
+//!   `max_queues` the queues it may create (counted in Redis, see
+//!   [`crate::broker::Creator`]).
 //! - [`crate::layers::AuthLayer`] authenticates every call (except gRPC
 //!   health, which probes must reach) and puts the caller's [`Grant`] into
 //!   the request's extensions; the RPC edge asks the grant before it acts.

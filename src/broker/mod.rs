@@ -172,6 +172,14 @@ impl Broker {
             let _: i64 = self
                 .query(::redis::cmd("SADD").arg(&key).arg(&k.queue))
                 .await?;
+            let _: i64 = self
+                .query(
+                    ::redis::cmd("HSET")
+                        .arg(&k.meta)
+                        .arg("created_by")
+                        .arg(&*c.name),
+                )
+                .await?;
         }
         let _: i64 = self
             .query(
