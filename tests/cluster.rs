@@ -247,3 +247,60 @@ async fn a_lease_that_runs_out_is_redelivered_by_the_other_replica() {
         [proto::AckOutcome::Acked as i32]
     );
 }
+
+/// The shared-service caps hold on a cluster too: --max-queues (checked
+/// before the registry, which lives in another slot) and
+/// --max-groups-per-queue (inside the queue's own script); ListQueues pages.
+#[tokio::test]
+async fn queue_and_group_caps_and_list_pages_on_a_cluster() {
+    let cluster = Cluster::start();
+    let d = Leanmqd::start_with(&cluster.url(), |c| {
+        c.max_queues = 3;
+        c.max_groups_per_queue = 2;
+    })
+    .await;
+    let mut c = d.client().await;
+    for p in ["/cap/a", "/cap/b", "/cap/c"] {
+        send(&mut c, p, b"x").await;
+    }
+    let e = c
+        .send(json_send("/cap/d", "{}"))
+        .await
+        .expect_err("a fourth queue");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+    let group = |g: &str| proto::ReceiveRequest {
+        path: "/cap/a".into(),
+        group: g.into(),
+        ..Default::default()
+    };
+    for g in ["g0", "g1"] {
+        c.receive(group(g)).await.expect("within the cap");
+    }
+    let e = c.receive(group("g2")).await.expect_err("a third group");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+    let mut admin = proto::admin_client::AdminClient::new(d.channel().await);
+    let first = admin
+        .list_queues(proto::ListQueuesRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    let second = admin
+        .list_queues(proto::ListQueuesRequest {
+            page_size: 2,
+            page_token: first.next_page_token.clone(),
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    let names: Vec<String> = first
+        .queues
+        .into_iter()
+        .chain(second.queues)
+        .map(|q| q.queue)
+        .collect();
+    assert_eq!(names, ["cap_a", "cap_b", "cap_c"]);
+    assert!(second.next_page_token.is_empty());
+}
