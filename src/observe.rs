@@ -46,37 +46,104 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }
 
+/// Most distinct queue names, and (queue, group) pairs, that label a
+/// series. Names come from clients (paths, group names), so past these the
+/// label reads [`OTHER`]: `/metrics` and leanmqd's memory stay bounded
+/// whatever a client sends. Series are only made for queues and groups that
+/// exist (a call that settled nothing labels nothing).
+const MAX_QUEUE_LABELS: usize = 2_000;
+const MAX_GROUP_LABELS: usize = 10_000;
+/// The label of names past the caps.
+pub const OTHER: &str = "_other";
+
+type Seen<K> = std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<K>>>;
+static QUEUE_LABELS: Seen<String> = std::sync::LazyLock::new(Default::default);
+static GROUP_LABELS: Seen<(String, String)> = std::sync::LazyLock::new(Default::default);
+
+/// Whether `key` may label a series: it is one of the first `cap` seen.
+fn admit<K: std::hash::Hash + Eq>(
+    seen: &std::sync::RwLock<std::collections::HashSet<K>>,
+    key: K,
+    cap: usize,
+) -> bool {
+    if seen.read().is_ok_and(|s| s.contains(&key)) {
+        return true;
+    }
+    match seen.write() {
+        Ok(mut s) if s.len() < cap => {
+            s.insert(key);
+            true
+        }
+        Ok(s) => s.contains(&key),
+        Err(_) => false,
+    }
+}
+
+/// The `queue` label for `queue`.
+fn queue_label(queue: &str) -> String {
+    if admit(&QUEUE_LABELS, queue.to_string(), MAX_QUEUE_LABELS) {
+        queue.to_string()
+    } else {
+        OTHER.to_string()
+    }
+}
+
+/// The `queue` and `group` labels for a (queue, group).
+fn group_labels(queue: &str, group: &str) -> (String, String) {
+    let q = queue_label(queue);
+    if q != OTHER
+        && admit(
+            &GROUP_LABELS,
+            (q.clone(), group.to_string()),
+            MAX_GROUP_LABELS,
+        )
+    {
+        (q, group.to_string())
+    } else {
+        (q, OTHER.to_string())
+    }
+}
+
 pub fn sent(queue: &str, n: u64) {
-    counter!("leanmq_messages_sent_total", "queue" => queue.to_string()).increment(n);
+    if n > 0 {
+        counter!("leanmq_messages_sent_total", "queue" => queue_label(queue)).increment(n);
+    }
 }
 
 /// `n` deliveries from one fetch, `redelivered` of them not the first.
 pub fn delivered(queue: &str, group: &str, n: u64, redelivered: u64) {
-    if n > 0 {
-        counter!("leanmq_deliveries_total", "queue" => queue.to_string(), "group" => group.to_string())
-            .increment(n);
+    if n == 0 {
+        return;
     }
+    let (q, g) = group_labels(queue, group);
     if redelivered > 0 {
-        counter!("leanmq_redeliveries_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(redelivered);
+        counter!("leanmq_redeliveries_total", "queue" => q.clone(), "group" => g.clone())
+            .increment(redelivered);
     }
+    counter!("leanmq_deliveries_total", "queue" => q, "group" => g).increment(n);
 }
 
+/// `n` receipts acked; nothing is labelled when none was (forged or stale
+/// receipts name queues and groups that may not exist).
 pub fn acked(queue: &str, group: &str, n: u64) {
-    counter!("leanmq_acks_total", "queue" => queue.to_string(), "group" => group.to_string())
-        .increment(n);
+    if n > 0 {
+        let (q, g) = group_labels(queue, group);
+        counter!("leanmq_acks_total", "queue" => q, "group" => g).increment(n);
+    }
 }
 
 pub fn nacked(queue: &str, group: &str) {
-    counter!("leanmq_nacks_total", "queue" => queue.to_string(), "group" => group.to_string())
-        .increment(1);
+    let (q, g) = group_labels(queue, group);
+    counter!("leanmq_nacks_total", "queue" => q, "group" => g).increment(1);
 }
 
 pub fn dead_lettered(queue: &str, group: &str, reason: &'static str) {
-    counter!("leanmq_dead_lettered_total", "queue" => queue.to_string(), "group" => group.to_string(), "reason" => reason)
-        .increment(1);
+    let (q, g) = group_labels(queue, group);
     if reason == "expired" {
-        counter!("leanmq_expired_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(1);
+        counter!("leanmq_expired_total", "queue" => q.clone(), "group" => g.clone()).increment(1);
     }
+    counter!("leanmq_dead_lettered_total", "queue" => q, "group" => g, "reason" => reason)
+        .increment(1);
 }
 
 pub fn queue_gauges(
@@ -87,7 +154,7 @@ pub fn queue_gauges(
     dead: i64,
     scheduled: i64,
 ) {
-    let q = queue.to_string();
+    let q = queue_label(queue);
     gauge!("leanmq_queue_depth", "queue" => q.clone()).set(depth as f64);
     gauge!("leanmq_queue_pending", "queue" => q.clone()).set(pending as f64);
     gauge!("leanmq_queue_oldest_unacked_seconds", "queue" => q.clone())
@@ -101,8 +168,8 @@ pub fn queue_gauges(
 /// known value stays.
 pub fn group_lag(queue: &str, group: &str, lag: i64) {
     if lag >= 0 {
-        gauge!("leanmq_group_lag", "queue" => queue.to_string(), "group" => group.to_string())
-            .set(lag as f64);
+        let (q, g) = group_labels(queue, group);
+        gauge!("leanmq_group_lag", "queue" => q, "group" => g).set(lag as f64);
     }
 }
 
@@ -262,5 +329,19 @@ mod tests {
             assert_eq!(method_label(made_up).service, "other", "{made_up}");
             assert_eq!(method_label(made_up).method, "other", "{made_up}");
         }
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn label_sets_are_capped_and_known_names_keep_their_label() {
+        let seen: std::sync::RwLock<std::collections::HashSet<u32>> = Default::default();
+        assert!((0..3).all(|i| admit(&seen, i, 3)));
+        assert!(!admit(&seen, 99, 3), "past the cap");
+        assert!(admit(&seen, 1, 3), "a name seen before keeps its label");
+        assert_eq!(seen.read().map(|s| s.len()).unwrap_or(0), 3);
     }
 }

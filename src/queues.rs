@@ -39,6 +39,8 @@ pub struct Pull {
     pub wait: Duration,
     /// Where a new group starts (a stream id or `$`).
     pub start: String,
+    /// Most bytes of deliveries in one reply (always at least one delivery).
+    pub max_bytes: usize,
 }
 
 /// The façade.
@@ -90,14 +92,27 @@ impl Queues {
         })
     }
 
-    /// Pull deliveries; the queue and group are created first.
+    /// Pull deliveries; the queue and group are created first. What would
+    /// not fit in one reply (`max_bytes`) is given back at once, uncounted,
+    /// rather than left leased to nobody.
     pub async fn receive(&self, target: &Target, pull: Pull) -> Result<Vec<Delivery>> {
         self.broker
             .ensure(target, &pull.start, Some(&target.route.path))
             .await?;
-        self.dispatcher
+        let mut got = self
+            .dispatcher
             .receive(target, pull.max, pull.lease, pull.wait)
-            .await
+            .await?;
+        let fit = fitting(&got, pull.max_bytes);
+        let over: Vec<(String, u32)> = got
+            .drain(fit..)
+            .map(|d| (d.message_id, d.attempt))
+            .collect();
+        if !over.is_empty() {
+            self.broker.release(target, &over).await?;
+            self.dispatcher.woken(target);
+        }
+        Ok(got)
     }
 
     /// Settle receipts; what was settled gives its credit back here.
@@ -180,5 +195,52 @@ impl Queues {
 
     pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
         self.broker.delete_queue(queue, with_dlq).await
+    }
+}
+
+/// How many of `deliveries`, from the first, fit in `max_bytes` (at least one).
+fn fitting(deliveries: &[Delivery], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    deliveries
+        .iter()
+        .position(|d| {
+            total = total.saturating_add(d.wire_size());
+            total > max_bytes
+        })
+        .map_or(deliveries.len(), |i| i.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(n: usize) -> Delivery {
+        Delivery {
+            queue: Arc::from("q"),
+            message_id: "1-0".into(),
+            path: "/q".into(),
+            payload: bytes::Bytes::from(vec![0u8; n]),
+            content_type: String::new(),
+            headers: Vec::new(),
+            attempt: 1,
+            published_at: 0.0,
+            group: "g".into(),
+            lease_expires_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_reply_takes_what_fits_and_always_one() {
+        let ds: Vec<Delivery> = (0..5).map(|_| sized(1000)).collect();
+        let one = ds[0].wire_size();
+        assert_eq!(fitting(&ds, one * 5), 5);
+        assert_eq!(fitting(&ds, one * 3), 3);
+        assert_eq!(fitting(&ds, one * 3 - 1), 2);
+        assert_eq!(
+            fitting(&ds, 10),
+            1,
+            "one delivery even when it alone is over"
+        );
+        assert_eq!(fitting(&[], 10), 0);
     }
 }

@@ -92,10 +92,26 @@ pub fn route(path: &str) -> Result<Route> {
             "path {path:?} maps to an empty queue name; use a path with at least one segment, such as \"/events\""
         )));
     }
+    check_not_reserved(path, &queue)?;
     Ok(Route {
         path: normalized,
         queue,
     })
+}
+
+/// Queue names whose stream key would be one of the prefix's global keys
+/// (`{prefix}registry`, `{prefix}schedule`): a queue there would turn the
+/// registry or the schedule into a stream and break every other queue.
+pub const RESERVED_QUEUE_NAMES: [&str; 2] = ["registry", "schedule"];
+
+/// Refuse a path (or queue name) that maps onto a global key.
+pub fn check_not_reserved(asked: &str, queue: &str) -> Result<()> {
+    if RESERVED_QUEUE_NAMES.contains(&queue) {
+        return Err(Error::invalid(format!(
+            "{asked:?} maps to the queue name {queue:?}, which is reserved: its key is the broker's own {queue} key; choose another path"
+        )));
+    }
+    Ok(())
 }
 
 /// True when `name` could have come out of [`queue_name`] (used to validate

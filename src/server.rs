@@ -207,7 +207,7 @@ fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| e.to_string())?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| e.to_string())?;
-    let max_request = (cfg.max_payload_bytes + (1 << 20)).max(32 << 20);
+    let max_request = max_message_bytes(cfg);
     let broker_svc = BrokerServer::new(BrokerService::new(queues.clone(), edge_settings(cfg)))
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(max_request);
@@ -215,6 +215,11 @@ fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
         .add_service(AdminServer::new(AdminService::new(queues)))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
+}
+
+/// The gRPC message limit, both ways: room for the largest payload.
+fn max_message_bytes(cfg: &Config) -> usize {
+    (cfg.max_payload_bytes + (1 << 20)).max(32 << 20)
 }
 
 fn edge_settings(cfg: &Config) -> EdgeSettings {
@@ -225,6 +230,8 @@ fn edge_settings(cfg: &Config) -> EdgeSettings {
         max_subscriptions: cfg.max_subscriptions,
         max_batch: cfg.max_batch,
         default_lease: cfg.ack_deadline,
+        // Leave room for the reply's framing beyond the deliveries' own bytes.
+        max_reply_bytes: max_message_bytes(cfg) - (256 << 10),
     }
 }
 

@@ -98,6 +98,18 @@ impl Delivery {
         }
     }
 
+    /// About how many bytes this delivery takes in a reply: its payload,
+    /// headers and names, plus the receipt and framing.
+    pub fn wire_size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        let names = self.queue.len() + self.group.len() + self.message_id.len();
+        self.payload.len() + headers + self.content_type.len() + self.path.len() + names * 3 + 96
+    }
+
     /// Its receipt, encoded for the client, without building a [`Receipt`].
     pub fn receipt_token(&self) -> String {
         Receipt::encode_parts(&self.queue, &self.group, &self.message_id, self.attempt)

@@ -199,6 +199,38 @@ fn idempotency_key(key: String) -> Result<Option<String>> {
     Ok(Some(key))
 }
 
+/// How far ahead of this replica's clock a client-given time may be: room
+/// for clock skew, no more (a time past the stream ids Redis can make only
+/// breaks what compares against it).
+const MAX_FUTURE_MS: u64 = 24 * 3600 * 1000;
+/// Largest sequence number accepted in an entry id: exact in a double, as
+/// the Lua scripts read ids.
+const MAX_ID_SEQ: u64 = (1 << 53) - 1;
+
+/// A client-given point in time as ms since the epoch (saturating: a time
+/// past what a u64 holds selects nothing), refused when invalid.
+pub fn any_time_ms(field: &str, ts: &prost_types::Timestamp) -> Result<u64> {
+    if ts.seconds < 0 || ts.nanos < 0 || ts.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(format!("{field} is not a valid time")));
+    }
+    Ok((ts.seconds as u64)
+        .saturating_mul(1000)
+        .saturating_add((ts.nanos / 1_000_000) as u64))
+}
+
+/// [`any_time_ms`], also refused when more than a day ahead: for times
+/// kept in Redis (a group's start).
+pub fn time_ms(field: &str, ts: &prost_types::Timestamp) -> Result<u64> {
+    let ms = any_time_ms(field, ts)?;
+    let now_ms = (crate::broker::envelope::now_secs() * 1000.0) as u64;
+    if ms > now_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(Error::invalid(format!(
+            "{field} is more than a day in the future"
+        )));
+    }
+    Ok(ms)
+}
+
 /// Where a new group starts, as an XGROUP CREATE id ("$" when unset).
 pub fn start_position(p: Option<proto::StartPosition>) -> Result<String> {
     use proto::start_position::Position;
@@ -206,23 +238,29 @@ pub fn start_position(p: Option<proto::StartPosition>) -> Result<String> {
         None | Some(Position::Now(_)) => "$".to_string(),
         Some(Position::Beginning(_)) => "0".to_string(),
         Some(Position::AfterId(id)) => {
-            if !crate::broker::receipt::is_entry_id(&id) {
+            let parts = id
+                .split_once('-')
+                .and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)));
+            let Some((ms, seq)) = parts else {
                 return Err(Error::invalid(format!(
                     "start.after_id {id:?} is not a stream entry id"
+                )));
+            };
+            let now_ms = (crate::broker::envelope::now_secs() * 1000.0) as u64;
+            if ms > now_ms.saturating_add(MAX_FUTURE_MS) || seq > MAX_ID_SEQ {
+                return Err(Error::invalid(format!(
+                    "start.after_id {id:?} is out of range: its time is more than a day ahead, or its sequence past 2^53"
                 )));
             }
             id
         }
         Some(Position::AtTime(ts)) => {
-            if ts.seconds < 0 || ts.nanos < 0 || ts.nanos >= 1_000_000_000 {
-                return Err(Error::invalid("start.at_time is not a valid time"));
-            }
-            let ms = (ts.seconds as u64).saturating_mul(1000) + (ts.nanos / 1_000_000) as u64;
+            let ms = time_ms("start.at_time", &ts)?;
             // Entries after (ms - 1, any seq): those at or after `ms`.
             if ms == 0 {
                 "0".to_string()
             } else {
-                format!("{}-{}", ms - 1, u64::MAX)
+                format!("{}-{MAX_ID_SEQ}", ms - 1)
             }
         }
     })
@@ -373,6 +411,7 @@ pub(crate) fn edge(max_payload_bytes: usize) -> super::EdgeSettings {
         max_subscriptions: 10,
         max_batch: 10,
         default_lease: std::time::Duration::from_secs(30),
+        max_reply_bytes: 32 << 20,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct EdgeSettings {
     pub max_batch: usize,
     /// Lease when a request gives none.
     pub default_lease: Duration,
+    /// Most bytes of deliveries in one Receive reply: under the gRPC
+    /// message limit, so a reply is never refused after leasing.
+    pub max_reply_bytes: usize,
 }
 
 /// The `leanmq.v1.Broker` service.

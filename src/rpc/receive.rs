@@ -37,6 +37,7 @@ pub async fn handle(
         lease,
         wait,
         start: convert::start_position(req.start)?,
+        max_bytes: svc.settings.max_reply_bytes,
     };
     let deliveries = svc.queues.receive(&target, pull).await?;
     Ok(proto::ReceiveResponse {

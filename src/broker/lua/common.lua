@@ -9,6 +9,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- An error when KEY exists with a type other than WANT. A script's writes are
+-- not undone by a later error, so scripts check every key they write before
+-- their first write: a key another program wrote then fails the call whole.
+local function want_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+  return nil
+end
+
 -- Create a group at START (default '$', with MKSTREAM); an existing group is fine.
 local function mkgroup(key, group, start)
   local r = redis.pcall('XGROUP', 'CREATE', key, group, start or '$', 'MKSTREAM')

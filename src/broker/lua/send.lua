@@ -9,6 +9,11 @@ local nq = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local function k(i, j) return KEYS[2 + (i - 1) * 8 + j] end
 -- Check every key's type first, so no write can fail half-way through.
+-- (In Redis Cluster KEYS[1] and KEYS[2] are the stream: see below.)
+if KEYS[1] ~= k(1, 1) then
+  local e = want_type(KEYS[1], 'set'); if e then return e end
+  e = want_type(KEYS[2], 'zset'); if e then return e end
+end
 for i = 1, nq do
   local t = redis.call('TYPE', k(i, 1))['ok']
   if t ~= 'none' and t ~= 'stream' then
