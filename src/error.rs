@@ -198,7 +198,7 @@ mod tests {
             ("-ERR unknown command 'NOGROUP'\r\n", tonic::Code::Internal),
             (
                 "-WRONGTYPE Operation against a key\r\n",
-                tonic::Code::Internal,
+                tonic::Code::FailedPrecondition,
             ),
             ("-LOADING Redis is loading\r\n", tonic::Code::Unavailable),
             (
