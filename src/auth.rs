@@ -6,6 +6,9 @@
 //!   itself), and lists `send`, `subscribe`, `admin` of NATS-style path
 //!   patterns (`/order/>`, `/order/*/eu`, `>`). Optional `rate` (requests
 //!   per second, per replica) and `burst` limit a token's traffic.
+//!   Optional `prefixes` (e.g. `["mq:", "calc:"]`) limits the token to
+//!   those of the served key prefixes; without it the token's patterns hold
+//!   under every prefix leanmqd serves.
 //! - [`crate::layers::AuthLayer`] authenticates every call (except gRPC
 //!   health, which probes must reach) and puts the caller's [`Grant`] into
 //!   the request's extensions; the RPC edge asks the grant before it acts.
@@ -65,6 +68,8 @@ struct TokenEntry {
     rate: Option<f64>,
     /// Requests it may make at once above `rate` (default: one second's worth).
     burst: Option<f64>,
+    /// The key prefixes the token may use; absent: every served prefix.
+    prefixes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,7 +159,10 @@ impl GrantPattern {
                 Some(g0) => w.first() == Some(&g0.as_str()) && go(&g[1..], &w[1..]),
             }
         }
-        let words: Vec<&str> = queue.split('_').collect();
+        // A name given directly (`responses:<uuid>`) is matched as the
+        // path it reads as: `:` and `-` split words as `/` and `_` do.
+        let mapped = routing::queue_name(queue);
+        let words: Vec<&str> = mapped.split('_').collect();
         go(&self.words, &words)
     }
 }
@@ -168,6 +176,8 @@ pub struct Grant {
     rules: Option<Rules>,
     /// Token bucket for the optional per-token rate limit.
     bucket: Option<Bucket>,
+    /// Key prefixes this token may use; `None`: all that are served.
+    prefixes: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -236,6 +246,7 @@ impl Grant {
             name: "anonymous".into(),
             rules: None,
             bucket: None,
+            prefixes: None,
         })
     }
 
@@ -260,7 +271,14 @@ impl Grant {
         if ok {
             Ok(())
         } else {
-            Err(self.denied(action, &format!("path {:?}", route.path)))
+            Err(self.denied(
+                action,
+                &if route.path.is_empty() {
+                    format!("queue {:?}", route.queue)
+                } else {
+                    format!("path {:?}", route.path)
+                },
+            ))
         }
     }
 
@@ -294,6 +312,24 @@ impl Grant {
             Ok(())
         } else {
             Err(self.denied(action, &format!("queue {queue:?}")))
+        }
+    }
+
+    /// May this caller use the key prefix `prefix` at all?
+    pub fn check_prefix(&self, prefix: &str) -> Result<()> {
+        match &self.prefixes {
+            Some(allowed) if !allowed.iter().any(|p| p == prefix) => {
+                Err(Error::PermissionDenied(format!(
+                    "token {:?} may not use prefix {prefix:?} (its prefixes: {})",
+                    self.name,
+                    allowed
+                        .iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -371,10 +407,19 @@ fn parse_tokens(text: &str, origin: &Path) -> std::result::Result<TokenSet, Stri
                 Some(Bucket::new(rate, burst).map_err(|e| format!("{at}: {e}"))?)
             }
         };
+        if let Some(p) = &t.prefixes {
+            if p.is_empty() {
+                return Err(format!(
+                    "{at}: prefixes is empty, which allows nothing; list prefixes or leave it out"
+                ));
+            }
+            crate::rpc::prefixes::validate(p).map_err(|e| format!("{at}: {e}"))?;
+        }
         let grant = Arc::new(Grant {
             name: t.name,
             rules: Some(rules),
             bucket,
+            prefixes: t.prefixes,
         });
         if set
             .by_hash

@@ -55,9 +55,11 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
 
-    /// Key prefix; LeanMQWebhook's default is "webhook:".
-    #[arg(long, env = "LEANMQ_PREFIX", default_value = "webhook:")]
-    pub prefix: String,
+    /// Key prefix served; repeat to serve several (LeanMQWebhook uses
+    /// "webhook:", LeanMQ "mq:"). The first is the default for requests
+    /// that name none. The env twin takes a comma-separated list.
+    #[arg(long, env = "LEANMQ_PREFIX", default_value = "webhook:", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub prefix: Vec<String>,
 
     /// Largest accepted payload, in bytes.
     #[arg(long, env = "LEANMQ_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
@@ -309,13 +311,7 @@ impl Config {
     /// Names, sizes and counts: each between 1 and a bound that keeps one
     /// replica (and the Redis behind it) safe.
     fn validate_limits(&self) -> Result<(), StartupError> {
-        ensure(
-            !self
-                .prefix
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace()),
-            "--prefix must not contain whitespace or control characters",
-        )?;
+        crate::rpc::prefixes::validate(&self.prefix).map_err(invalid)?;
         let between = |v: usize, max: usize| (1..=max).contains(&v);
         ensure(
             between(self.max_payload_bytes, 64 << 20),

@@ -154,6 +154,17 @@ impl Queues {
         Ok(end)
     }
 
+    /// Create a queue pair and its default group without sending anything
+    /// (LeanMQ's `create_queue_pair`); its keys.
+    pub async fn create_queue(
+        &self,
+        target: &Target,
+        path: Option<&str>,
+    ) -> Result<Arc<crate::routing::QueueKeys>> {
+        self.broker.ensure(target, "$", path).await?;
+        Ok(self.broker.keys(&target.route.queue))
+    }
+
     pub async fn list_queues(&self) -> Result<Vec<QueueSummary>> {
         self.broker.list_queues().await
     }

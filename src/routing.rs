@@ -14,8 +14,13 @@
 //! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
 //!
-//! Queue names hold only alphanumerics and `_`, so no queue's keys can
-//! collide with another queue's `:`-suffixed keys.
+//! Queue names that paths map to hold only alphanumerics and `_`, so no
+//! such queue's keys can collide with another queue's `:`-suffixed keys.
+//! A request may also name a queue directly (LeanMQ's core API does:
+//! `responses:<uuid>`); such a name may hold `:` and `-`, so [`named`]
+//! refuses every name whose stream key would be one of another queue's
+//! keys in the table above ([`RESERVED_SUFFIXES`], [`RESERVED_INFIXES`]),
+//! and the two prefix-wide names ([`RESERVED_NAMES`]).
 //!
 //! **Redis Cluster:** the queue name is a hash tag, `{prefix}{{q}}` (so
 //! `webhook:{order_status}`, `webhook:{order_status}:dlq`, …): every key of
@@ -99,14 +104,67 @@ pub fn route(path: &str) -> Result<Route> {
     })
 }
 
-/// Queue names whose stream key would be one of the prefix's global keys
-/// (`{prefix}registry`, `{prefix}schedule`): a queue there would turn the
-/// registry or the schedule into a stream and break every other queue.
-pub const RESERVED_QUEUE_NAMES: [&str; 2] = ["registry", "schedule"];
+/// Name endings that would make a queue's stream key another queue's key:
+/// `a:dlq` is queue `a`'s DLQ, `a:metadata` its metadata, and so on.
+pub const RESERVED_SUFFIXES: [&str; 7] = [
+    ":dlq",
+    ":metadata",
+    ":expiry",
+    ":delayed",
+    ":delayed:data",
+    ":paths",
+    ":stats",
+];
+/// Name parts followed by a client-chosen word in another queue's keys
+/// (`a:leases:{group}`, `a:dedup:{key}`).
+pub const RESERVED_INFIXES: [&str; 2] = [":leases:", ":dedup:"];
+/// Names whose stream key is a prefix-wide key (`{prefix}registry`, `{prefix}schedule`).
+pub const RESERVED_NAMES: [&str; 2] = ["registry", "schedule"];
+
+/// Check a queue name given directly (the `queue` field of a request, or
+/// the queue of a receipt): non-empty, at most [`MAX_PATH_BYTES`], printable
+/// without whitespace, no `{` or `}` (Redis Cluster hash tags), and not
+/// colliding with another queue's keys. Every name [`queue_name`] makes
+/// passes.
+pub fn check_queue_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("queue is empty"));
+    }
+    if name.len() > MAX_PATH_BYTES {
+        return Err(Error::invalid(format!(
+            "queue name is {} bytes; the limit is {MAX_PATH_BYTES}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || *c == '{' || *c == '}')
+    {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} contains {c:?}; names are printable, without whitespace, '{{' or '}}'"
+        )));
+    }
+    if let Some(s) = RESERVED_SUFFIXES.iter().find(|s| name.ends_with(**s)) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} ends in {s:?}, which names another queue's own key; choose another name"
+        )));
+    }
+    if let Some(s) = RESERVED_INFIXES.iter().find(|s| name.contains(**s)) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} contains {s:?}, which names another queue's own keys; choose another name"
+        )));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} is the prefix's own {name} key; choose another name"
+        )));
+    }
+    Ok(())
+}
 
 /// Refuse a path (or queue name) that maps onto a global key.
 pub fn check_not_reserved(asked: &str, queue: &str) -> Result<()> {
-    if RESERVED_QUEUE_NAMES.contains(&queue) {
+    if RESERVED_NAMES.contains(&queue) {
         return Err(Error::invalid(format!(
             "{asked:?} maps to the queue name {queue:?}, which is reserved: its key is the broker's own {queue} key; choose another path"
         )));
@@ -114,8 +172,32 @@ pub fn check_not_reserved(asked: &str, queue: &str) -> Result<()> {
     Ok(())
 }
 
-/// True when `name` could have come out of [`queue_name`] (used to validate
-/// receipts, which carry a queue name).
+/// The route of a queue addressed by name: no path (`path` is empty, so
+/// nothing records or writes one).
+pub fn named(queue: &str) -> Result<Route> {
+    check_queue_name(queue)?;
+    Ok(Route {
+        path: String::new(),
+        queue: queue.to_string(),
+    })
+}
+
+/// A request's queue, from its `path` or its `queue` field: exactly one of
+/// the two.
+pub fn address(path: &str, queue: &str) -> Result<Route> {
+    match (path.is_empty(), queue.is_empty()) {
+        (false, true) => route(path),
+        (true, false) => named(queue),
+        (true, true) => Err(Error::invalid(
+            "give the queue by path (\"/order/status/\") or by queue name (\"order_status\")",
+        )),
+        (false, false) => Err(Error::invalid(
+            "path and queue are both set; give one of the two",
+        )),
+    }
+}
+
+/// True when `name` could have come out of [`queue_name`].
 pub fn is_queue_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_PATH_BYTES * 4
@@ -199,7 +281,7 @@ pub fn queue_of_key<'a>(prefix: &str, key: &'a str, cluster: bool) -> Option<&'a
     } else {
         rest
     };
-    is_queue_name(q).then_some(q)
+    check_queue_name(q).is_ok().then_some(q)
 }
 
 /// A Subscribe pattern, as NATS subjects: `*` matches one segment, a final
@@ -344,6 +426,51 @@ mod tests {
             queue_of_key("webhook:", "webhook:order_status:dlq", false),
             None
         );
+    }
+
+    #[test]
+    fn names_with_colons_and_dashes_address_queues() {
+        let r = address("", "responses:3f2b-11ee").expect("named");
+        assert_eq!(r.queue, "responses:3f2b-11ee");
+        assert_eq!(r.path, "");
+        assert_eq!(
+            queue_of_key("calc:", "calc:responses:3f2b-11ee", false),
+            Some("responses:3f2b-11ee")
+        );
+        assert!(matches!(address("", ""), Err(Error::InvalidArgument(_))));
+        assert!(matches!(address("/a", "a"), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn refuses_every_name_that_is_another_queues_key() {
+        let k = QueueKeys::new("p:", "a", false);
+        for key in [
+            &k.dlq,
+            &k.meta,
+            &k.dlq_meta,
+            &k.expiry,
+            &k.delayed,
+            &k.delayed_data,
+            &k.paths,
+            &k.stats,
+            &k.leases("g"),
+            &format!("{}:dedup:x", k.stream),
+            &k.registry,
+            &k.schedule,
+        ] {
+            let name = key.strip_prefix("p:").expect("prefixed");
+            assert!(
+                matches!(named(name), Err(Error::InvalidArgument(_))),
+                "{name}"
+            );
+        }
+        for bad in ["", "a b", "a{b}", "a\nb", &"x".repeat(MAX_PATH_BYTES + 1)] {
+            assert!(
+                matches!(named(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(named("a:dlq:x").is_ok());
     }
 
     #[test]

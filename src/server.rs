@@ -18,6 +18,7 @@ use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
 use crate::queues::Queues;
 use crate::rpc::admin::AdminService;
+use crate::rpc::prefixes::{MultiAdmin, MultiBroker, Served};
 use crate::rpc::{BrokerService, EdgeSettings};
 use crate::shutdown::Drain;
 use crate::tls::Tls;
@@ -101,19 +102,19 @@ pub async fn serve(
         None => None,
     };
     let auth = Arc::new(load_auth(cfg)?);
-    let broker = Arc::new(build_broker(cfg, redis_url)?);
     let drain = Drain::new();
-    broker::background::spawn(
-        broker.clone(),
-        broker::background::Retention {
-            max_age: cfg.retention_max_age,
-            interval: cfg.retention_interval,
-            max_len: cfg.max_len,
-            sample_gauges: cfg.metrics_listen.is_some(),
-        },
-        &drain,
-    );
-    let queues = Queues::new(broker.clone(), &drain);
+    // One broker (its own Redis lanes, readers and background tasks) and
+    // façade per served prefix, the default first; `rpc::prefixes` picks
+    // one per request.
+    let mut prefixed: Vec<(String, Arc<Queues>)> = Vec::with_capacity(cfg.prefix.len());
+    let mut default_broker = None;
+    for prefix in &cfg.prefix {
+        let broker = Arc::new(build_broker(cfg, redis_url, prefix)?);
+        broker::background::spawn(broker.clone(), retention(cfg), &drain);
+        prefixed.push((prefix.clone(), Queues::new(broker.clone(), &drain)));
+        default_broker.get_or_insert(broker);
+    }
+    let broker = default_broker.ok_or("no --prefix to serve")?;
     let (reporter, health_svc) = tonic_health::server::health_reporter();
     for name in ["", BROKER_SERVICE] {
         reporter
@@ -122,7 +123,7 @@ pub async fn serve(
     }
     drain.spawn(watch_redis(broker, reporter.clone(), drain.clone()));
     let health_addr = serve_health_only(cfg, Routes::new(health_svc.clone()), &drain).await?;
-    let routes = services(cfg, queues)?.add_service(health_svc);
+    let routes = services(cfg, prefixed)?.add_service(health_svc);
     let serving = serving(cfg, &auth, routes, listener, tls.clone(), reporter, &drain);
     let task = tokio::spawn(until_drained(serving, drain.clone(), cfg.shutdown_grace));
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
@@ -147,7 +148,16 @@ fn load_auth(cfg: &Config) -> Result<Auth, String> {
     }
 }
 
-fn build_broker(cfg: &Config, redis_url: &str) -> Result<Broker, String> {
+fn retention(cfg: &Config) -> broker::background::Retention {
+    broker::background::Retention {
+        max_age: cfg.retention_max_age,
+        interval: cfg.retention_interval,
+        max_len: cfg.max_len,
+        sample_gauges: cfg.metrics_listen.is_some(),
+    }
+}
+
+fn build_broker(cfg: &Config, redis_url: &str, prefix: &str) -> Result<Broker, String> {
     let redis_ca = match &cfg.redis_tls_ca {
         Some(p) => Some(
             std::fs::read(p)
@@ -159,7 +169,7 @@ fn build_broker(cfg: &Config, redis_url: &str) -> Result<Broker, String> {
         .map_err(|e| e.to_string())?;
     Ok(Broker::new(
         broker::Settings {
-            prefix: cfg.prefix.clone(),
+            prefix: prefix.to_string(),
             max_attempts: cfg.max_attempts,
             retry_min: cfg.retry_min,
             retry_max: cfg.retry_max,
@@ -198,8 +208,8 @@ async fn serve_health_only(
     Ok(Some(bound))
 }
 
-/// Broker, Admin and reflection.
-fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
+/// Broker, Admin and reflection, each prefix's façade behind one service.
+fn services(cfg: &Config, prefixed: Vec<(String, Arc<Queues>)>) -> Result<Routes, String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -208,11 +218,23 @@ fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
     let reflection_v1 = reflection().build_v1().map_err(|e| e.to_string())?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| e.to_string())?;
     let max_request = max_message_bytes(cfg);
-    let broker_svc = BrokerServer::new(BrokerService::new(queues.clone(), edge_settings(cfg)))
+    let (default_prefix, default_queues) =
+        prefixed.first().cloned().ok_or("no --prefix to serve")?;
+    let first = BrokerService::new(default_queues, edge_settings(cfg));
+    let mut brokers = Vec::with_capacity(prefixed.len());
+    let mut admins = Vec::with_capacity(prefixed.len());
+    for (prefix, queues) in &prefixed {
+        admins.push((prefix.clone(), AdminService::new(queues.clone())));
+        if *prefix != default_prefix {
+            brokers.push((prefix.clone(), first.sibling(queues.clone())));
+        }
+    }
+    brokers.insert(0, (default_prefix, first));
+    let broker_svc = BrokerServer::new(MultiBroker::new(Served::new(brokers)))
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(max_request);
     Ok(Routes::new(broker_svc)
-        .add_service(AdminServer::new(AdminService::new(queues)))
+        .add_service(AdminServer::new(MultiAdmin::new(Served::new(admins))))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
 }

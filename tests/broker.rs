@@ -152,7 +152,11 @@ async fn send_batch_is_all_or_nothing() {
         .expect_err("wrongtype batch");
     // Another program's key in the way is a precondition, not a bug here.
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("nothing was written"), "{}", err.message());
+    assert!(
+        err.message().contains("nothing was written"),
+        "{}",
+        err.message()
+    );
     assert_eq!(xlen(&redis, "webhook:a"), 2);
 }
 

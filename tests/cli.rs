@@ -224,6 +224,7 @@ async fn tail_without_a_group_takes_nothing_from_consumers() {
             let q = admin
                 .get_queue(proto::GetQueueRequest {
                     path: "/cli/peek".into(),
+                    ..Default::default()
                 })
                 .await
                 .ok()?
@@ -260,6 +261,7 @@ async fn tail_without_a_group_takes_nothing_from_consumers() {
     let q = admin
         .get_queue(proto::GetQueueRequest {
             path: "/cli/peek".into(),
+            ..Default::default()
         })
         .await
         .expect("queue")

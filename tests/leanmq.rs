@@ -354,7 +354,7 @@ async fn admin_lists_and_requeues_a_leanmq_dead_letter() {
     );
     assert_eq!(dl.path, "/legacy/orders");
     let queues = a
-        .list_queues(proto::ListQueuesRequest {})
+        .list_queues(proto::ListQueuesRequest::default())
         .await
         .expect("queues")
         .into_inner();
@@ -366,6 +366,7 @@ async fn admin_lists_and_requeues_a_leanmq_dead_letter() {
         .requeue_dead_letters(proto::RequeueDeadLettersRequest {
             path: "/legacy/orders".into(),
             selector: Some(proto::requeue_dead_letters_request::Selector::All(true)),
+            ..Default::default()
         })
         .await
         .expect("requeue")

@@ -314,6 +314,7 @@ async fn every_auth_outcome() {
         .expect("send");
     let q = proto::GetQueueRequest {
         path: "/order/x".into(),
+        ..Default::default()
     };
     assert_eq!(
         code(a.get_queue(authed(q.clone(), "consumer-secret")).await),

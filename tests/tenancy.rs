@@ -44,6 +44,7 @@ async fn paths_that_map_onto_the_brokers_global_keys_are_refused() {
         admin
             .get_queue(proto::GetQueueRequest {
                 path: "schedule".into(),
+                ..Default::default()
             })
             .await,
     );
@@ -96,6 +97,7 @@ async fn a_global_key_another_program_broke_fails_a_batch_whole_and_a_delete_bef
                 path: "/orders".into(),
                 confirm: "orders".into(),
                 with_dlq: true,
+                ..Default::default()
             })
             .await,
     );

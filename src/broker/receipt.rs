@@ -78,7 +78,7 @@ impl Receipt {
         if version != "1" {
             return Err(bad("unknown version"));
         }
-        if !routing::is_queue_name(queue) {
+        if routing::check_queue_name(queue).is_err() {
             return Err(bad("bad queue name"));
         }
         if group.is_empty() || routing::check_name("group", group).is_err() {
@@ -140,7 +140,8 @@ mod tests {
             "!!!".into(),
             forge("1\nq\ng\n1-0"),
             forge("2\nq\ng\n1-0\n1"),
-            forge("1\nq.x\ng\n1-0\n1"),
+            forge("1\nq x\ng\n1-0\n1"),
+            forge("1\nq:dlq\ng\n1-0\n1"),
             forge("1\nq\n\n1-0\n1"),
             forge("1\nq\ng\nabc\n1"),
             forge("1\nq\ng\n1-0\n0"),

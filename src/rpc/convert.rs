@@ -88,7 +88,7 @@ pub fn outgoing(
         }
         other => other,
     };
-    let route = routing::route(&r.path).map_err(at)?;
+    let route = routing::address(&r.path, &r.queue).map_err(at)?;
     if r.payload.len() > settings.max_payload_bytes {
         return Err(at(Error::PayloadTooLarge {
             size: r.payload.len(),
@@ -266,9 +266,10 @@ pub fn start_position(p: Option<proto::StartPosition>) -> Result<String> {
     })
 }
 
-/// A path and group from Subscribe/Receive: empty group means LeanMQ's.
-pub fn target(path: &str, group: &str, consumer: &str) -> Result<Target> {
-    let route = routing::route(path)?;
+/// A queue (by path or by name, exactly one) and group from
+/// Subscribe/Receive: empty group means LeanMQ's.
+pub fn target(path: &str, queue: &str, group: &str, consumer: &str) -> Result<Target> {
+    let route = routing::address(path, queue)?;
     routing::check_name("group", group)?;
     routing::check_name("consumer", consumer)?;
     let group = if group.is_empty() {
@@ -443,7 +444,7 @@ mod fuzz {
         ) {
             let req = proto::SendRequest {
                 path, payload: bytes::Bytes::from(payload), content_type, headers,
-                ttl, delay, deliver_at: None, idempotency_key: key,
+                ttl, delay, deliver_at: None, idempotency_key: key, ..Default::default()
             };
             match outgoing("", req, &edge(100), None) {
                 Ok(o) => {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod convert;
 mod extend;
 mod nack;
+pub mod prefixes;
 mod receive;
 mod send;
 mod send_batch;
@@ -55,6 +56,16 @@ impl BrokerService {
             queues,
             settings,
             streams: Arc::default(),
+        }
+    }
+
+    /// The service of another prefix's façade: same settings, and the
+    /// same stream counts, so the limits hold across prefixes.
+    pub fn sibling(&self, queues: Arc<Queues>) -> Self {
+        BrokerService {
+            queues,
+            settings: self.settings.clone(),
+            streams: self.streams.clone(),
         }
     }
 }

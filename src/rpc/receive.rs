@@ -17,7 +17,7 @@ pub async fn handle(
             "path patterns (\"*\", \">\") are for Subscribe; Receive takes one path",
         ));
     }
-    let target = convert::target(&req.path, &req.group, &req.consumer)?;
+    let target = convert::target(&req.path, &req.queue, &req.group, &req.consumer)?;
     caller.grant.check(Action::Subscribe, &target.route)?;
     let max = convert::count(
         "max_messages",

@@ -22,9 +22,10 @@ pub async fn handle(
     let pattern = crate::routing::Pattern::parse(&req.path)?;
     match &pattern {
         Some(p) => caller.grant.check_pattern(Action::Subscribe, p)?,
-        None => caller
-            .grant
-            .check(Action::Subscribe, &crate::routing::route(&req.path)?)?,
+        None => caller.grant.check(
+            Action::Subscribe,
+            &crate::routing::address(&req.path, &req.queue)?,
+        )?,
     }
     let open = OpenStream::new(&svc.streams, caller.conn, &svc.settings)?;
     let max_in_flight = convert::count(
@@ -49,7 +50,7 @@ pub async fn handle(
             Source::Pattern { pattern, group }
         }
         None => {
-            let target = convert::target(&req.path, &req.group, &req.consumer)?;
+            let target = convert::target(&req.path, &req.queue, &req.group, &req.consumer)?;
             tracing::debug!(queue = %target.route.queue, group = %target.group, consumer = %req.consumer, "subscribed");
             Source::Path(target)
         }

@@ -292,6 +292,7 @@ pub async fn subscribe(
         max_in_flight,
         ack_deadline: ms(lease_ms),
         start: None,
+        ..Default::default()
     })
     .await
     .expect("subscribe")
@@ -323,6 +324,7 @@ pub async fn receive(
         wait: dur(WAIT),
         ack_deadline: ms(lease_ms),
         start: None,
+        ..Default::default()
     })
     .await
     .expect("receive")

@@ -103,13 +103,16 @@ fn lag(n: i64) -> String {
 pub async fn list(g: &Global) -> Result<(), Failure> {
     let conn = Conn::open(g).await?;
     let summary = conn
-        .call(conn.admin().list_queues(proto::ListQueuesRequest {}))
+        .call(conn.admin().list_queues(proto::ListQueuesRequest {
+            ..Default::default()
+        }))
         .await?;
     let conn = &conn;
     let queues: Vec<Option<QueueOut>> = futures::stream::iter(summary.queues)
         .map(|s| async move {
             let req = proto::GetQueueRequest {
                 path: s.queue.clone(),
+                ..Default::default()
             };
             match conn.call(conn.admin().get_queue(req)).await {
                 Ok(q) => Ok(Some(QueueOut::of(q, Some(s.paths)))),
@@ -176,7 +179,10 @@ pub async fn list(g: &Global) -> Result<(), Failure> {
 
 pub async fn one(g: &Global, path: &str) -> Result<(), Failure> {
     let conn = Conn::open(g).await?;
-    let req = proto::GetQueueRequest { path: path.into() };
+    let req = proto::GetQueueRequest {
+        path: path.into(),
+        ..Default::default()
+    };
     let q = QueueOut::of(conn.call(conn.admin().get_queue(req)).await?, None);
     let mut out = Out::new();
     if g.json {

@@ -121,6 +121,7 @@ impl Template {
             delay: self.delay,
             deliver_at: None,
             idempotency_key: self.key.clone(),
+            ..Default::default()
         })
     }
 }

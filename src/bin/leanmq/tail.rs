@@ -133,6 +133,7 @@ pub async fn run(g: &Global, args: TailArgs) -> Result<(), Failure> {
         max_in_flight: args.count.map_or(100, |c| c.min(100) as u32),
         ack_deadline: None,
         start,
+        ..Default::default()
     };
     let mut stream = conn.call(conn.broker().subscribe(req)).await?;
     if !g.json && args.group.is_none() {

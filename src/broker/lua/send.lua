@@ -34,7 +34,7 @@ for j = 4 + nq, #ARGV, 6 do
   local data, ttl, delay, dkey, path = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], ARGV[j + 5]
   local stream = k(qi, 1)
   local qp = qi .. ' ' .. path
-  if not recorded[qp] then
+  if not recorded[qp] and path ~= '' then  -- '': addressed by queue name, no path
     redis.call('SADD', k(qi, 8), path)
     recorded[qp] = true
   end

@@ -11,7 +11,7 @@ pub async fn handle(
     queues: &Queues,
     req: proto::RequeueDeadLettersRequest,
 ) -> Result<proto::RequeueDeadLettersResponse> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     let selector = match req.selector {
         Some(Sel::Ids(ids)) if !ids.ids.is_empty() && ids.ids.len() <= 1000 => {
             Selector::Ids(ids.ids)

@@ -32,6 +32,11 @@ export const protobufFileName = "leanmq/v1/admin.proto";
  */
 
 export interface ListQueuesRequest {
+  /**
+   * Which prefix's registry to list (as Broker's SendRequest.prefix): empty
+   * for the server's default.
+   */
+  prefix: string;
 }
 
 export interface QueueSummary {
@@ -57,6 +62,13 @@ export interface ListQueuesResponse {
 export interface GetQueueRequest {
   /** A path ("/order/status/") or a queue name ("order_status"). */
   path: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface GroupInfo {
@@ -108,6 +120,13 @@ export interface ListDeadLettersRequest {
   pageSize: number;
   /** From a previous response's `next_page_token`; empty for the first page. */
   pageToken: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 /** One `_failures` record. */
@@ -166,7 +185,16 @@ export interface RequeueDeadLettersRequest {
     | boolean
     | undefined;
   /** Every dead letter that failed at or after this time. */
-  since?: Date | undefined;
+  since?:
+    | Date
+    | undefined;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface DeadLetterIds {
@@ -190,6 +218,13 @@ export interface DeleteDeadLettersRequest {
   path: string;
   /** DLQ entry ids. 1 to 1000. */
   ids: string[];
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface DeleteDeadLettersResponse {
@@ -198,6 +233,13 @@ export interface DeleteDeadLettersResponse {
 
 export interface PurgeDeadLettersRequest {
   path: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface PurgeDeadLettersResponse {
@@ -211,6 +253,13 @@ export interface PurgeQueueRequest {
    * means this queue. INVALID_ARGUMENT otherwise.
    */
   confirm: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface PurgeQueueResponse {
@@ -223,6 +272,13 @@ export interface DeleteQueueRequest {
   withDlq: boolean;
   /** Must equal the queue name, as PurgeQueueRequest.confirm. */
   confirm: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface DeleteQueueResponse {
@@ -230,12 +286,37 @@ export interface DeleteQueueResponse {
   deletedMessages: number;
 }
 
+export interface CreateQueueRequest {
+  /**
+   * The queue by path ("/order/status/") or by name ("responses:<uuid>"),
+   * as Broker's SendRequest: exactly one of the two.
+   */
+  path: string;
+  queue: string;
+  /** As Broker's SendRequest.prefix. */
+  prefix: string;
+}
+
+export interface CreateQueueResponse {
+  /** Queue name ("order_status"). */
+  queue: string;
+  /** Stream key of the queue ("webhook:order_status"). */
+  stream: string;
+  /** Stream key of its DLQ ("webhook:order_status:dlq"). */
+  deadLetterStream: string;
+  /** LeanMQ's default group of the queue ("order_status-group"). */
+  group: string;
+}
+
 function createBaseListQueuesRequest(): ListQueuesRequest {
-  return {};
+  return { prefix: "" };
 }
 
 export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
-  encode(_: ListQueuesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListQueuesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.prefix !== "") {
+      writer.uint32(10).string(message.prefix);
+    }
     return writer;
   },
 
@@ -252,6 +333,14 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -264,20 +353,24 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
     }
   },
 
-  fromJSON(_: any): ListQueuesRequest {
-    return {};
+  fromJSON(object: any): ListQueuesRequest {
+    return { prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "" };
   },
 
-  toJSON(_: ListQueuesRequest): unknown {
+  toJSON(message: ListQueuesRequest): unknown {
     const obj: any = {};
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(base?: I): ListQueuesRequest {
     return ListQueuesRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(_: I): ListQueuesRequest {
+  fromPartial<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(object: I): ListQueuesRequest {
     const message = createBaseListQueuesRequest();
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -489,13 +582,19 @@ export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
 };
 
 function createBaseGetQueueRequest(): GetQueueRequest {
-  return { path: "" };
+  return { path: "", queue: "", prefix: "" };
 }
 
 export const GetQueueRequest: MessageFns<GetQueueRequest> = {
   encode(message: GetQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.path !== "") {
       writer.uint32(10).string(message.path);
+    }
+    if (message.queue !== "") {
+      writer.uint32(18).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(26).string(message.prefix);
     }
     return writer;
   },
@@ -521,6 +620,22 @@ export const GetQueueRequest: MessageFns<GetQueueRequest> = {
             message.path = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -534,13 +649,23 @@ export const GetQueueRequest: MessageFns<GetQueueRequest> = {
   },
 
   fromJSON(object: any): GetQueueRequest {
-    return { path: isSet(object.path) ? globalThis.String(object.path) : "" };
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
   },
 
   toJSON(message: GetQueueRequest): unknown {
     const obj: any = {};
     if (message.path !== "") {
       obj.path = message.path;
+    }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
     }
     return obj;
   },
@@ -551,6 +676,8 @@ export const GetQueueRequest: MessageFns<GetQueueRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetQueueRequest>, I>>(object: I): GetQueueRequest {
     const message = createBaseGetQueueRequest();
     message.path = object.path ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -963,7 +1090,7 @@ export const QueueInfo: MessageFns<QueueInfo> = {
 };
 
 function createBaseListDeadLettersRequest(): ListDeadLettersRequest {
-  return { path: "", pageSize: 0, pageToken: "" };
+  return { path: "", pageSize: 0, pageToken: "", queue: "", prefix: "" };
 }
 
 export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
@@ -976,6 +1103,12 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(26).string(message.pageToken);
+    }
+    if (message.queue !== "") {
+      writer.uint32(34).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(42).string(message.prefix);
     }
     return writer;
   },
@@ -1017,6 +1150,22 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1042,6 +1191,8 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -1056,6 +1207,12 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -1067,6 +1224,8 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     message.path = object.path ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -1660,7 +1819,7 @@ export const ListDeadLettersResponse: MessageFns<ListDeadLettersResponse> = {
 };
 
 function createBaseRequeueDeadLettersRequest(): RequeueDeadLettersRequest {
-  return { path: "", ids: undefined, all: undefined, since: undefined };
+  return { path: "", ids: undefined, all: undefined, since: undefined, queue: "", prefix: "" };
 }
 
 export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = {
@@ -1676,6 +1835,12 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
     }
     if (message.since !== undefined) {
       Timestamp.encode(toTimestamp(message.since), writer.uint32(34).fork()).join();
+    }
+    if (message.queue !== "") {
+      writer.uint32(42).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(50).string(message.prefix);
     }
     return writer;
   },
@@ -1725,6 +1890,22 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
             message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1743,6 +1924,8 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
       ids: isSet(object.ids) ? DeadLetterIds.fromJSON(object.ids) : undefined,
       all: isSet(object.all) ? globalThis.Boolean(object.all) : undefined,
       since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -1760,6 +1943,12 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
     if (message.since !== undefined) {
       obj.since = message.since.toISOString();
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -1772,6 +1961,8 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
     message.ids = (object.ids !== undefined && object.ids !== null) ? DeadLetterIds.fromPartial(object.ids) : undefined;
     message.all = object.all ?? undefined;
     message.since = object.since ?? undefined;
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2022,7 +2213,7 @@ export const RequeueDeadLettersResponse: MessageFns<RequeueDeadLettersResponse> 
 };
 
 function createBaseDeleteDeadLettersRequest(): DeleteDeadLettersRequest {
-  return { path: "", ids: [] };
+  return { path: "", ids: [], queue: "", prefix: "" };
 }
 
 export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
@@ -2032,6 +2223,12 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     }
     for (const v of message.ids) {
       writer.uint32(18).string(v!);
+    }
+    if (message.queue !== "") {
+      writer.uint32(26).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(34).string(message.prefix);
     }
     return writer;
   },
@@ -2065,6 +2262,22 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
             message.ids.push(reader.string());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2081,6 +2294,8 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     return {
       path: isSet(object.path) ? globalThis.String(object.path) : "",
       ids: globalThis.Array.isArray(object?.ids) ? object.ids.map((e: any) => globalThis.String(e)) : [],
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -2092,6 +2307,12 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     if (message.ids?.length) {
       obj.ids = message.ids;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -2102,6 +2323,8 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     const message = createBaseDeleteDeadLettersRequest();
     message.path = object.path ?? "";
     message.ids = object.ids?.map((e) => e) || [];
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2174,13 +2397,19 @@ export const DeleteDeadLettersResponse: MessageFns<DeleteDeadLettersResponse> = 
 };
 
 function createBasePurgeDeadLettersRequest(): PurgeDeadLettersRequest {
-  return { path: "" };
+  return { path: "", queue: "", prefix: "" };
 }
 
 export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
   encode(message: PurgeDeadLettersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.path !== "") {
       writer.uint32(10).string(message.path);
+    }
+    if (message.queue !== "") {
+      writer.uint32(18).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(26).string(message.prefix);
     }
     return writer;
   },
@@ -2206,6 +2435,22 @@ export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
             message.path = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2219,13 +2464,23 @@ export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
   },
 
   fromJSON(object: any): PurgeDeadLettersRequest {
-    return { path: isSet(object.path) ? globalThis.String(object.path) : "" };
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
   },
 
   toJSON(message: PurgeDeadLettersRequest): unknown {
     const obj: any = {};
     if (message.path !== "") {
       obj.path = message.path;
+    }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
     }
     return obj;
   },
@@ -2236,6 +2491,8 @@ export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
   fromPartial<I extends Exact<DeepPartial<PurgeDeadLettersRequest>, I>>(object: I): PurgeDeadLettersRequest {
     const message = createBasePurgeDeadLettersRequest();
     message.path = object.path ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2308,7 +2565,7 @@ export const PurgeDeadLettersResponse: MessageFns<PurgeDeadLettersResponse> = {
 };
 
 function createBasePurgeQueueRequest(): PurgeQueueRequest {
-  return { path: "", confirm: "" };
+  return { path: "", confirm: "", queue: "", prefix: "" };
 }
 
 export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
@@ -2318,6 +2575,12 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     }
     if (message.confirm !== "") {
       writer.uint32(18).string(message.confirm);
+    }
+    if (message.queue !== "") {
+      writer.uint32(26).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(34).string(message.prefix);
     }
     return writer;
   },
@@ -2351,6 +2614,22 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
             message.confirm = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2367,6 +2646,8 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     return {
       path: isSet(object.path) ? globalThis.String(object.path) : "",
       confirm: isSet(object.confirm) ? globalThis.String(object.confirm) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -2378,6 +2659,12 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     if (message.confirm !== "") {
       obj.confirm = message.confirm;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -2388,6 +2675,8 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     const message = createBasePurgeQueueRequest();
     message.path = object.path ?? "";
     message.confirm = object.confirm ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2460,7 +2749,7 @@ export const PurgeQueueResponse: MessageFns<PurgeQueueResponse> = {
 };
 
 function createBaseDeleteQueueRequest(): DeleteQueueRequest {
-  return { path: "", withDlq: false, confirm: "" };
+  return { path: "", withDlq: false, confirm: "", queue: "", prefix: "" };
 }
 
 export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
@@ -2473,6 +2762,12 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
     }
     if (message.confirm !== "") {
       writer.uint32(26).string(message.confirm);
+    }
+    if (message.queue !== "") {
+      writer.uint32(34).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(42).string(message.prefix);
     }
     return writer;
   },
@@ -2514,6 +2809,22 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
             message.confirm = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2535,6 +2846,8 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
         ? globalThis.Boolean(object.with_dlq)
         : false,
       confirm: isSet(object.confirm) ? globalThis.String(object.confirm) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -2549,6 +2862,12 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
     if (message.confirm !== "") {
       obj.confirm = message.confirm;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -2560,6 +2879,8 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
     message.path = object.path ?? "";
     message.withDlq = object.withDlq ?? false;
     message.confirm = object.confirm ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2633,6 +2954,228 @@ export const DeleteQueueResponse: MessageFns<DeleteQueueResponse> = {
   fromPartial<I extends Exact<DeepPartial<DeleteQueueResponse>, I>>(object: I): DeleteQueueResponse {
     const message = createBaseDeleteQueueResponse();
     message.deletedMessages = object.deletedMessages ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateQueueRequest(): CreateQueueRequest {
+  return { path: "", queue: "", prefix: "" };
+}
+
+export const CreateQueueRequest: MessageFns<CreateQueueRequest> = {
+  encode(message: CreateQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.queue !== "") {
+      writer.uint32(18).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(26).string(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateQueueRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateQueueRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateQueueRequest {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
+  },
+
+  toJSON(message: CreateQueueRequest): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateQueueRequest>, I>>(base?: I): CreateQueueRequest {
+    return CreateQueueRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateQueueRequest>, I>>(object: I): CreateQueueRequest {
+    const message = createBaseCreateQueueRequest();
+    message.path = object.path ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateQueueResponse(): CreateQueueResponse {
+  return { queue: "", stream: "", deadLetterStream: "", group: "" };
+}
+
+export const CreateQueueResponse: MessageFns<CreateQueueResponse> = {
+  encode(message: CreateQueueResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.stream !== "") {
+      writer.uint32(18).string(message.stream);
+    }
+    if (message.deadLetterStream !== "") {
+      writer.uint32(26).string(message.deadLetterStream);
+    }
+    if (message.group !== "") {
+      writer.uint32(34).string(message.group);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateQueueResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateQueueResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.stream = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deadLetterStream = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateQueueResponse {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      stream: isSet(object.stream) ? globalThis.String(object.stream) : "",
+      deadLetterStream: isSet(object.deadLetterStream)
+        ? globalThis.String(object.deadLetterStream)
+        : isSet(object.dead_letter_stream)
+        ? globalThis.String(object.dead_letter_stream)
+        : "",
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+    };
+  },
+
+  toJSON(message: CreateQueueResponse): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.stream !== "") {
+      obj.stream = message.stream;
+    }
+    if (message.deadLetterStream !== "") {
+      obj.deadLetterStream = message.deadLetterStream;
+    }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateQueueResponse>, I>>(base?: I): CreateQueueResponse {
+    return CreateQueueResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateQueueResponse>, I>>(object: I): CreateQueueResponse {
+    const message = createBaseCreateQueueResponse();
+    message.queue = object.queue ?? "";
+    message.stream = object.stream ?? "";
+    message.deadLetterStream = object.deadLetterStream ?? "";
+    message.group = object.group ?? "";
     return message;
   },
 };
@@ -2741,6 +3284,21 @@ export const AdminService = {
     responseSerialize: (value: DeleteQueueResponse): Buffer => Buffer.from(DeleteQueueResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteQueueResponse => DeleteQueueResponse.decode(value),
   },
+  /**
+   * Create a queue, its DLQ, their metadata and LeanMQ's default groups
+   * (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+   * a token that may send to, subscribe to or administer the queue, since
+   * Send and Subscribe create it too.
+   */
+  createQueue: {
+    path: "/leanmq.v1.Admin/CreateQueue" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateQueueRequest): Buffer => Buffer.from(CreateQueueRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateQueueRequest => CreateQueueRequest.decode(value),
+    responseSerialize: (value: CreateQueueResponse): Buffer => Buffer.from(CreateQueueResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateQueueResponse => CreateQueueResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServer extends UntypedServiceImplementation {
@@ -2774,6 +3332,13 @@ export interface AdminServer extends UntypedServiceImplementation {
    * DLQ. Needs `confirm`.
    */
   deleteQueue: handleUnaryCall<DeleteQueueRequest, DeleteQueueResponse>;
+  /**
+   * Create a queue, its DLQ, their metadata and LeanMQ's default groups
+   * (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+   * a token that may send to, subscribe to or administer the queue, since
+   * Send and Subscribe create it too.
+   */
+  createQueue: handleUnaryCall<CreateQueueRequest, CreateQueueResponse>;
 }
 
 export interface AdminClient extends Client {
@@ -2918,6 +3483,27 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteQueueResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Create a queue, its DLQ, their metadata and LeanMQ's default groups
+   * (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+   * a token that may send to, subscribe to or administer the queue, since
+   * Send and Subscribe create it too.
+   */
+  createQueue(
+    request: CreateQueueRequest,
+    callback: (error: ServiceError | null, response: CreateQueueResponse) => void,
+  ): ClientUnaryCall;
+  createQueue(
+    request: CreateQueueRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateQueueResponse) => void,
+  ): ClientUnaryCall;
+  createQueue(
+    request: CreateQueueRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateQueueResponse) => void,
   ): ClientUnaryCall;
 }
 

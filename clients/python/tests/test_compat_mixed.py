@@ -1,0 +1,148 @@
+"""A mixed deployment during a migration: one service still on the real
+LeanMQ 0.2.0 (straight on Redis), one on the compat layer (through
+leanmqd), sharing a queue, its prefix and its consumer group. Nothing may be
+lost or handled twice."""
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+leanmq = pytest.importorskip("leanmq", reason="the real leanmq==0.2.0 (a dev extra)")
+
+from compat_broker import entries, needs_leanmqd, start, xlen  # noqa: E402
+from leanmq_grpc import compat  # noqa: E402
+from real_broker import Leanmqd, Redis  # noqa: E402
+from waiting import wait_until  # noqa: E402
+
+pytestmark = needs_leanmqd
+
+N = 100  # messages from each side
+
+
+@pytest.fixture(scope="module")
+def broker(workdir: Path, redis: Redis) -> Iterator[Leanmqd]:
+    d = start(workdir, redis)
+    yield d
+    d.stop()
+
+
+def test_webhook_services_on_leanmq_and_compat_share_a_path(broker: Leanmqd, redis: Redis) -> None:
+    path = f"/mixed/orders_{uuid.uuid4().hex[:8]}"
+    real = leanmq.LeanMQWebhook(redis_host="127.0.0.1", redis_port=redis.port, auto_start=False)
+    ours = compat.LeanMQWebhook(target=broker.target, auto_start=False)
+    handled: List[Tuple[str, str, int]] = []
+    payloads: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def handler(who: str):
+        def handle(data: Dict[str, Any]) -> None:
+            with lock:
+                handled.append((who, data["from"], data["n"]))
+                payloads[(data["from"], data["n"])] = data
+        return handle
+
+    real.get(path)(handler("leanmq"))
+    ours.get(path)(handler("compat"))
+    services = [
+        real.run_service(process_count=10, block_for_seconds=1, handle_signals=False),
+        ours.run_service(process_count=10, block_for_seconds=1, handle_signals=False),
+    ]
+    try:
+        for i in range(N):
+            real.send(path, {"from": "leanmq", "n": i})
+            ours.send(path, {"from": "compat", "n": i})
+        assert wait_until(lambda: len(handled) >= 2 * N, timeout=60), len(handled)
+        q = real._path_to_queue_name(real._normalize_path(path))
+        assert wait_until(lambda: redis.pending(f"webhook:{q}", f"{q}-group") == 0, timeout=30)
+    finally:
+        for s in services:
+            s.stop()
+        real.close()
+        ours.close()
+    # Exactly once each, whoever sent it and whoever handled it.
+    counts = Counter((src, n) for _, src, n in handled)
+    assert set(counts) == {(src, n) for src in ("leanmq", "compat") for n in range(N)}
+    assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
+    # Both services did part of the work.
+    by = Counter(who for who, _, _ in handled)
+    assert by["leanmq"] > 0 and by["compat"] > 0, by
+    assert xlen(redis, f"webhook:{q}") == 2 * N and xlen(redis, f"webhook:{q}:dlq") == 0
+    # Each handler saw the same data LeanMQ gives handlers: the user's keys
+    # plus `_leanmq` with the normalized path.
+    for (src, n), data in payloads.items():
+        assert data["from"] == src and data["n"] == n
+        assert data["_leanmq"]["webhook"]["path"] == path
+
+
+def test_core_queue_consumers_on_leanmq_and_compat_share_a_group(broker: Leanmqd, redis: Redis) -> None:
+    name = f"jobs_{uuid.uuid4().hex[:8]}"
+    real = leanmq.LeanMQ(redis_host="127.0.0.1", redis_port=redis.port, prefix="mq:")
+    ours = compat.LeanMQ(target=broker.target, prefix="mq:")
+    rq, _ = real.create_queue_pair(name)
+    oq, _ = ours.create_queue_pair(name)  # the same pair: idempotent on both sides
+    assert (rq.name, rq.consumer_group) == (oq.name, oq.consumer_group)
+    got: List[Tuple[str, str, int]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def consume(who: str, q: Any) -> None:
+        while not stop.is_set():
+            for m in q.get_messages(count=7, block_for_seconds=1, consumer_id=f"{who}-1"):
+                with lock:
+                    got.append((who, m.data["from"], m.data["n"]))
+                assert q.acknowledge_messages([m.id]) == 1
+
+    threads = [threading.Thread(target=consume, args=w, daemon=True) for w in (("leanmq", rq), ("compat", oq))]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(N):
+            rq.send_message({"from": "leanmq", "n": i})
+            oq.send_message({"from": "compat", "n": i})
+        assert wait_until(lambda: len(got) >= 2 * N, timeout=60), len(got)
+        assert wait_until(lambda: redis.pending(f"mq:{name}", f"{name}-group") == 0, timeout=30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        real.close()
+        ours.close()
+    counts = Counter((src, n) for _, src, n in got)
+    assert set(counts) == {(src, n) for src in ("leanmq", "compat") for n in range(N)}
+    assert max(counts.values()) == 1
+    by = Counter(who for who, _, _ in got)
+    assert by["leanmq"] > 0 and by["compat"] > 0, by
+    # A compat send is LeanMQ's core envelope: no `_leanmq` key for LeanMQ's readers.
+    assert all("_leanmq" not in e for e in entries(redis, f"mq:{name}"))
+
+
+def test_a_leanmq_dead_letter_is_requeued_by_the_compat_and_handled_by_leanmq(broker: Leanmqd, redis: Redis) -> None:
+    name = f"dl_{uuid.uuid4().hex[:8]}"
+    real = leanmq.LeanMQ(redis_host="127.0.0.1", redis_port=redis.port, prefix="mq:")
+    ours = compat.LeanMQ(target=broker.target, prefix="mq:")
+    try:
+        rq, rdlq = real.create_queue_pair(name)
+        rq.send_message({"order": "A-1"})
+        [m] = rq.get_messages(count=1)
+        assert rq.move_to_dlq([m.id], "Processing error: flaky", rdlq) == 1
+        # The compat sees LeanMQ's dead letter with its failure record...
+        odlq = ours.get_dead_letter_queue(name)
+        assert odlq is not None
+        [dead] = odlq.get_messages(count=10)
+        assert dead.data["order"] == "A-1" and dead.data["_failures"][0]["reason"] == "Processing error: flaky"
+        assert [q.message_count for q in ours.list_queues() if q.name == f"mq:{name}:dlq"] == [1]
+        # ...and requeues it atomically; LeanMQ's consumer gets it back.
+        assert odlq.requeue_messages([dead.id]) == 1
+        assert xlen(redis, f"mq:{name}:dlq") == 0
+        [back] = rq.get_messages(count=1, block_for_seconds=2)
+        assert back.data["order"] == "A-1" and back.data["_requeues"][0]["to_queue"] == f"mq:{name}"
+        assert rq.acknowledge_messages([back.id]) == 1
+        assert redis.pending(f"mq:{name}", f"{name}-group") == 0
+    finally:
+        real.close()
+        ours.close()
