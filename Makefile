@@ -9,6 +9,9 @@ PY    := $(VENV)/bin/python
 
 .PHONY: run test test-rust test-clients test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
 
+# `make run ARGS=...` replaces the defaults (console on, on loopback).
+ARGS ?= --console-listen 127.0.0.1:8080
+
 run: redis
 	$(CARGO) run --release --bin leanmqd -- $(ARGS)
 

@@ -188,6 +188,17 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Serve the web console (queues, consumers, dead letters) on this
+    /// address (off when unset). Under --tls-cert it serves HTTPS with the
+    /// same certificate; with --auth-tokens it asks for a token.
+    #[arg(long, env = "LEANMQ_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
+    /// Let the console serve a non-loopback address without --auth-tokens:
+    /// anyone who reaches it may then requeue, delete and purge.
+    #[arg(long, env = "LEANMQ_CONSOLE_ALLOW_ANONYMOUS")]
+    pub console_allow_anonymous: bool,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -304,6 +315,14 @@ impl Config {
                 "--otlp-endpoint needs a leanmqd built with `cargo build --features otlp`".into(),
             );
         }
+        if let Some(at) = self.console_listen {
+            if self.auth_tokens.is_none() && !at.ip().is_loopback() && !self.console_allow_anonymous
+            {
+                return Err(format!(
+                    "--console-listen {at} is not a loopback address and auth is off: anyone reaching it could requeue, delete and purge; set --auth-tokens, or --console-allow-anonymous to accept that"
+                ));
+            }
+        }
         if self.log_format != "text" && self.log_format != "json" {
             return Err("--log-format must be \"text\" or \"json\"".into());
         }
@@ -342,5 +361,20 @@ mod tests {
         assert_eq!(redact("redis://:s3cret@h:1"), "redis://:***@h:1");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn console_refuses_anonymous_non_loopback() {
+        let mut c = Config::for_redis("redis://127.0.0.1:6379");
+        c.console_listen = Some("0.0.0.0:8080".parse().unwrap());
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("--console-allow-anonymous"), "{err}");
+        c.console_allow_anonymous = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.console_allow_anonymous = false;
+        c.console_listen = Some("127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.validate(), Ok(()));
+        c.console_listen = Some("[::1]:8080".parse().unwrap());
+        assert_eq!(c.validate(), Ok(()));
     }
 }

@@ -30,6 +30,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `--health-listen` bound, when set.
     pub health_addr: Option<SocketAddr>,
+    /// Where `--console-listen` bound, when set.
+    pub console_addr: Option<SocketAddr>,
     drain: Drain,
     task: tokio::task::JoinHandle<Result<(), String>>,
     /// TLS files and tokens, re-read by [`Running::reload`] (SIGHUP).
@@ -183,6 +185,22 @@ pub async fn serve(
         None => None,
     };
 
+    let console_addr = match cfg.console_listen {
+        Some(listen) => Some(
+            crate::console::start(
+                crate::console::Console {
+                    listen,
+                    admin: Arc::new(AdminService::new(broker.clone())),
+                    auth: auth.clone(),
+                    tls: tls.clone(),
+                },
+                drain.subscribe(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -264,6 +282,7 @@ pub async fn serve(
     Ok(Running {
         addr,
         health_addr,
+        console_addr,
         drain,
         task,
         tls,
