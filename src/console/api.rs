@@ -214,4 +214,3 @@ impl<'a> Api<'a> {
             .purged)
     }
 }
-

@@ -124,13 +124,17 @@ mod tests {
 
     #[test]
     fn statuses_map_to_http_without_internals() {
-        let f = Failure::from(&tonic::Status::unavailable("redis unavailable: 10.0.0.3:6379 refused"));
+        let f = Failure::from(&tonic::Status::unavailable(
+            "redis unavailable: 10.0.0.3:6379 refused",
+        ));
         assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!f.detail.contains("10.0.0.3"));
         let f = Failure::from(&tonic::Status::internal("redis: WRONGTYPE at key x"));
         assert_eq!(f.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!f.detail.contains("WRONGTYPE"));
-        let f = Failure::from(&tonic::Status::permission_denied("token \"a\" may not admin"));
+        let f = Failure::from(&tonic::Status::permission_denied(
+            "token \"a\" may not admin",
+        ));
         assert_eq!(f.status, StatusCode::FORBIDDEN);
         assert!(f.detail.contains("may not admin"));
         assert_eq!(

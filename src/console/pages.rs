@@ -2,7 +2,15 @@
 //! in, so payloads, headers, reasons and names always show as text.
 
 use maud::{html, Markup, DOCTYPE};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// What is escaped in a URL component: all but RFC 3986's unreserved
+/// characters (so `order_status` stays readable).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'~');
 
 use super::assets;
 use super::chart;
@@ -22,11 +30,11 @@ pub struct Ctx {
 
 /// `/queues/<name>` with the name percent-encoded.
 pub fn queue_url(name: &str) -> String {
-    format!("/queues/{}", utf8_percent_encode(name, NON_ALPHANUMERIC))
+    format!("/queues/{}", utf8_percent_encode(name, COMPONENT))
 }
 
 fn enc(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 fn csrf_field(ctx: &Ctx) -> Markup {
@@ -157,7 +165,11 @@ pub struct QueueList {
 
 impl QueueList {
     fn url(&self, sort: Sort, desc: bool, fragment: bool) -> String {
-        let mut u = format!("/queues?sort={}&dir={}", sort.key(), if desc { "desc" } else { "asc" });
+        let mut u = format!(
+            "/queues?sort={}&dir={}",
+            sort.key(),
+            if desc { "desc" } else { "asc" }
+        );
         if !self.filter.is_empty() {
             u.push_str("&q=");
             u.push_str(&enc(&self.filter));

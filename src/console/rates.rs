@@ -142,10 +142,7 @@ impl Rates {
             .last()
             .is_none_or(|s| now.duration_since(s.at) >= Duration::from_secs(1));
         if let (Some(t), true) = (live, settled) {
-            samples.push(Sample {
-                at: now,
-                totals: t,
-            });
+            samples.push(Sample { at: now, totals: t });
         }
         samples
             .windows(2)

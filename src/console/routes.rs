@@ -2,7 +2,6 @@
 //! a POST, its CSRF token), call [`super::api`] with the caller's grant,
 //! render a page or redirect. Failures go through [`Failure`].
 
-
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State as Extract};
 use axum::http::{header, HeaderValue};
@@ -56,7 +55,10 @@ pub(crate) fn router(state: State) -> Router {
         .route("/queues/{queue}/dead-letters", get(dead_letters))
         .route("/queues/{queue}/dead-letters/requeue", post(requeue))
         .route("/queues/{queue}/dead-letters/delete", post(delete))
-        .route("/queues/{queue}/dead-letters/purge", post(purge_dead_letters))
+        .route(
+            "/queues/{queue}/dead-letters/purge",
+            post(purge_dead_letters),
+        )
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route(&assets::css_url(), get(assets::css))
@@ -197,7 +199,11 @@ async fn queues(
             || q.paths.iter().any(|p| p.to_lowercase().contains(&needle))
     });
     all.sort_by(|a, b| a.name.cmp(&b.name));
-    let names: Vec<String> = all.iter().take(DETAIL_LIMIT).map(|q| q.name.clone()).collect();
+    let names: Vec<String> = all
+        .iter()
+        .take(DETAIL_LIMIT)
+        .map(|q| q.name.clone())
+        .collect();
     let api_ref = &api;
     let details: Vec<_> = futures::stream::iter(names)
         .map(|name| async move { api_ref.queue(&name).await })
@@ -535,10 +541,7 @@ async fn login(
         (status, pages::login(&st.keys.csrf(&s), Some(problem))).into_response()
     };
     if !st.keys.csrf_ok(&s, form.get("csrf").unwrap_or("")) {
-        return again(
-            StatusCode::FORBIDDEN,
-            "The form expired. Sign in again.",
-        );
+        return again(StatusCode::FORBIDDEN, "The form expired. Sign in again.");
     }
     let token = form.get("token").unwrap_or("").trim();
     if token.is_empty() || token.len() > MAX_LOGIN_TOKEN {
@@ -570,10 +573,16 @@ async fn logout(
         return Err(Failure::csrf());
     }
     let out = st.keys.issue(None);
-    let mut r = see_other(if st.auth.enabled() { "/login" } else { "/queues" }.into());
+    let mut r = see_other(
+        if st.auth.enabled() {
+            "/login"
+        } else {
+            "/queues"
+        }
+        .into(),
+    );
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&st.keys, &out, st.secure)) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(r)
 }
-

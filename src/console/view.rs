@@ -106,11 +106,20 @@ pub struct FailureView {
 pub enum Preview {
     Empty,
     /// Pretty-printed JSON.
-    Json { text: String, truncated: bool },
+    Json {
+        text: String,
+        truncated: bool,
+    },
     /// UTF-8 text.
-    Text { text: String, truncated: bool },
+    Text {
+        text: String,
+        truncated: bool,
+    },
     /// A hex dump of the first bytes.
-    Hex { dump: String, truncated: bool },
+    Hex {
+        dump: String,
+        truncated: bool,
+    },
 }
 
 /// Most characters of a JSON or text preview.
