@@ -206,7 +206,7 @@ async fn seed(c: &mut Client, screenshots: bool) {
             ))
             .await
             .expect("send");
-            if i % 3 != 0 {
+            if !i.is_multiple_of(3) {
                 let d = receive(c, "/order/status", "fulfilment", 1, 30_000).await;
                 let receipts: Vec<&str> = d.iter().map(|d| d.receipt.as_str()).collect();
                 ack(c, &receipts).await;

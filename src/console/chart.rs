@@ -59,7 +59,7 @@ pub fn throughput(points: &[Point]) -> Markup {
                 text.label x=(LEFT) y=(H - 4.0) { "15 min ago" }
                 text.label x=(LEFT + (W - LEFT - RIGHT) * 2.0 / 3.0) y=(H - 4.0) text-anchor="middle" { "5 min ago" }
                 text.label x=(W - RIGHT) y=(H - 4.0) text-anchor="end" { "now" }
-                @if points.len() > 0 {
+                @if !points.is_empty() {
                     polyline.sent points=(polyline(points, top, |p| p.sent)) {}
                     polyline.acked points=(polyline(points, top, |p| p.acked)) {}
                     polyline.dead points=(polyline(points, top, |p| p.dead_lettered)) {}

@@ -12,7 +12,7 @@
   // N seconds while the tab is visible, and swap it in.
   function refresh(el) {
     var url = el.getAttribute("data-refresh");
-    return fetch(url, { credentials: "same-origin", headers: { "x-console-fragment": "1" } })
+    return fetch(url, { credentials: "same-origin" })
       .then(function (r) {
         if (r.status === 401) { window.location.reload(); return; }
         if (!r.ok) {
