@@ -343,5 +343,32 @@ async fn requeue_from_the_browser_is_delivered_again() {
         Some("acme")
     );
 
+    // The sign-in form, as a leanmqd with --auth-tokens shows it.
+    if screenshots {
+        let dir = tempfile::tempdir().expect("dir");
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "[[tokens]]\nname = \"ops\"\nhash = \"{}\"\nadmin = [\">\"]\n",
+                leanmq_grpc::auth::hash_token("ops-secret")
+            ),
+        )
+        .expect("tokens");
+        let secured = Leanmqd::start_with(&redis.url(), |c| {
+            c.console_listen = Some("127.0.0.1:0".parse().expect("addr"));
+            c.auth_tokens = Some(tokens.clone());
+        })
+        .await;
+        let at = secured
+            .running
+            .as_ref()
+            .and_then(|r| r.console_addr)
+            .expect("console");
+        b.goto(&format!("http://{at}/queues")).await.expect("goto");
+        find(&b, "input[name=token]").await;
+        shot(&b, "login").await;
+    }
+
     b.close().await.expect("close");
 }
