@@ -848,3 +848,19 @@ async fn send_and_ack_rates_follow_traffic() {
     // Nothing was dead-lettered here.
     assert_eq!(card("dead letters"), "0");
 }
+
+#[tokio::test]
+async fn the_console_closes_with_the_drain() {
+    let redis = RedisProc::start();
+    let (mut d, base) = console(&redis, |_| {}).await;
+    let mut b = Browser::new(base.clone());
+    assert_eq!(b.get("/queues").await.status, StatusCode::OK);
+    d.stop().await;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/queues");
+    eventually("the console stops accepting", || {
+        let req = http.get(&url);
+        async move { req.send().await.is_err().then_some(()) }
+    })
+    .await;
+}
