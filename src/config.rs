@@ -190,6 +190,17 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Serve the web console (queues, consumers, dead letters) on this
+    /// address (off when unset). Under --tls-cert it serves HTTPS with the
+    /// same certificate; with --auth-tokens it asks for a token.
+    #[arg(long, env = "LEANMQ_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
+    /// Let the console serve a non-loopback address without --auth-tokens:
+    /// anyone who reaches it may then requeue, delete and purge.
+    #[arg(long, env = "LEANMQ_CONSOLE_ALLOW_ANONYMOUS")]
+    pub console_allow_anonymous: bool,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -274,7 +285,24 @@ impl Config {
         self.validate_limits()?;
         self.validate_durations()?;
         self.validate_files()?;
+        self.validate_console()?;
         self.validate_telemetry()
+    }
+
+    /// The console never serves a non-loopback address without auth unless asked to.
+    fn validate_console(&self) -> Result<(), StartupError> {
+        match self.console_listen {
+            Some(at)
+                if self.auth_tokens.is_none()
+                    && !at.ip().is_loopback()
+                    && !self.console_allow_anonymous =>
+            {
+                Err(invalid(format!(
+                    "--console-listen {at} is not a loopback address and auth is off: anyone reaching it could requeue, delete and purge; set --auth-tokens, or --console-allow-anonymous to accept that"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `--redis-url` parses, for each of its forms (plain, cluster, sentinel).
@@ -447,5 +475,23 @@ mod tests {
         assert_eq!(redact("redis://:s3cret@h:1"), "redis://:***@h:1");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn console_refuses_anonymous_non_loopback() {
+        let mut c = Config::for_redis("redis://127.0.0.1:6379");
+        c.console_listen = Some("0.0.0.0:8080".parse().unwrap());
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("--console-allow-anonymous"),
+            "{err}"
+        );
+        c.console_allow_anonymous = true;
+        assert!(c.validate().is_ok());
+        c.console_allow_anonymous = false;
+        c.console_listen = Some("127.0.0.1:8080".parse().unwrap());
+        assert!(c.validate().is_ok());
+        c.console_listen = Some("[::1]:8080".parse().unwrap());
+        assert!(c.validate().is_ok());
     }
 }

@@ -33,6 +33,8 @@
 //! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
 //! - [`telemetry`] — logs and optional OTLP trace export (`otlp` feature).
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
+//! - [`console`] — the web console (`--console-listen`): server-rendered pages
+//!   over the Admin service, called in-process with the caller's grant.
 //! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
 //! - [`backoff`] — retry delays, in one place.
 
@@ -40,6 +42,7 @@ pub mod auth;
 pub mod backoff;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod layers;

@@ -27,6 +27,11 @@
 //! | `leanmq_serving` | | 1 while health says SERVING, 0 while Redis is unreachable |
 //! | `leanmq_load_shed_total` | | unary calls refused by `--max-concurrent-rpcs` |
 //! | `leanmq_open_streams` | | Subscribe streams open on this replica |
+//!
+//! Apart from Prometheus, [`tally`] keeps per-queue running totals of sends,
+//! acks and dead letters in the process, for the web console's rates and
+//! throughput chart. It is off (one atomic load per call) until
+//! [`tally::enable`] is called.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -106,6 +111,7 @@ fn group_labels(queue: &str, group: &str) -> (String, String) {
 
 pub fn sent(queue: &str, n: u64) {
     if n > 0 {
+        tally::add(queue, tally::Kind::Sent, n);
         counter!("leanmq_messages_sent_total", "queue" => queue_label(queue)).increment(n);
     }
 }
@@ -127,6 +133,7 @@ pub fn delivered(queue: &str, group: &str, n: u64, redelivered: u64) {
 /// receipts name queues and groups that may not exist).
 pub fn acked(queue: &str, group: &str, n: u64) {
     if n > 0 {
+        tally::add(queue, tally::Kind::Acked, n);
         let (q, g) = group_labels(queue, group);
         counter!("leanmq_acks_total", "queue" => q, "group" => g).increment(n);
     }
@@ -138,6 +145,7 @@ pub fn nacked(queue: &str, group: &str) {
 }
 
 pub fn dead_lettered(queue: &str, group: &str, reason: &'static str) {
+    tally::add(queue, tally::Kind::DeadLettered, 1);
     let (q, g) = group_labels(queue, group);
     if reason == "expired" {
         counter!("leanmq_expired_total", "queue" => q.clone(), "group" => g.clone()).increment(1);
@@ -343,5 +351,94 @@ mod label_tests {
         assert!(!admit(&seen, 99, 3), "past the cap");
         assert!(admit(&seen, 1, 3), "a name seen before keeps its label");
         assert_eq!(seen.read().map(|s| s.len()).unwrap_or(0), 3);
+    }
+}
+
+/// Per-queue running totals kept in the process (not Prometheus), read by
+/// the web console's sampler. Bounded: at most [`tally::MAX_QUEUES`] queues
+/// are counted; traffic on more is not tallied (the console then shows no
+/// rate for them).
+pub mod tally {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, OnceLock, RwLock};
+
+    /// Most queues tallied, so made-up queue names can't grow memory.
+    pub const MAX_QUEUES: usize = 10_000;
+
+    #[derive(Debug, Clone, Copy)]
+    pub enum Kind {
+        Sent,
+        Acked,
+        DeadLettered,
+    }
+
+    /// One queue's totals since the tally was enabled.
+    #[derive(Debug, Default)]
+    struct Counts {
+        sent: AtomicU64,
+        acked: AtomicU64,
+        dead: AtomicU64,
+    }
+
+    /// A copy of one queue's totals.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Totals {
+        pub sent: u64,
+        pub acked: u64,
+        pub dead_lettered: u64,
+    }
+
+    type Table = RwLock<HashMap<String, Arc<Counts>>>;
+
+    static TALLY: OnceLock<Table> = OnceLock::new();
+
+    /// Start counting (idempotent).
+    pub fn enable() {
+        let _ = TALLY.get_or_init(Default::default);
+    }
+
+    pub(super) fn add(queue: &str, kind: Kind, n: u64) {
+        let Some(table) = TALLY.get() else {
+            return;
+        };
+        let found = table.read().ok().and_then(|t| t.get(queue).cloned());
+        let counts = match found {
+            Some(c) => c,
+            None => {
+                let Ok(mut t) = table.write() else {
+                    return;
+                };
+                if t.len() >= MAX_QUEUES && !t.contains_key(queue) {
+                    return;
+                }
+                t.entry(queue.to_string()).or_default().clone()
+            }
+        };
+        let field = match kind {
+            Kind::Sent => &counts.sent,
+            Kind::Acked => &counts.acked,
+            Kind::DeadLettered => &counts.dead,
+        };
+        field.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every tallied queue's totals (empty while the tally is off).
+    pub fn snapshot() -> HashMap<String, Totals> {
+        let Some(Ok(t)) = TALLY.get().map(|t| t.read()) else {
+            return HashMap::new();
+        };
+        t.iter()
+            .map(|(q, c)| {
+                (
+                    q.clone(),
+                    Totals {
+                        sent: c.sent.load(Ordering::Relaxed),
+                        acked: c.acked.load(Ordering::Relaxed),
+                        dead_lettered: c.dead.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect()
     }
 }

@@ -38,6 +38,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `--health-listen` bound, when set.
     pub health_addr: Option<SocketAddr>,
+    /// Where `--console-listen` bound, when set.
+    pub console_addr: Option<SocketAddr>,
     drain: Drain,
     task: tokio::task::JoinHandle<Result<(), String>>,
     /// How long the drain may take, server and tasks together.
@@ -123,6 +125,10 @@ pub async fn serve(
     }
     drain.spawn(watch_redis(broker, reporter.clone(), drain.clone()));
     let health_addr = serve_health_only(cfg, Routes::new(health_svc.clone()), &drain).await?;
+    let console_addr = match cfg.console_listen {
+        Some(listen) => Some(start_console(listen, &prefixed, &auth, &tls, &drain).await?),
+        None => None,
+    };
     let routes = services(cfg, prefixed)?.add_service(health_svc);
     let serving = serving(cfg, &auth, routes, listener, tls.clone(), reporter, &drain);
     let task = tokio::spawn(until_drained(serving, drain.clone(), cfg.shutdown_grace));
@@ -130,12 +136,34 @@ pub async fn serve(
     Ok(Running {
         addr,
         health_addr,
+        console_addr,
         drain,
         task,
         grace: cfg.shutdown_grace,
         tls,
         auth,
     })
+}
+
+/// `--console-listen`: the web console, over the default prefix's Admin.
+async fn start_console(
+    listen: SocketAddr,
+    prefixed: &[(String, Arc<Queues>)],
+    auth: &Arc<Auth>,
+    tls: &Option<Arc<Tls>>,
+    drain: &Drain,
+) -> Result<SocketAddr, String> {
+    let (_, queues) = prefixed.first().ok_or("no --prefix to serve")?;
+    crate::console::start(
+        crate::console::Console {
+            listen,
+            admin: Arc::new(AdminService::new(queues.clone())),
+            auth: auth.clone(),
+            tls: tls.clone(),
+        },
+        drain,
+    )
+    .await
 }
 
 fn load_auth(cfg: &Config) -> Result<Auth, String> {
