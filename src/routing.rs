@@ -242,7 +242,8 @@ impl Pattern {
                 return segs.len() > k;
             }
             match segs.get(i) {
-                Some(s) if p == "*" || p == s => i += 1,
+                // `*` is one segment, and an empty one is none (as in NATS).
+                Some(s) if (p == "*" && !s.is_empty()) || p == s => i += 1,
                 _ => return false,
             }
         }
@@ -301,6 +302,7 @@ mod tests {
         assert!(p("/order/*").matches("/order/status"));
         assert!(!p("/order/*").matches("/order/status/eu"));
         assert!(!p("/order/*").matches("/order"));
+        assert!(!p("/order/*").matches("/order/"));
         assert!(p("/order/>").matches("/order/status/eu"));
         assert!(!p("/order/>").matches("/order"));
         assert!(p("/*/status").matches("/order/status"));
