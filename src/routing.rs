@@ -98,6 +98,20 @@ pub fn route(path: &str) -> Result<Route> {
     })
 }
 
+/// Validate the path of a message to send: [`route`], and no `*` or `>`
+/// anywhere. Those are Subscribe wildcards, so Receive and Subscribe could
+/// never name such a path, and its messages could only be read through a
+/// pattern by accident (NATS refuses wildcards in a publish subject too).
+pub fn send_route(path: &str) -> Result<Route> {
+    let route = route(path)?;
+    if let Some(c) = path.chars().find(|c| *c == '*' || *c == '>') {
+        return Err(Error::invalid(format!(
+            "path {path:?} contains {c:?}, a Subscribe wildcard: no Receive or Subscribe could name it; send to a path without \"*\" and \">\""
+        )));
+    }
+    Ok(route)
+}
+
 /// True when `name` could have come out of [`queue_name`] (used to validate
 /// receipts, which carry a queue name).
 pub fn is_queue_name(name: &str) -> bool {
@@ -291,6 +305,17 @@ mod tests {
             assert!(
                 matches!(route(bad), Err(Error::InvalidArgument(_))),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sent_paths_hold_no_wildcard() {
+        assert!(send_route("/order/status").is_ok());
+        for bad in ["/order/*", "/order/>", "/a*b", "/a>b", ">"] {
+            assert!(
+                matches!(send_route(bad), Err(Error::InvalidArgument(m)) if m.contains("wildcard")),
+                "{bad}"
             );
         }
     }

@@ -88,7 +88,7 @@ pub fn outgoing(
         }
         other => other,
     };
-    let route = routing::route(&r.path).map_err(at)?;
+    let route = routing::send_route(&r.path).map_err(at)?;
     if r.payload.len() > settings.max_payload_bytes {
         return Err(at(Error::PayloadTooLarge {
             size: r.payload.len(),
@@ -411,6 +411,7 @@ mod fuzz {
                     prop_assert!(o.payload.len() <= 100);
                     prop_assert!(o.headers.len() <= MAX_HEADERS);
                     prop_assert!(!o.route.queue.is_empty());
+                    prop_assert!(!o.route.path.contains(['*', '>']), "wildcards are refused");
                     prop_assert!(o.ttl.is_none_or(|t| t <= MAX_SCHEDULE));
                     prop_assert!(o.idempotency_key.is_none_or(|k| k.len() <= MAX_IDEMPOTENCY_KEY_BYTES));
                     // The envelope of anything accepted encodes (or is refused as bad JSON).
