@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::routing;
 
 /// A decoded receipt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Receipt {
     /// Queue name (no prefix).
     pub queue: String,
