@@ -191,6 +191,34 @@ pub struct Config {
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Keys that sign delivery receipts, comma-separated, 32 to 1024 bytes
+    /// each (`openssl rand -hex 32`): the first signs, every one verifies,
+    /// so a new key can be put first while the old one still settles what
+    /// it signed. Every replica needs the same list. Prefer the env var or
+    /// --receipt-key-file (a flag shows in the process list). Without
+    /// either, the replicas share a random key kept in Redis at
+    /// `{prefix}receipt-key`.
+    #[arg(
+        long,
+        env = "LEANMQ_RECEIPT_KEY",
+        value_delimiter = ',',
+        hide_env_values = true,
+        conflicts_with = "receipt_key_file"
+    )]
+    pub receipt_key: Vec<String>,
+
+    /// A file of receipt keys, one a line, the signing key first (blank
+    /// lines and lines starting with `#` are ignored). Read at start.
+    #[arg(long, env = "LEANMQ_RECEIPT_KEY_FILE")]
+    pub receipt_key_file: Option<PathBuf>,
+
+    /// Also take unsigned receipts, as leanmqd issued before receipts were
+    /// signed: only while upgrading from such a version, since anyone can
+    /// write one. Without it they are INVALID_ARGUMENT (and each such
+    /// message is delivered again, signed, when its lease runs out).
+    #[arg(long, env = "LEANMQ_ACCEPT_UNSIGNED_RECEIPTS")]
+    pub accept_unsigned_receipts: bool,
 }
 
 /// Why leanmqd could not start. Each variant knows its exit code: a wrong
@@ -399,6 +427,7 @@ impl Config {
         if let Some(path) = &self.auth_tokens {
             crate::auth::Auth::from_file(path).map_err(invalid)?;
         }
+        self.receipt_keys().map_err(invalid)?;
         if let Some(ca) = &self.redis_tls_ca {
             std::fs::read(ca).map_err(|e| {
                 invalid(format!("cannot read --redis-tls-ca {}: {e}", ca.display()))
@@ -417,6 +446,29 @@ impl Config {
             self.log_format == "text" || self.log_format == "json",
             "--log-format must be \"text\" or \"json\"",
         )
+    }
+
+    /// The configured receipt keys (`None`: share one through Redis).
+    pub fn receipt_keys(&self) -> Result<Option<crate::broker::receipt::Keys>, String> {
+        let keys: Vec<String> = match &self.receipt_key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --receipt-key-file {}: {e}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+            None => self.receipt_key.clone(),
+        };
+        if keys.is_empty() {
+            if self.receipt_key_file.is_some() {
+                return Err("--receipt-key-file holds no key".into());
+            }
+            return Ok(None);
+        }
+        crate::broker::receipt::Keys::new(&keys, self.accept_unsigned_receipts)
+            .map(Some)
+            .map_err(|e| format!("--receipt-key: {e}"))
     }
 
     /// The TLS files, when TLS is on.

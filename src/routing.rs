@@ -13,6 +13,7 @@
 //! | `{prefix}{q}:paths` | leanmq-grpc: the paths seen for this queue (for patterns and ListQueues) |
 //! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
+//! | `{prefix}receipt-key` | leanmq-grpc: the key replicas sign receipts with, unless configured (`broker::receipt`); its `-` can be in no queue name |
 //!
 //! Queue names hold only alphanumerics and `_`, so no queue's keys can
 //! collide with another queue's `:`-suffixed keys.
@@ -20,7 +21,7 @@
 //! **Redis Cluster:** the queue name is a hash tag, `{prefix}{{q}}` (so
 //! `webhook:{order_status}`, `webhook:{order_status}:dlq`, …): every key of
 //! a queue lands in one slot and each script stays atomic. Only
-//! `{prefix}registry` and `{prefix}schedule` live elsewhere and are updated
+//! `{prefix}registry`, `{prefix}schedule` and `{prefix}receipt-key` live elsewhere and are updated
 //! by separate, idempotent commands. LeanMQ 0.2.0 knows no cluster and reads
 //! the plain keys, so sharing queues with LeanMQ needs a single Redis.
 

@@ -12,6 +12,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::auth::Auth;
+use crate::broker::receipt::KeySource;
 use crate::broker::{self, Broker};
 use crate::config::Config;
 use crate::proto::admin_server::AdminServer;
@@ -120,9 +121,17 @@ pub async fn serve(
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
-    drain.spawn(watch_redis(broker, reporter.clone(), drain.clone()));
+    drain.spawn(watch_redis(broker.clone(), reporter.clone(), drain.clone()));
     let health_addr = serve_health_only(cfg, Routes::new(health_svc.clone()), &drain).await?;
-    let routes = services(cfg, queues)?.add_service(health_svc);
+    let receipts = KeySource::new(
+        cfg.receipt_keys()?,
+        broker.clone(),
+        cfg.accept_unsigned_receipts,
+    );
+    if cfg.accept_unsigned_receipts {
+        tracing::warn!("--accept-unsigned-receipts: receipts anyone can forge are taken; turn it off once every replica signs");
+    }
+    let routes = services(cfg, queues, receipts)?.add_service(health_svc);
     let serving = serving(cfg, &auth, routes, listener, tls.clone(), reporter, &drain);
     let task = tokio::spawn(until_drained(serving, drain.clone(), cfg.shutdown_grace));
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
@@ -199,7 +208,7 @@ async fn serve_health_only(
 }
 
 /// Broker, Admin and reflection.
-fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
+fn services(cfg: &Config, queues: Arc<Queues>, receipts: KeySource) -> Result<Routes, String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -208,9 +217,13 @@ fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
     let reflection_v1 = reflection().build_v1().map_err(|e| e.to_string())?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| e.to_string())?;
     let max_request = (cfg.max_payload_bytes + (1 << 20)).max(32 << 20);
-    let broker_svc = BrokerServer::new(BrokerService::new(queues.clone(), edge_settings(cfg)))
-        .max_decoding_message_size(max_request)
-        .max_encoding_message_size(max_request);
+    let broker_svc = BrokerServer::new(BrokerService::new(
+        queues.clone(),
+        edge_settings(cfg),
+        receipts,
+    ))
+    .max_decoding_message_size(max_request)
+    .max_encoding_message_size(max_request);
     Ok(Routes::new(broker_svc)
         .add_service(AdminServer::new(AdminService::new(queues)))
         .add_service(reflection_v1)

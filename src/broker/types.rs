@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::receipt::Receipt;
+use super::receipt::{Keys, Receipt};
 use crate::routing::Route;
 
 /// Broker settings, taken from the configuration.
@@ -98,9 +98,16 @@ impl Delivery {
         }
     }
 
-    /// Its receipt, encoded for the client, without building a [`Receipt`].
-    pub fn receipt_token(&self) -> String {
-        Receipt::encode_parts(&self.queue, &self.group, &self.message_id, self.attempt)
+    /// Its receipt, signed and encoded for the client, without building a
+    /// [`Receipt`].
+    pub fn receipt_token(&self, keys: &Keys) -> String {
+        Receipt::encode_parts(
+            keys,
+            &self.queue,
+            &self.group,
+            &self.message_id,
+            self.attempt,
+        )
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::broker::envelope::OCTET_STREAM;
 use crate::broker::limits::{MAX_HEADERS, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SCHEDULE};
+use crate::broker::receipt::Keys;
 use crate::broker::{Delivery, Outgoing, Target};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -263,9 +264,10 @@ pub fn sent(s: crate::broker::Sent) -> proto::SendResponse {
     }
 }
 
-pub fn delivery(d: Delivery) -> proto::Delivery {
+/// A delivery for the client, its receipt signed with `keys`.
+pub fn delivery(d: Delivery, keys: &Keys) -> proto::Delivery {
     proto::Delivery {
-        receipt: d.receipt_token(),
+        receipt: d.receipt_token(keys),
         message_id: d.message_id,
         path: d.path,
         payload: d.payload,

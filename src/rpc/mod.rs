@@ -22,6 +22,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Grant;
+use crate::broker::receipt::KeySource;
 use crate::proto;
 use crate::queues::Queues;
 
@@ -44,14 +45,17 @@ pub struct BrokerService {
     /// Open Subscribe streams, in all and per client connection, for
     /// `--max-subscriptions` and `--max-streams-per-connection`.
     streams: Arc<subscribe::StreamCounts>,
+    /// The keys that sign the receipts handed out and check those given back.
+    receipts: KeySource,
 }
 
 impl BrokerService {
-    pub fn new(queues: Arc<Queues>, settings: EdgeSettings) -> Self {
+    pub fn new(queues: Arc<Queues>, settings: EdgeSettings, receipts: KeySource) -> Self {
         BrokerService {
             queues,
             settings,
             streams: Arc::default(),
+            receipts,
         }
     }
 }

@@ -38,8 +38,13 @@ pub async fn handle(
         wait,
         start: convert::start_position(req.start)?,
     };
+    // The keys first: nothing is leased that could not be signed.
+    let keys = svc.receipts.keys().await?;
     let deliveries = svc.queues.receive(&target, pull).await?;
     Ok(proto::ReceiveResponse {
-        deliveries: deliveries.into_iter().map(convert::delivery).collect(),
+        deliveries: deliveries
+            .into_iter()
+            .map(|d| convert::delivery(d, keys))
+            .collect(),
     })
 }
