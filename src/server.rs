@@ -123,11 +123,12 @@ pub async fn serve(
     }
     drain.spawn(watch_redis(broker.clone(), reporter.clone(), drain.clone()));
     let health_addr = serve_health_only(cfg, Routes::new(health_svc.clone()), &drain).await?;
-    let receipts = KeySource::new(
+    let receipts = Arc::new(KeySource::new(
         cfg.receipt_keys()?,
         broker.clone(),
         cfg.accept_unsigned_receipts,
-    );
+    ));
+    drain.spawn(receipts.clone().keep_shared(drain.clone()));
     if cfg.accept_unsigned_receipts {
         tracing::warn!("--accept-unsigned-receipts: receipts anyone can forge are taken; turn it off once every replica signs");
     }
@@ -208,7 +209,7 @@ async fn serve_health_only(
 }
 
 /// Broker, Admin and reflection.
-fn services(cfg: &Config, queues: Arc<Queues>, receipts: KeySource) -> Result<Routes, String> {
+fn services(cfg: &Config, queues: Arc<Queues>, receipts: Arc<KeySource>) -> Result<Routes, String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)

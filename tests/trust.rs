@@ -124,14 +124,40 @@ async fn replicas_sharing_the_key_from_redis_settle_each_others_receipts() {
     .expect("replica one extends replica two's delivery");
     assert_eq!(ack(&mut c1, &[&from_two.receipt]).await, vec![ACKED]);
     // The key the first of them made: 256 random bits, in hex.
-    let key: String = redis::cmd("GET")
-        .arg("webhook:receipt-key")
-        .query(&mut redis.conn())
-        .expect("the shared key");
+    let key = shared_key(&redis).expect("the shared key");
     assert!(
         key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
         "{key}"
     );
+}
+
+fn shared_key(redis: &RedisProc) -> Option<String> {
+    redis::cmd("GET")
+        .arg("webhook:receipt-key")
+        .query(&mut redis.conn())
+        .expect("GET")
+}
+
+#[tokio::test]
+async fn a_lost_shared_key_is_put_back_for_replicas_started_later() {
+    let redis = RedisProc::start();
+    let one = Leanmqd::start(&redis.url()).await;
+    let mut c1 = one.client().await;
+    // Made at start, before any receipt is asked for.
+    let key = eventually("the key made at start", || async { shared_key(&redis) }).await;
+    send(&mut c1, "/lost", b"x").await;
+    let got = receive(&mut c1, "/lost", "", 1, 60_000).await.remove(0);
+    // Redis loses it (as a restart without persistence would).
+    let _: i64 = redis::cmd("DEL")
+        .arg("webhook:receipt-key")
+        .query(&mut redis.conn())
+        .expect("DEL");
+    let back = eventually("the key put back", || async { shared_key(&redis) }).await;
+    assert_eq!(back, key);
+    // A replica started now signs and checks with the same key.
+    let two = Leanmqd::start(&redis.url()).await;
+    let mut c2 = two.client().await;
+    assert_eq!(ack(&mut c2, &[&got.receipt]).await, vec![ACKED]);
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@
 use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -35,6 +36,7 @@ use sha2::Sha256;
 use super::Broker;
 use crate::error::{Error, Result};
 use crate::routing;
+use crate::shutdown::Drain;
 
 /// A decoded receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -251,14 +253,23 @@ pub fn is_entry_id(id: &str) -> bool {
     }
 }
 
+/// How often a replica checks that the shared key is still in Redis.
+const KEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Where the edge takes its keys from: given at start, or the key shared
-/// through Redis, fetched on first use (so leanmqd starts while Redis is
-/// down, as it always has) and kept.
+/// through Redis, fetched at start or on first use, whichever comes first
+/// (so leanmqd starts while Redis is down, as it always has), and kept.
 pub struct KeySource {
     configured: Option<Arc<Keys>>,
-    shared: tokio::sync::OnceCell<Arc<Keys>>,
+    shared: tokio::sync::OnceCell<Shared>,
     broker: Arc<Broker>,
     accept_unsigned: bool,
+}
+
+/// The key read from Redis, and the keys made of it.
+struct Shared {
+    keys: Arc<Keys>,
+    secret: String,
 }
 
 impl KeySource {
@@ -278,11 +289,15 @@ impl KeySource {
         if let Some(k) = &self.configured {
             return Ok(k);
         }
-        self.shared
+        let shared = self
+            .shared
             .get_or_try_init(|| async {
-                let key = self.broker.shared_receipt_key().await?;
-                Keys::new([key], self.accept_unsigned)
-                    .map(Arc::new)
+                let secret = self.broker.shared_receipt_key().await?;
+                Keys::new([&secret], self.accept_unsigned)
+                    .map(|k| Shared {
+                        keys: Arc::new(k),
+                        secret,
+                    })
                     .map_err(|e| {
                         Error::FailedPrecondition(format!(
                             "the receipt key in Redis ({}{SHARED_KEY_NAME}) is unusable: {e}; delete it to have a new one made, or set --receipt-key",
@@ -290,7 +305,37 @@ impl KeySource {
                         ))
                     })
             })
-            .await
+            .await?;
+        Ok(&shared.keys)
+    }
+
+    /// Until the drain: read (or make) the shared key as soon as Redis
+    /// answers, then put it back (SET NX) whenever Redis has lost it (a
+    /// restart without persistence, a FLUSHALL), so that a replica started
+    /// afterwards reads the key the running ones sign with rather than
+    /// making another. Nothing to do with configured keys.
+    pub async fn keep_shared(self: Arc<Self>, drain: Drain) {
+        if self.configured.is_some() {
+            return;
+        }
+        loop {
+            match self.shared.get() {
+                None => {
+                    if let Err(e) = self.keys().await {
+                        tracing::debug!("receipt key not read yet: {e}");
+                    }
+                }
+                Some(s) => {
+                    if let Err(e) = self.broker.restore_receipt_key(&s.secret).await {
+                        tracing::debug!("receipt key not checked: {e}");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(KEEP_EVERY) => {}
+                _ = drain.draining() => return,
+            }
+        }
     }
 }
 
@@ -313,6 +358,18 @@ impl Broker {
             tracing::info!(%key, "made the shared receipt key");
         }
         Ok(got)
+    }
+
+    /// Put `secret` back as the shared receipt key if Redis has none.
+    pub async fn restore_receipt_key(&self, secret: &str) -> Result<()> {
+        let key = format!("{}{SHARED_KEY_NAME}", self.settings.prefix);
+        let set: Option<String> = self
+            .query(::redis::cmd("SET").arg(&key).arg(secret).arg("NX"))
+            .await?;
+        if set.is_some() {
+            tracing::warn!(%key, "the shared receipt key was gone from Redis; put it back");
+        }
+        Ok(())
     }
 }
 

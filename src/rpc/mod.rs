@@ -46,11 +46,11 @@ pub struct BrokerService {
     /// `--max-subscriptions` and `--max-streams-per-connection`.
     streams: Arc<subscribe::StreamCounts>,
     /// The keys that sign the receipts handed out and check those given back.
-    receipts: KeySource,
+    receipts: Arc<KeySource>,
 }
 
 impl BrokerService {
-    pub fn new(queues: Arc<Queues>, settings: EdgeSettings, receipts: KeySource) -> Self {
+    pub fn new(queues: Arc<Queues>, settings: EdgeSettings, receipts: Arc<KeySource>) -> Self {
         BrokerService {
             queues,
             settings,
