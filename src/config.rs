@@ -504,4 +504,33 @@ mod tests {
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact("not a url"), "not a url");
     }
+
+    #[test]
+    fn receipt_keys_from_flags_and_files() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["leanmqd"], args].concat()).map_err(|e| e.to_string())
+        };
+        let none = parse(&[]).expect("defaults");
+        assert!(
+            matches!(none.receipt_keys(), Ok(None)),
+            "shared through Redis"
+        );
+        let k1 = "a".repeat(32);
+        let k2 = "b".repeat(64);
+        let two = parse(&["--receipt-key", &format!("{k1},{k2}")]).expect("two keys");
+        assert!(matches!(two.receipt_keys(), Ok(Some(_))));
+        let short = parse(&["--receipt-key", "short"]).expect("parses");
+        assert!(
+            matches!(short.validate(), Err(StartupError::Invalid(m)) if m.contains("receipt key 1"))
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("keys");
+        std::fs::write(&file, format!("# rotated 2026-12\n{k2}\n\n{k1}\n")).expect("write");
+        let from_file = parse(&["--receipt-key-file", &file.display().to_string()]).expect("file");
+        assert!(matches!(from_file.receipt_keys(), Ok(Some(_))));
+        std::fs::write(&file, "# nothing yet\n").expect("write");
+        assert!(from_file.receipt_keys().is_err(), "an empty key file");
+        let both = parse(&["--receipt-key", &k1, "--receipt-key-file", "/x"]);
+        assert!(both.is_err(), "one source of keys");
+    }
 }
