@@ -204,6 +204,34 @@ pub struct Config {
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Keys that sign delivery receipts, comma-separated, 32 to 1024 bytes
+    /// each (`openssl rand -hex 32`): the first signs, every one verifies,
+    /// so a new key can be put first while the old one still settles what
+    /// it signed. Every replica needs the same list. Prefer the env var or
+    /// --receipt-key-file (a flag shows in the process list). Without
+    /// either, the replicas share a random key kept in Redis at
+    /// `{prefix}receipt-key`.
+    #[arg(
+        long,
+        env = "LEANMQ_RECEIPT_KEY",
+        value_delimiter = ',',
+        hide_env_values = true,
+        conflicts_with = "receipt_key_file"
+    )]
+    pub receipt_key: Vec<String>,
+
+    /// A file of receipt keys, one a line, the signing key first (blank
+    /// lines and lines starting with `#` are ignored). Read at start.
+    #[arg(long, env = "LEANMQ_RECEIPT_KEY_FILE")]
+    pub receipt_key_file: Option<PathBuf>,
+
+    /// Also take unsigned receipts, as leanmqd issued before receipts were
+    /// signed: only while upgrading from such a version, since anyone can
+    /// write one. Without it they are INVALID_ARGUMENT (and each such
+    /// message is delivered again, signed, when its lease runs out).
+    #[arg(long, env = "LEANMQ_ACCEPT_UNSIGNED_RECEIPTS")]
+    pub accept_unsigned_receipts: bool,
 }
 
 /// Why leanmqd could not start. Each variant knows its exit code: a wrong
@@ -423,6 +451,7 @@ impl Config {
         if let Some(path) = &self.auth_tokens {
             crate::auth::Auth::from_file(path).map_err(invalid)?;
         }
+        self.receipt_keys().map_err(invalid)?;
         if let Some(ca) = &self.redis_tls_ca {
             std::fs::read(ca).map_err(|e| {
                 invalid(format!("cannot read --redis-tls-ca {}: {e}", ca.display()))
@@ -441,6 +470,29 @@ impl Config {
             self.log_format == "text" || self.log_format == "json",
             "--log-format must be \"text\" or \"json\"",
         )
+    }
+
+    /// The configured receipt keys (`None`: share one through Redis).
+    pub fn receipt_keys(&self) -> Result<Option<crate::broker::receipt::Keys>, String> {
+        let keys: Vec<String> = match &self.receipt_key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --receipt-key-file {}: {e}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+            None => self.receipt_key.clone(),
+        };
+        if keys.is_empty() {
+            if self.receipt_key_file.is_some() {
+                return Err("--receipt-key-file holds no key".into());
+            }
+            return Ok(None);
+        }
+        crate::broker::receipt::Keys::new(&keys, self.accept_unsigned_receipts)
+            .map(Some)
+            .map_err(|e| format!("--receipt-key: {e}"))
     }
 
     /// The TLS files, when TLS is on.
@@ -493,5 +545,34 @@ mod tests {
         assert!(c.validate().is_ok());
         c.console_listen = Some("[::1]:8080".parse().unwrap());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn receipt_keys_from_flags_and_files() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["leanmqd"], args].concat()).map_err(|e| e.to_string())
+        };
+        let none = parse(&[]).expect("defaults");
+        assert!(
+            matches!(none.receipt_keys(), Ok(None)),
+            "shared through Redis"
+        );
+        let k1 = "a".repeat(32);
+        let k2 = "b".repeat(64);
+        let two = parse(&["--receipt-key", &format!("{k1},{k2}")]).expect("two keys");
+        assert!(matches!(two.receipt_keys(), Ok(Some(_))));
+        let short = parse(&["--receipt-key", "short"]).expect("parses");
+        assert!(
+            matches!(short.validate(), Err(StartupError::Invalid(m)) if m.contains("receipt key 1"))
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("keys");
+        std::fs::write(&file, format!("# rotated 2026-12\n{k2}\n\n{k1}\n")).expect("write");
+        let from_file = parse(&["--receipt-key-file", &file.display().to_string()]).expect("file");
+        assert!(matches!(from_file.receipt_keys(), Ok(Some(_))));
+        std::fs::write(&file, "# nothing yet\n").expect("write");
+        assert!(from_file.receipt_keys().is_err(), "an empty key file");
+        let both = parse(&["--receipt-key", &k1, "--receipt-key-file", "/x"]);
+        assert!(both.is_err(), "one source of keys");
     }
 }

@@ -28,7 +28,7 @@
 //!   - `broker::dispatch` — fan-out by credit: `ledger` (pure), `reader` (plan, fetch, deliver, block), `subscription`;
 //!   - `broker::redis` — pooled, pipelined connections, and `Waiter`, the blocking wait for appends;
 //!   - `broker::background` — the scheduler, retention and gauge tasks;
-//!   - `broker::envelope` — LeanMQ's `data` JSON envelope; `broker::receipt` — delivery receipts.
+//!   - `broker::envelope` — LeanMQ's `data` JSON envelope; `broker::receipt` — signed delivery receipts and the keys they are signed with.
 //! - [`auth`] — bearer tokens (hashes in a file) and the one place that decides per-path permissions.
 //! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
 //! - [`telemetry`] — logs and optional OTLP trace export (`otlp` feature).

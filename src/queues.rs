@@ -115,8 +115,29 @@ impl Queues {
         Ok(got)
     }
 
-    /// Settle receipts; what was settled gives its credit back here.
+    /// Settle receipts; what was settled gives its credit back here. A
+    /// receipt given more than once in one call is settled and counted
+    /// once, and every copy reports that one outcome (so a retried batch
+    /// that repeats itself reads the same as one that does not).
     pub async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        let (first, repeats) = first_copies(receipts);
+        if !repeats {
+            return self.ack_distinct(receipts).await;
+        }
+        // The distinct receipts, and where each first copy lands among them.
+        let mut unique = Vec::new();
+        let mut at = vec![0; receipts.len()];
+        for (i, &f) in first.iter().enumerate() {
+            if f == i {
+                at[i] = unique.len();
+                unique.push(receipts[i].clone());
+            }
+        }
+        let outcomes = self.ack_distinct(&unique).await?;
+        Ok(first.iter().map(|&f| outcomes[at[f]]).collect())
+    }
+
+    async fn ack_distinct(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
         let outcomes = self.broker.ack(receipts).await?;
         // One credit release per (queue, group).
         for ((queue, group), idx) in by_subscription(receipts) {
@@ -207,6 +228,19 @@ impl Queues {
     pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
         self.broker.delete_queue(queue, with_dlq).await
     }
+}
+
+/// For each of `all`, the index of its first copy; and whether any
+/// receipt repeats.
+fn first_copies(all: &[Receipt]) -> (Vec<usize>, bool) {
+    let mut first = std::collections::HashMap::with_capacity(all.len());
+    let slots: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, r)| *first.entry(r).or_insert(i))
+        .collect();
+    let repeats = first.len() < all.len();
+    (slots, repeats)
 }
 
 /// How many of `deliveries`, from the first, fit in `max_bytes` (at least one).

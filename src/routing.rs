@@ -13,6 +13,7 @@
 //! | `{prefix}{q}:paths` | leanmq-grpc: the paths seen for this queue (for patterns and ListQueues) |
 //! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
+//! | `{prefix}receipt-key` | leanmq-grpc: the key replicas sign receipts with, unless configured (`broker::receipt`); its `-` can be in no queue name |
 //!
 //! Queue names that paths map to hold only alphanumerics and `_`, so no
 //! such queue's keys can collide with another queue's `:`-suffixed keys.
@@ -25,7 +26,7 @@
 //! **Redis Cluster:** the queue name is a hash tag, `{prefix}{{q}}` (so
 //! `webhook:{order_status}`, `webhook:{order_status}:dlq`, …): every key of
 //! a queue lands in one slot and each script stays atomic. Only
-//! `{prefix}registry` and `{prefix}schedule` live elsewhere and are updated
+//! `{prefix}registry`, `{prefix}schedule` and `{prefix}receipt-key` live elsewhere and are updated
 //! by separate, idempotent commands. LeanMQ 0.2.0 knows no cluster and reads
 //! the plain keys, so sharing queues with LeanMQ needs a single Redis.
 
@@ -118,8 +119,9 @@ pub const RESERVED_SUFFIXES: [&str; 7] = [
 /// Name parts followed by a client-chosen word in another queue's keys
 /// (`a:leases:{group}`, `a:dedup:{key}`).
 pub const RESERVED_INFIXES: [&str; 2] = [":leases:", ":dedup:"];
-/// Names whose stream key is a prefix-wide key (`{prefix}registry`, `{prefix}schedule`).
-pub const RESERVED_NAMES: [&str; 2] = ["registry", "schedule"];
+/// Names whose stream key is a prefix-wide key (`{prefix}registry`,
+/// `{prefix}schedule`, `{prefix}receipt-key`).
+pub const RESERVED_NAMES: [&str; 3] = ["registry", "schedule", "receipt-key"];
 
 /// Check a queue name given directly (the `queue` field of a request, or
 /// the queue of a receipt): non-empty, at most [`MAX_PATH_BYTES`], printable
@@ -198,6 +200,22 @@ pub fn address(path: &str, queue: &str) -> Result<Route> {
 }
 
 /// True when `name` could have come out of [`queue_name`].
+/// Validate the path of a message to send: [`route`], and no `*` or `>`
+/// anywhere. Those are Subscribe wildcards, so Receive and Subscribe could
+/// never name such a path, and its messages could only be read through a
+/// pattern by accident (NATS refuses wildcards in a publish subject too).
+pub fn send_route(path: &str) -> Result<Route> {
+    let route = route(path)?;
+    if let Some(c) = path.chars().find(|c| *c == '*' || *c == '>') {
+        return Err(Error::invalid(format!(
+            "path {path:?} contains {c:?}, a Subscribe wildcard: no Receive or Subscribe could name it; send to a path without \"*\" and \">\""
+        )));
+    }
+    Ok(route)
+}
+
+/// True when `name` could have come out of [`queue_name`] (used to validate
+/// receipts, which carry a queue name).
 pub fn is_queue_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_PATH_BYTES * 4
@@ -340,7 +358,8 @@ impl Pattern {
                 return segs.len() > k;
             }
             match segs.get(i) {
-                Some(s) if p == "*" || p == s => i += 1,
+                // `*` is one segment, and an empty one is none (as in NATS).
+                Some(s) if (p == "*" && !s.is_empty()) || p == s => i += 1,
                 _ => return false,
             }
         }
@@ -393,12 +412,24 @@ mod tests {
     }
 
     #[test]
+    fn sent_paths_hold_no_wildcard() {
+        assert!(send_route("/order/status").is_ok());
+        for bad in ["/order/*", "/order/>", "/a*b", "/a>b", ">"] {
+            assert!(
+                matches!(send_route(bad), Err(Error::InvalidArgument(m)) if m.contains("wildcard")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn patterns_match_like_nats_subjects() {
         let p = |s: &str| Pattern::parse(s).ok().flatten().expect("pattern");
         assert!(Pattern::parse("/order/status").ok().flatten().is_none());
         assert!(p("/order/*").matches("/order/status"));
         assert!(!p("/order/*").matches("/order/status/eu"));
         assert!(!p("/order/*").matches("/order"));
+        assert!(!p("/order/*").matches("/order/"));
         assert!(p("/order/>").matches("/order/status/eu"));
         assert!(!p("/order/>").matches("/order"));
         assert!(p("/*/status").matches("/order/status"));

@@ -12,6 +12,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::auth::Auth;
+use crate::broker::receipt::KeySource;
 use crate::broker::{self, Broker};
 use crate::config::Config;
 use crate::proto::admin_server::AdminServer;
@@ -123,13 +124,23 @@ pub async fn serve(
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
-    drain.spawn(watch_redis(broker, reporter.clone(), drain.clone()));
+    drain.spawn(watch_redis(broker.clone(), reporter.clone(), drain.clone()));
     let health_addr = serve_health_only(cfg, Routes::new(health_svc.clone()), &drain).await?;
+    // One receipt key for every prefix, kept in the default prefix's Redis.
+    let receipts = Arc::new(KeySource::new(
+        cfg.receipt_keys()?,
+        broker.clone(),
+        cfg.accept_unsigned_receipts,
+    ));
+    drain.spawn(receipts.clone().keep_shared(drain.clone()));
+    if cfg.accept_unsigned_receipts {
+        tracing::warn!("--accept-unsigned-receipts: receipts anyone can forge are taken; turn it off once every replica signs");
+    }
     let console_addr = match cfg.console_listen {
         Some(listen) => Some(start_console(listen, &prefixed, &auth, &tls, &drain).await?),
         None => None,
     };
-    let routes = services(cfg, prefixed)?.add_service(health_svc);
+    let routes = services(cfg, prefixed, receipts)?.add_service(health_svc);
     let serving = serving(cfg, &auth, routes, listener, tls.clone(), reporter, &drain);
     let task = tokio::spawn(until_drained(serving, drain.clone(), cfg.shutdown_grace));
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
@@ -237,7 +248,11 @@ async fn serve_health_only(
 }
 
 /// Broker, Admin and reflection, each prefix's façade behind one service.
-fn services(cfg: &Config, prefixed: Vec<(String, Arc<Queues>)>) -> Result<Routes, String> {
+fn services(
+    cfg: &Config,
+    prefixed: Vec<(String, Arc<Queues>)>,
+    receipts: Arc<KeySource>,
+) -> Result<Routes, String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -248,7 +263,7 @@ fn services(cfg: &Config, prefixed: Vec<(String, Arc<Queues>)>) -> Result<Routes
     let max_request = max_message_bytes(cfg);
     let (default_prefix, default_queues) =
         prefixed.first().cloned().ok_or("no --prefix to serve")?;
-    let first = BrokerService::new(default_queues, edge_settings(cfg));
+    let first = BrokerService::new(default_queues, edge_settings(cfg), receipts);
     let mut brokers = Vec::with_capacity(prefixed.len());
     let mut admins = Vec::with_capacity(prefixed.len());
     for (prefix, queues) in &prefixed {

@@ -30,8 +30,8 @@
 //!   readers; it sends no Redis command of its own);
 //! - `background` — the scheduler, retention and gauge tasks;
 //! - `redis` — the connection layer, including the blocking waits;
-//! - `envelope`, `receipt`, `limits` — LeanMQ's envelope, delivery
-//!   receipts, request limits.
+//! - `envelope`, `receipt`, `limits` — LeanMQ's envelope, signed delivery
+//!   receipts (and the shared key in Redis), request limits.
 
 pub mod admin;
 pub mod background;

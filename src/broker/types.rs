@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::receipt::Receipt;
+use super::receipt::{Keys, Receipt};
 use crate::routing::Route;
 
 /// Broker settings, taken from the configuration.
@@ -110,9 +110,16 @@ impl Delivery {
         self.payload.len() + headers + self.content_type.len() + self.path.len() + names * 3 + 96
     }
 
-    /// Its receipt, encoded for the client, without building a [`Receipt`].
-    pub fn receipt_token(&self) -> String {
-        Receipt::encode_parts(&self.queue, &self.group, &self.message_id, self.attempt)
+    /// Its receipt, signed and encoded for the client, without building a
+    /// [`Receipt`].
+    pub fn receipt_token(&self, keys: &Keys) -> String {
+        Receipt::encode_parts(
+            keys,
+            &self.queue,
+            &self.group,
+            &self.message_id,
+            self.attempt,
+        )
     }
 }
 

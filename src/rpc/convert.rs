@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::broker::envelope::OCTET_STREAM;
 use crate::broker::limits::{MAX_HEADERS, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SCHEDULE};
+use crate::broker::receipt::Keys;
 use crate::broker::{Delivery, Outgoing, Target};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -88,7 +89,13 @@ pub fn outgoing(
         }
         other => other,
     };
-    let route = routing::address(&r.path, &r.queue).map_err(at)?;
+    // A Send's path may hold no pattern characters; a name needs none.
+    let route = if r.queue.is_empty() {
+        routing::send_route(&r.path)
+    } else {
+        routing::address(&r.path, &r.queue)
+    }
+    .map_err(at)?;
     if r.payload.len() > settings.max_payload_bytes {
         return Err(at(Error::PayloadTooLarge {
             size: r.payload.len(),
@@ -302,9 +309,10 @@ pub fn sent(s: crate::broker::Sent) -> proto::SendResponse {
     }
 }
 
-pub fn delivery(d: Delivery) -> proto::Delivery {
+/// A delivery for the client, its receipt signed with `keys`.
+pub fn delivery(d: Delivery, keys: &Keys) -> proto::Delivery {
     proto::Delivery {
-        receipt: d.receipt_token(),
+        receipt: d.receipt_token(keys),
         message_id: d.message_id,
         path: d.path,
         payload: d.payload,
@@ -451,6 +459,7 @@ mod fuzz {
                     prop_assert!(o.payload.len() <= 100);
                     prop_assert!(o.headers.len() <= MAX_HEADERS);
                     prop_assert!(!o.route.queue.is_empty());
+                    prop_assert!(!o.route.path.contains(['*', '>']), "wildcards are refused");
                     prop_assert!(o.ttl.is_none_or(|t| t <= MAX_SCHEDULE));
                     prop_assert!(o.idempotency_key.is_none_or(|k| k.len() <= MAX_IDEMPOTENCY_KEY_BYTES));
                     // The envelope of anything accepted encodes (or is refused as bad JSON).

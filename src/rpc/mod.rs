@@ -23,6 +23,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Grant;
+use crate::broker::receipt::KeySource;
 use crate::proto;
 use crate::queues::Queues;
 
@@ -48,14 +49,17 @@ pub struct BrokerService {
     /// Open Subscribe streams, in all and per client connection, for
     /// `--max-subscriptions` and `--max-streams-per-connection`.
     streams: Arc<subscribe::StreamCounts>,
+    /// The keys that sign the receipts handed out and check those given back.
+    receipts: Arc<KeySource>,
 }
 
 impl BrokerService {
-    pub fn new(queues: Arc<Queues>, settings: EdgeSettings) -> Self {
+    pub fn new(queues: Arc<Queues>, settings: EdgeSettings, receipts: Arc<KeySource>) -> Self {
         BrokerService {
             queues,
             settings,
             streams: Arc::default(),
+            receipts,
         }
     }
 
@@ -66,6 +70,7 @@ impl BrokerService {
             queues,
             settings: self.settings.clone(),
             streams: self.streams.clone(),
+            receipts: self.receipts.clone(),
         }
     }
 }

@@ -39,8 +39,13 @@ pub async fn handle(
         start: convert::start_position(req.start)?,
         max_bytes: svc.settings.max_reply_bytes,
     };
+    // The keys first: nothing is leased that could not be signed.
+    let keys = svc.receipts.keys().await?;
     let deliveries = svc.queues.receive(&target, pull).await?;
     Ok(proto::ReceiveResponse {
-        deliveries: deliveries.into_iter().map(convert::delivery).collect(),
+        deliveries: deliveries
+            .into_iter()
+            .map(|d| convert::delivery(d, keys))
+            .collect(),
     })
 }

@@ -55,16 +55,22 @@ pub async fn handle(
             Source::Path(target)
         }
     };
+    // The keys first: nothing is leased that could not be signed.
+    let keys = svc.receipts.keys().await?.clone();
     let sub = svc
         .queues
         .subscribe(source, start, max_in_flight, lease)
         .await?;
-    let stream = futures::stream::unfold((sub, open), |(mut sub, open)| async move {
-        let item = sub.next().await?;
-        Some((
-            item.map(|d| convert::delivery(*d)).map_err(Into::into),
-            (sub, open),
-        ))
+    let stream = futures::stream::unfold((sub, open), move |(mut sub, open)| {
+        let keys = keys.clone();
+        async move {
+            let item = sub.next().await?;
+            Some((
+                item.map(|d| convert::delivery(*d, &keys))
+                    .map_err(Into::into),
+                (sub, open),
+            ))
+        }
     });
     Ok(Box::pin(stream))
 }

@@ -408,3 +408,15 @@ pub fn entries(r: &RedisProc, key: &str) -> Vec<(String, serde_json::Value)> {
         })
         .collect()
 }
+
+/// The keys a leanmqd on this Redis signs receipts with when none is
+/// configured (the shared key it keeps at `webhook:receipt-key`), for
+/// tests that write receipts by hand. Present once leanmqd handed out or
+/// checked a receipt.
+pub fn receipt_keys(r: &RedisProc) -> leanmq_grpc::broker::receipt::Keys {
+    let key: String = redis::cmd("GET")
+        .arg("webhook:receipt-key")
+        .query(&mut r.conn())
+        .expect("the shared receipt key");
+    leanmq_grpc::broker::receipt::Keys::new([key], false).expect("a usable key")
+}

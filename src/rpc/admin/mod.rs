@@ -87,7 +87,14 @@ one_path!(
 fn admitted<T: OnePath>(req: Request<T>) -> Result<T> {
     let grant = crate::auth::grant_of(&req)?;
     let req = req.into_inner();
-    grant.check(Action::Admin, &queue_of(req.path(), req.queue())?)?;
+    let route = queue_of(req.path(), req.queue())?;
+    // A queue named directly (not by a path) is allowed when some path the
+    // grant covers maps to it; a path is checked as itself.
+    if !req.queue().is_empty() || crate::routing::is_queue_name(req.path()) {
+        grant.check_queue(Action::Admin, &route.queue)?;
+    } else {
+        grant.check(Action::Admin, &route)?;
+    }
     Ok(req)
 }
 
