@@ -8,19 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-
-/// A handshake slower than this is dropped, so a stalled peer can't hold a
-/// slot.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The files TLS is configured from.
 #[derive(Debug, Clone)]
@@ -107,49 +100,10 @@ impl Tls {
         Ok(())
     }
 
-    fn acceptor(&self) -> Option<TlsAcceptor> {
+    /// An acceptor with the configuration in force now (see `listen`,
+    /// which runs the handshake under `--handshake-timeout`).
+    pub fn acceptor(&self) -> Option<TlsAcceptor> {
         let cfg = self.current.read().ok()?.clone();
         Some(TlsAcceptor::from(cfg))
-    }
-
-    /// Accept TCP connections and hand over those whose handshake
-    /// completes. Handshakes run concurrently, each bounded by a timeout.
-    /// Ends when the receiver (the gRPC server) is gone.
-    pub fn incoming(
-        self: Arc<Self>,
-        listener: TcpListener,
-    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(128);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = tx.closed() => return,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let Some(acceptor) = self.acceptor() else {
-                    continue;
-                };
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }

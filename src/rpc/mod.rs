@@ -8,6 +8,7 @@ mod ack;
 pub mod admin;
 pub mod convert;
 mod extend;
+mod long_poll;
 mod nack;
 mod receive;
 mod send;
@@ -35,6 +36,12 @@ pub struct EdgeSettings {
     pub max_batch: usize,
     /// Lease when a request gives none.
     pub default_lease: Duration,
+    /// Waiting Receives per client connection and per token (`long_poll`).
+    pub max_long_polls_per_connection: usize,
+    pub max_long_polls_per_token: usize,
+    /// `--max-concurrent-rpcs`, shared with the shed layer: a Receive that
+    /// does not wait takes its place here.
+    pub unary: crate::layers::UnaryBudget,
 }
 
 /// The `leanmq.v1.Broker` service.
@@ -44,14 +51,21 @@ pub struct BrokerService {
     /// Open Subscribe streams, in all and per client connection, for
     /// `--max-subscriptions` and `--max-streams-per-connection`.
     streams: Arc<subscribe::StreamCounts>,
+    /// Waiting Receives, per connection and per token.
+    long_polls: Arc<long_poll::LongPolls>,
 }
 
 impl BrokerService {
     pub fn new(queues: Arc<Queues>, settings: EdgeSettings) -> Self {
+        let long_polls = long_poll::LongPolls::new(
+            settings.max_long_polls_per_connection,
+            settings.max_long_polls_per_token,
+        );
         BrokerService {
             queues,
             settings,
             streams: Arc::default(),
+            long_polls,
         }
     }
 }

@@ -32,6 +32,18 @@ pub async fn handle(
         svc.settings.default_lease,
         LEASE_RANGE,
     )?;
+    // Held until the reply is sent: a wait takes a long-poll place, a
+    // Receive that does not wait a unary one (see `long_poll`).
+    let _place = if wait.is_zero() {
+        let unary = &svc.settings.unary;
+        Place::Unary(
+            unary
+                .try_take()
+                .ok_or_else(|| Error::ResourceExhausted(unary.refusal()))?,
+        )
+    } else {
+        Place::LongPoll(svc.long_polls.take(caller.conn, &caller.grant.name)?)
+    };
     let pull = Pull {
         max,
         lease,
@@ -42,4 +54,10 @@ pub async fn handle(
     Ok(proto::ReceiveResponse {
         deliveries: deliveries.into_iter().map(convert::delivery).collect(),
     })
+}
+
+/// The budget place a Receive holds while it runs.
+enum Place {
+    Unary(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
+    LongPoll(#[allow(dead_code)] super::long_poll::LongPoll),
 }
