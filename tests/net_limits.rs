@@ -357,3 +357,75 @@ async fn the_connection_cap_refuses_extra_connections() {
     .await;
     send(&mut c, "/capped", b"y").await;
 }
+
+/// Finding 12 under TLS: a connection that never starts its TLS handshake
+/// is closed after --handshake-timeout, and a TLS client is served.
+#[tokio::test]
+async fn a_silent_tls_connection_is_closed_after_the_handshake_timeout() {
+    let redis = RedisProc::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = common::pki::Ca::new("net ca");
+    let (cert, key) = ca.leaf("localhost");
+    let cert = common::pki::write(dir.path(), "server.crt", &cert);
+    let key = common::pki::write(dir.path(), "server.key", &key);
+    let timeout = Duration::from_millis(300);
+    let d = Leanmqd::start_with(&redis.url(), move |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.handshake_timeout = timeout;
+    })
+    .await;
+    let opened = Instant::now();
+    closed_by_server(silent([127, 0, 0, 2], d.addr).await).await;
+    assert!(opened.elapsed() >= timeout, "closed before the timeout");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
+        .domain_name("localhost");
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", d.addr))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect()
+        .await
+        .expect("a TLS client connects");
+    let mut c = proto::broker_client::BrokerClient::new(ch);
+    send(&mut c, "/tls-after-silence", b"x").await;
+}
+
+/// The scenario on the leanmqd binary: with `ulimit -n 256`, 300
+/// sockets that send nothing locked out new clients. Now the caps fit the
+/// descriptors (128 connections, 64 per source): the silent source is
+/// held to its share and a new client is served at once.
+#[tokio::test]
+async fn with_ulimit_256_silent_sockets_do_not_lock_out_new_clients() {
+    let redis = RedisProc::start();
+    let port = free_port();
+    let _leanmqd = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 256 && exec {} --listen 127.0.0.1:{port} --redis-url {}",
+            env!("CARGO_BIN_EXE_leanmqd"),
+            redis.url()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn leanmqd under ulimit -n 256");
+    let mut first = connect_when_up(port).await;
+    send(&mut first, "/ulimit", b"up").await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut silent_socks = Vec::new();
+    for _ in 0..300 {
+        silent_socks.push(silent([127, 0, 0, 2], addr).await);
+    }
+    let mut c = proto::broker_client::BrokerClient::connect(format!("http://{addr}"))
+        .await
+        .expect("a new client connects");
+    send(&mut c, "/ulimit", b"served").await;
+    let open = silent_socks.iter().filter(|s| still_open(s)).count();
+    assert!(
+        open <= 64,
+        "{open} silent sockets held, over the per-source share"
+    );
+}
