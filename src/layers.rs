@@ -190,7 +190,7 @@ impl UnaryBudget {
 /// an overloaded replica stays responsive and clients back off or go to
 /// another replica. Long-lived streams (Subscribe, health Watch) are
 /// bounded separately and pass by, and so does Receive, whose edge counts
-/// it (see [`counted_by_its_edge`]).
+/// it (see `counted_by_its_edge`).
 ///
 /// The limit is tower's: each limited call goes through
 /// `LoadShed<ConcurrencyLimit<_>>` over the [`UnaryBudget`]'s semaphore.

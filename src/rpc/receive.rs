@@ -34,15 +34,18 @@ pub async fn handle(
     )?;
     // Held until the reply is sent: a wait takes a long-poll place, a
     // Receive that does not wait a unary one (see `long_poll`).
-    let _place = if wait.is_zero() {
+    let (_unary, _long_poll) = if wait.is_zero() {
         let unary = &svc.settings.unary;
-        Place::Unary(
-            unary
-                .try_take()
-                .ok_or_else(|| Error::ResourceExhausted(unary.refusal()))?,
+        let permit = unary.try_take();
+        (
+            Some(permit.ok_or_else(|| Error::ResourceExhausted(unary.refusal()))?),
+            None,
         )
     } else {
-        Place::LongPoll(svc.long_polls.take(caller.conn, &caller.grant.name)?)
+        (
+            None,
+            Some(svc.long_polls.take(caller.conn, &caller.grant.name)?),
+        )
     };
     let pull = Pull {
         max,
@@ -54,10 +57,4 @@ pub async fn handle(
     Ok(proto::ReceiveResponse {
         deliveries: deliveries.into_iter().map(convert::delivery).collect(),
     })
-}
-
-/// The budget place a Receive holds while it runs.
-enum Place {
-    Unary(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
-    LongPoll(#[allow(dead_code)] super::long_poll::LongPoll),
 }
