@@ -1,8 +1,8 @@
 //! The listener's incoming connections, guarded for a shared service.
 //!
 //! - **Handshake timeout** (`--handshake-timeout`): a connection must send
-//!   the 24-byte HTTP/2 preface (or, under TLS, complete the TLS
-//!   handshake) in time, or it is closed. Before this a socket that sent
+//!   the 24-byte HTTP/2 preface (under TLS: complete the TLS handshake and
+//!   then send the preface) in time, or it is closed. Before this a socket that sent
 //!   nothing stayed open for ever, and enough of them used up the file
 //!   descriptors.
 //! - **A cap on open connections** (`--max-connections`), lowered at start
@@ -52,6 +52,15 @@ const FD_RESERVE: usize = 128;
 /// hyper ahead of the rest of the stream.
 pub type Plain =
     tokio::io::Join<tokio::io::Chain<io::Cursor<[u8; PREFACE_LEN]>, OwnedReadHalf>, OwnedWriteHalf>;
+
+/// A TLS connection whose preface has been read, replayed the same way.
+pub type Secure = tokio::io::Join<
+    tokio::io::Chain<
+        io::Cursor<[u8; PREFACE_LEN]>,
+        tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>,
+    >,
+    tokio::io::WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>,
+>;
 
 /// The connection limits in force.
 #[derive(Debug, Clone, Copy)]
@@ -251,26 +260,31 @@ pub fn plaintext(
     })
 }
 
-/// TLS: connections whose TLS handshake completed in time, with the
-/// configuration in force when each arrived (see [`Tls`]).
+/// TLS: connections that completed the TLS handshake and then sent the
+/// HTTP/2 preface, both within the timeout, with the TLS configuration in
+/// force when each arrived (see [`Tls`]). tonic is told the TCP addresses
+/// (leanmqd reads no client certificate after the handshake verified it).
 pub fn tls(
     listener: TcpListener,
     limits: Limits,
     tls: Arc<Tls>,
     drain: &Drain,
-) -> ReceiverStream<io::Result<tokio_rustls::server::TlsStream<Conn<TcpStream>>>> {
+) -> ReceiverStream<io::Result<Conn<Secure>>> {
     accept(listener, limits, drain, move |tcp, info, place| {
         let acceptor = tls.acceptor();
         async move {
             let acceptor =
                 acceptor.ok_or_else(|| io::Error::other("TLS configuration unavailable"))?;
-            acceptor
-                .accept(Conn {
-                    io: tcp,
-                    info,
-                    _place: place,
-                })
-                .await
+            let mut tls = acceptor.accept(tcp).await?;
+            let mut preface = [0u8; PREFACE_LEN];
+            tls.read_exact(&mut preface).await?;
+            let (r, w) = tokio::io::split(tls);
+            let io = tokio::io::join(io::Cursor::new(preface).chain(r), w);
+            Ok(Conn {
+                io,
+                info,
+                _place: place,
+            })
         }
     })
 }

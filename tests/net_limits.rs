@@ -370,8 +370,31 @@ async fn the_connection_cap_refuses_extra_connections() {
     send(&mut c, "/capped", b"y").await;
 }
 
-/// Finding 12 under TLS: a connection that never starts its TLS handshake
-/// is closed after --handshake-timeout, and a TLS client is served.
+/// A TLS handshake with leanmqd as "localhost", then silence: the TCP
+/// stream underneath, to watch for the server's close.
+async fn tls_then_silence(ca_pem: &str, to: std::net::SocketAddr) -> TcpStream {
+    use rustls::pki_types::pem::PemObject;
+    leanmq_grpc::tls::install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("ca");
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector
+        .connect(name, silent([127, 0, 0, 3], to).await)
+        .await
+        .expect("TLS handshake");
+    tls.into_inner().0
+}
+
+/// Finding 12 under TLS: a connection that never starts its TLS handshake,
+/// or sends no preface after it, is closed after --handshake-timeout, and
+/// a TLS client is served.
 #[tokio::test]
 async fn a_silent_tls_connection_is_closed_after_the_handshake_timeout() {
     let redis = RedisProc::start();
@@ -390,6 +413,11 @@ async fn a_silent_tls_connection_is_closed_after_the_handshake_timeout() {
     let opened = Instant::now();
     closed_by_server(silent([127, 0, 0, 2], d.addr).await).await;
     assert!(opened.elapsed() >= timeout, "closed before the timeout");
+    // A client that completes the TLS handshake and then sends nothing is
+    // closed too: the preface inside TLS has the same deadline.
+    let shaken = Instant::now();
+    closed_by_server(tls_then_silence(&ca.pem(), d.addr).await).await;
+    assert!(shaken.elapsed() >= timeout, "closed before the timeout");
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
         .domain_name("localhost");
