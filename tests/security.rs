@@ -516,6 +516,24 @@ async fn each_limit_rejects_with_a_clear_status() {
         "{}",
         shed.message()
     );
+    // A Receive that does not wait is a unary call like any other.
+    let shed = two
+        .clone()
+        .receive(authed(
+            proto::ReceiveRequest {
+                path: "/other".into(),
+                ..Default::default()
+            },
+            tok,
+        ))
+        .await
+        .expect_err("a Receive without wait is shed too");
+    assert_eq!(shed.code(), Code::ResourceExhausted);
+    assert!(
+        shed.message().contains("--max-concurrent-rpcs"),
+        "{}",
+        shed.message()
+    );
     signal(libc::SIGCONT);
     let mut sender = BrokerClient::new(d.channel().await);
     r1.await.expect("join").expect("send 1 after the pause");
