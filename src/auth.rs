@@ -47,6 +47,12 @@ impl Action {
     }
 }
 
+/// Longest bearer token accepted, in bytes. Tokens are random secrets
+/// (32 bytes of entropy is plenty); the bound keeps a client from making
+/// every call hash kilobytes, and lets an oversized one get a clear
+/// UNAUTHENTICATED instead of an HTTP/2 header error.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
 /// The stored form of a token: `sha256:` and the hex digest of its bytes.
 /// Tokens are random secrets, not passwords, so a fast hash is the right
 /// one (as GitHub and npm store theirs): a lookup costs one digest.
@@ -568,7 +574,14 @@ impl Auth {
                 ))
             }
         };
-        self.grant_of_hash(&hash_token(token))
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::Unauthenticated(format!(
+                "the bearer token is {} bytes; tokens may be at most {MAX_TOKEN_BYTES} bytes",
+                token.len()
+            )));
+        }
+        let hash = hash_token(token);
+        self.grant_of_hash(&hash)
     }
 
     /// The grant of a token known by its [`hash_token`] form (the web

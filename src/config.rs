@@ -166,6 +166,35 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_MAX_CONCURRENT_RPCS", default_value_t = 10_000)]
     pub max_concurrent_rpcs: usize,
 
+    /// Most Receives with a `wait` open at once on one client connection.
+    /// Waits are not counted among --max-concurrent-rpcs.
+    #[arg(
+        long,
+        env = "LEANMQ_MAX_LONG_POLLS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub max_long_polls_per_connection: usize,
+
+    /// Most Receives with a `wait` open at once per bearer token (with auth
+    /// off, on the whole replica).
+    #[arg(long, env = "LEANMQ_MAX_LONG_POLLS_PER_TOKEN", default_value_t = 1000)]
+    pub max_long_polls_per_token: usize,
+
+    /// A client connection must complete its handshake (the HTTP/2
+    /// preface, or the TLS handshake under TLS) within this, or is closed.
+    #[arg(long, env = "LEANMQ_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most client connections open at once; more are closed as they
+    /// arrive. Lowered at start to leave file descriptors for Redis.
+    #[arg(long, env = "LEANMQ_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most client connections open at once from one source address (an
+    /// IPv6 /64 counts as one); more are closed as they arrive.
+    #[arg(long, env = "LEANMQ_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256)]
+    pub max_connections_per_source: usize,
+
     /// HTTP/2 keepalive ping interval: how soon a subscriber whose
     /// connection died without a close is noticed (with the timeout).
     #[arg(long, env = "LEANMQ_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -404,6 +433,33 @@ impl Config {
         ensure(
             between(self.max_subscriptions, 10_000_000),
             "--max-subscriptions must be between 1 and 10000000",
+        )?;
+        self.validate_connection_limits()
+    }
+
+    /// Connections and waiting Receives.
+    fn validate_connection_limits(&self) -> Result<(), StartupError> {
+        let between = |v: usize, max: usize| (1..=max).contains(&v);
+        ensure(
+            between(self.max_long_polls_per_connection, 100_000),
+            "--max-long-polls-per-connection must be between 1 and 100000",
+        )?;
+        ensure(
+            between(self.max_long_polls_per_token, 1_000_000),
+            "--max-long-polls-per-token must be between 1 and 1000000",
+        )?;
+        ensure(
+            between(self.max_connections, 1_000_000),
+            "--max-connections must be between 1 and 1000000",
+        )?;
+        ensure(
+            between(self.max_connections_per_source, 1_000_000),
+            "--max-connections-per-source must be between 1 and 1000000",
+        )?;
+        ensure(
+            self.handshake_timeout >= Duration::from_millis(10)
+                && self.handshake_timeout <= Duration::from_secs(300),
+            "--handshake-timeout must be between 10ms and 5m",
         )
     }
 

@@ -30,6 +30,7 @@
 //!   - `broker::background` — the scheduler, retention and gauge tasks;
 //!   - `broker::envelope` — LeanMQ's `data` JSON envelope; `broker::receipt` — signed delivery receipts and the keys they are signed with.
 //! - [`auth`] — bearer tokens (hashes in a file) and the one place that decides per-path permissions.
+//! - [`listen`] — the listener's connections: handshake timeout, caps in all and per source.
 //! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
 //! - [`telemetry`] — logs and optional OTLP trace export (`otlp` feature).
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
@@ -46,6 +47,7 @@ pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod layers;
+pub mod listen;
 pub mod observe;
 pub mod queues;
 pub mod routing;

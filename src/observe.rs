@@ -27,6 +27,7 @@
 //! | `leanmq_serving` | | 1 while health says SERVING, 0 while Redis is unreachable |
 //! | `leanmq_load_shed_total` | | unary calls refused by `--max-concurrent-rpcs` |
 //! | `leanmq_open_streams` | | Subscribe streams open on this replica |
+//! | `leanmq_connections_refused_total` | limit (`--max-connections`, `--max-connections-per-source`, `--handshake-timeout`) | client connections closed by a connection limit |
 //!
 //! Apart from Prometheus, [`tally`] keeps per-queue running totals of sends,
 //! acks and dead letters in the process, for the web console's rates and
@@ -270,6 +271,11 @@ pub fn redis_error(kind: &'static str) {
 /// A call refused by load shedding (`--max-concurrent-rpcs`).
 pub fn shed() {
     counter!("leanmq_load_shed_total").increment(1);
+}
+
+/// A client connection closed by a limit of `listen` (the flag's name).
+pub fn connection_refused(limit: &'static str) {
+    counter!("leanmq_connections_refused_total", "limit" => limit).increment(1);
 }
 
 pub fn stream_opened() {

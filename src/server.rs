@@ -15,6 +15,7 @@ use crate::auth::Auth;
 use crate::broker::receipt::KeySource;
 use crate::broker::{self, Broker};
 use crate::config::Config;
+use crate::layers::UnaryBudget;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
 use crate::queues::Queues;
@@ -27,6 +28,10 @@ use crate::tls::Tls;
 /// Name under which health reports the broker (and "" for the server).
 const BROKER_SERVICE: &str = "leanmq.v1.Broker";
 const ADMIN_SERVICE: &str = "leanmq.v1.Admin";
+
+/// Largest request metadata (all HTTP/2 headers of a call) accepted; more
+/// is refused by HTTP/2 itself (status 431) before any gRPC handling.
+pub const MAX_METADATA_BYTES: u32 = 64 << 10;
 
 /// What the gRPC server future is, once built.
 type ServeFuture = std::pin::Pin<
@@ -140,8 +145,19 @@ pub async fn serve(
         Some(listen) => Some(start_console(listen, &prefixed, &auth, &tls, &drain).await?),
         None => None,
     };
-    let routes = services(cfg, prefixed, receipts)?.add_service(health_svc);
-    let serving = serving(cfg, &auth, routes, listener, tls.clone(), reporter, &drain);
+    let unary = UnaryBudget::new(cfg.max_concurrent_rpcs);
+    let routes = services(cfg, prefixed, receipts, &unary)?.add_service(health_svc);
+    let shed = crate::layers::ShedLayer::new(unary);
+    let serving = serving(
+        cfg,
+        &auth,
+        shed,
+        routes,
+        listener,
+        tls.clone(),
+        reporter,
+        &drain,
+    );
     let task = tokio::spawn(until_drained(serving, drain.clone(), cfg.shutdown_grace));
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
     Ok(Running {
@@ -252,6 +268,7 @@ fn services(
     cfg: &Config,
     prefixed: Vec<(String, Arc<Queues>)>,
     receipts: Arc<KeySource>,
+    unary: &UnaryBudget,
 ) -> Result<Routes, String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -263,7 +280,7 @@ fn services(
     let max_request = max_message_bytes(cfg);
     let (default_prefix, default_queues) =
         prefixed.first().cloned().ok_or("no --prefix to serve")?;
-    let first = BrokerService::new(default_queues, edge_settings(cfg), receipts);
+    let first = BrokerService::new(default_queues, edge_settings(cfg, unary), receipts);
     let mut brokers = Vec::with_capacity(prefixed.len());
     let mut admins = Vec::with_capacity(prefixed.len());
     for (prefix, queues) in &prefixed {
@@ -287,7 +304,7 @@ fn max_message_bytes(cfg: &Config) -> usize {
     (cfg.max_payload_bytes + (1 << 20)).max(32 << 20)
 }
 
-fn edge_settings(cfg: &Config) -> EdgeSettings {
+fn edge_settings(cfg: &Config, unary: &UnaryBudget) -> EdgeSettings {
     EdgeSettings {
         max_payload_bytes: cfg.max_payload_bytes,
         max_headers_bytes: cfg.max_headers_bytes,
@@ -297,14 +314,19 @@ fn edge_settings(cfg: &Config) -> EdgeSettings {
         default_lease: cfg.ack_deadline,
         // Leave room for the reply's framing beyond the deliveries' own bytes.
         max_reply_bytes: max_message_bytes(cfg) - (256 << 10),
+        max_long_polls_per_connection: cfg.max_long_polls_per_connection,
+        max_long_polls_per_token: cfg.max_long_polls_per_token,
+        unary: unary.clone(),
     }
 }
 
 /// The services behind one tower stack, served on `listener` until the
 /// drain starts (health then turns NOT_SERVING) and in-flight calls end.
+#[allow(clippy::too_many_arguments)]
 fn serving(
     cfg: &Config,
     auth: &Arc<Auth>,
+    shed: crate::layers::ShedLayer,
     routes: Routes,
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
@@ -325,10 +347,14 @@ fn serving(
         .layer(
             tower::ServiceBuilder::new()
                 .layer(crate::layers::RpcMetricsLayer)
-                .layer(crate::layers::ShedLayer::new(cfg.max_concurrent_rpcs))
+                .layer(shed)
                 .layer(crate::layers::AuthLayer { auth: auth.clone() }),
         )
         .tcp_nodelay(true)
+        // Room for metadata past hyper's 16 KiB default, so an oversized
+        // bearer token reaches auth and gets a clear UNAUTHENTICATED
+        // instead of a bare HTTP 431.
+        .http2_max_header_list_size(MAX_METADATA_BYTES)
         // Subscribe streams per connection are counted (and refused with a
         // clear status) by the Subscribe edge; this HTTP/2 cap leaves room
         // above it for unary calls on the same connection.
@@ -342,17 +368,23 @@ fn serving(
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
         .add_routes(routes);
+    // Handshake timeout and connection caps (`listen`), which also sets
+    // TCP_NODELAY: builder options apply only to listeners tonic binds.
+    let limits = crate::listen::Limits::fitted(
+        cfg.handshake_timeout,
+        cfg.max_connections,
+        cfg.max_connections_per_source,
+        crate::listen::soft_nofile(),
+    );
     match tls {
-        // Options on the builder apply only to listeners tonic binds itself;
-        // on ours, TCP_NODELAY must be set here, or small trailing writes
-        // wait ~40 ms for the client's delayed ACK.
-        None => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60)));
-            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-        }
-        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), signal)),
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            crate::listen::plaintext(listener, limits, drain),
+            signal,
+        )),
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::listen::tls(listener, limits, tls, drain),
+            signal,
+        )),
     }
 }
 
@@ -367,32 +399,60 @@ async fn until_drained(serving: ServeFuture, drain: Drain, grace: Duration) -> R
     }
 }
 
-/// Health follows Redis: NOT_SERVING while it is unreachable, SERVING again after.
+/// How often health pings Redis.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Health follows Redis: NOT_SERVING once no PING has been answered for
+/// `--redis-timeout`, SERVING again at the first answer after.
+///
+/// The deadline runs from the last answer, not from each ping's start: a
+/// ping that hangs (Redis paused, a dead peer whose socket stays open, a
+/// reconnect that waits on the pool) would otherwise add its own wait to
+/// the cadence, and a reconnect can wait the timeout twice (pool, then
+/// handshake). A refused connection flips at once.
 async fn watch_redis(broker: Arc<Broker>, reporter: HealthReporter, drain: Drain) {
+    let timeout = broker.redis.timeout();
     let mut serving = true;
+    let mut answered = tokio::time::Instant::now();
     crate::observe::serving(serving);
     loop {
+        let ping = tokio::time::timeout(timeout, broker.redis.ping());
+        tokio::pin!(ping);
+        let ok = loop {
+            tokio::select! {
+                r = &mut ping => break matches!(r, Ok(Ok(()))),
+                _ = tokio::time::sleep_until(answered + timeout), if serving => {
+                    set_health(&reporter, &drain, &mut serving, false).await;
+                }
+                _ = drain.draining() => return,
+            }
+        };
+        if ok {
+            answered = tokio::time::Instant::now();
+        }
+        set_health(&reporter, &drain, &mut serving, ok).await;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(PING_EVERY) => {}
             _ = drain.draining() => return,
         }
-        let ok = broker.redis.ping().await.is_ok();
-        crate::observe::serving(ok);
-        if ok != serving && !drain.is_draining() {
-            serving = ok;
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            if ok {
-                tracing::info!("redis reachable again: SERVING");
-            } else {
-                tracing::error!("redis unreachable: NOT_SERVING");
-            }
-            for name in ["", BROKER_SERVICE, ADMIN_SERVICE] {
-                reporter.set_service_status(name, status).await;
-            }
-        }
+    }
+}
+
+/// Report `ok` as health (and the `leanmq_serving` gauge) when it changes.
+async fn set_health(reporter: &HealthReporter, drain: &Drain, serving: &mut bool, ok: bool) {
+    crate::observe::serving(ok);
+    if ok == *serving || drain.is_draining() {
+        return;
+    }
+    *serving = ok;
+    let status = if ok {
+        tracing::info!("redis reachable again: SERVING");
+        ServingStatus::Serving
+    } else {
+        tracing::error!("redis unreachable: NOT_SERVING");
+        ServingStatus::NotServing
+    };
+    for name in ["", BROKER_SERVICE, ADMIN_SERVICE] {
+        reporter.set_service_status(name, status).await;
     }
 }

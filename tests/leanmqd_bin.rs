@@ -43,6 +43,12 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--tls-cert", "/nonexistent.crt"],
         vec!["--auth-tokens", "/nonexistent.toml"],
         vec!["--max-concurrent-rpcs", "0"],
+        vec!["--max-long-polls-per-connection", "0"],
+        vec!["--max-long-polls-per-token", "0"],
+        vec!["--max-connections", "0"],
+        vec!["--max-connections-per-source", "0"],
+        vec!["--handshake-timeout", "1ms"],
+        vec!["--handshake-timeout", "1h"],
         vec!["--redis-url", "redis+sentinel://leanmq:hunter2@/"],
         vec!["--no-such-flag"],
     ] {

@@ -33,7 +33,7 @@ pub async fn serve(
         }),
         Some(tls) => {
             let incoming = TlsListener {
-                handshaken: tls.incoming(listener),
+                handshaken: tls.incoming(listener, drain),
                 addr,
             };
             drain.spawn(async move {

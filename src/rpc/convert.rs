@@ -421,6 +421,9 @@ pub(crate) fn edge(max_payload_bytes: usize) -> super::EdgeSettings {
         max_batch: 10,
         default_lease: std::time::Duration::from_secs(30),
         max_reply_bytes: 32 << 20,
+        max_long_polls_per_connection: 10,
+        max_long_polls_per_token: 10,
+        unary: crate::layers::UnaryBudget::new(10),
     }
 }
 

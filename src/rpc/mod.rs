@@ -8,6 +8,7 @@ mod ack;
 pub mod admin;
 pub mod convert;
 mod extend;
+mod long_poll;
 mod nack;
 pub mod prefixes;
 mod receive;
@@ -40,6 +41,12 @@ pub struct EdgeSettings {
     /// Most bytes of deliveries in one Receive reply: under the gRPC
     /// message limit, so a reply is never refused after leasing.
     pub max_reply_bytes: usize,
+    /// Waiting Receives per client connection and per token (`long_poll`).
+    pub max_long_polls_per_connection: usize,
+    pub max_long_polls_per_token: usize,
+    /// `--max-concurrent-rpcs`, shared with the shed layer: a Receive that
+    /// does not wait takes its place here.
+    pub unary: crate::layers::UnaryBudget,
 }
 
 /// The `leanmq.v1.Broker` service.
@@ -51,15 +58,22 @@ pub struct BrokerService {
     streams: Arc<subscribe::StreamCounts>,
     /// The keys that sign the receipts handed out and check those given back.
     receipts: Arc<KeySource>,
+    /// Waiting Receives, per connection and per token (shared by every prefix).
+    long_polls: Arc<long_poll::LongPolls>,
 }
 
 impl BrokerService {
     pub fn new(queues: Arc<Queues>, settings: EdgeSettings, receipts: Arc<KeySource>) -> Self {
+        let long_polls = long_poll::LongPolls::new(
+            settings.max_long_polls_per_connection,
+            settings.max_long_polls_per_token,
+        );
         BrokerService {
             queues,
             settings,
             streams: Arc::default(),
             receipts,
+            long_polls,
         }
     }
 
@@ -71,6 +85,7 @@ impl BrokerService {
             settings: self.settings.clone(),
             streams: self.streams.clone(),
             receipts: self.receipts.clone(),
+            long_polls: self.long_polls.clone(),
         }
     }
 }

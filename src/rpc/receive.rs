@@ -32,6 +32,21 @@ pub async fn handle(
         svc.settings.default_lease,
         LEASE_RANGE,
     )?;
+    // Held until the reply is sent: a wait takes a long-poll place, a
+    // Receive that does not wait a unary one (see `long_poll`).
+    let (_unary, _long_poll) = if wait.is_zero() {
+        let unary = &svc.settings.unary;
+        let permit = unary.try_take();
+        (
+            Some(permit.ok_or_else(|| Error::ResourceExhausted(unary.refusal()))?),
+            None,
+        )
+    } else {
+        (
+            None,
+            Some(svc.long_polls.take(caller.conn, &caller.grant.name)?),
+        )
+    };
     let pull = Pull {
         max,
         lease,
