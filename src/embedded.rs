@@ -9,8 +9,9 @@
 //! its AOF and frees the socket. Other unixes (macOS, the BSDs) have no such
 //! call: there the child is killed when leanmqd drops it (`kill_on_drop`,
 //! which covers every exit but SIGKILL and abort); after a SIGKILL the
-//! child stays until stopped (`redis-cli -s <data-dir>/redis.sock shutdown`)
-//! and the next start fails with a clear error instead of sharing its data.
+//! child stays until stopped (`redis-cli -s <data-dir>/redis.sock shutdown`),
+//! and the next start refuses (a Redis already answers on the socket) rather
+//! than run a second redis-server on the same AOF.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -53,6 +54,11 @@ pub enum EmbeddedError {
 
     #[error("redis-server did not answer PING within 20s")]
     NotReady,
+
+    /// Without Linux's parent-death signal, a child that outlived a killed
+    /// leanmqd may still serve this data dir.
+    #[error("a redis-server already answers on {}: one left by a killed leanmqd? Stop it (redis-cli -s {} shutdown) or use another --data-dir", socket.display(), socket.display())]
+    AlreadyRunning { socket: PathBuf },
 }
 
 /// The supervised redis-server.
@@ -108,6 +114,24 @@ fn term_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Does a Redis answer PING at `url` within a second?
+#[cfg(not(target_os = "linux"))]
+async fn answers(url: &str) -> bool {
+    let ping = async {
+        let mut c = redis::Client::open(url)
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()?;
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+        pong.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ping).await,
+        Ok(Some(_))
+    )
 }
 
 async fn wait_ready(url: &str, child: &mut Child) -> Result<(), EmbeddedError> {
@@ -184,6 +208,10 @@ impl EmbeddedRedis {
             return Err(EmbeddedError::SocketPathTooLong { dir });
         }
         let url = format!("redis+unix://{}", socket.display());
+        #[cfg(not(target_os = "linux"))]
+        if answers(&url).await {
+            return Err(EmbeddedError::AlreadyRunning { socket });
+        }
         let mut child = spawn(bin, &dir, &socket).map_err(|source| EmbeddedError::Spawn {
             bin: bin.to_path_buf(),
             source,

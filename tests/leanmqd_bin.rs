@@ -76,6 +76,26 @@ fn bad_configuration_exits_64_before_binding() {
     assert_eq!(env.status.code(), Some(64), "env twins are validated too");
 }
 
+#[test]
+fn help_lists_the_subcommands_and_they_take_no_server_flags() {
+    let help = Command::new(BIN).arg("--help").output().expect("run");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for sub in ["hash-token", "healthcheck", "--max-concurrent-rpcs"] {
+        assert!(text.contains(sub), "--help names {sub}:\n{text}");
+    }
+    let mixed = Command::new(BIN)
+        .args(["healthcheck", "--listen", "127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        mixed.status.code(),
+        Some(64),
+        "a server flag after a subcommand is a usage error: {}",
+        String::from_utf8_lossy(&mixed.stderr)
+    );
+}
+
 #[tokio::test]
 async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
