@@ -6,6 +6,8 @@
 //!
 //! ## Map
 //! - [`main`](../leanmqd/index.html) — the `leanmqd` binary: flags, logging, embedded Redis, signals.
+//! - `src/bin/leanmq/` — the `leanmq` operator CLI (send, tail, queues, dlq, health), a
+//!   client of [`proto`] like any SDK; see docs/cli.md.
 //! - [`config`] — flags with `LEANMQ_*` env twins, validated before binding (bad config exits 64).
 //! - [`server`] — assembles the services (Broker, Health, Reflection) and the drain.
 //! - [`shutdown`] — SIGINT/SIGTERM and the drain broadcast.
