@@ -10,6 +10,8 @@
 //! (`broker`) and the local fan-out (`broker::dispatch`).
 //!
 //! - [`main`](../leanmqd/index.html) — the `leanmqd` binary: clap flags and subcommands, logging, embedded Redis, signals.
+//! - `src/bin/leanmq/` — the `leanmq` operator CLI (send, tail, queues, dlq, health), a
+//!   client of [`proto`] like any SDK; see docs/cli.md.
 //! - [`config`] — flags with `LEANMQ_*` env twins, validated before binding (bad config exits 64).
 //! - [`server`] — assembles the services (Broker, Admin, Health, Reflection) behind one tower stack.
 //! - [`shutdown`] — SIGINT/SIGTERM, and the drain: one cancellation token and one task tracker for every task.

@@ -169,7 +169,11 @@ pub async fn run(g: &Global, args: TailArgs) -> Result<(), Failure> {
             }
             Err(status) => return Err(conn.status(status)),
         };
-        print(&mut out, &d, g.json)?;
+        if let Err(e) = print(&mut out, &d, g.json) {
+            // What was printed before is settled; this one is not.
+            tail.flush().await?;
+            return Err(e);
+        }
         seen += 1;
         tail.settle(d.receipt).await?;
     }
