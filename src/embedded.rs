@@ -137,7 +137,8 @@ async fn answers(url: &str) -> bool {
 async fn wait_ready(url: &str, child: &mut Child) -> Result<(), EmbeddedError> {
     let client = redis::Client::open(url).map_err(EmbeddedError::Url)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut delay = Duration::from_millis(10);
+    let mut pause =
+        crate::backoff::Pause::new(Duration::from_millis(10), Duration::from_millis(200));
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(EmbeddedError::Exited(status));
@@ -151,8 +152,7 @@ async fn wait_ready(url: &str, child: &mut Child) -> Result<(), EmbeddedError> {
         if tokio::time::Instant::now() > deadline {
             return Err(EmbeddedError::NotReady);
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(200));
+        tokio::time::sleep(pause.failed()).await;
     }
 }
 
