@@ -18,7 +18,8 @@ names a LeanMQ checkout; these always run.
 - scaling: worker processes sharing paths, each message handled once
   (webhook-services.md);
 - an event-driven order → payment → shipping/notification flow chained by
-  webhooks (microservice/*.md).
+  webhooks, and an API gateway's request/response over webhooks
+  (microservice/*.md).
 """
 from __future__ import annotations
 
@@ -379,6 +380,40 @@ def test_process_messages_handles_what_was_sent_in_the_calling_thread() -> None:
         assert webhook.process_messages() == 0  # nothing left
 
 
+def test_auto_start_processes_in_the_background_until_close(redis: Redis) -> None:
+    path = f"/auto_{uuid.uuid4().hex[:8]}"
+    seen = Recorder()
+    webhook = LeanMQWebhook(**REDIS, process_interval=1)  # auto_start=True, LeanMQ's default
+    try:
+        webhook.get(path)(lambda data: seen.add(data["n"]))
+        for n in range(3):
+            webhook.send(path, {"n": n})
+        assert wait_until(lambda: seen.items == [0, 1, 2], timeout=30), seen.items
+    finally:
+        webhook.close()
+    q = path.strip("/")
+    assert redis.pending(f"webhook:{q}", f"{q}-group") == 0
+
+
+def test_start_processing_in_a_thread_until_stop_processing(redis: Redis) -> None:
+    path = f"/loop_{uuid.uuid4().hex[:8]}"
+    seen = Recorder()
+    webhook = LeanMQWebhook(**REDIS, auto_start=False)
+    webhook.get(path)(lambda data: seen.add(data["n"]))
+    loop = threading.Thread(target=webhook.start_processing, daemon=True)
+    loop.start()
+    try:
+        assert wait_until(lambda: webhook.is_processing, timeout=10)
+        for n in range(4):
+            webhook.send(path, {"n": n})
+        assert wait_until(lambda: seen.items == [0, 1, 2, 3], timeout=30), seen.items
+    finally:
+        webhook.stop_processing()
+        loop.join(timeout=30)
+    assert not loop.is_alive() and not webhook.is_processing
+    webhook.close()
+
+
 # ------------------------------------------------------------------ (e) advanced service
 
 
@@ -642,3 +677,51 @@ def test_event_driven_order_payment_shipping_notification(redis: Redis) -> None:
     notes = {(e["event"], e["order_id"]): e for e in entries(redis, f"events:notify_{tag}")}
     assert notes[("payment_declined", "B")]["user"] == "u-B"
     assert notes[("order_shipped", "C")]["tracking"] == "TRK-C"
+
+
+def test_gateway_request_response_over_webhooks(redis: Redis) -> None:
+    """An API gateway asks a service over one path and gets the answer back
+    on its own responses path, matched by request id."""
+    tag = uuid.uuid4().hex[:8]
+    ask_path, reply_path = f"/orders_{tag}/create", f"/gateway_{tag}/responses"
+    gateway, orders = Service("gateway"), Service("orders")
+    answers: Dict[str, Dict[str, Any]] = {}
+    answered = threading.Condition()
+
+    @gateway.webhook.get(reply_path)
+    def on_reply(data: Dict[str, Any]) -> None:
+        with answered:
+            answers[data["request_id"]] = without_meta(data)
+            answered.notify_all()
+
+    @orders.webhook.get(ask_path)
+    def on_create(data: Dict[str, Any]) -> None:
+        orders.log.add(data["request_id"])
+        if not data.get("items"):
+            reply = {"request_id": data["request_id"], "error": "an order needs items"}
+        else:
+            reply = {"request_id": data["request_id"], "status": "created", "order_id": f"order-{data['user']}"}
+        orders.webhook.send(data["reply_to"], reply)
+
+    for s in (gateway, orders):
+        s.start()
+    try:
+        requests = {str(uuid.uuid4()): body for body in (
+            {"user": "ann", "items": ["book"]}, {"user": "bo", "items": []}, {"user": "cy", "items": ["pen", "ink"]})}
+        for rid, body in requests.items():
+            gateway.webhook.send(ask_path, {"request_id": rid, "reply_to": reply_path, **body})
+        with answered:
+            assert answered.wait_for(lambda: len(answers) == len(requests), timeout=30), answers
+    finally:
+        for s in (gateway, orders):
+            s.stop()
+    assert sorted(orders.log.items) == sorted(requests)  # each request handled once
+    for rid, body in requests.items():
+        if body["items"]:
+            assert answers[rid] == {"request_id": rid, "status": "created", "order_id": f"order-{body['user']}"}
+        else:
+            assert answers[rid] == {"request_id": rid, "error": "an order needs items"}
+    for path in (ask_path, reply_path):
+        q = path.strip("/").replace("/", "_")
+        assert redis.pending(f"events:{q}", f"{q}-group") == 0, q
+        assert xlen(redis, f"events:{q}") == len(requests), q
