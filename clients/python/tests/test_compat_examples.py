@@ -6,8 +6,9 @@ The examples are LeanMQ's, so they are not copied into this repository:
 point ``LEANMQ_DOCS`` at the ``docs/examples`` folder of a LeanMQ checkout
 (github.com/augiwan/LeanMQ) to run them; without it these tests skip. Each
 test pulls the Python blocks out of the Markdown, swaps the import line, and
-runs them. ``test_compat_scenarios.py`` covers the same behaviours in this
-repository's own code, and always runs.
+runs them. ``test_compat_scenarios.py`` and
+``test_compat_scenarios_webhooks.py`` cover the same behaviours in this
+repository's own code, and always run.
 """
 from __future__ import annotations
 

@@ -97,13 +97,22 @@ def test_core_queue_consumers_on_leanmq_and_compat_share_a_group(broker: Leanmqd
                     got.append((who, m.data["from"], m.data["n"]))
                 assert q.acknowledge_messages([m.id]) == 1
 
+    def send(numbers: range) -> None:
+        for i in numbers:
+            rq.send_message({"from": "leanmq", "n": i})
+            oq.send_message({"from": "compat", "n": i})
+
+    # Half is waiting before the consumers start, so both find work: Redis
+    # hands a new entry straight to a LeanMQ consumer blocked in XREADGROUP,
+    # and while that consumer keeps up with the senders it wins every race
+    # for new entries (a latency edge, not a delivery difference). The other
+    # half is sent while both consume.
+    send(range(N // 2))
     threads = [threading.Thread(target=consume, args=w, daemon=True) for w in (("leanmq", rq), ("compat", oq))]
     for t in threads:
         t.start()
     try:
-        for i in range(N):
-            rq.send_message({"from": "leanmq", "n": i})
-            oq.send_message({"from": "compat", "n": i})
+        send(range(N // 2, N))
         assert wait_until(lambda: len(got) >= 2 * N, timeout=60), len(got)
         assert wait_until(lambda: redis.pending(f"mq:{name}", f"{name}-group") == 0, timeout=30)
     finally:
