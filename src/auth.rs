@@ -337,6 +337,11 @@ impl Grant {
         let Some(rules) = &self.rules else {
             return Ok(());
         };
+        // A queue addressed by name has no path: it is allowed when some
+        // path the grant covers maps to it (as for a receipt's queue).
+        if route.path.is_empty() {
+            return self.check_queue(action, &route.queue);
+        }
         let segs: Vec<&str> = route.path.trim_start_matches('/').split('/').collect();
         let ok = rules.of(action).iter().any(|g| g.covers(&segs));
         if ok {
