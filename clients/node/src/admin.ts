@@ -280,15 +280,15 @@ export class Admin {
     }
     let requests: RequeueDeadLettersRequest[];
     if ("ids" in selection) {
-      requests = chunks(idList(selection.ids, "requeueDeadLetters")).map((ids) => ({ path, ids: { ids } }));
+      requests = chunks(idList(selection.ids, "requeueDeadLetters")).map((ids) => ({ path, queue: "", prefix: "", ids: { ids } }));
     } else if ("all" in selection) {
       if (selection.all !== true) throw new TypeError("leanmq-grpc: requeueDeadLetters: all must be true");
-      requests = [{ path, all: true }];
+      requests = [{ path, queue: "", prefix: "", all: true }];
     } else {
       if (!(selection.since instanceof Date) || Number.isNaN(selection.since.getTime())) {
         throw new TypeError("leanmq-grpc: requeueDeadLetters: since must be a valid Date");
       }
-      requests = [{ path, since: selection.since }];
+      requests = [{ path, queue: "", prefix: "", since: selection.since }];
     }
     const out: RequeueResult = { requeued: [], missing: [] };
     for (const r of requests) {
