@@ -192,8 +192,12 @@ export class Admin {
   private call<Req, Res>(method: string, request: Req): Promise<Res> {
     const options: Partial<CallOptions> = { deadline: Date.now() + this.callTimeoutMs };
     const fn = (this.client as unknown as Record<string, Function>)[method]!;
+    // Every Admin request may name a key prefix and a queue by name; the
+    // generated encoder writes any field that is not its default, so unset
+    // ones must be "" (the default prefix; the queue given by path).
+    const full = { queue: "", prefix: "", ...request };
     return new Promise<Res>((resolve, reject) =>
-      fn.call(this.client, request, new Metadata(), options, (err: ServiceError | null, res: Res) =>
+      fn.call(this.client, full, new Metadata(), options, (err: ServiceError | null, res: Res) =>
         err ? reject(err) : resolve(res),
       ),
     );
