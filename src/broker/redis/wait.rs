@@ -148,7 +148,7 @@ impl Redis {
     /// `CLIENT UNBLOCK` a blocked XREAD (it returns as if timed out).
     /// `stream` picks the node (in a cluster) the connection is on. True
     /// when the read was blocked and is now released.
-    async fn unblock(&self, stream: &str, client_id: i64) -> bool {
+    pub(super) async fn unblock(&self, stream: &str, client_id: i64) -> bool {
         if client_id == 0 {
             return false;
         }

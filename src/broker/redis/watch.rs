@@ -190,23 +190,12 @@ impl Redis {
                 return;
             }
             let id = self.watch.client_id.load(Ordering::Acquire);
-            if id != 0 && self.unblock_client(id).await {
+            // The watch runs only off a Cluster, so no key is needed to route.
+            if self.unblock("", id).await {
                 return;
             }
             tokio::time::sleep(UNBLOCK_RETRY).await;
         }
-    }
-
-    async fn unblock_client(&self, client_id: i64) -> bool {
-        let Ok(mut lane) = self.lane().await else {
-            return false;
-        };
-        let r = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .query_async::<Value>(&mut lane.conn)
-            .await;
-        matches!(self.settle(&lane, r).await, Ok(Value::Int(1)))
     }
 
     /// The shared watch's loop: read, wake, repeat, until `stop`. Does
