@@ -33,45 +33,63 @@ def broker(workdir: Path, redis: Redis) -> Iterator[Leanmqd]:
 
 def test_webhook_services_on_leanmq_and_compat_share_a_path(broker: Leanmqd, redis: Redis) -> None:
     path = f"/mixed/orders_{uuid.uuid4().hex[:8]}"
-    real = leanmq.LeanMQWebhook(redis_host="127.0.0.1", redis_port=redis.port, auto_start=False)
-    ours = compat.LeanMQWebhook(target=broker.target, auto_start=False)
+    senders = {
+        "leanmq": leanmq.LeanMQWebhook(redis_host="127.0.0.1", redis_port=redis.port, auto_start=False),
+        "compat": compat.LeanMQWebhook(target=broker.target, auto_start=False),
+    }
+    q = senders["leanmq"]._path_to_queue_name(senders["leanmq"]._normalize_path(path))
     handled: List[Tuple[str, str, int]] = []
     payloads: Dict[Tuple[str, int], Dict[str, Any]] = {}
     lock = threading.Lock()
 
-    def handler(who: str):
+    def serve(who: str):
+        if who == "leanmq":
+            hook = leanmq.LeanMQWebhook(redis_host="127.0.0.1", redis_port=redis.port, auto_start=False)
+        else:
+            hook = compat.LeanMQWebhook(target=broker.target, auto_start=False)
+
+        @hook.get(path)
         def handle(data: Dict[str, Any]) -> None:
             with lock:
                 handled.append((who, data["from"], data["n"]))
                 payloads[(data["from"], data["n"])] = data
-        return handle
 
-    real.get(path)(handler("leanmq"))
-    ours.get(path)(handler("compat"))
-    services = [
-        real.run_service(process_count=10, block_for_seconds=1, handle_signals=False),
-        ours.run_service(process_count=10, block_for_seconds=1, handle_signals=False),
-    ]
+        return hook, hook.run_service(process_count=10, block_for_seconds=1, handle_signals=False)
+
+    def phase(workers: Tuple[str, ...], first: int) -> None:
+        """Run these services on the shared group, send N from each sender,
+        and wait until every message is handled and nothing is pending."""
+        running = [serve(who) for who in workers]
+        try:
+            for i in range(first, first + N // 2):
+                for src, hook in senders.items():
+                    hook.send(path, {"from": src, "n": i})
+            want = 2 * (first + N // 2)
+            assert wait_until(lambda: len(handled) >= want, timeout=60), len(handled)
+            assert wait_until(lambda: redis.pending(f"webhook:{q}", f"{q}-group") == 0, timeout=30)
+        finally:
+            for hook, service in running:
+                service.stop()
+                hook.close()
+
     try:
-        for i in range(N):
-            real.send(path, {"from": "leanmq", "n": i})
-            ours.send(path, {"from": "compat", "n": i})
-        assert wait_until(lambda: len(handled) >= 2 * N, timeout=60), len(handled)
-        q = real._path_to_queue_name(real._normalize_path(path))
-        assert wait_until(lambda: redis.pending(f"webhook:{q}", f"{q}-group") == 0, timeout=30)
+        # Each side alone handles what both sides sent (so each one's part
+        # of the work is certain, not left to which worker reads first)...
+        phase(("compat",), 0)
+        assert {who for who, _, _ in handled} == {"compat"}
+        phase(("leanmq",), N // 2)
+        assert {who for who, _, _ in handled[N:]} == {"leanmq"}
+        # ...and both together on one group share it without a duplicate.
+        phase(("leanmq", "compat"), N)
     finally:
-        for s in services:
-            s.stop()
-        real.close()
-        ours.close()
+        for hook in senders.values():
+            hook.close()
     # Exactly once each, whoever sent it and whoever handled it.
+    total = N + N // 2
     counts = Counter((src, n) for _, src, n in handled)
-    assert set(counts) == {(src, n) for src in ("leanmq", "compat") for n in range(N)}
+    assert set(counts) == {(src, n) for src in ("leanmq", "compat") for n in range(total)}
     assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
-    # Both services did part of the work.
-    by = Counter(who for who, _, _ in handled)
-    assert by["leanmq"] > 0 and by["compat"] > 0, by
-    assert xlen(redis, f"webhook:{q}") == 2 * N and xlen(redis, f"webhook:{q}:dlq") == 0
+    assert xlen(redis, f"webhook:{q}") == 2 * total and xlen(redis, f"webhook:{q}:dlq") == 0
     # Each handler saw the same data LeanMQ gives handlers: the user's keys
     # plus `_leanmq` with the normalized path.
     for (src, n), data in payloads.items():
@@ -90,24 +108,30 @@ def test_core_queue_consumers_on_leanmq_and_compat_share_a_group(broker: Leanmqd
     lock = threading.Lock()
     stop = threading.Event()
 
+    def take(who: str, q: Any) -> int:
+        batch = q.get_messages(count=7, block_for_seconds=1, consumer_id=f"{who}-1")
+        for m in batch:
+            with lock:
+                got.append((who, m.data["from"], m.data["n"]))
+            assert q.acknowledge_messages([m.id]) == 1
+        return len(batch)
+
     def consume(who: str, q: Any) -> None:
         while not stop.is_set():
-            for m in q.get_messages(count=7, block_for_seconds=1, consumer_id=f"{who}-1"):
-                with lock:
-                    got.append((who, m.data["from"], m.data["n"]))
-                assert q.acknowledge_messages([m.id]) == 1
+            take(who, q)
 
     def send(numbers: range) -> None:
         for i in numbers:
             rq.send_message({"from": "leanmq", "n": i})
             oq.send_message({"from": "compat", "n": i})
 
-    # Half is waiting before the consumers start, so both find work: Redis
-    # hands a new entry straight to a LeanMQ consumer blocked in XREADGROUP,
-    # and while that consumer keeps up with the senders it wins every race
-    # for new entries (a latency edge, not a delivery difference). The other
-    # half is sent while both consume.
+    # Half is waiting before the consumers start, and each side first takes
+    # one batch of it on its own, so both surely do part of the work (left
+    # to a race, a LeanMQ consumer blocked in XREADGROUP can win every new
+    # entry: a latency edge, not a delivery difference). The other half is
+    # sent while both consume.
     send(range(N // 2))
+    assert take("compat", oq) > 0 and take("leanmq", rq) > 0
     threads = [threading.Thread(target=consume, args=w, daemon=True) for w in (("leanmq", rq), ("compat", oq))]
     for t in threads:
         t.start()
