@@ -7,17 +7,36 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: layout run test test-rust test-clients test-deploy test-packages test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
+.PHONY: layout run test test-rust test-console console-screenshots chromium test-clients test-deploy test-packages test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
+
+# `make run ARGS=...` replaces the defaults (console on, on loopback).
+ARGS ?= --console-listen 127.0.0.1:8080
 
 run: redis
 	$(CARGO) run --release --bin leanmqd -- $(ARGS)
 
 # Every test: the server's, each client's (unit tests + generated-code
 # staleness), and the cross-language suite.
-test: setup test-rust test-clients test-deploy test-packages test-e2e test-faults
+test: setup test-rust test-console test-clients test-deploy test-packages test-e2e test-faults
 
 test-rust: setup
 	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+# The web console in headless Chromium (Debian's chromium + chromedriver):
+# queues page, a queue's dead letters, requeue one, delivered again.
+test-console: setup chromium
+	$(CARGO) test --test console_browser -- --ignored
+
+# Screenshots of each console page, for the README (docs/console/).
+console-screenshots: setup chromium
+	CONSOLE_SCREENSHOTS=docs/console $(CARGO) test --test console_browser -- --ignored
+
+# chromium and chromedriver from Debian's packages, when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test-clients:
 	$(MAKE) -C clients/python setup test check-gen

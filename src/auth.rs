@@ -6,13 +6,18 @@
 //!   itself), and lists `send`, `subscribe`, `admin` of NATS-style path
 //!   patterns (`/order/>`, `/order/*/eu`, `>`). Optional `rate` (requests
 //!   per second, per replica) and `burst` limit a token's traffic, and
-//!   `max_queues` the queues it may create (counted in Redis, see
-//!   [`crate::broker::Creator`]).
+//!   `max_queues` the queues it may create under each served prefix
+//!   (counted in Redis, see [`crate::broker::Creator`]).
+//!   Optional `prefixes` (e.g. `["mq:", "calc:"]`) limits the token to
+//!   those of the served key prefixes; without it the token's patterns hold
+//!   under every prefix leanmqd serves.
 //! - [`crate::layers::AuthLayer`] authenticates every call (except gRPC
 //!   health, which probes must reach) and puts the caller's [`Grant`] into
 //!   the request's extensions; the RPC edge asks the grant before it acts.
-//! - Permissions are on queues, as LeanMQ's are: `/order/status` and
-//!   `/order_status` are the same queue, so a grant on one covers both.
+//! - Grants are on paths and match exactly as Subscribe patterns do
+//!   (`routing::Pattern`; property-tested against it in `auth/props.rs`):
+//!   `/t/*` is `/t/x`, never `/t/x/y`. A receipt names only its queue;
+//!   settling it needs a grant that covers some path of that queue.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -48,6 +53,12 @@ impl Action {
     }
 }
 
+/// Longest bearer token accepted, in bytes. Tokens are random secrets
+/// (32 bytes of entropy is plenty); the bound keeps a client from making
+/// every call hash kilobytes, and lets an oversized one get a clear
+/// UNAUTHENTICATED instead of an HTTP/2 header error.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
 /// The stored form of a token: `sha256:` and the hex digest of its bytes.
 /// Tokens are random secrets, not passwords, so a fast hash is the right
 /// one (as GitHub and npm store theirs): a lookup costs one digest.
@@ -73,6 +84,8 @@ struct TokenEntry {
     burst: Option<f64>,
     /// Queues it may create (and have at once; deleting one frees its place).
     max_queues: Option<u64>,
+    /// The key prefixes the token may use; absent: every served prefix.
+    prefixes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,9 +101,21 @@ struct GrantPattern {
     /// As written, for error messages.
     text: String,
     segments: Vec<String>,
-    /// The same pattern over queue-name words (`order_status` → `order`,
-    /// `status`), used for receipts and queue names, which carry no path.
-    words: Vec<String>,
+    /// The same segments over queue-name words, for receipts and queue
+    /// names, which carry no path (see [`GrantPattern::queue_witness`]).
+    words: Vec<Words>,
+}
+
+/// One grant segment seen over the words of a queue name (`order_status`
+/// → `order`, `status`).
+#[derive(Debug, Clone)]
+enum Words {
+    /// A literal segment and the words its queue name has (`a.b` → `a`, `b`).
+    Literal(String, Vec<String>),
+    /// `*`: one segment, so one or more words that are not all empty.
+    One,
+    /// A final `>`: the rest, as one segment.
+    Rest,
 }
 
 impl GrantPattern {
@@ -117,15 +142,20 @@ impl GrantPattern {
                 ));
             }
         }
-        let mut words = Vec::new();
-        for s in &segments {
-            if s == "*" || s == ">" {
-                words.push(s.clone());
-            } else {
-                let q = routing::queue_name(s);
-                words.extend(q.split('_').map(str::to_string));
-            }
-        }
+        let words = segments
+            .iter()
+            .map(|s| match s.as_str() {
+                "*" => Words::One,
+                ">" => Words::Rest,
+                lit => Words::Literal(
+                    lit.to_string(),
+                    routing::queue_name(lit)
+                        .split('_')
+                        .map(str::to_string)
+                        .collect(),
+                ),
+            })
+            .collect();
         Ok(GrantPattern {
             text: text.to_string(),
             segments,
@@ -134,8 +164,9 @@ impl GrantPattern {
     }
 
     /// Does this grant cover every path the requested segments can match?
-    /// (A literal covers only itself; `*` covers a literal or `*`; `>`
-    /// covers one or more of anything.)
+    /// Exactly as a Subscribe pattern matches paths (`routing::Pattern`):
+    /// a literal covers only itself; `*` covers one non-empty segment (a
+    /// literal or `*`), never more; `>` covers one or more of anything.
     fn covers(&self, requested: &[&str]) -> bool {
         fn go(g: &[String], p: &[&str]) -> bool {
             match (g.first(), p.first()) {
@@ -150,20 +181,68 @@ impl GrantPattern {
         go(&self.segments, requested)
     }
 
-    /// Does this grant cover a queue name? `*` may stand for several words
-    /// here, since one path segment can hold `_` or other characters that
-    /// become `_`.
+    /// Does this grant cover a queue known only by name? Only if some path
+    /// it covers maps to that queue, so a name never reaches further than
+    /// the paths do.
     fn covers_queue(&self, queue: &str) -> bool {
-        fn go(g: &[String], w: &[&str]) -> bool {
-            match g.first() {
-                None => w.is_empty(),
-                Some(g0) if g0 == ">" => !w.is_empty(),
-                Some(g0) if g0 == "*" => (1..=w.len()).any(|n| go(&g[1..], &w[n..])),
-                Some(g0) => w.first() == Some(&g0.as_str()) && go(&g[1..], &w[1..]),
+        self.queue_witness(queue).is_some()
+    }
+
+    /// A path this grant covers that maps to `queue`, if there is one.
+    /// Linear in the words of `queue` per grant segment (no backtracking),
+    /// whatever the name: `from[k][j]` is where segment `k - 1` starts
+    /// when the first `k` segments make exactly the first `j` words.
+    fn queue_witness(&self, queue: &str) -> Option<String> {
+        // A name given directly (`responses:<uuid>`) is matched as the
+        // path it reads as: `:` and `-` split words as `/` and `_` do.
+        let mapped = routing::queue_name(queue);
+        let w: Vec<&str> = mapped.split('_').collect();
+        let n = w.len();
+        let mut from = vec![vec![None::<usize>; n + 1]; self.words.len() + 1];
+        from[0][0] = Some(0);
+        for (k, seg) in self.words.iter().enumerate() {
+            let (now, next) = from.split_at_mut(k + 1);
+            let (now, next) = (&now[k], &mut next[0]);
+            match seg {
+                Words::Literal(_, lw) => {
+                    for i in (0..=n).filter(|&i| now[i].is_some()) {
+                        let end = i + lw.len();
+                        if end <= n && w[i..end].iter().zip(lw).all(|(a, b)| *a == b) {
+                            next[end] = Some(i);
+                        }
+                    }
+                }
+                Words::One | Words::Rest => {
+                    // A run of words w[i..j] is a segment unless it is one
+                    // empty word; `far` is a start at least two words back.
+                    let mut far = None;
+                    for j in 1..=n {
+                        let near = (now[j - 1].is_some() && !w[j - 1].is_empty()).then_some(j - 1);
+                        next[j] = near.or(far);
+                        if now[j - 1].is_some() {
+                            far = Some(j - 1);
+                        }
+                    }
+                    if matches!(seg, Words::Rest) {
+                        next[..n].fill(None);
+                    }
+                }
             }
         }
-        let words: Vec<&str> = queue.split('_').collect();
-        go(&self.words, &words)
+        let mut j = n;
+        let mut path = Vec::with_capacity(self.words.len());
+        for k in (1..=self.words.len()).rev() {
+            let i = from[k][j]?;
+            path.push(match &self.words[k - 1] {
+                Words::Literal(text, _) => text.clone(),
+                Words::One | Words::Rest => w[i..j].join("_"),
+            });
+            j = i;
+        }
+        (j == 0).then(|| {
+            path.reverse();
+            format!("/{}", path.join("/"))
+        })
     }
 }
 
@@ -178,6 +257,8 @@ pub struct Grant {
     bucket: Option<Bucket>,
     /// The optional `max_queues` quota, counted in Redis.
     creator: Option<Creator>,
+    /// Key prefixes this token may use; `None`: all that are served.
+    prefixes: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -247,6 +328,7 @@ impl Grant {
             rules: None,
             bucket: None,
             creator: None,
+            prefixes: None,
         })
     }
 
@@ -258,20 +340,32 @@ impl Grant {
         ))
     }
 
-    /// May this caller `action` the (normalized) path of `route`?
+    /// May this caller `action` the (normalized) path of `route`? Decided
+    /// on the path alone, as documented: `/t/*` allows `/t/x`, never
+    /// `/t/x/y` (whose queue name, `t_x_y`, a looser reading would let
+    /// `*` span).
     pub fn check(&self, action: Action, route: &routing::Route) -> Result<()> {
         let Some(rules) = &self.rules else {
             return Ok(());
         };
+        // A queue addressed by name has no path: it is allowed when some
+        // path the grant covers maps to it (as for a receipt's queue).
+        if route.path.is_empty() {
+            return self.check_queue(action, &route.queue);
+        }
         let segs: Vec<&str> = route.path.trim_start_matches('/').split('/').collect();
-        let ok = rules
-            .of(action)
-            .iter()
-            .any(|g| g.covers(&segs) || g.covers_queue(&route.queue));
+        let ok = rules.of(action).iter().any(|g| g.covers(&segs));
         if ok {
             Ok(())
         } else {
-            Err(self.denied(action, &format!("path {:?}", route.path)))
+            Err(self.denied(
+                action,
+                &if route.path.is_empty() {
+                    format!("queue {:?}", route.queue)
+                } else {
+                    format!("path {:?}", route.path)
+                },
+            ))
         }
     }
 
@@ -297,6 +391,7 @@ impl Grant {
     }
 
     /// May this caller `action` a queue known only by name (receipts)?
+    /// Yes when a path the grant covers maps to that queue.
     pub fn check_queue(&self, action: Action, queue: &str) -> Result<()> {
         let Some(rules) = &self.rules else {
             return Ok(());
@@ -305,6 +400,24 @@ impl Grant {
             Ok(())
         } else {
             Err(self.denied(action, &format!("queue {queue:?}")))
+        }
+    }
+
+    /// May this caller use the key prefix `prefix` at all?
+    pub fn check_prefix(&self, prefix: &str) -> Result<()> {
+        match &self.prefixes {
+            Some(allowed) if !allowed.iter().any(|p| p == prefix) => {
+                Err(Error::PermissionDenied(format!(
+                    "token {:?} may not use prefix {prefix:?} (its prefixes: {})",
+                    self.name,
+                    allowed
+                        .iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -396,11 +509,20 @@ fn parse_tokens(text: &str, origin: &Path) -> std::result::Result<TokenSet, Stri
             name: t.name.as_str().into(),
             max_queues,
         });
+        if let Some(p) = &t.prefixes {
+            if p.is_empty() {
+                return Err(format!(
+                    "{at}: prefixes is empty, which allows nothing; list prefixes or leave it out"
+                ));
+            }
+            crate::rpc::prefixes::validate(p).map_err(|e| format!("{at}: {e}"))?;
+        }
         let grant = Arc::new(Grant {
             name: t.name,
             rules: Some(rules),
             bucket,
             creator,
+            prefixes: t.prefixes,
         });
         if set
             .by_hash
@@ -483,7 +605,23 @@ impl Auth {
                 ))
             }
         };
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::Unauthenticated(format!(
+                "the bearer token is {} bytes; tokens may be at most {MAX_TOKEN_BYTES} bytes",
+                token.len()
+            )));
+        }
         let hash = hash_token(token);
+        self.grant_of_hash(&hash)
+    }
+
+    /// The grant of a token known by its [`hash_token`] form (the web
+    /// console's session carries the hash, never the token), or
+    /// UNAUTHENTICATED once it is revoked. With auth off, everything.
+    pub fn grant_of_hash(&self, hash: &str) -> Result<Arc<Grant>> {
+        if self.file.is_none() {
+            return Ok(self.everything.clone());
+        }
         let tokens = self
             .tokens
             .read()
@@ -491,7 +629,7 @@ impl Auth {
             .clone();
         tokens
             .by_hash
-            .get(&hash)
+            .get(hash)
             .cloned()
             .ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))
     }
@@ -506,161 +644,7 @@ pub fn grant_of<T>(req: &tonic::Request<T>) -> Result<Arc<Grant>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod props;
 
-    fn grant(toml_text: &str) -> Arc<Grant> {
-        let set = parse_tokens(toml_text, Path::new("t.toml")).expect("parses");
-        set.by_hash.values().next().cloned().expect("one token")
-    }
-
-    const HASH: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-
-    #[test]
-    fn hashes_like_sha256sum() {
-        assert_eq!(hash_token("test"), HASH);
-    }
-
-    #[test]
-    fn grants_cover_paths_patterns_and_queues() {
-        let g = grant(&format!(
-            "[[tokens]]\nname = \"orders\"\nhash = \"{HASH}\"\nsend = [\"/order/>\"]\nsubscribe = [\"/order/*/eu\", \"/audit\"]\n"
-        ));
-        let r = |p: &str| routing::route(p).expect("route");
-        let pat = |p: &str| Pattern::parse(p).ok().flatten().expect("pattern");
-        assert!(g.check(Action::Send, &r("/order/status/")).is_ok());
-        assert!(g.check(Action::Send, &r("/order/a/b")).is_ok());
-        assert!(g.check(Action::Send, &r("/order")).is_err());
-        assert!(g.check(Action::Send, &r("/payment/x")).is_err());
-        assert!(g.check(Action::Subscribe, &r("/order/x/eu")).is_ok());
-        assert!(g.check(Action::Subscribe, &r("/order/x/us")).is_err());
-        assert!(g.check(Action::Admin, &r("/order/x")).is_err());
-        // Patterns: inside the grant or refused whole.
-        assert!(g
-            .check_pattern(Action::Subscribe, &pat("/order/*/eu"))
-            .is_ok());
-        assert!(g
-            .check_pattern(Action::Subscribe, &pat("/order/>"))
-            .is_err());
-        assert!(g.check_pattern(Action::Subscribe, &pat("/*/x/eu")).is_err());
-        assert!(g.check_pattern(Action::Send, &pat("/order/*/x/>")).is_ok());
-        // Queue names (receipts): `*` may span words of one segment.
-        assert!(g
-            .check_queue(Action::Subscribe, "order_new_item_eu")
-            .is_ok());
-        assert!(g.check_queue(Action::Subscribe, "audit").is_ok());
-        assert!(g.check_queue(Action::Subscribe, "order_eu").is_err());
-        assert!(g.check_queue(Action::Subscribe, "payment_x_eu").is_err());
-    }
-
-    #[test]
-    fn bad_files_are_refused_with_the_entry_named() {
-        for (text, says) in [
-            (
-                "[[tokens]]\nname = \"a\"\nhash = \"plain\"\n",
-                "hash must be",
-            ),
-            (
-                &format!("[[tokens]]\nname = \"a\"\nhash = \"{HASH}\"\nsend = [\"/a/>/b\"]\n"),
-                "last segment",
-            ),
-            (
-                &format!("[[tokens]]\nname = \"a\"\nhash = \"{HASH}\"\nsned = []\n"),
-                "unknown field",
-            ),
-            (
-                &format!("[[tokens]]\nname = \"a\"\nhash = \"{HASH}\"\nrate = -1\n"),
-                "rate must be",
-            ),
-        ] {
-            let e = parse_tokens(text, Path::new("t.toml"))
-                .err()
-                .unwrap_or_default();
-            assert!(e.contains(says), "{e}");
-        }
-    }
-
-    #[test]
-    fn rate_limit_refuses_past_the_burst() {
-        let g = grant(&format!(
-            "[[tokens]]\nname = \"slow\"\nhash = \"{HASH}\"\nrate = 0.001\nburst = 2\n"
-        ));
-        assert!(g.take().is_ok());
-        assert!(g.take().is_ok());
-        assert!(matches!(g.take(), Err(Error::ResourceExhausted(_))));
-    }
-
-    #[test]
-    fn burst_is_whole_requests() {
-        let g = grant(&format!(
-            "[[tokens]]\nname = \"slow\"\nhash = \"{HASH}\"\nrate = 0.001\nburst = 2.9\n"
-        ));
-        assert!(g.take().is_ok());
-        assert!(g.take().is_ok());
-        assert!(
-            matches!(g.take(), Err(Error::ResourceExhausted(m)) if m.contains("rate of 0.001"))
-        );
-    }
-
-    #[test]
-    fn rates_governor_cannot_count_are_refused_and_huge_ones_are_capped() {
-        for (rate, burst, says) in [
-            ("1e-12", "1", "burst / rate"),
-            ("0.001", "1e12", "burst / rate"),
-            ("inf", "1", "rate must be"),
-            ("1", "0.5", "burst must be"),
-        ] {
-            let text = format!(
-                "[[tokens]]\nname = \"a\"\nhash = \"{HASH}\"\nrate = {rate}\nburst = {burst}\n"
-            );
-            let e = parse_tokens(&text, Path::new("t.toml"))
-                .err()
-                .unwrap_or_default();
-            assert!(e.contains(says), "rate {rate} burst {burst}: {e}");
-        }
-        // Faster than governor's 1 ns unit, and a burst past u32::MAX: both load.
-        let g = grant(&format!(
-            "[[tokens]]\nname = \"fast\"\nhash = \"{HASH}\"\nrate = 1e12\n"
-        ));
-        assert!(g.take().is_ok());
-    }
-
-    #[test]
-    fn a_queue_quota_is_bounded_and_names_its_token() {
-        let q =
-            |n: &str| format!("[[tokens]]\nname = \"t\"\nhash = \"{HASH}\"\nmax_queues = {n}\n");
-        let c = grant(&q("3")).creator().expect("a quota");
-        assert_eq!((&*c.name, c.max_queues), ("t", 3));
-        assert!(grant(&q("0")).creator().is_some(), "0: may create none");
-        let e = parse_tokens(&q("10000001"), Path::new("t.toml")).err();
-        assert!(e.unwrap_or_default().contains("max_queues must be at most"));
-        assert!(Grant::everything().creator().is_none());
-    }
-
-    #[test]
-    fn authenticate_outcomes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let f = dir.path().join("tokens.toml");
-        std::fs::write(
-            &f,
-            format!("[[tokens]]\nname = \"t\"\nhash = \"{HASH}\"\nsend = [\">\"]\n"),
-        )
-        .expect("write");
-        let auth = Auth::from_file(&f).expect("loads");
-        assert!(matches!(
-            auth.authenticate(None),
-            Err(Error::Unauthenticated(_))
-        ));
-        assert!(matches!(
-            auth.authenticate(Some(b"Basic dGVzdA==")),
-            Err(Error::Unauthenticated(_))
-        ));
-        assert!(matches!(
-            auth.authenticate(Some(b"Bearer nope")),
-            Err(Error::Unauthenticated(_))
-        ));
-        let g = auth.authenticate(Some(b"bearer test")).expect("known");
-        assert_eq!(g.name, "t");
-        assert!(Auth::off().authenticate(None).is_ok());
-    }
-}
+#[cfg(test)]
+mod tests;

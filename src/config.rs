@@ -55,9 +55,11 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
 
-    /// Key prefix; LeanMQWebhook's default is "webhook:".
-    #[arg(long, env = "LEANMQ_PREFIX", default_value = "webhook:")]
-    pub prefix: String,
+    /// Key prefix served; repeat to serve several (LeanMQWebhook uses
+    /// "webhook:", LeanMQ "mq:"). The first is the default for requests
+    /// that name none. The env twin takes a comma-separated list.
+    #[arg(long, env = "LEANMQ_PREFIX", default_value = "webhook:", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub prefix: Vec<String>,
 
     /// Largest accepted payload, in bytes.
     #[arg(long, env = "LEANMQ_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
@@ -181,6 +183,35 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_MAX_CONCURRENT_RPCS", default_value_t = 10_000)]
     pub max_concurrent_rpcs: usize,
 
+    /// Most Receives with a `wait` open at once on one client connection.
+    /// Waits are not counted among --max-concurrent-rpcs.
+    #[arg(
+        long,
+        env = "LEANMQ_MAX_LONG_POLLS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub max_long_polls_per_connection: usize,
+
+    /// Most Receives with a `wait` open at once per bearer token (with auth
+    /// off, on the whole replica).
+    #[arg(long, env = "LEANMQ_MAX_LONG_POLLS_PER_TOKEN", default_value_t = 1000)]
+    pub max_long_polls_per_token: usize,
+
+    /// A client connection must complete its handshake (the HTTP/2
+    /// preface, or the TLS handshake under TLS) within this, or is closed.
+    #[arg(long, env = "LEANMQ_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most client connections open at once; more are closed as they
+    /// arrive. Lowered at start to leave file descriptors for Redis.
+    #[arg(long, env = "LEANMQ_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most client connections open at once from one source address (an
+    /// IPv6 /64 counts as one); more are closed as they arrive.
+    #[arg(long, env = "LEANMQ_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256)]
+    pub max_connections_per_source: usize,
+
     /// HTTP/2 keepalive ping interval: how soon a subscriber whose
     /// connection died without a close is noticed (with the timeout).
     #[arg(long, env = "LEANMQ_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -205,9 +236,48 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Serve the web console (queues, consumers, dead letters) on this
+    /// address (off when unset). Under --tls-cert it serves HTTPS with the
+    /// same certificate; with --auth-tokens it asks for a token.
+    #[arg(long, env = "LEANMQ_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
+    /// Let the console serve a non-loopback address without --auth-tokens:
+    /// anyone who reaches it may then requeue, delete and purge.
+    #[arg(long, env = "LEANMQ_CONSOLE_ALLOW_ANONYMOUS")]
+    pub console_allow_anonymous: bool,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Keys that sign delivery receipts, comma-separated, 32 to 1024 bytes
+    /// each (`openssl rand -hex 32`): the first signs, every one verifies,
+    /// so a new key can be put first while the old one still settles what
+    /// it signed. Every replica needs the same list. Prefer the env var or
+    /// --receipt-key-file (a flag shows in the process list). Without
+    /// either, the replicas share a random key kept in Redis at
+    /// `{prefix}receipt-key`.
+    #[arg(
+        long,
+        env = "LEANMQ_RECEIPT_KEY",
+        value_delimiter = ',',
+        hide_env_values = true,
+        conflicts_with = "receipt_key_file"
+    )]
+    pub receipt_key: Vec<String>,
+
+    /// A file of receipt keys, one a line, the signing key first (blank
+    /// lines and lines starting with `#` are ignored). Read at start.
+    #[arg(long, env = "LEANMQ_RECEIPT_KEY_FILE")]
+    pub receipt_key_file: Option<PathBuf>,
+
+    /// Also take unsigned receipts, as leanmqd issued before receipts were
+    /// signed: only while upgrading from such a version, since anyone can
+    /// write one. Without it they are INVALID_ARGUMENT (and each such
+    /// message is delivered again, signed, when its lease runs out).
+    #[arg(long, env = "LEANMQ_ACCEPT_UNSIGNED_RECEIPTS")]
+    pub accept_unsigned_receipts: bool,
 }
 
 /// Why leanmqd could not start. Each variant knows its exit code: a wrong
@@ -289,7 +359,24 @@ impl Config {
         self.validate_limits()?;
         self.validate_durations()?;
         self.validate_files()?;
+        self.validate_console()?;
         self.validate_telemetry()
+    }
+
+    /// The console never serves a non-loopback address without auth unless asked to.
+    fn validate_console(&self) -> Result<(), StartupError> {
+        match self.console_listen {
+            Some(at)
+                if self.auth_tokens.is_none()
+                    && !at.ip().is_loopback()
+                    && !self.console_allow_anonymous =>
+            {
+                Err(invalid(format!(
+                    "--console-listen {at} is not a loopback address and auth is off: anyone reaching it could requeue, delete and purge; set --auth-tokens, or --console-allow-anonymous to accept that"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `--redis-url` parses, for each of its forms (plain, cluster, sentinel).
@@ -326,13 +413,7 @@ impl Config {
     /// Names, sizes and counts: each between 1 and a bound that keeps one
     /// replica (and the Redis behind it) safe.
     fn validate_limits(&self) -> Result<(), StartupError> {
-        ensure(
-            !self
-                .prefix
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace()),
-            "--prefix must not contain whitespace or control characters",
-        )?;
+        crate::rpc::prefixes::validate(&self.prefix).map_err(invalid)?;
         let between = |v: usize, max: usize| (1..=max).contains(&v);
         ensure(
             between(self.max_payload_bytes, 64 << 20),
@@ -377,6 +458,33 @@ impl Config {
         ensure(
             between(self.max_subscriptions, 10_000_000),
             "--max-subscriptions must be between 1 and 10000000",
+        )?;
+        self.validate_connection_limits()
+    }
+
+    /// Connections and waiting Receives.
+    fn validate_connection_limits(&self) -> Result<(), StartupError> {
+        let between = |v: usize, max: usize| (1..=max).contains(&v);
+        ensure(
+            between(self.max_long_polls_per_connection, 100_000),
+            "--max-long-polls-per-connection must be between 1 and 100000",
+        )?;
+        ensure(
+            between(self.max_long_polls_per_token, 1_000_000),
+            "--max-long-polls-per-token must be between 1 and 1000000",
+        )?;
+        ensure(
+            between(self.max_connections, 1_000_000),
+            "--max-connections must be between 1 and 1000000",
+        )?;
+        ensure(
+            between(self.max_connections_per_source, 1_000_000),
+            "--max-connections-per-source must be between 1 and 1000000",
+        )?;
+        ensure(
+            self.handshake_timeout >= Duration::from_millis(10)
+                && self.handshake_timeout <= Duration::from_secs(300),
+            "--handshake-timeout must be between 10ms and 5m",
         )
     }
 
@@ -424,6 +532,7 @@ impl Config {
         if let Some(path) = &self.auth_tokens {
             crate::auth::Auth::from_file(path).map_err(invalid)?;
         }
+        self.receipt_keys().map_err(invalid)?;
         if let Some(ca) = &self.redis_tls_ca {
             std::fs::read(ca).map_err(|e| {
                 invalid(format!("cannot read --redis-tls-ca {}: {e}", ca.display()))
@@ -442,6 +551,29 @@ impl Config {
             self.log_format == "text" || self.log_format == "json",
             "--log-format must be \"text\" or \"json\"",
         )
+    }
+
+    /// The configured receipt keys (`None`: share one through Redis).
+    pub fn receipt_keys(&self) -> Result<Option<crate::broker::receipt::Keys>, String> {
+        let keys: Vec<String> = match &self.receipt_key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --receipt-key-file {}: {e}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+            None => self.receipt_key.clone(),
+        };
+        if keys.is_empty() {
+            if self.receipt_key_file.is_some() {
+                return Err("--receipt-key-file holds no key".into());
+            }
+            return Ok(None);
+        }
+        crate::broker::receipt::Keys::new(&keys, self.accept_unsigned_receipts)
+            .map(Some)
+            .map_err(|e| format!("--receipt-key: {e}"))
     }
 
     /// The TLS files, when TLS is on.
@@ -476,5 +608,52 @@ mod tests {
         assert_eq!(redact("redis://:s3cret@h:1"), "redis://:***@h:1");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn console_refuses_anonymous_non_loopback() {
+        let mut c = Config::for_redis("redis://127.0.0.1:6379");
+        c.console_listen = Some("0.0.0.0:8080".parse().unwrap());
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("--console-allow-anonymous"),
+            "{err}"
+        );
+        c.console_allow_anonymous = true;
+        assert!(c.validate().is_ok());
+        c.console_allow_anonymous = false;
+        c.console_listen = Some("127.0.0.1:8080".parse().unwrap());
+        assert!(c.validate().is_ok());
+        c.console_listen = Some("[::1]:8080".parse().unwrap());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn receipt_keys_from_flags_and_files() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["leanmqd"], args].concat()).map_err(|e| e.to_string())
+        };
+        let none = parse(&[]).expect("defaults");
+        assert!(
+            matches!(none.receipt_keys(), Ok(None)),
+            "shared through Redis"
+        );
+        let k1 = "a".repeat(32);
+        let k2 = "b".repeat(64);
+        let two = parse(&["--receipt-key", &format!("{k1},{k2}")]).expect("two keys");
+        assert!(matches!(two.receipt_keys(), Ok(Some(_))));
+        let short = parse(&["--receipt-key", "short"]).expect("parses");
+        assert!(
+            matches!(short.validate(), Err(StartupError::Invalid(m)) if m.contains("receipt key 1"))
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("keys");
+        std::fs::write(&file, format!("# rotated 2026-12\n{k2}\n\n{k1}\n")).expect("write");
+        let from_file = parse(&["--receipt-key-file", &file.display().to_string()]).expect("file");
+        assert!(matches!(from_file.receipt_keys(), Ok(Some(_))));
+        std::fs::write(&file, "# nothing yet\n").expect("write");
+        assert!(from_file.receipt_keys().is_err(), "an empty key file");
+        let both = parse(&["--receipt-key", &k1, "--receipt-key-file", "/x"]);
+        assert!(both.is_err(), "one source of keys");
     }
 }

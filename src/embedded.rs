@@ -9,8 +9,9 @@
 //! its AOF and frees the socket. Other unixes (macOS, the BSDs) have no such
 //! call: there the child is killed when leanmqd drops it (`kill_on_drop`,
 //! which covers every exit but SIGKILL and abort); after a SIGKILL the
-//! child stays until stopped (`redis-cli -s <data-dir>/redis.sock shutdown`)
-//! and the next start fails with a clear error instead of sharing its data.
+//! child stays until stopped (`redis-cli -s <data-dir>/redis.sock shutdown`),
+//! and the next start refuses (a Redis already answers on the socket) rather
+//! than run a second redis-server on the same AOF.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -53,6 +54,11 @@ pub enum EmbeddedError {
 
     #[error("redis-server did not answer PING within 20s")]
     NotReady,
+
+    /// Without Linux's parent-death signal, a child that outlived a killed
+    /// leanmqd may still serve this data dir.
+    #[error("a redis-server already answers on {}: one left by a killed leanmqd? Stop it (redis-cli -s {} shutdown) or use another --data-dir", socket.display(), socket.display())]
+    AlreadyRunning { socket: PathBuf },
 }
 
 /// The supervised redis-server.
@@ -110,10 +116,29 @@ fn term_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Does a Redis answer PING at `url` within a second?
+#[cfg(not(target_os = "linux"))]
+async fn answers(url: &str) -> bool {
+    let ping = async {
+        let mut c = redis::Client::open(url)
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()?;
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+        pong.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ping).await,
+        Ok(Some(_))
+    )
+}
+
 async fn wait_ready(url: &str, child: &mut Child) -> Result<(), EmbeddedError> {
     let client = redis::Client::open(url).map_err(EmbeddedError::Url)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut delay = Duration::from_millis(10);
+    let mut pause =
+        crate::backoff::Pause::new(Duration::from_millis(10), Duration::from_millis(200));
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(EmbeddedError::Exited(status));
@@ -127,8 +152,7 @@ async fn wait_ready(url: &str, child: &mut Child) -> Result<(), EmbeddedError> {
         if tokio::time::Instant::now() > deadline {
             return Err(EmbeddedError::NotReady);
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(200));
+        tokio::time::sleep(pause.failed()).await;
     }
 }
 
@@ -184,6 +208,10 @@ impl EmbeddedRedis {
             return Err(EmbeddedError::SocketPathTooLong { dir });
         }
         let url = format!("redis+unix://{}", socket.display());
+        #[cfg(not(target_os = "linux"))]
+        if answers(&url).await {
+            return Err(EmbeddedError::AlreadyRunning { socket });
+        }
         let mut child = spawn(bin, &dir, &socket).map_err(|source| EmbeddedError::Spawn {
             bin: bin.to_path_buf(),
             source,

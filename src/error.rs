@@ -141,6 +141,12 @@ impl From<redis::RedisError> for Error {
             );
         if transient {
             Error::Unavailable(e.to_string())
+        } else if e.code() == Some("WRONGTYPE") {
+            // Nothing was written: the scripts check key types first.
+            Error::FailedPrecondition(format!(
+                "a key of this queue's layout holds another type than leanmq-grpc writes (another program wrote it); nothing was written: {}",
+                e.detail().unwrap_or_default()
+            ))
         } else if is_nogroup(&e) {
             Error::NoGroup(e.to_string())
         } else {
@@ -231,7 +237,7 @@ mod tests {
             ("-ERR unknown command 'NOGROUP'\r\n", tonic::Code::Internal),
             (
                 "-WRONGTYPE Operation against a key\r\n",
-                tonic::Code::Internal,
+                tonic::Code::FailedPrecondition,
             ),
             ("-LOADING Redis is loading\r\n", tonic::Code::Unavailable),
             (

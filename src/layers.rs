@@ -74,6 +74,13 @@ fn is_long_lived(path: &str) -> bool {
     path == "/leanmq.v1.Broker/Subscribe" || path == "/grpc.health.v1.Health/Watch"
 }
 
+/// Receive is a unary call or a long poll depending on its `wait`, which
+/// only the decoded request tells: its edge takes a [`UnaryBudget`] place
+/// or a long-poll place itself (`rpc::long_poll`).
+fn counted_by_its_edge(path: &str) -> bool {
+    path == "/leanmq.v1.Broker/Receive"
+}
+
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 /// Answer a call with `status` without calling the service behind.
@@ -141,38 +148,63 @@ where
     }
 }
 
-/// Load shedding: at most `limit` unary calls in flight on this replica;
-/// one more is answered RESOURCE_EXHAUSTED at once instead of queueing, so
-/// an overloaded replica stays responsive and clients back off or go to
-/// another replica. Long-lived streams (Subscribe, health Watch) are
-/// bounded separately and pass by.
-///
-/// The limit is tower's: each limited call goes through
-/// `LoadShed<ConcurrencyLimit<_>>` over one semaphore shared by every
-/// connection. `ConcurrencyLimit` takes its permit when polled ready and
-/// `LoadShed` turns "not ready" into an immediate `Overloaded`, which this
-/// layer answers as a gRPC status (tower would surface it as an error).
-#[derive(Clone)]
-pub struct ShedLayer {
+/// The places of `--max-concurrent-rpcs`: one semaphore shared by every
+/// connection, taken by [`ShedLayer`] for most calls and by the Receive
+/// edge for a Receive that does not wait.
+#[derive(Clone, Debug)]
+pub struct UnaryBudget {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// As configured, for the refusal message.
     limit: usize,
 }
 
-impl ShedLayer {
+impl UnaryBudget {
     pub fn new(limit: usize) -> Self {
-        ShedLayer {
+        UnaryBudget {
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)),
             limit,
         }
     }
 
+    /// A place for one call, held until the permit drops; `None` (counted
+    /// as shed) when every place is taken.
+    pub fn try_take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let p = self.permits.clone().try_acquire_owned().ok();
+        if p.is_none() {
+            observe::shed();
+        }
+        p
+    }
+
     /// What a shed call is told.
-    fn refusal(&self) -> tonic::Status {
-        tonic::Status::resource_exhausted(format!(
+    pub fn refusal(&self) -> String {
+        format!(
             "leanmqd is at its limit of {} calls in flight (--max-concurrent-rpcs); retry with backoff",
             self.limit
-        ))
+        )
+    }
+}
+
+/// Load shedding: at most `limit` unary calls in flight on this replica;
+/// one more is answered RESOURCE_EXHAUSTED at once instead of queueing, so
+/// an overloaded replica stays responsive and clients back off or go to
+/// another replica. Long-lived streams (Subscribe, health Watch) are
+/// bounded separately and pass by, and so does Receive, whose edge counts
+/// it (see `counted_by_its_edge`).
+///
+/// The limit is tower's: each limited call goes through
+/// `LoadShed<ConcurrencyLimit<_>>` over the [`UnaryBudget`]'s semaphore.
+/// `ConcurrencyLimit` takes its permit when polled ready and
+/// `LoadShed` turns "not ready" into an immediate `Overloaded`, which this
+/// layer answers as a gRPC status (tower would surface it as an error).
+#[derive(Clone)]
+pub struct ShedLayer {
+    budget: UnaryBudget,
+}
+
+impl ShedLayer {
+    pub fn new(budget: UnaryBudget) -> Self {
+        ShedLayer { budget }
     }
 }
 
@@ -210,22 +242,24 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if is_long_lived(req.uri().path()) {
+        if is_long_lived(req.uri().path()) || counted_by_its_edge(req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
         // The service polled ready is the one that serves; a clone stays.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        let limited = tower::load_shed::LoadShed::new(
-            tower::limit::ConcurrencyLimit::with_semaphore(ready, self.layer.permits.clone()),
-        );
-        let layer = self.layer.clone();
+        let limited =
+            tower::load_shed::LoadShed::new(tower::limit::ConcurrencyLimit::with_semaphore(
+                ready,
+                self.layer.budget.permits.clone(),
+            ));
+        let budget = self.layer.budget.clone();
         Box::pin(async move {
             match tower::ServiceExt::oneshot(limited, req).await {
                 Ok(resp) => Ok(resp),
                 Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
                     observe::shed();
-                    Ok(layer.refusal().into_http())
+                    Ok(tonic::Status::resource_exhausted(budget.refusal()).into_http())
                 }
                 // LoadShed boxes the inner error; give back its own type.
                 Err(e) => match e.downcast::<S::Error>() {

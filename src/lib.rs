@@ -10,11 +10,14 @@
 //! (`broker`) and the local fan-out (`broker::dispatch`).
 //!
 //! - [`main`](../leanmqd/index.html) — the `leanmqd` binary: clap flags and subcommands, logging, embedded Redis, signals.
+//! - `src/bin/leanmq/` — the `leanmq` operator CLI (send, tail, queues, dlq, health), a
+//!   client of [`proto`] like any SDK; see docs/cli.md.
 //! - [`config`] — flags with `LEANMQ_*` env twins, validated before binding (bad config exits 64).
 //! - [`server`] — assembles the services (Broker, Admin, Health, Reflection) behind one tower stack.
 //! - [`shutdown`] — SIGINT/SIGTERM, and the drain: one cancellation token and one task tracker for every task.
 //! - [`embedded`] — the supervised `redis-server` child used when no Redis URL is given.
-//! - [`rpc`] — the gRPC edge: convert → one call into [`queues`] → convert (`rpc::convert`); Admin in `rpc::admin`.
+//! - [`rpc`] — the gRPC edge: convert → one call into [`queues`] → convert (`rpc::convert`); Admin in `rpc::admin`;
+//!   `rpc::prefixes` picks the served key prefix (one broker and façade each) for every request.
 //! - [`queues`] — the domain façade: one method per operation; ensure-on-first-use and credit release live here.
 //! - [`routing`] — path → queue name → Redis keys, exactly as LeanMQ maps them.
 //! - [`broker`] — the only code that speaks Redis:
@@ -27,11 +30,14 @@
 //!   - `broker::dispatch` — fan-out by credit: `ledger` (pure), `reader` (plan, fetch, deliver, block), `subscription`;
 //!   - `broker::redis` — pooled, pipelined connections, and `Waiter`, the blocking wait for appends;
 //!   - `broker::background` — the scheduler, retention and gauge tasks;
-//!   - `broker::envelope` — LeanMQ's `data` JSON envelope; `broker::receipt` — delivery receipts.
+//!   - `broker::envelope` — LeanMQ's `data` JSON envelope; `broker::receipt` — signed delivery receipts and the keys they are signed with.
 //! - [`auth`] — bearer tokens (hashes in a file) and the one place that decides per-path permissions.
+//! - [`listen`] — the listener's connections: handshake timeout, caps in all and per source.
 //! - [`tls`] — rustls for the listener, reloadable on SIGHUP.
 //! - [`telemetry`] — logs and optional OTLP trace export (`otlp` feature).
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
+//! - [`console`] — the web console (`--console-listen`): server-rendered pages
+//!   over the Admin service, called in-process with the caller's grant.
 //! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
 //! - [`backoff`] — retry delays, in one place.
 
@@ -39,9 +45,11 @@ pub mod auth;
 pub mod backoff;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod layers;
+pub mod listen;
 pub mod observe;
 pub mod queues;
 pub mod routing;

@@ -27,6 +27,12 @@
 //! | `leanmq_serving` | | 1 while health says SERVING, 0 while Redis is unreachable |
 //! | `leanmq_load_shed_total` | | unary calls refused by `--max-concurrent-rpcs` |
 //! | `leanmq_open_streams` | | Subscribe streams open on this replica |
+//! | `leanmq_connections_refused_total` | limit (`--max-connections`, `--max-connections-per-source`, `--handshake-timeout`) | client connections closed by a connection limit |
+//!
+//! Apart from Prometheus, [`tally`] keeps per-queue running totals of sends,
+//! acks and dead letters in the process, for the web console's rates and
+//! throughput chart. It is off (one atomic load per call) until
+//! [`tally::enable`] is called.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,37 +52,107 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }
 
+/// Most distinct queue names, and (queue, group) pairs, that label a
+/// series. Names come from clients (paths, group names), so past these the
+/// label reads [`OTHER`]: `/metrics` and leanmqd's memory stay bounded
+/// whatever a client sends. Series are only made for queues and groups that
+/// exist (a call that settled nothing labels nothing).
+const MAX_QUEUE_LABELS: usize = 2_000;
+const MAX_GROUP_LABELS: usize = 10_000;
+/// The label of names past the caps.
+pub const OTHER: &str = "_other";
+
+type Seen<K> = std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<K>>>;
+static QUEUE_LABELS: Seen<String> = std::sync::LazyLock::new(Default::default);
+static GROUP_LABELS: Seen<(String, String)> = std::sync::LazyLock::new(Default::default);
+
+/// Whether `key` may label a series: it is one of the first `cap` seen.
+fn admit<K: std::hash::Hash + Eq>(
+    seen: &std::sync::RwLock<std::collections::HashSet<K>>,
+    key: K,
+    cap: usize,
+) -> bool {
+    if seen.read().is_ok_and(|s| s.contains(&key)) {
+        return true;
+    }
+    match seen.write() {
+        Ok(mut s) if s.len() < cap => {
+            s.insert(key);
+            true
+        }
+        Ok(s) => s.contains(&key),
+        Err(_) => false,
+    }
+}
+
+/// The `queue` label for `queue`.
+fn queue_label(queue: &str) -> String {
+    if admit(&QUEUE_LABELS, queue.to_string(), MAX_QUEUE_LABELS) {
+        queue.to_string()
+    } else {
+        OTHER.to_string()
+    }
+}
+
+/// The `queue` and `group` labels for a (queue, group).
+fn group_labels(queue: &str, group: &str) -> (String, String) {
+    let q = queue_label(queue);
+    if q != OTHER
+        && admit(
+            &GROUP_LABELS,
+            (q.clone(), group.to_string()),
+            MAX_GROUP_LABELS,
+        )
+    {
+        (q, group.to_string())
+    } else {
+        (q, OTHER.to_string())
+    }
+}
+
 pub fn sent(queue: &str, n: u64) {
-    counter!("leanmq_messages_sent_total", "queue" => queue.to_string()).increment(n);
+    if n > 0 {
+        tally::add(queue, tally::Kind::Sent, n);
+        counter!("leanmq_messages_sent_total", "queue" => queue_label(queue)).increment(n);
+    }
 }
 
 /// `n` deliveries from one fetch, `redelivered` of them not the first.
 pub fn delivered(queue: &str, group: &str, n: u64, redelivered: u64) {
-    if n > 0 {
-        counter!("leanmq_deliveries_total", "queue" => queue.to_string(), "group" => group.to_string())
-            .increment(n);
+    if n == 0 {
+        return;
     }
+    let (q, g) = group_labels(queue, group);
     if redelivered > 0 {
-        counter!("leanmq_redeliveries_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(redelivered);
+        counter!("leanmq_redeliveries_total", "queue" => q.clone(), "group" => g.clone())
+            .increment(redelivered);
     }
+    counter!("leanmq_deliveries_total", "queue" => q, "group" => g).increment(n);
 }
 
+/// `n` receipts acked; nothing is labelled when none was (forged or stale
+/// receipts name queues and groups that may not exist).
 pub fn acked(queue: &str, group: &str, n: u64) {
-    counter!("leanmq_acks_total", "queue" => queue.to_string(), "group" => group.to_string())
-        .increment(n);
+    if n > 0 {
+        tally::add(queue, tally::Kind::Acked, n);
+        let (q, g) = group_labels(queue, group);
+        counter!("leanmq_acks_total", "queue" => q, "group" => g).increment(n);
+    }
 }
 
 pub fn nacked(queue: &str, group: &str) {
-    counter!("leanmq_nacks_total", "queue" => queue.to_string(), "group" => group.to_string())
-        .increment(1);
+    let (q, g) = group_labels(queue, group);
+    counter!("leanmq_nacks_total", "queue" => q, "group" => g).increment(1);
 }
 
 pub fn dead_lettered(queue: &str, group: &str, reason: &'static str) {
-    counter!("leanmq_dead_lettered_total", "queue" => queue.to_string(), "group" => group.to_string(), "reason" => reason)
-        .increment(1);
+    tally::add(queue, tally::Kind::DeadLettered, 1);
+    let (q, g) = group_labels(queue, group);
     if reason == "expired" {
-        counter!("leanmq_expired_total", "queue" => queue.to_string(), "group" => group.to_string()).increment(1);
+        counter!("leanmq_expired_total", "queue" => q.clone(), "group" => g.clone()).increment(1);
     }
+    counter!("leanmq_dead_lettered_total", "queue" => q, "group" => g, "reason" => reason)
+        .increment(1);
 }
 
 pub fn queue_gauges(
@@ -87,7 +163,7 @@ pub fn queue_gauges(
     dead: i64,
     scheduled: i64,
 ) {
-    let q = queue.to_string();
+    let q = queue_label(queue);
     gauge!("leanmq_queue_depth", "queue" => q.clone()).set(depth as f64);
     gauge!("leanmq_queue_pending", "queue" => q.clone()).set(pending as f64);
     gauge!("leanmq_queue_oldest_unacked_seconds", "queue" => q.clone())
@@ -101,8 +177,8 @@ pub fn queue_gauges(
 /// known value stays.
 pub fn group_lag(queue: &str, group: &str, lag: i64) {
     if lag >= 0 {
-        gauge!("leanmq_group_lag", "queue" => queue.to_string(), "group" => group.to_string())
-            .set(lag as f64);
+        let (q, g) = group_labels(queue, group);
+        gauge!("leanmq_group_lag", "queue" => q, "group" => g).set(lag as f64);
     }
 }
 
@@ -197,6 +273,11 @@ pub fn shed() {
     counter!("leanmq_load_shed_total").increment(1);
 }
 
+/// A client connection closed by a limit of `listen` (the flag's name).
+pub fn connection_refused(limit: &'static str) {
+    counter!("leanmq_connections_refused_total", "limit" => limit).increment(1);
+}
+
 pub fn stream_opened() {
     gauge!("leanmq_open_streams").increment(1.0);
 }
@@ -262,5 +343,108 @@ mod tests {
             assert_eq!(method_label(made_up).service, "other", "{made_up}");
             assert_eq!(method_label(made_up).method, "other", "{made_up}");
         }
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn label_sets_are_capped_and_known_names_keep_their_label() {
+        let seen: std::sync::RwLock<std::collections::HashSet<u32>> = Default::default();
+        assert!((0..3).all(|i| admit(&seen, i, 3)));
+        assert!(!admit(&seen, 99, 3), "past the cap");
+        assert!(admit(&seen, 1, 3), "a name seen before keeps its label");
+        assert_eq!(seen.read().map(|s| s.len()).unwrap_or(0), 3);
+    }
+}
+
+/// Per-queue running totals kept in the process (not Prometheus), read by
+/// the web console's sampler. Bounded: at most [`tally::MAX_QUEUES`] queues
+/// are counted; traffic on more is not tallied (the console then shows no
+/// rate for them).
+pub mod tally {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, OnceLock, RwLock};
+
+    /// Most queues tallied, so made-up queue names can't grow memory.
+    pub const MAX_QUEUES: usize = 10_000;
+
+    #[derive(Debug, Clone, Copy)]
+    pub enum Kind {
+        Sent,
+        Acked,
+        DeadLettered,
+    }
+
+    /// One queue's totals since the tally was enabled.
+    #[derive(Debug, Default)]
+    struct Counts {
+        sent: AtomicU64,
+        acked: AtomicU64,
+        dead: AtomicU64,
+    }
+
+    /// A copy of one queue's totals.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Totals {
+        pub sent: u64,
+        pub acked: u64,
+        pub dead_lettered: u64,
+    }
+
+    type Table = RwLock<HashMap<String, Arc<Counts>>>;
+
+    static TALLY: OnceLock<Table> = OnceLock::new();
+
+    /// Start counting (idempotent).
+    pub fn enable() {
+        let _ = TALLY.get_or_init(Default::default);
+    }
+
+    pub(super) fn add(queue: &str, kind: Kind, n: u64) {
+        let Some(table) = TALLY.get() else {
+            return;
+        };
+        let found = table.read().ok().and_then(|t| t.get(queue).cloned());
+        let counts = match found {
+            Some(c) => c,
+            None => {
+                let Ok(mut t) = table.write() else {
+                    return;
+                };
+                if t.len() >= MAX_QUEUES && !t.contains_key(queue) {
+                    return;
+                }
+                t.entry(queue.to_string()).or_default().clone()
+            }
+        };
+        let field = match kind {
+            Kind::Sent => &counts.sent,
+            Kind::Acked => &counts.acked,
+            Kind::DeadLettered => &counts.dead,
+        };
+        field.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every tallied queue's totals (empty while the tally is off).
+    pub fn snapshot() -> HashMap<String, Totals> {
+        let Some(Ok(t)) = TALLY.get().map(|t| t.read()) else {
+            return HashMap::new();
+        };
+        t.iter()
+            .map(|(q, c)| {
+                (
+                    q.clone(),
+                    Totals {
+                        sent: c.sent.load(Ordering::Relaxed),
+                        acked: c.acked.load(Ordering::Relaxed),
+                        dead_lettered: c.dead.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect()
     }
 }

@@ -39,6 +39,8 @@ pub struct Pull {
     pub wait: Duration,
     /// Where a new group starts (a stream id or `$`).
     pub start: String,
+    /// Most bytes of deliveries in one reply (always at least one delivery).
+    pub max_bytes: usize,
 }
 
 /// The façade.
@@ -92,7 +94,9 @@ impl Queues {
     }
 
     /// Pull deliveries; the queue and group are created first (a new queue
-    /// counting against `creator`'s quota).
+    /// counting against `creator`'s quota). What would not fit in one reply
+    /// (`max_bytes`) is given back at once, uncounted, rather than left
+    /// leased to nobody.
     pub async fn receive(
         &self,
         target: &Target,
@@ -102,13 +106,45 @@ impl Queues {
         self.broker
             .ensure(target, &pull.start, Some(&target.route.path), creator)
             .await?;
-        self.dispatcher
+        let mut got = self
+            .dispatcher
             .receive(target, pull.max, pull.lease, pull.wait)
-            .await
+            .await?;
+        let fit = fitting(&got, pull.max_bytes);
+        let over: Vec<(String, u32)> = got
+            .drain(fit..)
+            .map(|d| (d.message_id, d.attempt))
+            .collect();
+        if !over.is_empty() {
+            self.broker.release(target, &over).await?;
+            self.dispatcher.woken(target);
+        }
+        Ok(got)
     }
 
-    /// Settle receipts; what was settled gives its credit back here.
+    /// Settle receipts; what was settled gives its credit back here. A
+    /// receipt given more than once in one call is settled and counted
+    /// once, and every copy reports that one outcome (so a retried batch
+    /// that repeats itself reads the same as one that does not).
     pub async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        let (first, repeats) = first_copies(receipts);
+        if !repeats {
+            return self.ack_distinct(receipts).await;
+        }
+        // The distinct receipts, and where each first copy lands among them.
+        let mut unique = Vec::new();
+        let mut at = vec![0; receipts.len()];
+        for (i, &f) in first.iter().enumerate() {
+            if f == i {
+                at[i] = unique.len();
+                unique.push(receipts[i].clone());
+            }
+        }
+        let outcomes = self.ack_distinct(&unique).await?;
+        Ok(first.iter().map(|&f| outcomes[at[f]]).collect())
+    }
+
+    async fn ack_distinct(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
         let outcomes = self.broker.ack(receipts).await?;
         // One credit release per (queue, group).
         for ((queue, group), idx) in by_subscription(receipts) {
@@ -144,6 +180,19 @@ impl Queues {
         let end = self.broker.extend(r, by).await?;
         self.dispatcher.extended(&r.queue, &r.group, &r.id, by);
         Ok(end)
+    }
+
+    /// Create a queue pair and its default group without sending anything
+    /// (LeanMQ's `create_queue_pair`); its keys. A new queue counts against
+    /// `creator`'s quota, as one a Send creates.
+    pub async fn create_queue(
+        &self,
+        target: &Target,
+        path: Option<&str>,
+        creator: Option<&Creator>,
+    ) -> Result<Arc<crate::routing::QueueKeys>> {
+        self.broker.ensure(target, "$", path, creator).await?;
+        Ok(self.broker.keys(&target.route.queue))
     }
 
     /// A page of the queues `visible` admits, in name order, after `after`;
@@ -194,5 +243,65 @@ impl Queues {
 
     pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
         self.broker.delete_queue(queue, with_dlq).await
+    }
+}
+
+/// For each of `all`, the index of its first copy; and whether any
+/// receipt repeats.
+fn first_copies(all: &[Receipt]) -> (Vec<usize>, bool) {
+    let mut first = std::collections::HashMap::with_capacity(all.len());
+    let slots: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, r)| *first.entry(r).or_insert(i))
+        .collect();
+    let repeats = first.len() < all.len();
+    (slots, repeats)
+}
+
+/// How many of `deliveries`, from the first, fit in `max_bytes` (at least one).
+fn fitting(deliveries: &[Delivery], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    deliveries
+        .iter()
+        .position(|d| {
+            total = total.saturating_add(d.wire_size());
+            total > max_bytes
+        })
+        .map_or(deliveries.len(), |i| i.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(n: usize) -> Delivery {
+        Delivery {
+            queue: Arc::from("q"),
+            message_id: "1-0".into(),
+            path: "/q".into(),
+            payload: bytes::Bytes::from(vec![0u8; n]),
+            content_type: String::new(),
+            headers: Vec::new(),
+            attempt: 1,
+            published_at: 0.0,
+            group: "g".into(),
+            lease_expires_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_reply_takes_what_fits_and_always_one() {
+        let ds: Vec<Delivery> = (0..5).map(|_| sized(1000)).collect();
+        let one = ds[0].wire_size();
+        assert_eq!(fitting(&ds, one * 5), 5);
+        assert_eq!(fitting(&ds, one * 3), 3);
+        assert_eq!(fitting(&ds, one * 3 - 1), 2);
+        assert_eq!(
+            fitting(&ds, 10),
+            1,
+            "one delivery even when it alone is over"
+        );
+        assert_eq!(fitting(&[], 10), 0);
     }
 }

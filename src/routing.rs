@@ -13,14 +13,20 @@
 //! | `{prefix}{q}:paths` | leanmq-grpc: the paths seen for this queue (for patterns and ListQueues) |
 //! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
+//! | `{prefix}receipt-key` | leanmq-grpc: the key replicas sign receipts with, unless configured (`broker::receipt`); its `-` can be in no queue name |
 //!
-//! Queue names hold only alphanumerics and `_`, so no queue's keys can
-//! collide with another queue's `:`-suffixed keys.
+//! Queue names that paths map to hold only alphanumerics and `_`, so no
+//! such queue's keys can collide with another queue's `:`-suffixed keys.
+//! A request may also name a queue directly (LeanMQ's core API does:
+//! `responses:<uuid>`); such a name may hold `:` and `-`, so [`named`]
+//! refuses every name whose stream key would be one of another queue's
+//! keys in the table above ([`RESERVED_SUFFIXES`], [`RESERVED_INFIXES`]),
+//! and the two prefix-wide names ([`RESERVED_NAMES`]).
 //!
 //! **Redis Cluster:** the queue name is a hash tag, `{prefix}{{q}}` (so
 //! `webhook:{order_status}`, `webhook:{order_status}:dlq`, …): every key of
 //! a queue lands in one slot and each script stays atomic. Only
-//! `{prefix}registry` and `{prefix}schedule` live elsewhere and are updated
+//! `{prefix}registry`, `{prefix}schedule` and `{prefix}receipt-key` live elsewhere and are updated
 //! by separate, idempotent commands. LeanMQ 0.2.0 knows no cluster and reads
 //! the plain keys, so sharing queues with LeanMQ needs a single Redis.
 
@@ -92,10 +98,120 @@ pub fn route(path: &str) -> Result<Route> {
             "path {path:?} maps to an empty queue name; use a path with at least one segment, such as \"/events\""
         )));
     }
+    check_not_reserved(path, &queue)?;
     Ok(Route {
         path: normalized,
         queue,
     })
+}
+
+/// Name endings that would make a queue's stream key another queue's key:
+/// `a:dlq` is queue `a`'s DLQ, `a:metadata` its metadata, and so on.
+pub const RESERVED_SUFFIXES: [&str; 7] = [
+    ":dlq",
+    ":metadata",
+    ":expiry",
+    ":delayed",
+    ":delayed:data",
+    ":paths",
+    ":stats",
+];
+/// Name parts followed by a client-chosen word in another queue's keys
+/// (`a:leases:{group}`, `a:dedup:{key}`).
+pub const RESERVED_INFIXES: [&str; 2] = [":leases:", ":dedup:"];
+/// Names whose stream key is a prefix-wide key (`{prefix}registry`,
+/// `{prefix}schedule`, `{prefix}receipt-key`).
+pub const RESERVED_NAMES: [&str; 3] = ["registry", "schedule", "receipt-key"];
+
+/// Check a queue name given directly (the `queue` field of a request, or
+/// the queue of a receipt): non-empty, at most [`MAX_PATH_BYTES`], printable
+/// without whitespace, no `{` or `}` (Redis Cluster hash tags), and not
+/// colliding with another queue's keys. Every name [`queue_name`] makes
+/// passes.
+pub fn check_queue_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("queue is empty"));
+    }
+    if name.len() > MAX_PATH_BYTES {
+        return Err(Error::invalid(format!(
+            "queue name is {} bytes; the limit is {MAX_PATH_BYTES}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || *c == '{' || *c == '}')
+    {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} contains {c:?}; names are printable, without whitespace, '{{' or '}}'"
+        )));
+    }
+    if let Some(s) = RESERVED_SUFFIXES.iter().find(|s| name.ends_with(**s)) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} ends in {s:?}, which names another queue's own key; choose another name"
+        )));
+    }
+    if let Some(s) = RESERVED_INFIXES.iter().find(|s| name.contains(**s)) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} contains {s:?}, which names another queue's own keys; choose another name"
+        )));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} is the prefix's own {name} key; choose another name"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse a path (or queue name) that maps onto a global key.
+pub fn check_not_reserved(asked: &str, queue: &str) -> Result<()> {
+    if RESERVED_NAMES.contains(&queue) {
+        return Err(Error::invalid(format!(
+            "{asked:?} maps to the queue name {queue:?}, which is reserved: its key is the broker's own {queue} key; choose another path"
+        )));
+    }
+    Ok(())
+}
+
+/// The route of a queue addressed by name: no path (`path` is empty, so
+/// nothing records or writes one).
+pub fn named(queue: &str) -> Result<Route> {
+    check_queue_name(queue)?;
+    Ok(Route {
+        path: String::new(),
+        queue: queue.to_string(),
+    })
+}
+
+/// A request's queue, from its `path` or its `queue` field: exactly one of
+/// the two.
+pub fn address(path: &str, queue: &str) -> Result<Route> {
+    match (path.is_empty(), queue.is_empty()) {
+        (false, true) => route(path),
+        (true, false) => named(queue),
+        (true, true) => Err(Error::invalid(
+            "give the queue by path (\"/order/status/\") or by queue name (\"order_status\")",
+        )),
+        (false, false) => Err(Error::invalid(
+            "path and queue are both set; give one of the two",
+        )),
+    }
+}
+
+/// True when `name` could have come out of [`queue_name`].
+/// Validate the path of a message to send: [`route`], and no `*` or `>`
+/// anywhere. Those are Subscribe wildcards, so Receive and Subscribe could
+/// never name such a path, and its messages could only be read through a
+/// pattern by accident (NATS refuses wildcards in a publish subject too).
+pub fn send_route(path: &str) -> Result<Route> {
+    let route = route(path)?;
+    if let Some(c) = path.chars().find(|c| *c == '*' || *c == '>') {
+        return Err(Error::invalid(format!(
+            "path {path:?} contains {c:?}, a Subscribe wildcard: no Receive or Subscribe could name it; send to a path without \"*\" and \">\""
+        )));
+    }
+    Ok(route)
 }
 
 /// True when `name` could have come out of [`queue_name`] (used to validate
@@ -183,7 +299,7 @@ pub fn queue_of_key<'a>(prefix: &str, key: &'a str, cluster: bool) -> Option<&'a
     } else {
         rest
     };
-    is_queue_name(q).then_some(q)
+    check_queue_name(q).is_ok().then_some(q)
 }
 
 /// A Subscribe pattern, as NATS subjects: `*` matches one segment, a final
@@ -242,7 +358,8 @@ impl Pattern {
                 return segs.len() > k;
             }
             match segs.get(i) {
-                Some(s) if p == "*" || p == s => i += 1,
+                // `*` is one segment, and an empty one is none (as in NATS).
+                Some(s) if (p == "*" && !s.is_empty()) || p == s => i += 1,
                 _ => return false,
             }
         }
@@ -295,12 +412,24 @@ mod tests {
     }
 
     #[test]
+    fn sent_paths_hold_no_wildcard() {
+        assert!(send_route("/order/status").is_ok());
+        for bad in ["/order/*", "/order/>", "/a*b", "/a>b", ">"] {
+            assert!(
+                matches!(send_route(bad), Err(Error::InvalidArgument(m)) if m.contains("wildcard")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn patterns_match_like_nats_subjects() {
         let p = |s: &str| Pattern::parse(s).ok().flatten().expect("pattern");
         assert!(Pattern::parse("/order/status").ok().flatten().is_none());
         assert!(p("/order/*").matches("/order/status"));
         assert!(!p("/order/*").matches("/order/status/eu"));
         assert!(!p("/order/*").matches("/order"));
+        assert!(!p("/order/*").matches("/order/"));
         assert!(p("/order/>").matches("/order/status/eu"));
         assert!(!p("/order/>").matches("/order"));
         assert!(p("/*/status").matches("/order/status"));
@@ -328,6 +457,51 @@ mod tests {
             queue_of_key("webhook:", "webhook:order_status:dlq", false),
             None
         );
+    }
+
+    #[test]
+    fn names_with_colons_and_dashes_address_queues() {
+        let r = address("", "responses:3f2b-11ee").expect("named");
+        assert_eq!(r.queue, "responses:3f2b-11ee");
+        assert_eq!(r.path, "");
+        assert_eq!(
+            queue_of_key("calc:", "calc:responses:3f2b-11ee", false),
+            Some("responses:3f2b-11ee")
+        );
+        assert!(matches!(address("", ""), Err(Error::InvalidArgument(_))));
+        assert!(matches!(address("/a", "a"), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn refuses_every_name_that_is_another_queues_key() {
+        let k = QueueKeys::new("p:", "a", false);
+        for key in [
+            &k.dlq,
+            &k.meta,
+            &k.dlq_meta,
+            &k.expiry,
+            &k.delayed,
+            &k.delayed_data,
+            &k.paths,
+            &k.stats,
+            &k.leases("g"),
+            &format!("{}:dedup:x", k.stream),
+            &k.registry,
+            &k.schedule,
+        ] {
+            let name = key.strip_prefix("p:").expect("prefixed");
+            assert!(
+                matches!(named(name), Err(Error::InvalidArgument(_))),
+                "{name}"
+            );
+        }
+        for bad in ["", "a b", "a{b}", "a\nb", &"x".repeat(MAX_PATH_BYTES + 1)] {
+            assert!(
+                matches!(named(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(named("a:dlq:x").is_ok());
     }
 
     #[test]

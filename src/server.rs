@@ -12,12 +12,15 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::auth::Auth;
+use crate::broker::receipt::KeySource;
 use crate::broker::{self, Broker};
 use crate::config::Config;
+use crate::layers::UnaryBudget;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
 use crate::queues::Queues;
 use crate::rpc::admin::AdminService;
+use crate::rpc::prefixes::{MultiAdmin, MultiBroker, Served};
 use crate::rpc::{BrokerService, EdgeSettings};
 use crate::shutdown::Drain;
 use crate::tls::Tls;
@@ -25,6 +28,10 @@ use crate::tls::Tls;
 /// Name under which health reports the broker (and "" for the server).
 const BROKER_SERVICE: &str = "leanmq.v1.Broker";
 const ADMIN_SERVICE: &str = "leanmq.v1.Admin";
+
+/// Largest request metadata (all HTTP/2 headers of a call) accepted; more
+/// is refused by HTTP/2 itself (status 431) before any gRPC handling.
+pub const MAX_METADATA_BYTES: u32 = 64 << 10;
 
 /// What the gRPC server future is, once built.
 type ServeFuture = std::pin::Pin<
@@ -37,6 +44,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `--health-listen` bound, when set.
     pub health_addr: Option<SocketAddr>,
+    /// Where `--console-listen` bound, when set.
+    pub console_addr: Option<SocketAddr>,
     drain: Drain,
     task: tokio::task::JoinHandle<Result<(), String>>,
     /// How long the drain may take, server and tasks together.
@@ -101,41 +110,87 @@ pub async fn serve(
         None => None,
     };
     let auth = Arc::new(load_auth(cfg)?);
-    let broker = Arc::new(build_broker(cfg, redis_url)?);
     let drain = Drain::new();
-    broker::background::spawn(
-        broker.clone(),
-        broker::background::Retention {
-            max_age: cfg.retention_max_age,
-            interval: cfg.retention_interval,
-            max_len: cfg.max_len,
-            group_idle_expiry: cfg.group_idle_expiry,
-            sample_gauges: cfg.metrics_listen.is_some(),
-        },
-        &drain,
-    );
-    let queues = Queues::new(broker.clone(), &drain);
+    // One broker (its own Redis lanes, readers and background tasks) and
+    // façade per served prefix, the default first; `rpc::prefixes` picks
+    // one per request.
+    let mut prefixed: Vec<(String, Arc<Queues>)> = Vec::with_capacity(cfg.prefix.len());
+    let mut default_broker = None;
+    for prefix in &cfg.prefix {
+        let broker = Arc::new(build_broker(cfg, redis_url, prefix)?);
+        broker::background::spawn(broker.clone(), retention(cfg), &drain);
+        prefixed.push((prefix.clone(), Queues::new(broker.clone(), &drain)));
+        default_broker.get_or_insert(broker);
+    }
+    let broker = default_broker.ok_or("no --prefix to serve")?;
     let (reporter, health_svc) = tonic_health::server::health_reporter();
     for name in ["", BROKER_SERVICE] {
         reporter
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
-    drain.spawn(watch_redis(broker, reporter.clone(), drain.clone()));
+    drain.spawn(watch_redis(broker.clone(), reporter.clone(), drain.clone()));
     let health_addr = serve_health_only(cfg, Routes::new(health_svc.clone()), &drain).await?;
-    let routes = services(cfg, queues)?.add_service(health_svc);
-    let serving = serving(cfg, &auth, routes, listener, tls.clone(), reporter, &drain);
+    // One receipt key for every prefix, kept in the default prefix's Redis.
+    let receipts = Arc::new(KeySource::new(
+        cfg.receipt_keys()?,
+        broker.clone(),
+        cfg.accept_unsigned_receipts,
+    ));
+    drain.spawn(receipts.clone().keep_shared(drain.clone()));
+    if cfg.accept_unsigned_receipts {
+        tracing::warn!("--accept-unsigned-receipts: receipts anyone can forge are taken; turn it off once every replica signs");
+    }
+    let console_addr = match cfg.console_listen {
+        Some(listen) => Some(start_console(listen, &prefixed, &auth, &tls, &drain).await?),
+        None => None,
+    };
+    let unary = UnaryBudget::new(cfg.max_concurrent_rpcs);
+    let routes = services(cfg, prefixed, receipts, &unary)?.add_service(health_svc);
+    let shed = crate::layers::ShedLayer::new(unary);
+    let serving = serving(
+        cfg,
+        &auth,
+        shed,
+        routes,
+        listener,
+        tls.clone(),
+        reporter,
+        &drain,
+    );
     let task = tokio::spawn(until_drained(serving, drain.clone(), cfg.shutdown_grace));
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "leanmqd listening");
     Ok(Running {
         addr,
         health_addr,
+        console_addr,
         drain,
         task,
         grace: cfg.shutdown_grace,
         tls,
         auth,
     })
+}
+
+/// `--console-listen`: the web console, over the default prefix's Admin.
+async fn start_console(
+    listen: SocketAddr,
+    prefixed: &[(String, Arc<Queues>)],
+    auth: &Arc<Auth>,
+    tls: &Option<Arc<Tls>>,
+    drain: &Drain,
+) -> Result<SocketAddr, String> {
+    let (_, queues) = prefixed.first().ok_or("no --prefix to serve")?;
+    crate::console::start(
+        crate::console::Console {
+            listen,
+            admin: Arc::new(AdminService::new(queues.clone())),
+            auth: auth.clone(),
+            tls: tls.clone(),
+        },
+        drain,
+    )
+    .await
 }
 
 fn load_auth(cfg: &Config) -> Result<Auth, String> {
@@ -148,7 +203,17 @@ fn load_auth(cfg: &Config) -> Result<Auth, String> {
     }
 }
 
-fn build_broker(cfg: &Config, redis_url: &str) -> Result<Broker, String> {
+fn retention(cfg: &Config) -> broker::background::Retention {
+    broker::background::Retention {
+        max_age: cfg.retention_max_age,
+        interval: cfg.retention_interval,
+        max_len: cfg.max_len,
+        group_idle_expiry: cfg.group_idle_expiry,
+        sample_gauges: cfg.metrics_listen.is_some(),
+    }
+}
+
+fn build_broker(cfg: &Config, redis_url: &str, prefix: &str) -> Result<Broker, String> {
     let redis_ca = match &cfg.redis_tls_ca {
         Some(p) => Some(
             std::fs::read(p)
@@ -160,7 +225,7 @@ fn build_broker(cfg: &Config, redis_url: &str) -> Result<Broker, String> {
         .map_err(|e| e.to_string())?;
     Ok(Broker::new(
         broker::Settings {
-            prefix: cfg.prefix.clone(),
+            prefix: prefix.to_string(),
             max_attempts: cfg.max_attempts,
             retry_min: cfg.retry_min,
             retry_max: cfg.retry_max,
@@ -201,8 +266,13 @@ async fn serve_health_only(
     Ok(Some(bound))
 }
 
-/// Broker, Admin and reflection.
-fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
+/// Broker, Admin and reflection, each prefix's façade behind one service.
+fn services(
+    cfg: &Config,
+    prefixed: Vec<(String, Arc<Queues>)>,
+    receipts: Arc<KeySource>,
+    unary: &UnaryBudget,
+) -> Result<Routes, String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -210,17 +280,34 @@ fn services(cfg: &Config, queues: Arc<Queues>) -> Result<Routes, String> {
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| e.to_string())?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| e.to_string())?;
-    let max_request = (cfg.max_payload_bytes + (1 << 20)).max(32 << 20);
-    let broker_svc = BrokerServer::new(BrokerService::new(queues.clone(), edge_settings(cfg)))
+    let max_request = max_message_bytes(cfg);
+    let (default_prefix, default_queues) =
+        prefixed.first().cloned().ok_or("no --prefix to serve")?;
+    let first = BrokerService::new(default_queues, edge_settings(cfg, unary), receipts);
+    let mut brokers = Vec::with_capacity(prefixed.len());
+    let mut admins = Vec::with_capacity(prefixed.len());
+    for (prefix, queues) in &prefixed {
+        admins.push((prefix.clone(), AdminService::new(queues.clone())));
+        if *prefix != default_prefix {
+            brokers.push((prefix.clone(), first.sibling(queues.clone())));
+        }
+    }
+    brokers.insert(0, (default_prefix, first));
+    let broker_svc = BrokerServer::new(MultiBroker::new(Served::new(brokers)))
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(max_request);
     Ok(Routes::new(broker_svc)
-        .add_service(AdminServer::new(AdminService::new(queues)))
+        .add_service(AdminServer::new(MultiAdmin::new(Served::new(admins))))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
 }
 
-fn edge_settings(cfg: &Config) -> EdgeSettings {
+/// The gRPC message limit, both ways: room for the largest payload.
+fn max_message_bytes(cfg: &Config) -> usize {
+    (cfg.max_payload_bytes + (1 << 20)).max(32 << 20)
+}
+
+fn edge_settings(cfg: &Config, unary: &UnaryBudget) -> EdgeSettings {
     EdgeSettings {
         max_payload_bytes: cfg.max_payload_bytes,
         max_headers_bytes: cfg.max_headers_bytes,
@@ -228,14 +315,21 @@ fn edge_settings(cfg: &Config) -> EdgeSettings {
         max_subscriptions: cfg.max_subscriptions,
         max_batch: cfg.max_batch,
         default_lease: cfg.ack_deadline,
+        // Leave room for the reply's framing beyond the deliveries' own bytes.
+        max_reply_bytes: max_message_bytes(cfg) - (256 << 10),
+        max_long_polls_per_connection: cfg.max_long_polls_per_connection,
+        max_long_polls_per_token: cfg.max_long_polls_per_token,
+        unary: unary.clone(),
     }
 }
 
 /// The services behind one tower stack, served on `listener` until the
 /// drain starts (health then turns NOT_SERVING) and in-flight calls end.
+#[allow(clippy::too_many_arguments)]
 fn serving(
     cfg: &Config,
     auth: &Arc<Auth>,
+    shed: crate::layers::ShedLayer,
     routes: Routes,
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
@@ -256,10 +350,14 @@ fn serving(
         .layer(
             tower::ServiceBuilder::new()
                 .layer(crate::layers::RpcMetricsLayer)
-                .layer(crate::layers::ShedLayer::new(cfg.max_concurrent_rpcs))
+                .layer(shed)
                 .layer(crate::layers::AuthLayer { auth: auth.clone() }),
         )
         .tcp_nodelay(true)
+        // Room for metadata past hyper's 16 KiB default, so an oversized
+        // bearer token reaches auth and gets a clear UNAUTHENTICATED
+        // instead of a bare HTTP 431.
+        .http2_max_header_list_size(MAX_METADATA_BYTES)
         // Subscribe streams per connection are counted (and refused with a
         // clear status) by the Subscribe edge; this HTTP/2 cap leaves room
         // above it for unary calls on the same connection.
@@ -273,17 +371,23 @@ fn serving(
         .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
         .add_routes(routes);
+    // Handshake timeout and connection caps (`listen`), which also sets
+    // TCP_NODELAY: builder options apply only to listeners tonic binds.
+    let limits = crate::listen::Limits::fitted(
+        cfg.handshake_timeout,
+        cfg.max_connections,
+        cfg.max_connections_per_source,
+        crate::listen::soft_nofile(),
+    );
     match tls {
-        // Options on the builder apply only to listeners tonic binds itself;
-        // on ours, TCP_NODELAY must be set here, or small trailing writes
-        // wait ~40 ms for the client's delayed ACK.
-        None => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60)));
-            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-        }
-        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), signal)),
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            crate::listen::plaintext(listener, limits, drain),
+            signal,
+        )),
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::listen::tls(listener, limits, tls, drain),
+            signal,
+        )),
     }
 }
 
@@ -298,32 +402,60 @@ async fn until_drained(serving: ServeFuture, drain: Drain, grace: Duration) -> R
     }
 }
 
-/// Health follows Redis: NOT_SERVING while it is unreachable, SERVING again after.
+/// How often health pings Redis.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Health follows Redis: NOT_SERVING once no PING has been answered for
+/// `--redis-timeout`, SERVING again at the first answer after.
+///
+/// The deadline runs from the last answer, not from each ping's start: a
+/// ping that hangs (Redis paused, a dead peer whose socket stays open, a
+/// reconnect that waits on the pool) would otherwise add its own wait to
+/// the cadence, and a reconnect can wait the timeout twice (pool, then
+/// handshake). A refused connection flips at once.
 async fn watch_redis(broker: Arc<Broker>, reporter: HealthReporter, drain: Drain) {
+    let timeout = broker.redis.timeout();
     let mut serving = true;
+    let mut answered = tokio::time::Instant::now();
     crate::observe::serving(serving);
     loop {
+        let ping = tokio::time::timeout(timeout, broker.redis.ping());
+        tokio::pin!(ping);
+        let ok = loop {
+            tokio::select! {
+                r = &mut ping => break matches!(r, Ok(Ok(()))),
+                _ = tokio::time::sleep_until(answered + timeout), if serving => {
+                    set_health(&reporter, &drain, &mut serving, false).await;
+                }
+                _ = drain.draining() => return,
+            }
+        };
+        if ok {
+            answered = tokio::time::Instant::now();
+        }
+        set_health(&reporter, &drain, &mut serving, ok).await;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(PING_EVERY) => {}
             _ = drain.draining() => return,
         }
-        let ok = broker.redis.ping().await.is_ok();
-        crate::observe::serving(ok);
-        if ok != serving && !drain.is_draining() {
-            serving = ok;
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            if ok {
-                tracing::info!("redis reachable again: SERVING");
-            } else {
-                tracing::error!("redis unreachable: NOT_SERVING");
-            }
-            for name in ["", BROKER_SERVICE, ADMIN_SERVICE] {
-                reporter.set_service_status(name, status).await;
-            }
-        }
+    }
+}
+
+/// Report `ok` as health (and the `leanmq_serving` gauge) when it changes.
+async fn set_health(reporter: &HealthReporter, drain: &Drain, serving: &mut bool, ok: bool) {
+    crate::observe::serving(ok);
+    if ok == *serving || drain.is_draining() {
+        return;
+    }
+    *serving = ok;
+    let status = if ok {
+        tracing::info!("redis reachable again: SERVING");
+        ServingStatus::Serving
+    } else {
+        tracing::error!("redis unreachable: NOT_SERVING");
+        ServingStatus::NotServing
+    };
+    for name in ["", BROKER_SERVICE, ADMIN_SERVICE] {
+        reporter.set_service_status(name, status).await;
     }
 }

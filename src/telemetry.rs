@@ -98,10 +98,38 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(tp) = traceparent {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         let mut carrier = std::collections::HashMap::new();
-        carrier.insert("traceparent".to_string(), tp.to_string());
+        carrier.insert("traceparent".to_string(), sampled_only(tp));
         let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
         let _ = span.set_parent(cx);
     }
     #[cfg(not(feature = "otlp"))]
     let _ = (span, traceparent);
+}
+
+/// `traceparent` with its flags cut to the sampled bit. The propagator
+/// refuses version-00 flags above 2, but W3C Trace Context level 2 defines
+/// 0x02 ("random trace id"), which OpenTelemetry's Python SDK sets: its
+/// `...-03` would otherwise start a new trace instead of joining the
+/// caller's. Input is already checked well-formed (`rpc::is_traceparent`).
+#[cfg(feature = "otlp")]
+fn sampled_only(tp: &str) -> String {
+    match tp.rsplit_once('-') {
+        Some((head, flags)) => match u8::from_str_radix(flags, 16) {
+            Ok(f) => format!("{head}-{:02x}", f & 0x01),
+            Err(_) => tp.to_string(),
+        },
+        None => tp.to_string(),
+    }
+}
+
+#[cfg(all(test, feature = "otlp"))]
+mod tests {
+    #[test]
+    fn flags_keep_only_the_sampled_bit() {
+        let t = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        assert_eq!(super::sampled_only(&format!("{t}-03")), format!("{t}-01"));
+        assert_eq!(super::sampled_only(&format!("{t}-02")), format!("{t}-00"));
+        assert_eq!(super::sampled_only(&format!("{t}-01")), format!("{t}-01"));
+        assert_eq!(super::sampled_only(&format!("{t}-zz")), format!("{t}-zz"));
+    }
 }

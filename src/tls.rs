@@ -8,19 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-
-/// A handshake slower than this is dropped, so a stalled peer can't hold a
-/// slot.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The files TLS is configured from.
 #[derive(Debug, Clone)]
@@ -107,30 +100,37 @@ impl Tls {
         Ok(())
     }
 
-    fn acceptor(&self) -> Option<TlsAcceptor> {
+    /// An acceptor with the configuration in force now (see `listen`,
+    /// which runs the handshake under `--handshake-timeout`).
+    pub fn acceptor(&self) -> Option<TlsAcceptor> {
         let cfg = self.current.read().ok()?.clone();
         Some(TlsAcceptor::from(cfg))
     }
 
-    /// Accept TCP connections and hand over those whose handshake
-    /// completes. Handshakes run concurrently, each bounded by a timeout.
-    /// Ends when the receiver (the gRPC server) is gone.
+    /// Connections on `listener` whose TLS handshake completed within
+    /// [`HANDSHAKE_TIMEOUT`], each handshake in a tracked task of its own
+    /// (the web console's listener; gRPC's is `listen::tls`).
     pub fn incoming(
         self: Arc<Self>,
-        listener: TcpListener,
-    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        listener: tokio::net::TcpListener,
+        drain: &crate::shutdown::Drain,
+    ) -> tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    > {
         let (tx, rx) = tokio::sync::mpsc::channel(128);
-        tokio::spawn(async move {
+        let tasks = drain.clone();
+        drain.spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     a = listener.accept() => a,
                     _ = tx.closed() => return,
+                    _ = tasks.draining() => return,
                 };
                 let (tcp, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };
@@ -139,7 +139,7 @@ impl Tls {
                     continue;
                 };
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
@@ -153,3 +153,6 @@ impl Tls {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }
+
+/// Longest a console client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -224,6 +224,7 @@ async fn tail_without_a_group_takes_nothing_from_consumers() {
             let q = admin
                 .get_queue(proto::GetQueueRequest {
                     path: "/cli/peek".into(),
+                    ..Default::default()
                 })
                 .await
                 .ok()?
@@ -260,6 +261,7 @@ async fn tail_without_a_group_takes_nothing_from_consumers() {
     let q = admin
         .get_queue(proto::GetQueueRequest {
             path: "/cli/peek".into(),
+            ..Default::default()
         })
         .await
         .expect("queue")
@@ -410,6 +412,32 @@ async fn refusals_and_unknown_ids_exit_1() {
         .ok()
         .json();
     assert_eq!(purged["purged"], 0);
+}
+
+#[tokio::test]
+async fn a_closed_stdout_is_a_quiet_stop() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    send(&mut c, "/cli/head", b"x").await;
+    let mut child = command(&http(&d))
+        .args(["queue", "/cli/head"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take()); // as `| head -0` would
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

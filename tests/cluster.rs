@@ -291,6 +291,7 @@ async fn queue_and_group_caps_and_list_pages_on_a_cluster() {
         .list_queues(proto::ListQueuesRequest {
             page_size: 2,
             page_token: first.next_page_token.clone(),
+            ..Default::default()
         })
         .await
         .expect("page")

@@ -366,6 +366,7 @@ async fn admin_lists_and_requeues_a_leanmq_dead_letter() {
         .requeue_dead_letters(proto::RequeueDeadLettersRequest {
             path: "/legacy/orders".into(),
             selector: Some(proto::requeue_dead_letters_request::Selector::All(true)),
+            ..Default::default()
         })
         .await
         .expect("requeue")

@@ -47,6 +47,12 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--max-groups-per-queue", "0"],
         vec!["--max-groups-per-queue", "10001"],
         vec!["--group-idle-expiry", "soon"],
+        vec!["--max-long-polls-per-connection", "0"],
+        vec!["--max-long-polls-per-token", "0"],
+        vec!["--max-connections", "0"],
+        vec!["--max-connections-per-source", "0"],
+        vec!["--handshake-timeout", "1ms"],
+        vec!["--handshake-timeout", "1h"],
         vec!["--redis-url", "redis+sentinel://leanmq:hunter2@/"],
         vec!["--no-such-flag"],
     ] {
@@ -72,6 +78,26 @@ fn bad_configuration_exits_64_before_binding() {
         .output()
         .expect("run");
     assert_eq!(env.status.code(), Some(64), "env twins are validated too");
+}
+
+#[test]
+fn help_lists_the_subcommands_and_they_take_no_server_flags() {
+    let help = Command::new(BIN).arg("--help").output().expect("run");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for sub in ["hash-token", "healthcheck", "--max-concurrent-rpcs"] {
+        assert!(text.contains(sub), "--help names {sub}:\n{text}");
+    }
+    let mixed = Command::new(BIN)
+        .args(["healthcheck", "--listen", "127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        mixed.status.code(),
+        Some(64),
+        "a server flag after a subcommand is a usage error: {}",
+        String::from_utf8_lossy(&mixed.stderr)
+    );
 }
 
 #[tokio::test]

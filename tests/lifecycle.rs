@@ -76,6 +76,7 @@ async fn admin_lists_and_inspects_queues() {
     let q = a
         .get_queue(proto::GetQueueRequest {
             path: "/inv/a/".into(),
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -99,6 +100,7 @@ async fn admin_lists_and_inspects_queues() {
     let by_name = a
         .get_queue(proto::GetQueueRequest {
             path: "inv_b".into(),
+            ..Default::default()
         })
         .await
         .expect("by name")
@@ -107,6 +109,7 @@ async fn admin_lists_and_inspects_queues() {
     let e = a
         .get_queue(proto::GetQueueRequest {
             path: "/nope".into(),
+            ..Default::default()
         })
         .await
         .expect_err("unknown");
@@ -151,6 +154,7 @@ async fn dead_letters_are_listed_requeued_and_delivered_again() {
                     ids: vec![dlq_id.clone(), "1-1".into()],
                 },
             )),
+            ..Default::default()
         })
         .await
         .expect("requeue")
@@ -207,6 +211,7 @@ async fn dead_letters_page_delete_purge_and_requeue_all_or_since() {
                 path: "/dlq/many".into(),
                 page_size: 2,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .expect("page")
@@ -223,6 +228,7 @@ async fn dead_letters_page_delete_purge_and_requeue_all_or_since() {
             path: "/dlq/many".into(),
             page_size: 2,
             page_token: "garbage".into(),
+            ..Default::default()
         })
         .await
         .expect_err("bad token");
@@ -232,6 +238,7 @@ async fn dead_letters_page_delete_purge_and_requeue_all_or_since() {
         .delete_dead_letters(proto::DeleteDeadLettersRequest {
             path: "/dlq/many".into(),
             ids: vec![ids[0].clone()],
+            ..Default::default()
         })
         .await
         .expect("delete")
@@ -254,6 +261,7 @@ async fn dead_letters_page_delete_purge_and_requeue_all_or_since() {
                     nanos: ((ms % 1000) * 1_000_000) as i32,
                 },
             )),
+            ..Default::default()
         })
         .await
         .expect("since")
@@ -274,6 +282,7 @@ async fn dead_letters_page_delete_purge_and_requeue_all_or_since() {
         .requeue_dead_letters(proto::RequeueDeadLettersRequest {
             path: "/dlq/many".into(),
             selector: Some(proto::requeue_dead_letters_request::Selector::All(true)),
+            ..Default::default()
         })
         .await
         .expect("all")
@@ -285,6 +294,7 @@ async fn dead_letters_page_delete_purge_and_requeue_all_or_since() {
     let purged = a
         .purge_dead_letters(proto::PurgeDeadLettersRequest {
             path: "/dlq/many".into(),
+            ..Default::default()
         })
         .await
         .expect("purge")
@@ -314,6 +324,7 @@ async fn purge_and_delete_queue_need_confirmation() {
         .purge_queue(proto::PurgeQueueRequest {
             path: "/gone".into(),
             confirm: "yes".into(),
+            ..Default::default()
         })
         .await
         .expect_err("unconfirmed");
@@ -323,6 +334,7 @@ async fn purge_and_delete_queue_need_confirmation() {
         .purge_queue(proto::PurgeQueueRequest {
             path: "/gone".into(),
             confirm: "gone".into(),
+            ..Default::default()
         })
         .await
         .expect("purge")
@@ -348,6 +360,7 @@ async fn purge_and_delete_queue_need_confirmation() {
             path: "/gone".into(),
             with_dlq: true,
             confirm: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("unconfirmed");
@@ -356,6 +369,7 @@ async fn purge_and_delete_queue_need_confirmation() {
         path: "/gone".into(),
         with_dlq: true,
         confirm: "gone".into(),
+        ..Default::default()
     })
     .await
     .expect("delete");
@@ -463,6 +477,7 @@ async fn an_expired_message_is_never_delivered_and_goes_to_the_dlq() {
     let q = a
         .get_queue(proto::GetQueueRequest {
             path: "/ttl".into(),
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -491,7 +506,8 @@ async fn a_delayed_message_waits_and_survives_restarts_of_leanmqd_and_redis() {
     let mut a = admin(&d).await;
     assert_eq!(
         a.get_queue(proto::GetQueueRequest {
-            path: "/later".into()
+            path: "/later".into(),
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -669,6 +685,7 @@ async fn the_opt_in_max_len_cap_drops_and_counts() {
             let q = a
                 .get_queue(proto::GetQueueRequest {
                     path: "/capped".into(),
+                    ..Default::default()
                 })
                 .await
                 .ok()?

@@ -62,6 +62,15 @@ async fn a_send_joins_the_callers_trace_at_the_collector() {
         format!("00-{trace}-{parent}-01").parse().expect("ascii"),
     );
     c.send(req).await.expect("send");
+    // W3C level 2's "random" flag (0x02), as OpenTelemetry's Python SDK
+    // sends it, must not break the trace either.
+    let random = "4bf92f3577b34da6a3ce929d0e0e4737";
+    let mut req = tonic::Request::new(bytes_send("/traced-random", b"x"));
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{random}-{parent}-03").parse().expect("ascii"),
+    );
+    c.send(req).await.expect("send");
 
     // SIGTERM: leanmqd drains and flushes its spans on the way out.
     let pid = child.id().expect("pid") as i32;
@@ -69,15 +78,19 @@ async fn a_send_joins_the_callers_trace_at_the_collector() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = child.wait().await.expect("exit");
     assert!(status.success());
-    let mut found = None;
+    let mut found = Vec::new();
     while let Ok((name, t, p)) = rx.try_recv() {
         if name == "leanmq.send" {
-            found = Some((hex(&t), hex(&p)));
+            found.push((hex(&t), hex(&p)));
         }
     }
+    found.sort();
     assert_eq!(
         found,
-        Some((trace.to_string(), parent.to_string())),
-        "the send span continues the caller's trace"
+        vec![
+            (trace.to_string(), parent.to_string()),
+            (random.to_string(), parent.to_string())
+        ],
+        "each send span continues its caller's trace"
     );
 }

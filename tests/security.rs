@@ -314,6 +314,7 @@ async fn every_auth_outcome() {
         .expect("send");
     let q = proto::GetQueueRequest {
         path: "/order/x".into(),
+        ..Default::default()
     };
     assert_eq!(
         code(a.get_queue(authed(q.clone(), "consumer-secret")).await),
@@ -423,6 +424,8 @@ async fn each_limit_rejects_with_a_clear_status() {
         c.max_subscriptions = 3;
         c.max_concurrent_rpcs = 2;
         c.max_headers_bytes = 100;
+        // The shed check holds Sends on a paused Redis: longer than it.
+        c.redis_timeout = std::time::Duration::from_secs(30);
     })
     .await;
     let tok = "open-secret";
@@ -470,19 +473,18 @@ async fn each_limit_rejects_with_a_clear_status() {
     })
     .await;
 
-    // Load shedding: two Receives wait in flight; a third call is shed.
-    let recv = || proto::ReceiveRequest {
-        path: "/shed".into(),
-        max_messages: 1,
-        wait: ms(30_000),
-        ..Default::default()
+    // Load shedding: two Sends wait in flight on a paused Redis; a third
+    // call is shed at once. (Receives that wait are not counted here: they
+    // have their own budget, see tests/net_limits.rs.)
+    let signal = |sig| {
+        // SAFETY: kill(2) on our own redis-server child.
+        assert_eq!(unsafe { libc::kill(redis.pid() as libc::pid_t, sig) }, 0);
     };
-    // Each holder retries until its Receive is in flight (a probe may take
-    // a permit for a moment), then waits there for a message.
+    signal(libc::SIGSTOP);
     let hold = |mut c: BrokerClient<Channel>| {
         tokio::spawn(async move {
             loop {
-                match c.receive(authed(recv(), tok)).await {
+                match c.send(authed(bytes_send("/shed", b"x"), tok)).await {
                     Err(e) if e.code() == Code::ResourceExhausted => tokio::task::yield_now().await,
                     other => return other,
                 }
@@ -491,37 +493,52 @@ async fn each_limit_rejects_with_a_clear_status() {
     };
     let r1 = hold(two.clone());
     let r2 = hold(two.clone());
-    let shed = eventually("a third call is shed", || {
-        let mut c = two.clone();
+    // Health answers without Redis, and is counted: once it is shed, both
+    // Sends are in flight.
+    let health = tonic_health::pb::health_client::HealthClient::new(d.channel().await);
+    eventually("both Sends are in flight", || {
+        let mut h = health.clone();
         async move {
-            match c.send(authed(bytes_send("/other", b"x"), tok)).await {
-                Err(e) if e.code() == Code::ResourceExhausted => Some(e),
-                _ => None,
-            }
+            let r = h
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await;
+            matches!(r, Err(e) if e.code() == Code::ResourceExhausted).then_some(())
         }
     })
     .await;
+    let shed = two
+        .clone()
+        .send(authed(bytes_send("/other", b"x"), tok))
+        .await
+        .expect_err("a third call is shed");
+    assert_eq!(shed.code(), Code::ResourceExhausted);
     assert!(
         shed.message().contains("--max-concurrent-rpcs"),
         "{}",
         shed.message()
     );
-    // Every call is shed now, so the messages that end the two waiting
-    // Receives go straight into the stream.
-    let mut conn = redis.conn();
-    for _ in 0..2 {
-        let _: String = redis::cmd("XADD")
-            .arg("webhook:shed")
-            .arg("*")
-            .arg("data")
-            .arg("m")
-            .query(&mut conn)
-            .expect("xadd");
-    }
+    // A Receive that does not wait is a unary call like any other.
+    let shed = two
+        .clone()
+        .receive(authed(
+            proto::ReceiveRequest {
+                path: "/other".into(),
+                ..Default::default()
+            },
+            tok,
+        ))
+        .await
+        .expect_err("a Receive without wait is shed too");
+    assert_eq!(shed.code(), Code::ResourceExhausted);
+    assert!(
+        shed.message().contains("--max-concurrent-rpcs"),
+        "{}",
+        shed.message()
+    );
+    signal(libc::SIGCONT);
     let mut sender = BrokerClient::new(d.channel().await);
-    let got1 = r1.await.expect("join").expect("receive 1").into_inner();
-    let got2 = r2.await.expect("join").expect("receive 2").into_inner();
-    assert_eq!(got1.deliveries.len() + got2.deliveries.len(), 2);
+    r1.await.expect("join").expect("send 1 after the pause");
+    r2.await.expect("join").expect("send 2 after the pause");
     assert_eq!(
         code(sender.send(authed(bytes_send("/other", b"x"), tok)).await),
         Code::Ok

@@ -69,6 +69,7 @@ pub enum Selector {
 /// A path ("/order/status") or a bare queue name ("order_status").
 pub fn resolve(path_or_queue: &str) -> Result<Route> {
     if routing::is_queue_name(path_or_queue) {
+        routing::check_not_reserved(path_or_queue, path_or_queue)?;
         return Ok(Route {
             path: format!("/{path_or_queue}"),
             queue: path_or_queue.to_string(),

@@ -31,8 +31,8 @@
 //! - `background` — the scheduler, retention and gauge tasks; `retention`
 //!   — one queue's retention pass and the registry walk;
 //! - `redis` — the connection layer, including the blocking waits;
-//! - `envelope`, `receipt`, `limits` — LeanMQ's envelope, delivery
-//!   receipts, request limits.
+//! - `envelope`, `receipt`, `limits` — LeanMQ's envelope, signed delivery
+//!   receipts (and the shared key in Redis), request limits.
 
 pub mod admin;
 pub mod background;

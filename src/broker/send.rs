@@ -195,7 +195,8 @@ impl Broker {
         let sadd = p.cmd("SADD").arg(&k.paths);
         let mut paths: Vec<&str> = Vec::new();
         for m in msgs {
-            if !paths.contains(&m.route.path.as_str()) {
+            // A queue addressed by name has no path to record.
+            if !m.route.path.is_empty() && !paths.contains(&m.route.path.as_str()) {
                 paths.push(&m.route.path);
                 sadd.arg(&m.route.path);
             }

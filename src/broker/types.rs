@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::receipt::Receipt;
+use super::receipt::{Keys, Receipt};
 use crate::routing::Route;
 
 /// Broker settings, taken from the configuration.
@@ -116,9 +116,28 @@ impl Delivery {
         }
     }
 
-    /// Its receipt, encoded for the client, without building a [`Receipt`].
-    pub fn receipt_token(&self) -> String {
-        Receipt::encode_parts(&self.queue, &self.group, &self.message_id, self.attempt)
+    /// About how many bytes this delivery takes in a reply: its payload,
+    /// headers and names, plus the receipt and framing.
+    pub fn wire_size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        let names = self.queue.len() + self.group.len() + self.message_id.len();
+        self.payload.len() + headers + self.content_type.len() + self.path.len() + names * 3 + 96
+    }
+
+    /// Its receipt, signed and encoded for the client, without building a
+    /// [`Receipt`].
+    pub fn receipt_token(&self, keys: &Keys) -> String {
+        Receipt::encode_parts(
+            keys,
+            &self.queue,
+            &self.group,
+            &self.message_id,
+            self.attempt,
+        )
     }
 }
 

@@ -22,14 +22,22 @@ pub async fn handle(
             "{n} receipts; the limit is {MAX_ACK_RECEIPTS}"
         )));
     }
+    let keys = svc.receipts.keys().await?;
     let receipts = req
         .receipts
         .iter()
         .enumerate()
-        .map(|(i, r)| Receipt::decode(r).map_err(|e| Error::invalid(format!("receipts[{i}]: {e}"))))
+        .map(|(i, r)| {
+            Receipt::decode(keys, r).map_err(|e| Error::invalid(format!("receipts[{i}]: {e}")))
+        })
         .collect::<Result<Vec<_>>>()?;
+    // Once per queue: a batch is nearly always one queue's.
+    let mut checked: Vec<&str> = Vec::new();
     for r in &receipts {
-        caller.grant.check_queue(Action::Subscribe, &r.queue)?;
+        if !checked.contains(&r.queue.as_str()) {
+            caller.grant.check_queue(Action::Subscribe, &r.queue)?;
+            checked.push(&r.queue);
+        }
     }
     let outcomes = svc.queues.ack(&receipts).await?;
     Ok(proto::AckResponse {

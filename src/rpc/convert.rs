@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::broker::envelope::OCTET_STREAM;
 use crate::broker::limits::{MAX_HEADERS, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SCHEDULE};
+use crate::broker::receipt::Keys;
 use crate::broker::{Delivery, Outgoing, Target};
 use crate::error::{Error, Result};
 use crate::proto;
@@ -88,7 +89,13 @@ pub fn outgoing(
         }
         other => other,
     };
-    let route = routing::route(&r.path).map_err(at)?;
+    // A Send's path may hold no pattern characters; a name needs none.
+    let route = if r.queue.is_empty() {
+        routing::send_route(&r.path)
+    } else {
+        routing::address(&r.path, &r.queue)
+    }
+    .map_err(at)?;
     if r.payload.len() > settings.max_payload_bytes {
         return Err(at(Error::PayloadTooLarge {
             size: r.payload.len(),
@@ -200,6 +207,38 @@ fn idempotency_key(key: String) -> Result<Option<String>> {
     Ok(Some(key))
 }
 
+/// How far ahead of this replica's clock a client-given time may be: room
+/// for clock skew, no more (a time past the stream ids Redis can make only
+/// breaks what compares against it).
+const MAX_FUTURE_MS: u64 = 24 * 3600 * 1000;
+/// Largest sequence number accepted in an entry id: exact in a double, as
+/// the Lua scripts read ids.
+const MAX_ID_SEQ: u64 = (1 << 53) - 1;
+
+/// A client-given point in time as ms since the epoch (saturating: a time
+/// past what a u64 holds selects nothing), refused when invalid.
+pub fn any_time_ms(field: &str, ts: &prost_types::Timestamp) -> Result<u64> {
+    if ts.seconds < 0 || ts.nanos < 0 || ts.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(format!("{field} is not a valid time")));
+    }
+    Ok((ts.seconds as u64)
+        .saturating_mul(1000)
+        .saturating_add((ts.nanos / 1_000_000) as u64))
+}
+
+/// [`any_time_ms`], also refused when more than a day ahead: for times
+/// kept in Redis (a group's start).
+pub fn time_ms(field: &str, ts: &prost_types::Timestamp) -> Result<u64> {
+    let ms = any_time_ms(field, ts)?;
+    let now_ms = (crate::broker::envelope::now_secs() * 1000.0) as u64;
+    if ms > now_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(Error::invalid(format!(
+            "{field} is more than a day in the future"
+        )));
+    }
+    Ok(ms)
+}
+
 /// Where a new group starts, as an XGROUP CREATE id ("$" when unset).
 pub fn start_position(p: Option<proto::StartPosition>) -> Result<String> {
     use proto::start_position::Position;
@@ -207,31 +246,38 @@ pub fn start_position(p: Option<proto::StartPosition>) -> Result<String> {
         None | Some(Position::Now(_)) => "$".to_string(),
         Some(Position::Beginning(_)) => "0".to_string(),
         Some(Position::AfterId(id)) => {
-            if !crate::broker::receipt::is_entry_id(&id) {
+            let parts = id
+                .split_once('-')
+                .and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)));
+            let Some((ms, seq)) = parts else {
                 return Err(Error::invalid(format!(
                     "start.after_id {id:?} is not a stream entry id"
+                )));
+            };
+            let now_ms = (crate::broker::envelope::now_secs() * 1000.0) as u64;
+            if ms > now_ms.saturating_add(MAX_FUTURE_MS) || seq > MAX_ID_SEQ {
+                return Err(Error::invalid(format!(
+                    "start.after_id {id:?} is out of range: its time is more than a day ahead, or its sequence past 2^53"
                 )));
             }
             id
         }
         Some(Position::AtTime(ts)) => {
-            if ts.seconds < 0 || ts.nanos < 0 || ts.nanos >= 1_000_000_000 {
-                return Err(Error::invalid("start.at_time is not a valid time"));
-            }
-            let ms = (ts.seconds as u64).saturating_mul(1000) + (ts.nanos / 1_000_000) as u64;
+            let ms = time_ms("start.at_time", &ts)?;
             // Entries after (ms - 1, any seq): those at or after `ms`.
             if ms == 0 {
                 "0".to_string()
             } else {
-                format!("{}-{}", ms - 1, u64::MAX)
+                format!("{}-{MAX_ID_SEQ}", ms - 1)
             }
         }
     })
 }
 
-/// A path and group from Subscribe/Receive: empty group means LeanMQ's.
-pub fn target(path: &str, group: &str, consumer: &str) -> Result<Target> {
-    let route = routing::route(path)?;
+/// A queue (by path or by name, exactly one) and group from
+/// Subscribe/Receive: empty group means LeanMQ's.
+pub fn target(path: &str, queue: &str, group: &str, consumer: &str) -> Result<Target> {
+    let route = routing::address(path, queue)?;
     routing::check_name("group", group)?;
     routing::check_name("consumer", consumer)?;
     let group = if group.is_empty() {
@@ -264,9 +310,10 @@ pub fn sent(s: crate::broker::Sent) -> proto::SendResponse {
     }
 }
 
-pub fn delivery(d: Delivery) -> proto::Delivery {
+/// A delivery for the client, its receipt signed with `keys`.
+pub fn delivery(d: Delivery, keys: &Keys) -> proto::Delivery {
     proto::Delivery {
-        receipt: d.receipt_token(),
+        receipt: d.receipt_token(keys),
         message_id: d.message_id,
         path: d.path,
         payload: d.payload,
@@ -374,6 +421,10 @@ pub(crate) fn edge(max_payload_bytes: usize) -> super::EdgeSettings {
         max_subscriptions: 10,
         max_batch: 10,
         default_lease: std::time::Duration::from_secs(30),
+        max_reply_bytes: 32 << 20,
+        max_long_polls_per_connection: 10,
+        max_long_polls_per_token: 10,
+        unary: crate::layers::UnaryBudget::new(10),
     }
 }
 
@@ -405,13 +456,14 @@ mod fuzz {
         ) {
             let req = proto::SendRequest {
                 path, payload: bytes::Bytes::from(payload), content_type, headers,
-                ttl, delay, deliver_at: None, idempotency_key: key,
+                ttl, delay, deliver_at: None, idempotency_key: key, ..Default::default()
             };
             match outgoing("", req, &edge(100), None) {
                 Ok(o) => {
                     prop_assert!(o.payload.len() <= 100);
                     prop_assert!(o.headers.len() <= MAX_HEADERS);
                     prop_assert!(!o.route.queue.is_empty());
+                    prop_assert!(!o.route.path.contains(['*', '>']), "wildcards are refused");
                     prop_assert!(o.ttl.is_none_or(|t| t <= MAX_SCHEDULE));
                     prop_assert!(o.idempotency_key.is_none_or(|k| k.len() <= MAX_IDEMPOTENCY_KEY_BYTES));
                     // The envelope of anything accepted encodes (or is refused as bad JSON).

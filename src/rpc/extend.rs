@@ -12,7 +12,7 @@ pub async fn handle(
     caller: &Caller,
     req: proto::ExtendRequest,
 ) -> Result<proto::ExtendResponse> {
-    let r = Receipt::decode(&req.receipt)?;
+    let r = Receipt::decode(svc.receipts.keys().await?, &req.receipt)?;
     caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     let by = convert::duration(
         "extension",

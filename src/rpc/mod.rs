@@ -8,7 +8,9 @@ mod ack;
 pub mod admin;
 pub mod convert;
 mod extend;
+mod long_poll;
 mod nack;
+pub mod prefixes;
 mod receive;
 mod send;
 mod send_batch;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Grant;
+use crate::broker::receipt::KeySource;
 use crate::proto;
 use crate::queues::Queues;
 
@@ -35,6 +38,15 @@ pub struct EdgeSettings {
     pub max_batch: usize,
     /// Lease when a request gives none.
     pub default_lease: Duration,
+    /// Most bytes of deliveries in one Receive reply: under the gRPC
+    /// message limit, so a reply is never refused after leasing.
+    pub max_reply_bytes: usize,
+    /// Waiting Receives per client connection and per token (`long_poll`).
+    pub max_long_polls_per_connection: usize,
+    pub max_long_polls_per_token: usize,
+    /// `--max-concurrent-rpcs`, shared with the shed layer: a Receive that
+    /// does not wait takes its place here.
+    pub unary: crate::layers::UnaryBudget,
 }
 
 /// The `leanmq.v1.Broker` service.
@@ -44,14 +56,36 @@ pub struct BrokerService {
     /// Open Subscribe streams, in all and per client connection, for
     /// `--max-subscriptions` and `--max-streams-per-connection`.
     streams: Arc<subscribe::StreamCounts>,
+    /// The keys that sign the receipts handed out and check those given back.
+    receipts: Arc<KeySource>,
+    /// Waiting Receives, per connection and per token (shared by every prefix).
+    long_polls: Arc<long_poll::LongPolls>,
 }
 
 impl BrokerService {
-    pub fn new(queues: Arc<Queues>, settings: EdgeSettings) -> Self {
+    pub fn new(queues: Arc<Queues>, settings: EdgeSettings, receipts: Arc<KeySource>) -> Self {
+        let long_polls = long_poll::LongPolls::new(
+            settings.max_long_polls_per_connection,
+            settings.max_long_polls_per_token,
+        );
         BrokerService {
             queues,
             settings,
             streams: Arc::default(),
+            receipts,
+            long_polls,
+        }
+    }
+
+    /// The service of another prefix's façade: same settings, and the
+    /// same stream counts, so the limits hold across prefixes.
+    pub fn sibling(&self, queues: Arc<Queues>) -> Self {
+        BrokerService {
+            queues,
+            settings: self.settings.clone(),
+            streams: self.streams.clone(),
+            receipts: self.receipts.clone(),
+            long_polls: self.long_polls.clone(),
         }
     }
 }

@@ -25,7 +25,7 @@ pub async fn handle(
     caller: &Caller,
     req: proto::NackRequest,
 ) -> Result<proto::NackResponse> {
-    let r = Receipt::decode(&req.receipt)?;
+    let r = Receipt::decode(svc.receipts.keys().await?, &req.receipt)?;
     caller.grant.check_queue(Action::Subscribe, &r.queue)?;
     let delay = convert::optional_duration("delay", req.delay, MAX_NACK_DELAY)?;
     let reason = truncate(&req.reason, MAX_REASON_BYTES);

@@ -17,7 +17,7 @@ pub async fn handle(
             "path patterns (\"*\", \">\") are for Subscribe; Receive takes one path",
         ));
     }
-    let target = convert::target(&req.path, &req.group, &req.consumer)?;
+    let target = convert::target(&req.path, &req.queue, &req.group, &req.consumer)?;
     caller.grant.check(Action::Subscribe, &target.route)?;
     let max = convert::count(
         "max_messages",
@@ -32,17 +32,38 @@ pub async fn handle(
         svc.settings.default_lease,
         LEASE_RANGE,
     )?;
+    // Held until the reply is sent: a wait takes a long-poll place, a
+    // Receive that does not wait a unary one (see `long_poll`).
+    let (_unary, _long_poll) = if wait.is_zero() {
+        let unary = &svc.settings.unary;
+        let permit = unary.try_take();
+        (
+            Some(permit.ok_or_else(|| Error::ResourceExhausted(unary.refusal()))?),
+            None,
+        )
+    } else {
+        (
+            None,
+            Some(svc.long_polls.take(caller.conn, &caller.grant.name)?),
+        )
+    };
     let pull = Pull {
         max,
         lease,
         wait,
         start: convert::start_position(req.start)?,
+        max_bytes: svc.settings.max_reply_bytes,
     };
+    // The keys first: nothing is leased that could not be signed.
+    let keys = svc.receipts.keys().await?;
     let deliveries = svc
         .queues
         .receive(&target, pull, caller.grant.creator().as_ref())
         .await?;
     Ok(proto::ReceiveResponse {
-        deliveries: deliveries.into_iter().map(convert::delivery).collect(),
+        deliveries: deliveries
+            .into_iter()
+            .map(|d| convert::delivery(d, keys))
+            .collect(),
     })
 }

@@ -22,9 +22,10 @@ pub async fn handle(
     let pattern = crate::routing::Pattern::parse(&req.path)?;
     match &pattern {
         Some(p) => caller.grant.check_pattern(Action::Subscribe, p)?,
-        None => caller
-            .grant
-            .check(Action::Subscribe, &crate::routing::route(&req.path)?)?,
+        None => caller.grant.check(
+            Action::Subscribe,
+            &crate::routing::address(&req.path, &req.queue)?,
+        )?,
     }
     let open = OpenStream::new(&svc.streams, caller.conn, &svc.settings)?;
     let max_in_flight = convert::count(
@@ -49,11 +50,13 @@ pub async fn handle(
             Source::Pattern { pattern, group }
         }
         None => {
-            let target = convert::target(&req.path, &req.group, &req.consumer)?;
+            let target = convert::target(&req.path, &req.queue, &req.group, &req.consumer)?;
             tracing::debug!(queue = %target.route.queue, group = %target.group, consumer = %req.consumer, "subscribed");
             Source::Path(target)
         }
     };
+    // The keys first: nothing is leased that could not be signed.
+    let keys = svc.receipts.keys().await?.clone();
     let sub = svc
         .queues
         .subscribe(
@@ -64,12 +67,16 @@ pub async fn handle(
             caller.grant.creator().as_ref(),
         )
         .await?;
-    let stream = futures::stream::unfold((sub, open), |(mut sub, open)| async move {
-        let item = sub.next().await?;
-        Some((
-            item.map(|d| convert::delivery(*d)).map_err(Into::into),
-            (sub, open),
-        ))
+    let stream = futures::stream::unfold((sub, open), move |(mut sub, open)| {
+        let keys = keys.clone();
+        async move {
+            let item = sub.next().await?;
+            Some((
+                item.map(|d| convert::delivery(*d, &keys))
+                    .map_err(Into::into),
+                (sub, open),
+            ))
+        }
     });
     Ok(Box::pin(stream))
 }

@@ -292,6 +292,7 @@ pub async fn subscribe(
         max_in_flight,
         ack_deadline: ms(lease_ms),
         start: None,
+        ..Default::default()
     })
     .await
     .expect("subscribe")
@@ -323,6 +324,7 @@ pub async fn receive(
         wait: dur(WAIT),
         ack_deadline: ms(lease_ms),
         start: None,
+        ..Default::default()
     })
     .await
     .expect("receive")
@@ -405,4 +407,16 @@ pub fn entries(r: &RedisProc, key: &str) -> Vec<(String, serde_json::Value)> {
             )
         })
         .collect()
+}
+
+/// The keys a leanmqd on this Redis signs receipts with when none is
+/// configured (the shared key it keeps at `webhook:receipt-key`), for
+/// tests that write receipts by hand. Present once leanmqd handed out or
+/// checked a receipt.
+pub fn receipt_keys(r: &RedisProc) -> leanmq_grpc::broker::receipt::Keys {
+    let key: String = redis::cmd("GET")
+        .arg("webhook:receipt-key")
+        .query(&mut r.conn())
+        .expect("the shared receipt key");
+    leanmq_grpc::broker::receipt::Keys::new([key], false).expect("a usable key")
 }

@@ -65,13 +65,19 @@ export E2E_GO_AGENT="$TMP/go-e2e-agent"
 # --- the test venv ---------------------------------------------------------
 VENV="$E2E/.venv"
 VPY="$VENV/bin/python"
-if [ ! -f "$VENV/.deps-ok" ]; then
+# The trace-context test adds an OTLP collector (opentelemetry-proto) and a
+# producer span (opentelemetry-sdk); the stamp names the list, so a venv
+# made for an older list is rebuilt.
+DEPS="pytest pytest-timeout leanmq==0.2.0 redis opentelemetry-sdk opentelemetry-proto"
+DEPS_STAMP="$VENV/.deps-$(echo "$DEPS" | sha256sum | cut -c1-12)"
+if [ ! -f "$DEPS_STAMP" ]; then
   log "creating $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   quiet "$VPY" -m pip install -q --upgrade pip
-  quiet "$VPY" -m pip install -q pytest pytest-timeout "leanmq==0.2.0" redis
-  touch "$VENV/.deps-ok"
+  # shellcheck disable=SC2086 # DEPS is a list of requirement words
+  quiet "$VPY" -m pip install -q $DEPS
+  touch "$DEPS_STAMP"
 fi
 # (Re)install the Python SDK whenever its sources changed.
 SDK_HASH="$(cd clients/python && find pyproject.toml leanmq_grpc -type f \

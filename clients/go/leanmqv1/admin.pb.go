@@ -31,10 +31,13 @@ const (
 // the whole listing is on exactly one page.
 type ListQueuesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which prefix's registry to list (as Broker's SendRequest.prefix): empty
+	// for the server's default.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	// Default (0): 100. At most 1000.
-	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's `next_page_token`; empty for the first page.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -67,6 +70,13 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
 	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ListQueuesRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
 }
 
 func (x *ListQueuesRequest) GetPageSize() uint32 {
@@ -221,7 +231,12 @@ func (x *ListQueuesResponse) GetNextPageToken() string {
 type GetQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A path ("/order/status/") or a queue name ("order_status").
-	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Or the queue by name, as Broker's SendRequest.queue; give `path` or
+	// `queue`, not both.
+	Queue string `protobuf:"bytes,2,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -259,6 +274,20 @@ func (*GetQueueRequest) Descriptor() ([]byte, []int) {
 func (x *GetQueueRequest) GetPath() string {
 	if x != nil {
 		return x.Path
+	}
+	return ""
+}
+
+func (x *GetQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *GetQueueRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
 	}
 	return ""
 }
@@ -491,7 +520,12 @@ type ListDeadLettersRequest struct {
 	// Default (0): 100. At most 1000.
 	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's `next_page_token`; empty for the first page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Or the queue by name, as Broker's SendRequest.queue; give `path` or
+	// `queue`, not both.
+	Queue string `protobuf:"bytes,4,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,5,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -543,6 +577,20 @@ func (x *ListDeadLettersRequest) GetPageSize() uint32 {
 func (x *ListDeadLettersRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
 	}
 	return ""
 }
@@ -809,7 +857,12 @@ type RequeueDeadLettersRequest struct {
 	//	*RequeueDeadLettersRequest_Ids
 	//	*RequeueDeadLettersRequest_All
 	//	*RequeueDeadLettersRequest_Since
-	Selector      isRequeueDeadLettersRequest_Selector `protobuf_oneof:"selector"`
+	Selector isRequeueDeadLettersRequest_Selector `protobuf_oneof:"selector"`
+	// Or the queue by name, as Broker's SendRequest.queue; give `path` or
+	// `queue`, not both.
+	Queue string `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,6,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -883,6 +936,20 @@ func (x *RequeueDeadLettersRequest) GetSince() *timestamppb.Timestamp {
 		}
 	}
 	return nil
+}
+
+func (x *RequeueDeadLettersRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *RequeueDeadLettersRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
 }
 
 type isRequeueDeadLettersRequest_Selector interface {
@@ -1065,7 +1132,12 @@ type DeleteDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// DLQ entry ids. 1 to 1000.
-	Ids           []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
+	Ids []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
+	// Or the queue by name, as Broker's SendRequest.queue; give `path` or
+	// `queue`, not both.
+	Queue string `protobuf:"bytes,3,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1114,6 +1186,20 @@ func (x *DeleteDeadLettersRequest) GetIds() []string {
 	return nil
 }
 
+func (x *DeleteDeadLettersRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *DeleteDeadLettersRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
 type DeleteDeadLettersResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Deleted       int64                  `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
@@ -1159,8 +1245,13 @@ func (x *DeleteDeadLettersResponse) GetDeleted() int64 {
 }
 
 type PurgeDeadLettersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Or the queue by name, as Broker's SendRequest.queue; give `path` or
+	// `queue`, not both.
+	Queue string `protobuf:"bytes,2,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1198,6 +1289,20 @@ func (*PurgeDeadLettersRequest) Descriptor() ([]byte, []int) {
 func (x *PurgeDeadLettersRequest) GetPath() string {
 	if x != nil {
 		return x.Path
+	}
+	return ""
+}
+
+func (x *PurgeDeadLettersRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *PurgeDeadLettersRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
 	}
 	return ""
 }
@@ -1251,7 +1356,12 @@ type PurgeQueueRequest struct {
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// Must equal the queue name (e.g. "order_status"), to show the caller
 	// means this queue. INVALID_ARGUMENT otherwise.
-	Confirm       string `protobuf:"bytes,2,opt,name=confirm,proto3" json:"confirm,omitempty"`
+	Confirm string `protobuf:"bytes,2,opt,name=confirm,proto3" json:"confirm,omitempty"`
+	// Or the queue by name, as Broker's SendRequest.queue; give `path` or
+	// `queue`, not both.
+	Queue string `protobuf:"bytes,3,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1296,6 +1406,20 @@ func (x *PurgeQueueRequest) GetPath() string {
 func (x *PurgeQueueRequest) GetConfirm() string {
 	if x != nil {
 		return x.Confirm
+	}
+	return ""
+}
+
+func (x *PurgeQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *PurgeQueueRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
 	}
 	return ""
 }
@@ -1350,7 +1474,12 @@ type DeleteQueueRequest struct {
 	// Also delete the DLQ and its metadata.
 	WithDlq bool `protobuf:"varint,2,opt,name=with_dlq,json=withDlq,proto3" json:"with_dlq,omitempty"`
 	// Must equal the queue name, as PurgeQueueRequest.confirm.
-	Confirm       string `protobuf:"bytes,3,opt,name=confirm,proto3" json:"confirm,omitempty"`
+	Confirm string `protobuf:"bytes,3,opt,name=confirm,proto3" json:"confirm,omitempty"`
+	// Or the queue by name, as Broker's SendRequest.queue; give `path` or
+	// `queue`, not both.
+	Queue string `protobuf:"bytes,4,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,5,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1406,6 +1535,20 @@ func (x *DeleteQueueRequest) GetConfirm() string {
 	return ""
 }
 
+func (x *DeleteQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *DeleteQueueRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
 type DeleteQueueResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Entries deleted with the queue (and DLQ when asked).
@@ -1451,15 +1594,151 @@ func (x *DeleteQueueResponse) GetDeletedMessages() int64 {
 	return 0
 }
 
+type CreateQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue by path ("/order/status/") or by name ("responses:<uuid>"),
+	// as Broker's SendRequest: exactly one of the two.
+	Path  string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Queue string `protobuf:"bytes,2,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As Broker's SendRequest.prefix.
+	Prefix        string `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateQueueRequest) Reset() {
+	*x = CreateQueueRequest{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateQueueRequest) ProtoMessage() {}
+
+func (x *CreateQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateQueueRequest.ProtoReflect.Descriptor instead.
+func (*CreateQueueRequest) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CreateQueueRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CreateQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *CreateQueueRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+type CreateQueueResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Queue name ("order_status").
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Stream key of the queue ("webhook:order_status").
+	Stream string `protobuf:"bytes,2,opt,name=stream,proto3" json:"stream,omitempty"`
+	// Stream key of its DLQ ("webhook:order_status:dlq").
+	DeadLetterStream string `protobuf:"bytes,3,opt,name=dead_letter_stream,json=deadLetterStream,proto3" json:"dead_letter_stream,omitempty"`
+	// LeanMQ's default group of the queue ("order_status-group").
+	Group         string `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateQueueResponse) Reset() {
+	*x = CreateQueueResponse{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateQueueResponse) ProtoMessage() {}
+
+func (x *CreateQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateQueueResponse.ProtoReflect.Descriptor instead.
+func (*CreateQueueResponse) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CreateQueueResponse) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *CreateQueueResponse) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *CreateQueueResponse) GetDeadLetterStream() string {
+	if x != nil {
+		return x.DeadLetterStream
+	}
+	return ""
+}
+
+func (x *CreateQueueResponse) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 var File_leanmq_v1_admin_proto protoreflect.FileDescriptor
 
 const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15leanmq/v1/admin.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n" +
-	"\x11ListQueuesRequest\x12\x1b\n" +
-	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\x15leanmq/v1/admin.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n" +
+	"\x11ListQueuesRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"\x8d\x01\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x8d\x01\n" +
 	"\fQueueSummary\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x16\n" +
 	"\x06stream\x18\x02 \x01(\tR\x06stream\x12\x16\n" +
@@ -1468,9 +1747,11 @@ const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\x05paths\x18\x05 \x03(\tR\x05paths\"m\n" +
 	"\x12ListQueuesResponse\x12/\n" +
 	"\x06queues\x18\x01 \x03(\v2\x17.leanmq.v1.QueueSummaryR\x06queues\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"%\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"S\n" +
 	"\x0fGetQueueRequest\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\xfa\x01\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
+	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\tR\x06prefix\"\xfa\x01\n" +
 	"\tGroupInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\apending\x18\x02 \x01(\x03R\apending\x12\x1c\n" +
@@ -1491,12 +1772,14 @@ const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\adropped\x18\t \x01(\x03R\adropped\x129\n" +
 	"\n" +
 	"created_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"h\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x96\x01\n" +
 	"\x16ListDeadLettersRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"\x7f\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x14\n" +
+	"\x05queue\x18\x04 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x05 \x01(\tR\x06prefix\"\x7f\n" +
 	"\aFailure\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +
@@ -1522,12 +1805,14 @@ const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"{\n" +
 	"\x17ListDeadLettersResponse\x128\n" +
 	"\fdead_letters\x18\x01 \x03(\v2\x15.leanmq.v1.DeadLetterR\vdeadLetters\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb1\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xdf\x01\n" +
 	"\x19RequeueDeadLettersRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12,\n" +
 	"\x03ids\x18\x02 \x01(\v2\x18.leanmq.v1.DeadLetterIdsH\x00R\x03ids\x12\x12\n" +
 	"\x03all\x18\x03 \x01(\bH\x00R\x03all\x122\n" +
-	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\x05sinceB\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\x05since\x12\x14\n" +
+	"\x05queue\x18\x05 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x06 \x01(\tR\x06prefixB\n" +
 	"\n" +
 	"\bselector\"!\n" +
 	"\rDeadLetterIds\x12\x10\n" +
@@ -1538,27 +1823,44 @@ const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"message_id\x18\x02 \x01(\tR\tmessageId\"g\n" +
 	"\x1aRequeueDeadLettersResponse\x12/\n" +
 	"\brequeued\x18\x01 \x03(\v2\x13.leanmq.v1.RequeuedR\brequeued\x12\x18\n" +
-	"\amissing\x18\x02 \x03(\tR\amissing\"@\n" +
+	"\amissing\x18\x02 \x03(\tR\amissing\"n\n" +
 	"\x18DeleteDeadLettersRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
-	"\x03ids\x18\x02 \x03(\tR\x03ids\"5\n" +
+	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x14\n" +
+	"\x05queue\x18\x03 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\tR\x06prefix\"5\n" +
 	"\x19DeleteDeadLettersResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\x03R\adeleted\"-\n" +
+	"\adeleted\x18\x01 \x01(\x03R\adeleted\"[\n" +
 	"\x17PurgeDeadLettersRequest\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"2\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
+	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\tR\x06prefix\"2\n" +
 	"\x18PurgeDeadLettersResponse\x12\x16\n" +
-	"\x06purged\x18\x01 \x01(\x03R\x06purged\"A\n" +
+	"\x06purged\x18\x01 \x01(\x03R\x06purged\"o\n" +
 	"\x11PurgeQueueRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
-	"\aconfirm\x18\x02 \x01(\tR\aconfirm\",\n" +
+	"\aconfirm\x18\x02 \x01(\tR\aconfirm\x12\x14\n" +
+	"\x05queue\x18\x03 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\tR\x06prefix\",\n" +
 	"\x12PurgeQueueResponse\x12\x16\n" +
-	"\x06purged\x18\x01 \x01(\x03R\x06purged\"]\n" +
+	"\x06purged\x18\x01 \x01(\x03R\x06purged\"\x8b\x01\n" +
 	"\x12DeleteQueueRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x19\n" +
 	"\bwith_dlq\x18\x02 \x01(\bR\awithDlq\x12\x18\n" +
-	"\aconfirm\x18\x03 \x01(\tR\aconfirm\"@\n" +
+	"\aconfirm\x18\x03 \x01(\tR\aconfirm\x12\x14\n" +
+	"\x05queue\x18\x04 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x05 \x01(\tR\x06prefix\"@\n" +
 	"\x13DeleteQueueResponse\x12)\n" +
-	"\x10deleted_messages\x18\x01 \x01(\x03R\x0fdeletedMessages2\xa3\x05\n" +
+	"\x10deleted_messages\x18\x01 \x01(\x03R\x0fdeletedMessages\"V\n" +
+	"\x12CreateQueueRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
+	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\tR\x06prefix\"\x87\x01\n" +
+	"\x13CreateQueueResponse\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x16\n" +
+	"\x06stream\x18\x02 \x01(\tR\x06stream\x12,\n" +
+	"\x12dead_letter_stream\x18\x03 \x01(\tR\x10deadLetterStream\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group2\xf1\x05\n" +
 	"\x05Admin\x12I\n" +
 	"\n" +
 	"ListQueues\x12\x1c.leanmq.v1.ListQueuesRequest\x1a\x1d.leanmq.v1.ListQueuesResponse\x12<\n" +
@@ -1569,7 +1871,8 @@ const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\x10PurgeDeadLetters\x12\".leanmq.v1.PurgeDeadLettersRequest\x1a#.leanmq.v1.PurgeDeadLettersResponse\x12I\n" +
 	"\n" +
 	"PurgeQueue\x12\x1c.leanmq.v1.PurgeQueueRequest\x1a\x1d.leanmq.v1.PurgeQueueResponse\x12L\n" +
-	"\vDeleteQueue\x12\x1d.leanmq.v1.DeleteQueueRequest\x1a\x1e.leanmq.v1.DeleteQueueResponseBM\n" +
+	"\vDeleteQueue\x12\x1d.leanmq.v1.DeleteQueueRequest\x1a\x1e.leanmq.v1.DeleteQueueResponse\x12L\n" +
+	"\vCreateQueue\x12\x1d.leanmq.v1.CreateQueueRequest\x1a\x1e.leanmq.v1.CreateQueueResponseBM\n" +
 	"\rdev.leanmq.v1P\x01Z:github.com/leanmq/leanmq-grpc/clients/go/leanmqv1;leanmqv1b\x06proto3"
 
 var (
@@ -1584,7 +1887,7 @@ func file_leanmq_v1_admin_proto_rawDescGZIP() []byte {
 	return file_leanmq_v1_admin_proto_rawDescData
 }
 
-var file_leanmq_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_leanmq_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_leanmq_v1_admin_proto_goTypes = []any{
 	(*ListQueuesRequest)(nil),          // 0: leanmq.v1.ListQueuesRequest
 	(*QueueSummary)(nil),               // 1: leanmq.v1.QueueSummary
@@ -1608,23 +1911,25 @@ var file_leanmq_v1_admin_proto_goTypes = []any{
 	(*PurgeQueueResponse)(nil),         // 19: leanmq.v1.PurgeQueueResponse
 	(*DeleteQueueRequest)(nil),         // 20: leanmq.v1.DeleteQueueRequest
 	(*DeleteQueueResponse)(nil),        // 21: leanmq.v1.DeleteQueueResponse
-	nil,                                // 22: leanmq.v1.DeadLetter.HeadersEntry
-	(*durationpb.Duration)(nil),        // 23: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 24: google.protobuf.Timestamp
+	(*CreateQueueRequest)(nil),         // 22: leanmq.v1.CreateQueueRequest
+	(*CreateQueueResponse)(nil),        // 23: leanmq.v1.CreateQueueResponse
+	nil,                                // 24: leanmq.v1.DeadLetter.HeadersEntry
+	(*durationpb.Duration)(nil),        // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 26: google.protobuf.Timestamp
 }
 var file_leanmq_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: leanmq.v1.ListQueuesResponse.queues:type_name -> leanmq.v1.QueueSummary
-	23, // 1: leanmq.v1.GroupInfo.oldest_unacked_age:type_name -> google.protobuf.Duration
+	25, // 1: leanmq.v1.GroupInfo.oldest_unacked_age:type_name -> google.protobuf.Duration
 	4,  // 2: leanmq.v1.QueueInfo.groups:type_name -> leanmq.v1.GroupInfo
-	24, // 3: leanmq.v1.QueueInfo.created_at:type_name -> google.protobuf.Timestamp
-	24, // 4: leanmq.v1.Failure.at:type_name -> google.protobuf.Timestamp
-	22, // 5: leanmq.v1.DeadLetter.headers:type_name -> leanmq.v1.DeadLetter.HeadersEntry
+	26, // 3: leanmq.v1.QueueInfo.created_at:type_name -> google.protobuf.Timestamp
+	26, // 4: leanmq.v1.Failure.at:type_name -> google.protobuf.Timestamp
+	24, // 5: leanmq.v1.DeadLetter.headers:type_name -> leanmq.v1.DeadLetter.HeadersEntry
 	7,  // 6: leanmq.v1.DeadLetter.failures:type_name -> leanmq.v1.Failure
-	24, // 7: leanmq.v1.DeadLetter.first_failed_at:type_name -> google.protobuf.Timestamp
-	24, // 8: leanmq.v1.DeadLetter.last_failed_at:type_name -> google.protobuf.Timestamp
+	26, // 7: leanmq.v1.DeadLetter.first_failed_at:type_name -> google.protobuf.Timestamp
+	26, // 8: leanmq.v1.DeadLetter.last_failed_at:type_name -> google.protobuf.Timestamp
 	8,  // 9: leanmq.v1.ListDeadLettersResponse.dead_letters:type_name -> leanmq.v1.DeadLetter
 	11, // 10: leanmq.v1.RequeueDeadLettersRequest.ids:type_name -> leanmq.v1.DeadLetterIds
-	24, // 11: leanmq.v1.RequeueDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
+	26, // 11: leanmq.v1.RequeueDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
 	12, // 12: leanmq.v1.RequeueDeadLettersResponse.requeued:type_name -> leanmq.v1.Requeued
 	0,  // 13: leanmq.v1.Admin.ListQueues:input_type -> leanmq.v1.ListQueuesRequest
 	3,  // 14: leanmq.v1.Admin.GetQueue:input_type -> leanmq.v1.GetQueueRequest
@@ -1634,16 +1939,18 @@ var file_leanmq_v1_admin_proto_depIdxs = []int32{
 	16, // 18: leanmq.v1.Admin.PurgeDeadLetters:input_type -> leanmq.v1.PurgeDeadLettersRequest
 	18, // 19: leanmq.v1.Admin.PurgeQueue:input_type -> leanmq.v1.PurgeQueueRequest
 	20, // 20: leanmq.v1.Admin.DeleteQueue:input_type -> leanmq.v1.DeleteQueueRequest
-	2,  // 21: leanmq.v1.Admin.ListQueues:output_type -> leanmq.v1.ListQueuesResponse
-	5,  // 22: leanmq.v1.Admin.GetQueue:output_type -> leanmq.v1.QueueInfo
-	9,  // 23: leanmq.v1.Admin.ListDeadLetters:output_type -> leanmq.v1.ListDeadLettersResponse
-	13, // 24: leanmq.v1.Admin.RequeueDeadLetters:output_type -> leanmq.v1.RequeueDeadLettersResponse
-	15, // 25: leanmq.v1.Admin.DeleteDeadLetters:output_type -> leanmq.v1.DeleteDeadLettersResponse
-	17, // 26: leanmq.v1.Admin.PurgeDeadLetters:output_type -> leanmq.v1.PurgeDeadLettersResponse
-	19, // 27: leanmq.v1.Admin.PurgeQueue:output_type -> leanmq.v1.PurgeQueueResponse
-	21, // 28: leanmq.v1.Admin.DeleteQueue:output_type -> leanmq.v1.DeleteQueueResponse
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
+	22, // 21: leanmq.v1.Admin.CreateQueue:input_type -> leanmq.v1.CreateQueueRequest
+	2,  // 22: leanmq.v1.Admin.ListQueues:output_type -> leanmq.v1.ListQueuesResponse
+	5,  // 23: leanmq.v1.Admin.GetQueue:output_type -> leanmq.v1.QueueInfo
+	9,  // 24: leanmq.v1.Admin.ListDeadLetters:output_type -> leanmq.v1.ListDeadLettersResponse
+	13, // 25: leanmq.v1.Admin.RequeueDeadLetters:output_type -> leanmq.v1.RequeueDeadLettersResponse
+	15, // 26: leanmq.v1.Admin.DeleteDeadLetters:output_type -> leanmq.v1.DeleteDeadLettersResponse
+	17, // 27: leanmq.v1.Admin.PurgeDeadLetters:output_type -> leanmq.v1.PurgeDeadLettersResponse
+	19, // 28: leanmq.v1.Admin.PurgeQueue:output_type -> leanmq.v1.PurgeQueueResponse
+	21, // 29: leanmq.v1.Admin.DeleteQueue:output_type -> leanmq.v1.DeleteQueueResponse
+	23, // 30: leanmq.v1.Admin.CreateQueue:output_type -> leanmq.v1.CreateQueueResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1665,7 +1972,7 @@ func file_leanmq_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leanmq_v1_admin_proto_rawDesc), len(file_leanmq_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

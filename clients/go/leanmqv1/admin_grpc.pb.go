@@ -31,6 +31,7 @@ const (
 	Admin_PurgeDeadLetters_FullMethodName   = "/leanmq.v1.Admin/PurgeDeadLetters"
 	Admin_PurgeQueue_FullMethodName         = "/leanmq.v1.Admin/PurgeQueue"
 	Admin_DeleteQueue_FullMethodName        = "/leanmq.v1.Admin/DeleteQueue"
+	Admin_CreateQueue_FullMethodName        = "/leanmq.v1.Admin/CreateQueue"
 )
 
 // AdminClient is the client API for Admin service.
@@ -59,6 +60,11 @@ type AdminClient interface {
 	// Delete a queue, its groups, schedules and metadata, and optionally its
 	// DLQ. Needs `confirm`.
 	DeleteQueue(ctx context.Context, in *DeleteQueueRequest, opts ...grpc.CallOption) (*DeleteQueueResponse, error)
+	// Create a queue, its DLQ, their metadata and LeanMQ's default groups
+	// (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+	// a token that may send to, subscribe to or administer the queue, since
+	// Send and Subscribe create it too.
+	CreateQueue(ctx context.Context, in *CreateQueueRequest, opts ...grpc.CallOption) (*CreateQueueResponse, error)
 }
 
 type adminClient struct {
@@ -149,6 +155,16 @@ func (c *adminClient) DeleteQueue(ctx context.Context, in *DeleteQueueRequest, o
 	return out, nil
 }
 
+func (c *adminClient) CreateQueue(ctx context.Context, in *CreateQueueRequest, opts ...grpc.CallOption) (*CreateQueueResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateQueueResponse)
+	err := c.cc.Invoke(ctx, Admin_CreateQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -175,6 +191,11 @@ type AdminServer interface {
 	// Delete a queue, its groups, schedules and metadata, and optionally its
 	// DLQ. Needs `confirm`.
 	DeleteQueue(context.Context, *DeleteQueueRequest) (*DeleteQueueResponse, error)
+	// Create a queue, its DLQ, their metadata and LeanMQ's default groups
+	// (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+	// a token that may send to, subscribe to or administer the queue, since
+	// Send and Subscribe create it too.
+	CreateQueue(context.Context, *CreateQueueRequest) (*CreateQueueResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -208,6 +229,9 @@ func (UnimplementedAdminServer) PurgeQueue(context.Context, *PurgeQueueRequest) 
 }
 func (UnimplementedAdminServer) DeleteQueue(context.Context, *DeleteQueueRequest) (*DeleteQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteQueue not implemented")
+}
+func (UnimplementedAdminServer) CreateQueue(context.Context, *CreateQueueRequest) (*CreateQueueResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateQueue not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -374,6 +398,24 @@ func _Admin_DeleteQueue_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreateQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateQueueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateQueue_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateQueue(ctx, req.(*CreateQueueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -412,6 +454,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteQueue",
 			Handler:    _Admin_DeleteQueue_Handler,
+		},
+		{
+			MethodName: "CreateQueue",
+			Handler:    _Admin_CreateQueue_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -197,8 +197,25 @@ type SendRequest struct {
 	// and returns the first message's ids with `duplicate = true`. Atomic
 	// under concurrent duplicates. At most 256 bytes, no control characters.
 	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Or the queue by name, as LeanMQ's core API addresses queues
+	// (`LeanMQ.create_queue_pair("responses:<uuid>")`): give `path` or
+	// `queue`, exactly one (INVALID_ARGUMENT otherwise). A name holds no
+	// whitespace, control characters, "{" or "}", is at most 1024 bytes, and
+	// must not name another queue's own keys: names ending in ":dlq",
+	// ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
+	// ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
+	// "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+	// webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
+	// `Queue.send_message` writes none.
+	Queue string `protobuf:"bytes,9,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Key prefix of the queue ("mq:", "calc:"). Empty: the server's default
+	// (its first `--prefix`). A prefix the server does not serve is
+	// FAILED_PRECONDITION naming the ones it does; a token limited to other
+	// prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
+	// Ack, Nack and Extend need none.
+	Prefix        string `protobuf:"bytes,10,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendRequest) Reset() {
@@ -287,6 +304,20 @@ func (x *SendRequest) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *SendRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *SendRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
 type SendResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The Redis stream entry id, e.g. "1732800000000-0". Stable for the life of
@@ -355,7 +386,8 @@ func (x *SendResponse) GetScheduleId() string {
 
 type SendBatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The messages, each validated as a SendRequest. 1 to 1000 messages
+	// The messages, each validated as a SendRequest, all with the same
+	// `prefix` (a batch spanning prefixes is INVALID_ARGUMENT). 1 to 1000 messages
 	// (`--max-batch`); an empty or larger batch is INVALID_ARGUMENT. One
 	// invalid message fails the whole batch with INVALID_ARGUMENT naming its
 	// index, and nothing is appended.
@@ -483,7 +515,24 @@ type SubscribeRequest struct {
 	// Where a group that does not exist yet starts. Unset: at the end of the
 	// stream (only messages sent from now on), like LeanMQ's groups. Ignored
 	// for a group that exists.
-	Start         *StartPosition `protobuf:"bytes,6,opt,name=start,proto3" json:"start,omitempty"`
+	Start *StartPosition `protobuf:"bytes,6,opt,name=start,proto3" json:"start,omitempty"`
+	// Or the queue (not a pattern) by name, as LeanMQ's core API addresses queues
+	// (`LeanMQ.create_queue_pair("responses:<uuid>")`): give `path` or
+	// `queue`, exactly one (INVALID_ARGUMENT otherwise). A name holds no
+	// whitespace, control characters, "{" or "}", is at most 1024 bytes, and
+	// must not name another queue's own keys: names ending in ":dlq",
+	// ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
+	// ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
+	// "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+	// webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
+	// `Queue.send_message` writes none.
+	Queue string `protobuf:"bytes,7,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Key prefix of the queue ("mq:", "calc:"). Empty: the server's default
+	// (its first `--prefix`). A prefix the server does not serve is
+	// FAILED_PRECONDITION naming the ones it does; a token limited to other
+	// prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
+	// Ack, Nack and Extend need none.
+	Prefix        string `protobuf:"bytes,8,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -558,6 +607,20 @@ func (x *SubscribeRequest) GetStart() *StartPosition {
 		return x.Start
 	}
 	return nil
+}
+
+func (x *SubscribeRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *SubscribeRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
 }
 
 // Where a new consumer group starts reading (replay).
@@ -690,6 +753,8 @@ type Delivery struct {
 	MessageId string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	// The path the message was sent to (normalized as LeanMQ does: leading
 	// "/", no trailing "/"). For a LeanMQ-sent message, its `_leanmq` path.
+	// Empty for a message sent to a queue by name (SendRequest.queue, or
+	// LeanMQ's `Queue.send_message`) and received by name.
 	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
 	// The message body, as sent. For a LeanMQ-sent message: the user's JSON
 	// object without LeanMQ's reserved keys.
@@ -837,7 +902,11 @@ type ReceiveRequest struct {
 	// As SubscribeRequest.ack_deadline.
 	AckDeadline *durationpb.Duration `protobuf:"bytes,6,opt,name=ack_deadline,json=ackDeadline,proto3" json:"ack_deadline,omitempty"`
 	// As SubscribeRequest.start.
-	Start         *StartPosition `protobuf:"bytes,7,opt,name=start,proto3" json:"start,omitempty"`
+	Start *StartPosition `protobuf:"bytes,7,opt,name=start,proto3" json:"start,omitempty"`
+	// As SubscribeRequest.queue.
+	Queue string `protobuf:"bytes,8,opt,name=queue,proto3" json:"queue,omitempty"`
+	// As SendRequest.prefix.
+	Prefix        string `protobuf:"bytes,9,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +988,20 @@ func (x *ReceiveRequest) GetStart() *StartPosition {
 		return x.Start
 	}
 	return nil
+}
+
+func (x *ReceiveRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ReceiveRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
 }
 
 type ReceiveResponse struct {
@@ -1353,7 +1436,7 @@ var File_leanmq_v1_broker_proto protoreflect.FileDescriptor
 
 const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n" +
+	"\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x03\n" +
 	"\vSendRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
@@ -1363,7 +1446,10 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\x05delay\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x129\n" +
 	"\n" +
 	"deliver_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tdeliverAt\x12'\n" +
-	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x1a:\n" +
+	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x12\x14\n" +
+	"\x05queue\x18\t \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\n" +
+	" \x01(\tR\x06prefix\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"l\n" +
@@ -1376,14 +1462,16 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\x10SendBatchRequest\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.leanmq.v1.SendRequestR\bmessages\"F\n" +
 	"\x11SendBatchResponse\x121\n" +
-	"\aresults\x18\x01 \x03(\v2\x17.leanmq.v1.SendResponseR\aresults\"\xea\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.leanmq.v1.SendResponseR\aresults\"\x98\x02\n" +
 	"\x10SubscribeRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1a\n" +
 	"\bconsumer\x18\x03 \x01(\tR\bconsumer\x12\"\n" +
 	"\rmax_in_flight\x18\x04 \x01(\rR\vmaxInFlight\x12<\n" +
 	"\fack_deadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\x12.\n" +
-	"\x05start\x18\x06 \x01(\v2\x18.leanmq.v1.StartPositionR\x05start\"\xa3\x01\n" +
+	"\x05start\x18\x06 \x01(\v2\x18.leanmq.v1.StartPositionR\x05start\x12\x14\n" +
+	"\x05queue\x18\a \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\b \x01(\tR\x06prefix\"\xa3\x01\n" +
 	"\rStartPosition\x12\x1e\n" +
 	"\tbeginning\x18\x01 \x01(\bH\x00R\tbeginning\x12\x12\n" +
 	"\x03now\x18\x02 \x01(\bH\x00R\x03now\x12\x1b\n" +
@@ -1406,7 +1494,7 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x02\n" +
 	"\x0eReceiveRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1a\n" +
@@ -1414,7 +1502,9 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\fmax_messages\x18\x04 \x01(\rR\vmaxMessages\x12-\n" +
 	"\x04wait\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12<\n" +
 	"\fack_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\x12.\n" +
-	"\x05start\x18\a \x01(\v2\x18.leanmq.v1.StartPositionR\x05start\"F\n" +
+	"\x05start\x18\a \x01(\v2\x18.leanmq.v1.StartPositionR\x05start\x12\x14\n" +
+	"\x05queue\x18\b \x01(\tR\x05queue\x12\x16\n" +
+	"\x06prefix\x18\t \x01(\tR\x06prefix\"F\n" +
 	"\x0fReceiveResponse\x123\n" +
 	"\n" +
 	"deliveries\x18\x01 \x03(\v2\x13.leanmq.v1.DeliveryR\n" +

@@ -195,8 +195,12 @@ export class Admin {
   private call<Req, Res>(method: string, request: Req): Promise<Res> {
     const options: Partial<CallOptions> = { deadline: Date.now() + this.callTimeoutMs };
     const fn = (this.client as unknown as Record<string, Function>)[method]!;
+    // Every Admin request may name a key prefix and a queue by name; the
+    // generated encoder writes any field that is not its default, so unset
+    // ones must be "" (the default prefix; the queue given by path).
+    const full = { queue: "", prefix: "", ...request };
     return new Promise<Res>((resolve, reject) =>
-      fn.call(this.client, request, new Metadata(), options, (err: ServiceError | null, res: Res) =>
+      fn.call(this.client, full, new Metadata(), options, (err: ServiceError | null, res: Res) =>
         err ? reject(err) : resolve(res),
       ),
     );
@@ -294,15 +298,15 @@ export class Admin {
     }
     let requests: RequeueDeadLettersRequest[];
     if ("ids" in selection) {
-      requests = chunks(idList(selection.ids, "requeueDeadLetters")).map((ids) => ({ path, ids: { ids } }));
+      requests = chunks(idList(selection.ids, "requeueDeadLetters")).map((ids) => ({ path, queue: "", prefix: "", ids: { ids } }));
     } else if ("all" in selection) {
       if (selection.all !== true) throw new TypeError("leanmq-grpc: requeueDeadLetters: all must be true");
-      requests = [{ path, all: true }];
+      requests = [{ path, queue: "", prefix: "", all: true }];
     } else {
       if (!(selection.since instanceof Date) || Number.isNaN(selection.since.getTime())) {
         throw new TypeError("leanmq-grpc: requeueDeadLetters: since must be a valid Date");
       }
-      requests = [{ path, since: selection.since }];
+      requests = [{ path, queue: "", prefix: "", since: selection.since }];
     }
     const out: RequeueResult = { requeued: [], missing: [] };
     for (const r of requests) {

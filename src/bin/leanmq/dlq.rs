@@ -201,6 +201,7 @@ async fn page(
         path: path.into(),
         page_size: size,
         page_token: token,
+        ..Default::default()
     };
     conn.call(conn.admin().list_dead_letters(req)).await
 }
@@ -364,6 +365,7 @@ async fn requeue(conn: &Conn, json: bool, path: &str, ids: Vec<String>) -> Resul
             selector: Some(Selector::Ids(proto::DeadLetterIds {
                 ids: chunk.to_vec(),
             })),
+            ..Default::default()
         };
         let resp = conn.call(conn.admin().requeue_dead_letters(req)).await?;
         done.requeued
@@ -404,6 +406,7 @@ async fn rm(conn: &Conn, json: bool, path: &str, ids: Vec<String>) -> Result<(),
         let req = proto::DeleteDeadLettersRequest {
             path: path.into(),
             ids: chunk.to_vec(),
+            ..Default::default()
         };
         deleted += conn
             .call(conn.admin().delete_dead_letters(req))
@@ -428,7 +431,10 @@ async fn rm(conn: &Conn, json: bool, path: &str, ids: Vec<String>) -> Result<(),
 
 async fn purge(conn: &Conn, json: bool, path: &str, ask: bool) -> Result<(), Failure> {
     if ask {
-        let req = proto::GetQueueRequest { path: path.into() };
+        let req = proto::GetQueueRequest {
+            path: path.into(),
+            ..Default::default()
+        };
         let q = conn.call(conn.admin().get_queue(req)).await?;
         eprint!(
             "Delete all {} dead letters of {} for good? [y/N] ",
@@ -444,7 +450,10 @@ async fn purge(conn: &Conn, json: bool, path: &str, ask: bool) -> Result<(), Fai
             ));
         }
     }
-    let req = proto::PurgeDeadLettersRequest { path: path.into() };
+    let req = proto::PurgeDeadLettersRequest {
+        path: path.into(),
+        ..Default::default()
+    };
     let purged = conn
         .call(conn.admin().purge_dead_letters(req))
         .await?

@@ -29,8 +29,11 @@ pub enum Failure {
     /// Not an error status, but not done either (an unknown dead-letter
     /// id, ids that were not in the DLQ, a server that is not serving).
     Partial(String),
-    /// Local I/O: stdout closed, stdin unreadable mid-way.
+    /// Local I/O: stdout unwritable, stdin unreadable mid-way.
     Io(String),
+    /// Whoever read stdout stopped (`leanmq tail | head`): stop quietly,
+    /// as other Unix tools do.
+    StdoutClosed,
 }
 
 impl Failure {
@@ -45,6 +48,7 @@ impl Failure {
                 EXIT_UNREACHABLE
             }
             Failure::Refused { .. } | Failure::Partial(_) | Failure::Io(_) => EXIT_REFUSED,
+            Failure::StdoutClosed => 0,
         }
     }
 
@@ -167,6 +171,7 @@ impl fmt::Display for Failure {
                 advice(*code)
             ),
             Failure::Partial(m) | Failure::Io(m) => write!(f, "{m}"),
+            Failure::StdoutClosed => write!(f, "stdout closed"),
         }
     }
 }

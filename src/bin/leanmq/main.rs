@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::StdoutClosed) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("leanmq: {f}");
             ExitCode::from(f.exit_code())

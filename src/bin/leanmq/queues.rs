@@ -110,6 +110,7 @@ pub async fn list(g: &Global) -> Result<(), Failure> {
             .call(conn.admin().list_queues(proto::ListQueuesRequest {
                 page_size: 1000,
                 page_token,
+                ..Default::default()
             }))
             .await?;
         all.extend(page.queues);
@@ -123,6 +124,7 @@ pub async fn list(g: &Global) -> Result<(), Failure> {
         .map(|s| async move {
             let req = proto::GetQueueRequest {
                 path: s.queue.clone(),
+                ..Default::default()
             };
             match conn.call(conn.admin().get_queue(req)).await {
                 Ok(q) => Ok(Some(QueueOut::of(q, Some(s.paths)))),
@@ -189,7 +191,10 @@ pub async fn list(g: &Global) -> Result<(), Failure> {
 
 pub async fn one(g: &Global, path: &str) -> Result<(), Failure> {
     let conn = Conn::open(g).await?;
-    let req = proto::GetQueueRequest { path: path.into() };
+    let req = proto::GetQueueRequest {
+        path: path.into(),
+        ..Default::default()
+    };
     let q = QueueOut::of(conn.call(conn.admin().get_queue(req)).await?, None);
     let mut out = Out::new();
     if g.json {

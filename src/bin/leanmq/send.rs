@@ -121,6 +121,7 @@ impl Template {
             delay: self.delay,
             deliver_at: None,
             idempotency_key: self.key.clone(),
+            ..Default::default()
         })
     }
 }
@@ -252,7 +253,7 @@ struct Batch {
 
 async fn lines(conn: &Conn, t: &Template, batch: usize, json: bool) -> Result<(), Failure> {
     let bar = stdin_len()
-        .and_then(|len| show::progress(len, "sending"))
+        .and_then(|len| show::progress_bytes(len, "sending"))
         .or_else(|| show::progress(0, "sending").map(|b| b.with_style(spinner())));
     let mut out = Out::new();
     let mut input = std::io::stdin().lock();

@@ -151,11 +151,24 @@ pub fn table(header: &[&str], numeric: &[usize], rows: Vec<Vec<String>>) -> Stri
 
 /// A progress bar on stderr when it is a terminal, for `len` items.
 pub fn progress(len: u64, what: &str) -> Option<ProgressBar> {
+    bar(len, what, "{msg} [{bar:40}] {pos}/{len} ({eta})")
+}
+
+/// A progress bar on stderr when it is a terminal, for `len` bytes.
+pub fn progress_bytes(len: u64, what: &str) -> Option<ProgressBar> {
+    bar(
+        len,
+        what,
+        "{msg} [{bar:40}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, {eta})",
+    )
+}
+
+fn bar(len: u64, what: &str, template: &str) -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+    let style = ProgressStyle::with_template(template)
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
@@ -179,7 +192,10 @@ impl Out {
     pub fn line(&mut self, s: &str) -> Result<(), Failure> {
         writeln!(self.inner, "{s}")
             .and_then(|_| self.inner.flush())
-            .map_err(|e| Failure::Io(format!("cannot write to stdout: {e}")))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::BrokenPipe => Failure::StdoutClosed,
+                _ => Failure::Io(format!("cannot write to stdout: {e}")),
+            })
     }
 
     /// One value as one line of JSON.

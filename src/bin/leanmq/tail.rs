@@ -133,6 +133,7 @@ pub async fn run(g: &Global, args: TailArgs) -> Result<(), Failure> {
         max_in_flight: args.count.map_or(100, |c| c.min(100) as u32),
         ack_deadline: None,
         start,
+        ..Default::default()
     };
     let mut stream = conn.call(conn.broker().subscribe(req)).await?;
     if !g.json && args.group.is_none() {
@@ -168,7 +169,11 @@ pub async fn run(g: &Global, args: TailArgs) -> Result<(), Failure> {
             }
             Err(status) => return Err(conn.status(status)),
         };
-        print(&mut out, &d, g.json)?;
+        if let Err(e) = print(&mut out, &d, g.json) {
+            // What was printed before is settled; this one is not.
+            tail.flush().await?;
+            return Err(e);
+        }
         seen += 1;
         tail.settle(d.receipt).await?;
     }

@@ -9,9 +9,11 @@
 //! The reader fetches only as much as the subscribers can take, so a slow
 //! subscriber never makes leanmqd buffer without bound. When no entry is
 //! ready it waits on a [`Waiter`](crate::broker::redis::Waiter) until one is
-//! appended or the next lease or retry falls due, so 10,000 idle subscribers
-//! cost one blocked Redis client per reader, not one each. Nothing here
-//! sends a Redis command: the broker and its connection layer do.
+//! appended or the next lease or retry falls due. Every reader's wait shares
+//! one blocked Redis client per replica (one per reader on a Redis Cluster),
+//! so neither idle subscribers nor the groups clients choose add Redis
+//! connections. Nothing here sends a Redis command: the broker and its
+//! connection layer do.
 //!
 //! Credit is the only state kept here, and it heals by itself: a delivery
 //! acked on another replica frees its credit when its lease would have ended.
@@ -51,6 +53,9 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(broker: Arc<Broker>, drain: Drain) -> Arc<Self> {
+        let watch = broker.clone();
+        let stop = drain.draining();
+        drain.spawn(async move { watch.redis.run_watch(stop).await });
         Arc::new(Dispatcher {
             broker,
             readers: Mutex::new(HashMap::new()),
@@ -205,6 +210,13 @@ impl Dispatcher {
     pub fn settled(&self, queue: &str, group: &str, ids: &[&str], due_changed: bool) {
         if let Some(r) = self.reader(queue, group) {
             r.settled(ids, due_changed);
+        }
+    }
+
+    /// Deliveries of `target` were given back: its reader, if any, looks again.
+    pub fn woken(&self, target: &Target) {
+        if let Some(r) = self.reader(&target.route.queue, &target.group) {
+            r.wake_due();
         }
     }
 

@@ -213,13 +213,32 @@ pub fn encode_at(
             out.push(',');
         }
     }
-    out.push_str("\"_leanmq\":{\"webhook\":{\"path\":");
-    push_json_str(&mut out, path);
-    out.push_str(",\"timestamp\":");
-    out.push_str(now);
-    out.push('}');
-    push_grpc_member(&mut out, payload, content_type, headers, members.is_some());
-    out.push_str("},\"_metadata\":{\"id\":\"");
+    // A message sent to a queue by name (empty `path`) has no webhook path,
+    // as LeanMQ's `Queue.send_message` writes none; with nothing else to
+    // say either, it has no `_leanmq` at all.
+    let plain_json_object = members.is_some() && content_type == JSON;
+    let grpc_part = !plain_json_object || !headers.is_empty();
+    let leanmq = !path.is_empty() || grpc_part;
+    if leanmq {
+        out.push_str("\"_leanmq\":{");
+    }
+    if !path.is_empty() {
+        out.push_str("\"webhook\":{\"path\":");
+        push_json_str(&mut out, path);
+        out.push_str(",\"timestamp\":");
+        out.push_str(now);
+        out.push('}');
+    }
+    if grpc_part {
+        if !path.is_empty() {
+            out.push(',');
+        }
+        push_grpc_member(&mut out, payload, content_type, headers, members.is_some());
+    }
+    if leanmq {
+        out.push_str("},");
+    }
+    out.push_str("\"_metadata\":{\"id\":\"");
     out.push_str(
         uuid::Uuid::new_v4()
             .hyphenated()
@@ -266,7 +285,8 @@ fn json_members<'p>(payload: &'p [u8], content_type: &str) -> Result<Option<RawP
     }
 }
 
-/// `_leanmq.grpc`: what a plain JSON object doesn't say by itself — the
+/// `_leanmq.grpc` (the caller decides whether it is needed): what a plain
+/// JSON object doesn't say by itself — the
 /// content type, headers, and a non-object payload in base64.
 fn push_grpc_member(
     out: &mut String,
@@ -276,8 +296,8 @@ fn push_grpc_member(
     is_object: bool,
 ) {
     let plain_json_object = is_object && content_type == JSON;
-    if !plain_json_object || !headers.is_empty() {
-        out.push_str(",\"grpc\":{");
+    {
+        out.push_str("\"grpc\":{");
         let mut first = true;
         let mut sep = |out: &mut String| {
             if !first {

@@ -9,6 +9,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- An error when KEY exists with a type other than WANT. A script's writes are
+-- not undone by a later error, so scripts check every key they write before
+-- their first write: a key another program wrote then fails the call whole.
+local function want_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+  return nil
+end
+
 -- Create a group at START (default '$', with MKSTREAM); an existing group is fine.
 local function mkgroup(key, group, start)
   local r = redis.pcall('XGROUP', 'CREATE', key, group, start or '$', 'MKSTREAM')
@@ -151,6 +162,9 @@ end
 -- OWNER_MAX. In Redis Cluster (REGISTRY is then the stream) the caller checks.
 local function admit(registry, fresh, max_registry, owner_key, owner_max, owner)
   if #fresh == 0 then return nil end
+  if owner_key ~= '' then
+    local e = want_type(owner_key, 'set'); if e then return e end
+  end
   if max_registry > 0 and redis.call('SCARD', registry) + 2 * #fresh > max_registry then
     return redis.error_reply(string.format(
       'QUOTA leanmqd holds at most %d queues (--max-queues); refused to create %s',

@@ -3,6 +3,10 @@
 -- KEYS: stream, expiry, delayed, delayed_data, schedule, meta, paths, stats,
 --       registry, dlq, dlq_meta
 -- ARGV: queue name, with_dlq ('1' or '0')
+if KEYS[5] ~= KEYS[1] then
+  local e = want_type(KEYS[5], 'zset'); if e then return e end
+  e = want_type(KEYS[9], 'set'); if e then return e end
+end
 local names = group_names(KEYS[1])
 local n = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then n = redis.call('XLEN', KEYS[1]) end

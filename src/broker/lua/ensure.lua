@@ -3,12 +3,17 @@
 --       max groups besides the default one (0: no cap), max registry members
 --       (0: no cap), owner set key ('' for none), owner's max queues, owner name
 -- The group is made first, so a new default group gets its start position.
+-- Every key's type is checked, and the caps, before the first write.
 -- A group beyond the cap is removed again before the script returns, so no
 -- one ever sees it; the cap is checked only when a group is new, so the
 -- usual call (the group exists) costs no more than before.
+local e = want_type(KEYS[1], 'stream'); if e then return e end
 local fresh = {}
-if KEYS[5] ~= KEYS[1] and redis.call('SISMEMBER', KEYS[5], KEYS[1]) == 0 then fresh = {ARGV[1]} end
-local e = admit(KEYS[5], fresh, tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), ARGV[10])
+if KEYS[5] ~= KEYS[1] then
+  e = want_type(KEYS[5], 'set'); if e then return e end
+  if redis.call('SISMEMBER', KEYS[5], KEYS[1]) == 0 then fresh = {ARGV[1]} end
+end
+e = admit(KEYS[5], fresh, tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), ARGV[10])
 if e then return e end
 local created
 e, created = mkgroup_new(KEYS[1], ARGV[3], ARGV[4]); if e then return e end

@@ -3,6 +3,9 @@
 -- ARGV: queue name, limit
 -- Returns {number appended, earliest due left (ms) or -1}. In Redis Cluster
 -- KEYS[1] is the stream, and the caller updates the schedule.
+if KEYS[1] ~= KEYS[2] then
+  local e = want_type(KEYS[1], 'zset'); if e then return e end
+end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, sid in ipairs(due) do

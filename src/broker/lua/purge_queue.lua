@@ -1,5 +1,8 @@
 -- Delete every message and schedule of a queue; its groups stay, at the new end.
 -- KEYS: stream, expiry, delayed, delayed_data, schedule   ARGV: queue name
+if KEYS[5] ~= KEYS[1] then
+  local e = want_type(KEYS[5], 'zset'); if e then return e end
+end
 local names = group_names(KEYS[1])
 local n = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then n = redis.call('XLEN', KEYS[1]) end

@@ -12,6 +12,11 @@ local window = tonumber(ARGV[3])
 local names = 7  -- ARGV[names + i] is queue i's name
 local function k(i, j) return KEYS[2 + (i - 1) * 8 + j] end
 -- Check every key's type first, so no write can fail half-way through.
+-- (In Redis Cluster KEYS[1] and KEYS[2] are the stream: see below.)
+if KEYS[1] ~= k(1, 1) then
+  local e = want_type(KEYS[1], 'set'); if e then return e end
+  e = want_type(KEYS[2], 'zset'); if e then return e end
+end
 for i = 1, nq do
   local t = redis.call('TYPE', k(i, 1))['ok']
   if t ~= 'none' and t ~= 'stream' then
@@ -43,7 +48,7 @@ for j = names + 1 + nq, #ARGV, 6 do
   local data, ttl, delay, dkey, path = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], ARGV[j + 5]
   local stream = k(qi, 1)
   local qp = qi .. ' ' .. path
-  if not recorded[qp] then
+  if not recorded[qp] and path ~= '' then  -- '': addressed by queue name, no path
     redis.call('SADD', k(qi, 8), path)
     recorded[qp] = true
   end

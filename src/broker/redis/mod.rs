@@ -8,9 +8,11 @@
 //! - **Redis Cluster** (`redis+cluster://`): lanes come from
 //!   deadpool-redis's cluster pool and route each command to the node of
 //!   its keys; every key of a queue shares one hash slot (see `routing`).
-//! - **Blocking waits** (`wait`): a [`Waiter`] owns a connection with no
-//!   response timeout for its `XREAD BLOCK`, so a blocked read never holds
-//!   up anyone else's command, and can be cut short with `CLIENT UNBLOCK`.
+//! - **Blocking waits** (`wait`, `watch`): one `XREAD BLOCK` per replica, on
+//!   a connection with no response timeout, watches every stream a reader
+//!   waits on (on a Cluster, each reader's [`Waiter`] blocks on its own), so
+//!   a blocked read never holds up anyone else's command and the number of
+//!   blocking connections does not grow with queues or groups.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,6 +27,7 @@ use tokio::sync::Mutex;
 use crate::error::{Error, Result};
 
 mod wait;
+mod watch;
 pub use wait::{Waited, Waiter};
 
 /// One Redis connection: to a single server, or to a Redis Cluster (which
@@ -140,6 +143,8 @@ pub struct Redis {
     next: AtomicUsize,
     /// Reply timeout for lane commands; a slower reply is UNAVAILABLE.
     timeout: Duration,
+    /// The one blocking read every reader shares (not on a Cluster).
+    watch: watch::Watch,
 }
 
 /// A lane connection, with the lane it came from so a failure can retire it.
@@ -268,6 +273,7 @@ impl Redis {
             lanes: (0..lanes.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             timeout,
+            watch: Default::default(),
         })
     }
 

@@ -3,9 +3,10 @@
 //!
 //! A [`Waiter`] is the seam between the fan-out and Redis: a reader asks it
 //! to wait for entries after an id, for at most a while, unless told to stop
-//! looking earlier. Today each reader owns one; the type keeps the blocking
-//! connection and its client id private so that many readers can be made to
-//! share a few of them without the readers changing.
+//! looking earlier. On a single Redis or behind Sentinel every reader's wait
+//! goes to the one shared read of `watch`; on a Redis Cluster (where one
+//! XREAD cannot span slots) each reader's `Waiter` keeps a connection of its
+//! own.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -58,6 +59,9 @@ impl Redis {
         cut: &Notify,
         stop: impl Future<Output = ()>,
     ) -> Waited {
+        if !self.is_cluster() {
+            return self.wait_shared(stream, after_id, block, cut, stop).await;
+        }
         let Some(mut c) = self.waiting_conn(w, stream).await else {
             return Waited::NoConnection;
         };
@@ -144,7 +148,7 @@ impl Redis {
     /// `CLIENT UNBLOCK` a blocked XREAD (it returns as if timed out).
     /// `stream` picks the node (in a cluster) the connection is on. True
     /// when the read was blocked and is now released.
-    async fn unblock(&self, stream: &str, client_id: i64) -> bool {
+    pub(super) async fn unblock(&self, stream: &str, client_id: i64) -> bool {
         if client_id == 0 {
             return false;
         }

@@ -9,7 +9,7 @@ pub async fn handle(
     queues: &Queues,
     req: proto::DeleteDeadLettersRequest,
 ) -> Result<proto::DeleteDeadLettersResponse> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     if req.ids.is_empty() || req.ids.len() > 1000 {
         return Err(Error::invalid("ids must list 1 to 1000 DLQ entry ids"));
     }

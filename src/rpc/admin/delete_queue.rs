@@ -9,7 +9,7 @@ pub async fn handle(
     queues: &Queues,
     req: proto::DeleteQueueRequest,
 ) -> Result<proto::DeleteQueueResponse> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     confirmed(&route, &req.confirm)?;
     let deleted_messages = queues.delete_queue(&route.queue, req.with_dlq).await?;
     Ok(proto::DeleteQueueResponse { deleted_messages })

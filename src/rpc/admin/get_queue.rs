@@ -7,7 +7,7 @@ use crate::queues::Queues;
 use crate::rpc::convert::timestamp_secs;
 
 pub async fn handle(queues: &Queues, req: proto::GetQueueRequest) -> Result<proto::QueueInfo> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     let q = queues.get_queue(&route.queue).await?;
     let retrying: i64 = q.groups.iter().map(|g| g.retrying).sum();
     Ok(proto::QueueInfo {

@@ -11,7 +11,7 @@ pub async fn handle(
     queues: &Queues,
     req: proto::ListDeadLettersRequest,
 ) -> Result<proto::ListDeadLettersResponse> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     let page = convert::count("page_size", req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
     let (letters, next) = queues
         .list_dead_letters(&route.queue, page as usize, &req.page_token)

@@ -1,5 +1,6 @@
 //! The `leanmq.v1.Admin` service: one thin `impl` delegating to one file per RPC.
 
+mod create_queue;
 mod delete_dead_letters;
 mod delete_queue;
 mod get_queue;
@@ -30,9 +31,14 @@ impl AdminService {
     }
 }
 
-/// The queue a request names, or INVALID_ARGUMENT.
-fn queue_of(path: &str) -> Result<Route> {
-    resolve(path)
+/// The queue a request names by `path` (a path or a plain queue name, as
+/// before names could be given) or by `queue`, or INVALID_ARGUMENT.
+fn queue_of(path: &str, queue: &str) -> Result<Route> {
+    if queue.is_empty() {
+        resolve(path)
+    } else {
+        crate::routing::address(path, queue)
+    }
 }
 
 /// Destructive calls must name the queue again in `confirm`.
@@ -51,6 +57,7 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 /// Admin requests that name one queue by path.
 trait OnePath {
     fn path(&self) -> &str;
+    fn queue(&self) -> &str;
 }
 
 macro_rules! one_path {
@@ -58,6 +65,9 @@ macro_rules! one_path {
         impl OnePath for $t {
             fn path(&self) -> &str {
                 &self.path
+            }
+            fn queue(&self) -> &str {
+                &self.queue
             }
         }
     )*};
@@ -77,7 +87,14 @@ one_path!(
 fn admitted<T: OnePath>(req: Request<T>) -> Result<T> {
     let grant = crate::auth::grant_of(&req)?;
     let req = req.into_inner();
-    grant.check(Action::Admin, &queue_of(req.path())?)?;
+    let route = queue_of(req.path(), req.queue())?;
+    // A queue named directly (not by a path) is allowed when some path the
+    // grant covers maps to it; a path is checked as itself.
+    if !req.queue().is_empty() || crate::routing::is_queue_name(req.path()) {
+        grant.check_queue(Action::Admin, &route.queue)?;
+    } else {
+        grant.check(Action::Admin, &route)?;
+    }
     Ok(req)
 }
 
@@ -154,6 +171,16 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Reply<proto::DeleteQueueResponse> {
         Ok(Response::new(
             delete_queue::handle(&self.queues, admitted(req)?).await?,
+        ))
+    }
+
+    async fn create_queue(
+        &self,
+        req: Request<proto::CreateQueueRequest>,
+    ) -> Reply<proto::CreateQueueResponse> {
+        let grant = crate::auth::grant_of(&req)?;
+        Ok(Response::new(
+            create_queue::handle(&self.queues, &grant, req.into_inner()).await?,
         ))
     }
 }

@@ -9,7 +9,7 @@ pub async fn handle(
     queues: &Queues,
     req: proto::PurgeDeadLettersRequest,
 ) -> Result<proto::PurgeDeadLettersResponse> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     let purged = queues.purge_dead_letters(&route.queue).await?;
     Ok(proto::PurgeDeadLettersResponse { purged })
 }

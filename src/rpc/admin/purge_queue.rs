@@ -9,7 +9,7 @@ pub async fn handle(
     queues: &Queues,
     req: proto::PurgeQueueRequest,
 ) -> Result<proto::PurgeQueueResponse> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     confirmed(&route, &req.confirm)?;
     let purged = queues.purge_queue(&route.queue).await?;
     Ok(proto::PurgeQueueResponse { purged })

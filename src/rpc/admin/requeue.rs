@@ -11,16 +11,14 @@ pub async fn handle(
     queues: &Queues,
     req: proto::RequeueDeadLettersRequest,
 ) -> Result<proto::RequeueDeadLettersResponse> {
-    let route = queue_of(&req.path)?;
+    let route = queue_of(&req.path, &req.queue)?;
     let selector = match req.selector {
         Some(Sel::Ids(ids)) if !ids.ids.is_empty() && ids.ids.len() <= 1000 => {
             Selector::Ids(ids.ids)
         }
         Some(Sel::Ids(_)) => return Err(Error::invalid("ids must list 1 to 1000 DLQ entry ids")),
         Some(Sel::All(true)) => Selector::All,
-        Some(Sel::Since(ts)) if ts.seconds >= 0 => {
-            Selector::Since((ts.seconds as u64) * 1000 + (ts.nanos.max(0) / 1_000_000) as u64)
-        }
+        Some(Sel::Since(ts)) => Selector::Since(crate::rpc::convert::any_time_ms("since", &ts)?),
         _ => {
             return Err(Error::invalid(
                 "choose what to requeue: ids, all = true, or since",

@@ -36,6 +36,11 @@ export const protobufFileName = "leanmq/v1/admin.proto";
  * the whole listing is on exactly one page.
  */
 export interface ListQueuesRequest {
+  /**
+   * Which prefix's registry to list (as Broker's SendRequest.prefix): empty
+   * for the server's default.
+   */
+  prefix: string;
   /** Default (0): 100. At most 1000. */
   pageSize: number;
   /** From a previous response's `next_page_token`; empty for the first page. */
@@ -67,6 +72,13 @@ export interface ListQueuesResponse {
 export interface GetQueueRequest {
   /** A path ("/order/status/") or a queue name ("order_status"). */
   path: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface GroupInfo {
@@ -118,6 +130,13 @@ export interface ListDeadLettersRequest {
   pageSize: number;
   /** From a previous response's `next_page_token`; empty for the first page. */
   pageToken: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 /** One `_failures` record. */
@@ -176,7 +195,16 @@ export interface RequeueDeadLettersRequest {
     | boolean
     | undefined;
   /** Every dead letter that failed at or after this time. */
-  since?: Date | undefined;
+  since?:
+    | Date
+    | undefined;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface DeadLetterIds {
@@ -200,6 +228,13 @@ export interface DeleteDeadLettersRequest {
   path: string;
   /** DLQ entry ids. 1 to 1000. */
   ids: string[];
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface DeleteDeadLettersResponse {
@@ -208,6 +243,13 @@ export interface DeleteDeadLettersResponse {
 
 export interface PurgeDeadLettersRequest {
   path: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface PurgeDeadLettersResponse {
@@ -221,6 +263,13 @@ export interface PurgeQueueRequest {
    * means this queue. INVALID_ARGUMENT otherwise.
    */
   confirm: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface PurgeQueueResponse {
@@ -233,6 +282,13 @@ export interface DeleteQueueRequest {
   withDlq: boolean;
   /** Must equal the queue name, as PurgeQueueRequest.confirm. */
   confirm: string;
+  /**
+   * Or the queue by name, as Broker's SendRequest.queue; give `path` or
+   * `queue`, not both.
+   */
+  queue: string;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
 }
 
 export interface DeleteQueueResponse {
@@ -240,17 +296,42 @@ export interface DeleteQueueResponse {
   deletedMessages: number;
 }
 
+export interface CreateQueueRequest {
+  /**
+   * The queue by path ("/order/status/") or by name ("responses:<uuid>"),
+   * as Broker's SendRequest: exactly one of the two.
+   */
+  path: string;
+  queue: string;
+  /** As Broker's SendRequest.prefix. */
+  prefix: string;
+}
+
+export interface CreateQueueResponse {
+  /** Queue name ("order_status"). */
+  queue: string;
+  /** Stream key of the queue ("webhook:order_status"). */
+  stream: string;
+  /** Stream key of its DLQ ("webhook:order_status:dlq"). */
+  deadLetterStream: string;
+  /** LeanMQ's default group of the queue ("order_status-group"). */
+  group: string;
+}
+
 function createBaseListQueuesRequest(): ListQueuesRequest {
-  return { pageSize: 0, pageToken: "" };
+  return { prefix: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
   encode(message: ListQueuesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.prefix !== "") {
+      writer.uint32(10).string(message.prefix);
+    }
     if (message.pageSize !== 0) {
-      writer.uint32(8).uint32(message.pageSize);
+      writer.uint32(16).uint32(message.pageSize);
     }
     if (message.pageToken !== "") {
-      writer.uint32(18).string(message.pageToken);
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -269,15 +350,23 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
         const tag = reader.uint32();
         switch (tag >>> 3) {
           case 1: {
-            if (tag !== 8) {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
               break;
             }
 
             message.pageSize = reader.uint32();
             continue;
           }
-          case 2: {
-            if (tag !== 18) {
+          case 3: {
+            if (tag !== 26) {
               break;
             }
 
@@ -298,6 +387,7 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
 
   fromJSON(object: any): ListQueuesRequest {
     return {
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
       pageSize: isSet(object.pageSize)
         ? globalThis.Number(object.pageSize)
         : isSet(object.page_size)
@@ -313,6 +403,9 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
 
   toJSON(message: ListQueuesRequest): unknown {
     const obj: any = {};
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     if (message.pageSize !== 0) {
       obj.pageSize = Math.round(message.pageSize);
     }
@@ -327,6 +420,7 @@ export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
   },
   fromPartial<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(object: I): ListQueuesRequest {
     const message = createBaseListQueuesRequest();
+    message.prefix = object.prefix ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
     return message;
@@ -560,13 +654,19 @@ export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
 };
 
 function createBaseGetQueueRequest(): GetQueueRequest {
-  return { path: "" };
+  return { path: "", queue: "", prefix: "" };
 }
 
 export const GetQueueRequest: MessageFns<GetQueueRequest> = {
   encode(message: GetQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.path !== "") {
       writer.uint32(10).string(message.path);
+    }
+    if (message.queue !== "") {
+      writer.uint32(18).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(26).string(message.prefix);
     }
     return writer;
   },
@@ -592,6 +692,22 @@ export const GetQueueRequest: MessageFns<GetQueueRequest> = {
             message.path = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -605,13 +721,23 @@ export const GetQueueRequest: MessageFns<GetQueueRequest> = {
   },
 
   fromJSON(object: any): GetQueueRequest {
-    return { path: isSet(object.path) ? globalThis.String(object.path) : "" };
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
   },
 
   toJSON(message: GetQueueRequest): unknown {
     const obj: any = {};
     if (message.path !== "") {
       obj.path = message.path;
+    }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
     }
     return obj;
   },
@@ -622,6 +748,8 @@ export const GetQueueRequest: MessageFns<GetQueueRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetQueueRequest>, I>>(object: I): GetQueueRequest {
     const message = createBaseGetQueueRequest();
     message.path = object.path ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -1034,7 +1162,7 @@ export const QueueInfo: MessageFns<QueueInfo> = {
 };
 
 function createBaseListDeadLettersRequest(): ListDeadLettersRequest {
-  return { path: "", pageSize: 0, pageToken: "" };
+  return { path: "", pageSize: 0, pageToken: "", queue: "", prefix: "" };
 }
 
 export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
@@ -1047,6 +1175,12 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(26).string(message.pageToken);
+    }
+    if (message.queue !== "") {
+      writer.uint32(34).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(42).string(message.prefix);
     }
     return writer;
   },
@@ -1088,6 +1222,22 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1113,6 +1263,8 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -1127,6 +1279,12 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -1138,6 +1296,8 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     message.path = object.path ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -1731,7 +1891,7 @@ export const ListDeadLettersResponse: MessageFns<ListDeadLettersResponse> = {
 };
 
 function createBaseRequeueDeadLettersRequest(): RequeueDeadLettersRequest {
-  return { path: "", ids: undefined, all: undefined, since: undefined };
+  return { path: "", ids: undefined, all: undefined, since: undefined, queue: "", prefix: "" };
 }
 
 export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = {
@@ -1747,6 +1907,12 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
     }
     if (message.since !== undefined) {
       Timestamp.encode(toTimestamp(message.since), writer.uint32(34).fork()).join();
+    }
+    if (message.queue !== "") {
+      writer.uint32(42).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(50).string(message.prefix);
     }
     return writer;
   },
@@ -1796,6 +1962,22 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
             message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1814,6 +1996,8 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
       ids: isSet(object.ids) ? DeadLetterIds.fromJSON(object.ids) : undefined,
       all: isSet(object.all) ? globalThis.Boolean(object.all) : undefined,
       since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -1831,6 +2015,12 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
     if (message.since !== undefined) {
       obj.since = message.since.toISOString();
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -1843,6 +2033,8 @@ export const RequeueDeadLettersRequest: MessageFns<RequeueDeadLettersRequest> = 
     message.ids = (object.ids !== undefined && object.ids !== null) ? DeadLetterIds.fromPartial(object.ids) : undefined;
     message.all = object.all ?? undefined;
     message.since = object.since ?? undefined;
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2093,7 +2285,7 @@ export const RequeueDeadLettersResponse: MessageFns<RequeueDeadLettersResponse> 
 };
 
 function createBaseDeleteDeadLettersRequest(): DeleteDeadLettersRequest {
-  return { path: "", ids: [] };
+  return { path: "", ids: [], queue: "", prefix: "" };
 }
 
 export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
@@ -2103,6 +2295,12 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     }
     for (const v of message.ids) {
       writer.uint32(18).string(v!);
+    }
+    if (message.queue !== "") {
+      writer.uint32(26).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(34).string(message.prefix);
     }
     return writer;
   },
@@ -2136,6 +2334,22 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
             message.ids.push(reader.string());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2152,6 +2366,8 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     return {
       path: isSet(object.path) ? globalThis.String(object.path) : "",
       ids: globalThis.Array.isArray(object?.ids) ? object.ids.map((e: any) => globalThis.String(e)) : [],
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -2163,6 +2379,12 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     if (message.ids?.length) {
       obj.ids = message.ids;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -2173,6 +2395,8 @@ export const DeleteDeadLettersRequest: MessageFns<DeleteDeadLettersRequest> = {
     const message = createBaseDeleteDeadLettersRequest();
     message.path = object.path ?? "";
     message.ids = object.ids?.map((e) => e) || [];
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2245,13 +2469,19 @@ export const DeleteDeadLettersResponse: MessageFns<DeleteDeadLettersResponse> = 
 };
 
 function createBasePurgeDeadLettersRequest(): PurgeDeadLettersRequest {
-  return { path: "" };
+  return { path: "", queue: "", prefix: "" };
 }
 
 export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
   encode(message: PurgeDeadLettersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.path !== "") {
       writer.uint32(10).string(message.path);
+    }
+    if (message.queue !== "") {
+      writer.uint32(18).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(26).string(message.prefix);
     }
     return writer;
   },
@@ -2277,6 +2507,22 @@ export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
             message.path = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2290,13 +2536,23 @@ export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
   },
 
   fromJSON(object: any): PurgeDeadLettersRequest {
-    return { path: isSet(object.path) ? globalThis.String(object.path) : "" };
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
   },
 
   toJSON(message: PurgeDeadLettersRequest): unknown {
     const obj: any = {};
     if (message.path !== "") {
       obj.path = message.path;
+    }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
     }
     return obj;
   },
@@ -2307,6 +2563,8 @@ export const PurgeDeadLettersRequest: MessageFns<PurgeDeadLettersRequest> = {
   fromPartial<I extends Exact<DeepPartial<PurgeDeadLettersRequest>, I>>(object: I): PurgeDeadLettersRequest {
     const message = createBasePurgeDeadLettersRequest();
     message.path = object.path ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2379,7 +2637,7 @@ export const PurgeDeadLettersResponse: MessageFns<PurgeDeadLettersResponse> = {
 };
 
 function createBasePurgeQueueRequest(): PurgeQueueRequest {
-  return { path: "", confirm: "" };
+  return { path: "", confirm: "", queue: "", prefix: "" };
 }
 
 export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
@@ -2389,6 +2647,12 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     }
     if (message.confirm !== "") {
       writer.uint32(18).string(message.confirm);
+    }
+    if (message.queue !== "") {
+      writer.uint32(26).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(34).string(message.prefix);
     }
     return writer;
   },
@@ -2422,6 +2686,22 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
             message.confirm = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2438,6 +2718,8 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     return {
       path: isSet(object.path) ? globalThis.String(object.path) : "",
       confirm: isSet(object.confirm) ? globalThis.String(object.confirm) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -2449,6 +2731,12 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     if (message.confirm !== "") {
       obj.confirm = message.confirm;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -2459,6 +2747,8 @@ export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
     const message = createBasePurgeQueueRequest();
     message.path = object.path ?? "";
     message.confirm = object.confirm ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2531,7 +2821,7 @@ export const PurgeQueueResponse: MessageFns<PurgeQueueResponse> = {
 };
 
 function createBaseDeleteQueueRequest(): DeleteQueueRequest {
-  return { path: "", withDlq: false, confirm: "" };
+  return { path: "", withDlq: false, confirm: "", queue: "", prefix: "" };
 }
 
 export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
@@ -2544,6 +2834,12 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
     }
     if (message.confirm !== "") {
       writer.uint32(26).string(message.confirm);
+    }
+    if (message.queue !== "") {
+      writer.uint32(34).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(42).string(message.prefix);
     }
     return writer;
   },
@@ -2585,6 +2881,22 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
             message.confirm = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2606,6 +2918,8 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
         ? globalThis.Boolean(object.with_dlq)
         : false,
       confirm: isSet(object.confirm) ? globalThis.String(object.confirm) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -2620,6 +2934,12 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
     if (message.confirm !== "") {
       obj.confirm = message.confirm;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -2631,6 +2951,8 @@ export const DeleteQueueRequest: MessageFns<DeleteQueueRequest> = {
     message.path = object.path ?? "";
     message.withDlq = object.withDlq ?? false;
     message.confirm = object.confirm ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -2704,6 +3026,228 @@ export const DeleteQueueResponse: MessageFns<DeleteQueueResponse> = {
   fromPartial<I extends Exact<DeepPartial<DeleteQueueResponse>, I>>(object: I): DeleteQueueResponse {
     const message = createBaseDeleteQueueResponse();
     message.deletedMessages = object.deletedMessages ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateQueueRequest(): CreateQueueRequest {
+  return { path: "", queue: "", prefix: "" };
+}
+
+export const CreateQueueRequest: MessageFns<CreateQueueRequest> = {
+  encode(message: CreateQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.queue !== "") {
+      writer.uint32(18).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(26).string(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateQueueRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateQueueRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateQueueRequest {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
+  },
+
+  toJSON(message: CreateQueueRequest): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateQueueRequest>, I>>(base?: I): CreateQueueRequest {
+    return CreateQueueRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateQueueRequest>, I>>(object: I): CreateQueueRequest {
+    const message = createBaseCreateQueueRequest();
+    message.path = object.path ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateQueueResponse(): CreateQueueResponse {
+  return { queue: "", stream: "", deadLetterStream: "", group: "" };
+}
+
+export const CreateQueueResponse: MessageFns<CreateQueueResponse> = {
+  encode(message: CreateQueueResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.stream !== "") {
+      writer.uint32(18).string(message.stream);
+    }
+    if (message.deadLetterStream !== "") {
+      writer.uint32(26).string(message.deadLetterStream);
+    }
+    if (message.group !== "") {
+      writer.uint32(34).string(message.group);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateQueueResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateQueueResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.stream = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deadLetterStream = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateQueueResponse {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      stream: isSet(object.stream) ? globalThis.String(object.stream) : "",
+      deadLetterStream: isSet(object.deadLetterStream)
+        ? globalThis.String(object.deadLetterStream)
+        : isSet(object.dead_letter_stream)
+        ? globalThis.String(object.dead_letter_stream)
+        : "",
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+    };
+  },
+
+  toJSON(message: CreateQueueResponse): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.stream !== "") {
+      obj.stream = message.stream;
+    }
+    if (message.deadLetterStream !== "") {
+      obj.deadLetterStream = message.deadLetterStream;
+    }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateQueueResponse>, I>>(base?: I): CreateQueueResponse {
+    return CreateQueueResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateQueueResponse>, I>>(object: I): CreateQueueResponse {
+    const message = createBaseCreateQueueResponse();
+    message.queue = object.queue ?? "";
+    message.stream = object.stream ?? "";
+    message.deadLetterStream = object.deadLetterStream ?? "";
+    message.group = object.group ?? "";
     return message;
   },
 };
@@ -2812,6 +3356,21 @@ export const AdminService = {
     responseSerialize: (value: DeleteQueueResponse): Buffer => Buffer.from(DeleteQueueResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteQueueResponse => DeleteQueueResponse.decode(value),
   },
+  /**
+   * Create a queue, its DLQ, their metadata and LeanMQ's default groups
+   * (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+   * a token that may send to, subscribe to or administer the queue, since
+   * Send and Subscribe create it too.
+   */
+  createQueue: {
+    path: "/leanmq.v1.Admin/CreateQueue" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateQueueRequest): Buffer => Buffer.from(CreateQueueRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateQueueRequest => CreateQueueRequest.decode(value),
+    responseSerialize: (value: CreateQueueResponse): Buffer => Buffer.from(CreateQueueResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateQueueResponse => CreateQueueResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServer extends UntypedServiceImplementation {
@@ -2845,6 +3404,13 @@ export interface AdminServer extends UntypedServiceImplementation {
    * DLQ. Needs `confirm`.
    */
   deleteQueue: handleUnaryCall<DeleteQueueRequest, DeleteQueueResponse>;
+  /**
+   * Create a queue, its DLQ, their metadata and LeanMQ's default groups
+   * (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+   * a token that may send to, subscribe to or administer the queue, since
+   * Send and Subscribe create it too.
+   */
+  createQueue: handleUnaryCall<CreateQueueRequest, CreateQueueResponse>;
 }
 
 export interface AdminClient extends Client {
@@ -2989,6 +3555,27 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteQueueResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Create a queue, its DLQ, their metadata and LeanMQ's default groups
+   * (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+   * a token that may send to, subscribe to or administer the queue, since
+   * Send and Subscribe create it too.
+   */
+  createQueue(
+    request: CreateQueueRequest,
+    callback: (error: ServiceError | null, response: CreateQueueResponse) => void,
+  ): ClientUnaryCall;
+  createQueue(
+    request: CreateQueueRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateQueueResponse) => void,
+  ): ClientUnaryCall;
+  createQueue(
+    request: CreateQueueRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateQueueResponse) => void,
   ): ClientUnaryCall;
 }
 

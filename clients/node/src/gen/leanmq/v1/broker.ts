@@ -213,6 +213,27 @@ export interface SendRequest {
    * under concurrent duplicates. At most 256 bytes, no control characters.
    */
   idempotencyKey: string;
+  /**
+   * Or the queue by name, as LeanMQ's core API addresses queues
+   * (`LeanMQ.create_queue_pair("responses:<uuid>")`): give `path` or
+   * `queue`, exactly one (INVALID_ARGUMENT otherwise). A name holds no
+   * whitespace, control characters, "{" or "}", is at most 1024 bytes, and
+   * must not name another queue's own keys: names ending in ":dlq",
+   * ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
+   * ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
+   * "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+   * webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
+   * `Queue.send_message` writes none.
+   */
+  queue: string;
+  /**
+   * Key prefix of the queue ("mq:", "calc:"). Empty: the server's default
+   * (its first `--prefix`). A prefix the server does not serve is
+   * FAILED_PRECONDITION naming the ones it does; a token limited to other
+   * prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
+   * Ack, Nack and Extend need none.
+   */
+  prefix: string;
 }
 
 export interface SendRequest_HeadersEntry {
@@ -238,7 +259,8 @@ export interface SendResponse {
 
 export interface SendBatchRequest {
   /**
-   * The messages, each validated as a SendRequest. 1 to 1000 messages
+   * The messages, each validated as a SendRequest, all with the same
+   * `prefix` (a batch spanning prefixes is INVALID_ARGUMENT). 1 to 1000 messages
    * (`--max-batch`); an empty or larger batch is INVALID_ARGUMENT. One
    * invalid message fails the whole batch with INVALID_ARGUMENT naming its
    * index, and nothing is appended.
@@ -301,7 +323,30 @@ export interface SubscribeRequest {
    * stream (only messages sent from now on), like LeanMQ's groups. Ignored
    * for a group that exists.
    */
-  start?: StartPosition | undefined;
+  start?:
+    | StartPosition
+    | undefined;
+  /**
+   * Or the queue (not a pattern) by name, as LeanMQ's core API addresses queues
+   * (`LeanMQ.create_queue_pair("responses:<uuid>")`): give `path` or
+   * `queue`, exactly one (INVALID_ARGUMENT otherwise). A name holds no
+   * whitespace, control characters, "{" or "}", is at most 1024 bytes, and
+   * must not name another queue's own keys: names ending in ":dlq",
+   * ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
+   * ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
+   * "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+   * webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
+   * `Queue.send_message` writes none.
+   */
+  queue: string;
+  /**
+   * Key prefix of the queue ("mq:", "calc:"). Empty: the server's default
+   * (its first `--prefix`). A prefix the server does not serve is
+   * FAILED_PRECONDITION naming the ones it does; a token limited to other
+   * prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
+   * Ack, Nack and Extend need none.
+   */
+  prefix: string;
 }
 
 /** Where a new consumer group starts reading (replay). */
@@ -335,6 +380,8 @@ export interface Delivery {
   /**
    * The path the message was sent to (normalized as LeanMQ does: leading
    * "/", no trailing "/"). For a LeanMQ-sent message, its `_leanmq` path.
+   * Empty for a message sent to a queue by name (SendRequest.queue, or
+   * LeanMQ's `Queue.send_message`) and received by name.
    */
   path: string;
   /**
@@ -402,7 +449,13 @@ export interface ReceiveRequest {
     | Duration
     | undefined;
   /** As SubscribeRequest.start. */
-  start?: StartPosition | undefined;
+  start?:
+    | StartPosition
+    | undefined;
+  /** As SubscribeRequest.queue. */
+  queue: string;
+  /** As SendRequest.prefix. */
+  prefix: string;
 }
 
 export interface ReceiveResponse {
@@ -486,6 +539,8 @@ function createBaseSendRequest(): SendRequest {
     delay: undefined,
     deliverAt: undefined,
     idempotencyKey: "",
+    queue: "",
+    prefix: "",
   };
 }
 
@@ -514,6 +569,12 @@ export const SendRequest: MessageFns<SendRequest> = {
     }
     if (message.idempotencyKey !== "") {
       writer.uint32(66).string(message.idempotencyKey);
+    }
+    if (message.queue !== "") {
+      writer.uint32(74).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(82).string(message.prefix);
     }
     return writer;
   },
@@ -598,6 +659,22 @@ export const SendRequest: MessageFns<SendRequest> = {
             message.idempotencyKey = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -645,6 +722,8 @@ export const SendRequest: MessageFns<SendRequest> = {
         : isSet(object.idempotency_key)
         ? globalThis.String(object.idempotency_key)
         : "",
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -680,6 +759,12 @@ export const SendRequest: MessageFns<SendRequest> = {
     if (message.idempotencyKey !== "") {
       obj.idempotencyKey = message.idempotencyKey;
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -706,6 +791,8 @@ export const SendRequest: MessageFns<SendRequest> = {
       : undefined;
     message.deliverAt = object.deliverAt ?? undefined;
     message.idempotencyKey = object.idempotencyKey ?? "";
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -1047,7 +1134,16 @@ export const SendBatchResponse: MessageFns<SendBatchResponse> = {
 };
 
 function createBaseSubscribeRequest(): SubscribeRequest {
-  return { path: "", group: "", consumer: "", maxInFlight: 0, ackDeadline: undefined, start: undefined };
+  return {
+    path: "",
+    group: "",
+    consumer: "",
+    maxInFlight: 0,
+    ackDeadline: undefined,
+    start: undefined,
+    queue: "",
+    prefix: "",
+  };
 }
 
 export const SubscribeRequest: MessageFns<SubscribeRequest> = {
@@ -1069,6 +1165,12 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
     }
     if (message.start !== undefined) {
       StartPosition.encode(message.start, writer.uint32(50).fork()).join();
+    }
+    if (message.queue !== "") {
+      writer.uint32(58).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(66).string(message.prefix);
     }
     return writer;
   },
@@ -1134,6 +1236,22 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
             message.start = StartPosition.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1162,6 +1280,8 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
         ? Duration.fromJSON(object.ack_deadline)
         : undefined,
       start: isSet(object.start) ? StartPosition.fromJSON(object.start) : undefined,
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -1185,6 +1305,12 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
     if (message.start !== undefined) {
       obj.start = StartPosition.toJSON(message.start);
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -1203,6 +1329,8 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
     message.start = (object.start !== undefined && object.start !== null)
       ? StartPosition.fromPartial(object.start)
       : undefined;
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };
@@ -1696,6 +1824,8 @@ function createBaseReceiveRequest(): ReceiveRequest {
     wait: undefined,
     ackDeadline: undefined,
     start: undefined,
+    queue: "",
+    prefix: "",
   };
 }
 
@@ -1721,6 +1851,12 @@ export const ReceiveRequest: MessageFns<ReceiveRequest> = {
     }
     if (message.start !== undefined) {
       StartPosition.encode(message.start, writer.uint32(58).fork()).join();
+    }
+    if (message.queue !== "") {
+      writer.uint32(66).string(message.queue);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(74).string(message.prefix);
     }
     return writer;
   },
@@ -1794,6 +1930,22 @@ export const ReceiveRequest: MessageFns<ReceiveRequest> = {
             message.start = StartPosition.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1823,6 +1975,8 @@ export const ReceiveRequest: MessageFns<ReceiveRequest> = {
         ? Duration.fromJSON(object.ack_deadline)
         : undefined,
       start: isSet(object.start) ? StartPosition.fromJSON(object.start) : undefined,
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
     };
   },
 
@@ -1849,6 +2003,12 @@ export const ReceiveRequest: MessageFns<ReceiveRequest> = {
     if (message.start !== undefined) {
       obj.start = StartPosition.toJSON(message.start);
     }
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -1868,6 +2028,8 @@ export const ReceiveRequest: MessageFns<ReceiveRequest> = {
     message.start = (object.start !== undefined && object.start !== null)
       ? StartPosition.fromPartial(object.start)
       : undefined;
+    message.queue = object.queue ?? "";
+    message.prefix = object.prefix ?? "";
     return message;
   },
 };

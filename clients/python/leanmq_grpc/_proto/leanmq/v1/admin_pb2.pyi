@@ -25,8 +25,13 @@ class ListQueuesRequest(google.protobuf.message.Message):
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    PREFIX_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    prefix: builtins.str
+    """Which prefix's registry to list (as Broker's SendRequest.prefix): empty
+    for the server's default.
+    """
     page_size: builtins.int
     """Default (0): 100. At most 1000."""
     page_token: builtins.str
@@ -34,10 +39,11 @@ class ListQueuesRequest(google.protobuf.message.Message):
     def __init__(
         self,
         *,
+        prefix: builtins.str = ...,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix"]) -> None: ...
 
 global___ListQueuesRequest = ListQueuesRequest
 
@@ -102,14 +108,24 @@ class GetQueueRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     PATH_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     """A path ("/order/status/") or a queue name ("order_status")."""
+    queue: builtins.str
+    """Or the queue by name, as Broker's SendRequest.queue; give `path` or
+    `queue`, not both.
+    """
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
     def __init__(
         self,
         *,
         path: builtins.str = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["path", b"path"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["path", b"path", "prefix", b"prefix", "queue", b"queue"]) -> None: ...
 
 global___GetQueueRequest = GetQueueRequest
 
@@ -218,19 +234,29 @@ class ListDeadLettersRequest(google.protobuf.message.Message):
     PATH_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     page_size: builtins.int
     """Default (0): 100. At most 1000."""
     page_token: builtins.str
     """From a previous response's `next_page_token`; empty for the first page."""
+    queue: builtins.str
+    """Or the queue by name, as Broker's SendRequest.queue; give `path` or
+    `queue`, not both.
+    """
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
     def __init__(
         self,
         *,
         path: builtins.str = ...,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token", "path", b"path"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["page_size", b"page_size", "page_token", b"page_token", "path", b"path", "prefix", b"prefix", "queue", b"queue"]) -> None: ...
 
 global___ListDeadLettersRequest = ListDeadLettersRequest
 
@@ -366,9 +392,17 @@ class RequeueDeadLettersRequest(google.protobuf.message.Message):
     IDS_FIELD_NUMBER: builtins.int
     ALL_FIELD_NUMBER: builtins.int
     SINCE_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     all: builtins.bool
     """Every dead letter."""
+    queue: builtins.str
+    """Or the queue by name, as Broker's SendRequest.queue; give `path` or
+    `queue`, not both.
+    """
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
     @property
     def ids(self) -> global___DeadLetterIds:
         """These DLQ entry ids. Ids not in the DLQ are skipped (see `missing`)."""
@@ -384,9 +418,11 @@ class RequeueDeadLettersRequest(google.protobuf.message.Message):
         ids: global___DeadLetterIds | None = ...,
         all: builtins.bool = ...,
         since: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["all", b"all", "ids", b"ids", "selector", b"selector", "since", b"since"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["all", b"all", "ids", b"ids", "path", b"path", "selector", b"selector", "since", b"since"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["all", b"all", "ids", b"ids", "path", b"path", "prefix", b"prefix", "queue", b"queue", "selector", b"selector", "since", b"since"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["selector", b"selector"]) -> typing.Literal["ids", "all", "since"] | None: ...
 
 global___RequeueDeadLettersRequest = RequeueDeadLettersRequest
@@ -455,7 +491,15 @@ class DeleteDeadLettersRequest(google.protobuf.message.Message):
 
     PATH_FIELD_NUMBER: builtins.int
     IDS_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
+    queue: builtins.str
+    """Or the queue by name, as Broker's SendRequest.queue; give `path` or
+    `queue`, not both.
+    """
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
     @property
     def ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """DLQ entry ids. 1 to 1000."""
@@ -465,8 +509,10 @@ class DeleteDeadLettersRequest(google.protobuf.message.Message):
         *,
         path: builtins.str = ...,
         ids: collections.abc.Iterable[builtins.str] | None = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["ids", b"ids", "path", b"path"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["ids", b"ids", "path", b"path", "prefix", b"prefix", "queue", b"queue"]) -> None: ...
 
 global___DeleteDeadLettersRequest = DeleteDeadLettersRequest
 
@@ -490,13 +536,23 @@ class PurgeDeadLettersRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     PATH_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
+    queue: builtins.str
+    """Or the queue by name, as Broker's SendRequest.queue; give `path` or
+    `queue`, not both.
+    """
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
     def __init__(
         self,
         *,
         path: builtins.str = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["path", b"path"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["path", b"path", "prefix", b"prefix", "queue", b"queue"]) -> None: ...
 
 global___PurgeDeadLettersRequest = PurgeDeadLettersRequest
 
@@ -521,18 +577,28 @@ class PurgeQueueRequest(google.protobuf.message.Message):
 
     PATH_FIELD_NUMBER: builtins.int
     CONFIRM_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     confirm: builtins.str
     """Must equal the queue name (e.g. "order_status"), to show the caller
     means this queue. INVALID_ARGUMENT otherwise.
     """
+    queue: builtins.str
+    """Or the queue by name, as Broker's SendRequest.queue; give `path` or
+    `queue`, not both.
+    """
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
     def __init__(
         self,
         *,
         path: builtins.str = ...,
         confirm: builtins.str = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["confirm", b"confirm", "path", b"path"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["confirm", b"confirm", "path", b"path", "prefix", b"prefix", "queue", b"queue"]) -> None: ...
 
 global___PurgeQueueRequest = PurgeQueueRequest
 
@@ -558,19 +624,29 @@ class DeleteQueueRequest(google.protobuf.message.Message):
     PATH_FIELD_NUMBER: builtins.int
     WITH_DLQ_FIELD_NUMBER: builtins.int
     CONFIRM_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     with_dlq: builtins.bool
     """Also delete the DLQ and its metadata."""
     confirm: builtins.str
     """Must equal the queue name, as PurgeQueueRequest.confirm."""
+    queue: builtins.str
+    """Or the queue by name, as Broker's SendRequest.queue; give `path` or
+    `queue`, not both.
+    """
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
     def __init__(
         self,
         *,
         path: builtins.str = ...,
         with_dlq: builtins.bool = ...,
         confirm: builtins.str = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["confirm", b"confirm", "path", b"path", "with_dlq", b"with_dlq"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["confirm", b"confirm", "path", b"path", "prefix", b"prefix", "queue", b"queue", "with_dlq", b"with_dlq"]) -> None: ...
 
 global___DeleteQueueRequest = DeleteQueueRequest
 
@@ -589,3 +665,56 @@ class DeleteQueueResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["deleted_messages", b"deleted_messages"]) -> None: ...
 
 global___DeleteQueueResponse = DeleteQueueResponse
+
+@typing.final
+class CreateQueueRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
+    path: builtins.str
+    """The queue by path ("/order/status/") or by name ("responses:<uuid>"),
+    as Broker's SendRequest: exactly one of the two.
+    """
+    queue: builtins.str
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix."""
+    def __init__(
+        self,
+        *,
+        path: builtins.str = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["path", b"path", "prefix", b"prefix", "queue", b"queue"]) -> None: ...
+
+global___CreateQueueRequest = CreateQueueRequest
+
+@typing.final
+class CreateQueueResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: builtins.int
+    STREAM_FIELD_NUMBER: builtins.int
+    DEAD_LETTER_STREAM_FIELD_NUMBER: builtins.int
+    GROUP_FIELD_NUMBER: builtins.int
+    queue: builtins.str
+    """Queue name ("order_status")."""
+    stream: builtins.str
+    """Stream key of the queue ("webhook:order_status")."""
+    dead_letter_stream: builtins.str
+    """Stream key of its DLQ ("webhook:order_status:dlq")."""
+    group: builtins.str
+    """LeanMQ's default group of the queue ("order_status-group")."""
+    def __init__(
+        self,
+        *,
+        queue: builtins.str = ...,
+        stream: builtins.str = ...,
+        dead_letter_stream: builtins.str = ...,
+        group: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["dead_letter_stream", b"dead_letter_stream", "group", b"group", "queue", b"queue", "stream", b"stream"]) -> None: ...
+
+global___CreateQueueResponse = CreateQueueResponse

@@ -74,6 +74,11 @@ class AdminStub(object):
                 request_serializer=leanmq_dot_v1_dot_admin__pb2.DeleteQueueRequest.SerializeToString,
                 response_deserializer=leanmq_dot_v1_dot_admin__pb2.DeleteQueueResponse.FromString,
                 _registered_method=True)
+        self.CreateQueue = channel.unary_unary(
+                '/leanmq.v1.Admin/CreateQueue',
+                request_serializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueRequest.SerializeToString,
+                response_deserializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -141,6 +146,16 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateQueue(self, request, context):
+        """Create a queue, its DLQ, their metadata and LeanMQ's default groups
+        (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+        a token that may send to, subscribe to or administer the queue, since
+        Send and Subscribe create it too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +198,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DeleteQueue,
                     request_deserializer=leanmq_dot_v1_dot_admin__pb2.DeleteQueueRequest.FromString,
                     response_serializer=leanmq_dot_v1_dot_admin__pb2.DeleteQueueResponse.SerializeToString,
+            ),
+            'CreateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateQueue,
+                    request_deserializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueRequest.FromString,
+                    response_serializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +421,33 @@ class Admin(object):
             '/leanmq.v1.Admin/DeleteQueue',
             leanmq_dot_v1_dot_admin__pb2.DeleteQueueRequest.SerializeToString,
             leanmq_dot_v1_dot_admin__pb2.DeleteQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leanmq.v1.Admin/CreateQueue',
+            leanmq_dot_v1_dot_admin__pb2.CreateQueueRequest.SerializeToString,
+            leanmq_dot_v1_dot_admin__pb2.CreateQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,16 @@ class AdminStub:
     DLQ. Needs `confirm`.
     """
 
+    CreateQueue: grpc.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.CreateQueueRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.CreateQueueResponse,
+    ]
+    """Create a queue, its DLQ, their metadata and LeanMQ's default groups
+    (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+    a token that may send to, subscribe to or administer the queue, since
+    Send and Subscribe create it too.
+    """
+
 class AdminAsyncStub:
     ListQueues: grpc.aio.UnaryUnaryMultiCallable[
         leanmq_grpc._proto.leanmq.v1.admin_pb2.ListQueuesRequest,
@@ -137,6 +147,16 @@ class AdminAsyncStub:
     ]
     """Delete a queue, its groups, schedules and metadata, and optionally its
     DLQ. Needs `confirm`.
+    """
+
+    CreateQueue: grpc.aio.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.CreateQueueRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.CreateQueueResponse,
+    ]
+    """Create a queue, its DLQ, their metadata and LeanMQ's default groups
+    (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+    a token that may send to, subscribe to or administer the queue, since
+    Send and Subscribe create it too.
     """
 
 class AdminServicer(metaclass=abc.ABCMeta):
@@ -212,6 +232,18 @@ class AdminServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.admin_pb2.DeleteQueueResponse, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.admin_pb2.DeleteQueueResponse]]:
         """Delete a queue, its groups, schedules and metadata, and optionally its
         DLQ. Needs `confirm`.
+        """
+
+    @abc.abstractmethod
+    def CreateQueue(
+        self,
+        request: leanmq_grpc._proto.leanmq.v1.admin_pb2.CreateQueueRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.admin_pb2.CreateQueueResponse, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.admin_pb2.CreateQueueResponse]]:
+        """Create a queue, its DLQ, their metadata and LeanMQ's default groups
+        (LeanMQ's `create_queue_pair`), sending nothing. Idempotent. Allowed to
+        a token that may send to, subscribe to or administer the queue, since
+        Send and Subscribe create it too.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -129,6 +129,8 @@ class SendRequest(google.protobuf.message.Message):
     DELAY_FIELD_NUMBER: builtins.int
     DELIVER_AT_FIELD_NUMBER: builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     """Webhook path, e.g. "/order/status/". Required. At most 1024 bytes,
     UTF-8, no control characters, and it must map to a non-empty queue
@@ -156,6 +158,25 @@ class SendRequest(google.protobuf.message.Message):
     within the dedup window (`--dedup-window`, default 24 h) stores nothing
     and returns the first message's ids with `duplicate = true`. Atomic
     under concurrent duplicates. At most 256 bytes, no control characters.
+    """
+    queue: builtins.str
+    """Or the queue by name, as LeanMQ's core API addresses queues
+    (`LeanMQ.create_queue_pair("responses:<uuid>")`): give `path` or
+    `queue`, exactly one (INVALID_ARGUMENT otherwise). A name holds no
+    whitespace, control characters, "{" or "}", is at most 1024 bytes, and
+    must not name another queue's own keys: names ending in ":dlq",
+    ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
+    ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
+    "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+    webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
+    `Queue.send_message` writes none.
+    """
+    prefix: builtins.str
+    """Key prefix of the queue ("mq:", "calc:"). Empty: the server's default
+    (its first `--prefix`). A prefix the server does not serve is
+    FAILED_PRECONDITION naming the ones it does; a token limited to other
+    prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
+    Ack, Nack and Extend need none.
     """
     @property
     def headers(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
@@ -199,9 +220,11 @@ class SendRequest(google.protobuf.message.Message):
         delay: google.protobuf.duration_pb2.Duration | None = ...,
         deliver_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         idempotency_key: builtins.str = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["delay", b"delay", "deliver_at", b"deliver_at", "ttl", b"ttl"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["content_type", b"content_type", "delay", b"delay", "deliver_at", b"deliver_at", "headers", b"headers", "idempotency_key", b"idempotency_key", "path", b"path", "payload", b"payload", "ttl", b"ttl"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["content_type", b"content_type", "delay", b"delay", "deliver_at", b"deliver_at", "headers", b"headers", "idempotency_key", b"idempotency_key", "path", b"path", "payload", b"payload", "prefix", b"prefix", "queue", b"queue", "ttl", b"ttl"]) -> None: ...
 
 global___SendRequest = SendRequest
 
@@ -241,7 +264,8 @@ class SendBatchRequest(google.protobuf.message.Message):
     MESSAGES_FIELD_NUMBER: builtins.int
     @property
     def messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___SendRequest]:
-        """The messages, each validated as a SendRequest. 1 to 1000 messages
+        """The messages, each validated as a SendRequest, all with the same
+        `prefix` (a batch spanning prefixes is INVALID_ARGUMENT). 1 to 1000 messages
         (`--max-batch`); an empty or larger batch is INVALID_ARGUMENT. One
         invalid message fails the whole batch with INVALID_ARGUMENT naming its
         index, and nothing is appended.
@@ -284,6 +308,8 @@ class SubscribeRequest(google.protobuf.message.Message):
     MAX_IN_FLIGHT_FIELD_NUMBER: builtins.int
     ACK_DEADLINE_FIELD_NUMBER: builtins.int
     START_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     """Webhook path to consume. Same rules as SendRequest.path. The queue, DLQ
     and group are created if missing.
@@ -315,6 +341,25 @@ class SubscribeRequest(google.protobuf.message.Message):
     At most 10000. A delivery stops counting when it is acked, nacked, or
     its lease expires.
     """
+    queue: builtins.str
+    """Or the queue (not a pattern) by name, as LeanMQ's core API addresses queues
+    (`LeanMQ.create_queue_pair("responses:<uuid>")`): give `path` or
+    `queue`, exactly one (INVALID_ARGUMENT otherwise). A name holds no
+    whitespace, control characters, "{" or "}", is at most 1024 bytes, and
+    must not name another queue's own keys: names ending in ":dlq",
+    ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
+    ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
+    "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+    webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
+    `Queue.send_message` writes none.
+    """
+    prefix: builtins.str
+    """Key prefix of the queue ("mq:", "calc:"). Empty: the server's default
+    (its first `--prefix`). A prefix the server does not serve is
+    FAILED_PRECONDITION naming the ones it does; a token limited to other
+    prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
+    Ack, Nack and Extend need none.
+    """
     @property
     def ack_deadline(self) -> google.protobuf.duration_pb2.Duration:
         """Lease length: a delivery neither acked nor extended within this time
@@ -339,9 +384,11 @@ class SubscribeRequest(google.protobuf.message.Message):
         max_in_flight: builtins.int = ...,
         ack_deadline: google.protobuf.duration_pb2.Duration | None = ...,
         start: global___StartPosition | None = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["ack_deadline", b"ack_deadline", "start", b"start"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["ack_deadline", b"ack_deadline", "consumer", b"consumer", "group", b"group", "max_in_flight", b"max_in_flight", "path", b"path", "start", b"start"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["ack_deadline", b"ack_deadline", "consumer", b"consumer", "group", b"group", "max_in_flight", b"max_in_flight", "path", b"path", "prefix", b"prefix", "queue", b"queue", "start", b"start"]) -> None: ...
 
 global___SubscribeRequest = SubscribeRequest
 
@@ -421,6 +468,8 @@ class Delivery(google.protobuf.message.Message):
     path: builtins.str
     """The path the message was sent to (normalized as LeanMQ does: leading
     "/", no trailing "/"). For a LeanMQ-sent message, its `_leanmq` path.
+    Empty for a message sent to a queue by name (SendRequest.queue, or
+    LeanMQ's `Queue.send_message`) and received by name.
     """
     payload: builtins.bytes
     """The message body, as sent. For a LeanMQ-sent message: the user's JSON
@@ -487,6 +536,8 @@ class ReceiveRequest(google.protobuf.message.Message):
     WAIT_FIELD_NUMBER: builtins.int
     ACK_DEADLINE_FIELD_NUMBER: builtins.int
     START_FIELD_NUMBER: builtins.int
+    QUEUE_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
     path: builtins.str
     """As SubscribeRequest.path."""
     group: builtins.str
@@ -495,6 +546,10 @@ class ReceiveRequest(google.protobuf.message.Message):
     """As SubscribeRequest.consumer."""
     max_messages: builtins.int
     """Most deliveries to return. Default (0): 10. At most 1000."""
+    queue: builtins.str
+    """As SubscribeRequest.queue."""
+    prefix: builtins.str
+    """As SendRequest.prefix."""
     @property
     def wait(self) -> google.protobuf.duration_pb2.Duration:
         """How long to wait for the first delivery when none is ready. Default
@@ -520,9 +575,11 @@ class ReceiveRequest(google.protobuf.message.Message):
         wait: google.protobuf.duration_pb2.Duration | None = ...,
         ack_deadline: google.protobuf.duration_pb2.Duration | None = ...,
         start: global___StartPosition | None = ...,
+        queue: builtins.str = ...,
+        prefix: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["ack_deadline", b"ack_deadline", "start", b"start", "wait", b"wait"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["ack_deadline", b"ack_deadline", "consumer", b"consumer", "group", b"group", "max_messages", b"max_messages", "path", b"path", "start", b"start", "wait", b"wait"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["ack_deadline", b"ack_deadline", "consumer", b"consumer", "group", b"group", "max_messages", b"max_messages", "path", b"path", "prefix", b"prefix", "queue", b"queue", "start", b"start", "wait", b"wait"]) -> None: ...
 
 global___ReceiveRequest = ReceiveRequest
 
