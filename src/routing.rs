@@ -14,6 +14,7 @@
 //! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
 //! | `{prefix}receipt-key` | leanmq-grpc: the key replicas sign receipts with, unless configured (`broker::receipt`); its `-` can be in no queue name |
+//! | `{prefix}#created-by:{token}` | leanmq-grpc: the queues a token with `max_queues` has created (`broker::Creator`) |
 //!
 //! Queue names that paths map to hold only alphanumerics and `_`, so no
 //! such queue's keys can collide with another queue's `:`-suffixed keys.
@@ -21,7 +22,8 @@
 //! `responses:<uuid>`); such a name may hold `:` and `-`, so [`named`]
 //! refuses every name whose stream key would be one of another queue's
 //! keys in the table above ([`RESERVED_SUFFIXES`], [`RESERVED_INFIXES`]),
-//! and the two prefix-wide names ([`RESERVED_NAMES`]).
+//! the prefix-wide names ([`RESERVED_NAMES`]) and the start of every
+//! token's set of created queues ([`OWNER_MARK`]).
 //!
 //! **Redis Cluster:** the queue name is a hash tag, `{prefix}{{q}}` (so
 //! `webhook:{order_status}`, `webhook:{order_status}:dlq`, …): every key of
@@ -123,6 +125,10 @@ pub const RESERVED_INFIXES: [&str; 2] = [":leases:", ":dedup:"];
 /// `{prefix}schedule`, `{prefix}receipt-key`).
 pub const RESERVED_NAMES: [&str; 3] = ["registry", "schedule", "receipt-key"];
 
+/// After the prefix, the start of the key of a token's set of created
+/// queues (`{prefix}#created-by:{token name}`): no queue name starts so.
+pub const OWNER_MARK: &str = "#created-by:";
+
 /// Check a queue name given directly (the `queue` field of a request, or
 /// the queue of a receipt): non-empty, at most [`MAX_PATH_BYTES`], printable
 /// without whitespace, no `{` or `}` (Redis Cluster hash tags), and not
@@ -159,6 +165,11 @@ pub fn check_queue_name(name: &str) -> Result<()> {
     if RESERVED_NAMES.contains(&name) {
         return Err(Error::invalid(format!(
             "queue name {name:?} is the prefix's own {name} key; choose another name"
+        )));
+    }
+    if name.starts_with(OWNER_MARK) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} starts with {OWNER_MARK:?}, which names the broker's record of a token's queues; choose another name"
         )));
     }
     Ok(())
@@ -488,6 +499,8 @@ mod tests {
             &format!("{}:dedup:x", k.stream),
             &k.registry,
             &k.schedule,
+            &format!("p:{OWNER_MARK}some token"),
+            &format!("p:{OWNER_MARK}"),
         ] {
             let name = key.strip_prefix("p:").expect("prefixed");
             assert!(
@@ -502,6 +515,7 @@ mod tests {
             );
         }
         assert!(named("a:dlq:x").is_ok());
+        assert!(named("a#created-by:x").is_ok());
     }
 
     #[test]

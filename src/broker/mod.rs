@@ -192,15 +192,20 @@ impl Broker {
         Ok(())
     }
 
-    /// The set of queues a token has created (its `max_queues` quota). The
-    /// `#` after the prefix keeps it apart from every queue's keys, whose
-    /// names hold only letters, digits and `_`.
+    /// The set of queues a token has created under this prefix (its
+    /// `max_queues` quota). No queue's keys start with
+    /// [`crate::routing::OWNER_MARK`]: path-made names hold only letters,
+    /// digits and `_`, and `routing::check_queue_name` refuses it.
     pub(crate) fn owner_key(&self, c: &Creator) -> String {
         self.owner_key_of(&c.name)
     }
 
     pub(crate) fn owner_key_of(&self, token: &str) -> String {
-        format!("{}#created-by:{}", self.settings.prefix, token)
+        format!(
+            "{}{}{token}",
+            self.settings.prefix,
+            crate::routing::OWNER_MARK
+        )
     }
 
     /// What creating a queue must fit in, for a script (nothing in Redis

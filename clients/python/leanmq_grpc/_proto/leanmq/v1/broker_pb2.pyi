@@ -166,8 +166,9 @@ class SendRequest(google.protobuf.message.Message):
     whitespace, control characters, "{" or "}", is at most 1024 bytes, and
     must not name another queue's own keys: names ending in ":dlq",
     ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-    ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
-    "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+    ":stats", containing ":leases:" or ":dedup:", starting with
+    "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
+    INVALID_ARGUMENT. A message sent by name carries no
     webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
     `Queue.send_message` writes none.
     """
@@ -348,8 +349,9 @@ class SubscribeRequest(google.protobuf.message.Message):
     whitespace, control characters, "{" or "}", is at most 1024 bytes, and
     must not name another queue's own keys: names ending in ":dlq",
     ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-    ":stats", containing ":leases:" or ":dedup:", or equal to "registry" or
-    "schedule" are INVALID_ARGUMENT. A message sent by name carries no
+    ":stats", containing ":leases:" or ":dedup:", starting with
+    "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
+    INVALID_ARGUMENT. A message sent by name carries no
     webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
     `Queue.send_message` writes none.
     """
