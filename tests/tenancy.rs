@@ -864,3 +864,144 @@ async fn list_queues_pages_cover_every_queue_exactly_once() {
         assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
     }
 }
+
+fn named_send(prefix: &str, queue: &str) -> proto::SendRequest {
+    proto::SendRequest {
+        queue: queue.into(),
+        prefix: prefix.into(),
+        ..json_send("", "{}")
+    }
+}
+
+fn create_named(prefix: &str, queue: &str) -> proto::CreateQueueRequest {
+    proto::CreateQueueRequest {
+        queue: queue.into(),
+        prefix: prefix.into(),
+        ..Default::default()
+    }
+}
+
+/// Several served prefixes: `--max-queues` counts each prefix's registry on
+/// its own, queues addressed by name and CreateQueue count like any other,
+/// ListQueues pages over names holding ':', and no queue name can be a
+/// token's record of the queues it created.
+#[tokio::test]
+async fn the_queue_cap_holds_per_prefix_and_for_queues_addressed_by_name() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.prefix = vec!["webhook:".into(), "mq:".into()];
+        c.max_queues = 2;
+    })
+    .await;
+    let mut c = d.client().await;
+    let mut a = AdminClient::new(d.channel().await);
+    assert_eq!(
+        code(a.create_queue(create_named("mq:", "responses:1")).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(c.send(named_send("mq:", "responses:2")).await),
+        Code::Ok
+    );
+    let full = c
+        .send(named_send("mq:", "responses:3"))
+        .await
+        .expect_err("a third queue under mq:");
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("--max-queues"),
+        "{}",
+        full.message()
+    );
+    assert_eq!(
+        code(a.create_queue(create_named("mq:", "responses:4")).await),
+        Code::ResourceExhausted
+    );
+    // Using a queue that exists creates nothing.
+    assert_eq!(
+        code(c.send(named_send("mq:", "responses:1")).await),
+        Code::Ok
+    );
+    // The default prefix has a registry, and a cap, of its own.
+    for p in ["/a", "/b"] {
+        assert_eq!(code(c.send(json_send(p, "{}")).await), Code::Ok, "{p}");
+    }
+    assert_eq!(
+        code(c.send(json_send("/c", "{}")).await),
+        Code::ResourceExhausted
+    );
+    // Pages of one: each page token names a queue holding ':'.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = a
+            .list_queues(proto::ListQueuesRequest {
+                prefix: "mq:".into(),
+                page_size: 1,
+                page_token,
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        seen.extend(page.queues.into_iter().map(|q| q.queue));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, ["responses:1", "responses:2"]);
+    let e = c
+        .send(named_send("", "#created-by:tenant"))
+        .await
+        .expect_err("reserved");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+}
+
+/// A token's `max_queues` counts per prefix, and CreateQueue and queues
+/// addressed by name count against it as Send does.
+#[tokio::test]
+async fn a_tokens_quota_counts_named_and_created_queues_per_prefix() {
+    let redis = RedisProc::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = tokens_file(dir.path());
+    let d = Leanmqd::start_with(&redis.url(), move |c| {
+        c.auth_tokens = Some(file);
+        c.prefix = vec!["webhook:".into(), "mq:".into()];
+    })
+    .await;
+    let mut c = d.client().await;
+    let mut a = AdminClient::new(d.channel().await);
+    let t = "tenant-secret";
+    assert_eq!(
+        code(
+            a.create_queue(as_token(create_named("mq:", "jobs:x"), t))
+                .await
+        ),
+        Code::Ok
+    );
+    assert_eq!(
+        code(c.send(as_token(named_send("mq:", "jobs:y"), t)).await),
+        Code::Ok
+    );
+    let e = a
+        .create_queue(as_token(create_named("mq:", "jobs:z"), t))
+        .await
+        .expect_err("a third queue under mq:");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("max_queues"), "{}", e.message());
+    assert_eq!(
+        code(c.send(as_token(named_send("mq:", "jobs:z"), t)).await),
+        Code::ResourceExhausted
+    );
+    let mut owned: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("mq:#created-by:tenant")
+        .query(&mut redis.conn())
+        .expect("smembers");
+    owned.sort();
+    assert_eq!(owned, ["jobs:x", "jobs:y"]);
+    // Under the default prefix the token starts from nothing.
+    assert_eq!(
+        code(c.send(as_token(json_send("/t/a", "{}"), t)).await),
+        Code::Ok
+    );
+}
