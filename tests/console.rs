@@ -349,6 +349,27 @@ async fn pages_answer_with_precise_status_codes() {
     assert_eq!(xlen(&redis, "webhook:order_status:dlq"), 1);
 }
 
+/// The queues page lists every queue, not only ListQueues' first page.
+#[tokio::test]
+async fn the_queues_page_lists_queues_past_the_first_list_page() {
+    let redis = RedisProc::start();
+    let (d, base) = console(&redis, |_| {}).await;
+    let mut c = d.client().await;
+    // More than ListQueues' default page (100), all a call that sets no
+    // page_size and follows no page token gets.
+    for i in 0..150 {
+        c.send(json_send(&format!("/paged/q{i:03}"), "{}"))
+            .await
+            .expect("send");
+    }
+    let mut b = Browser::new(base);
+    let p = b.get("/queues").await;
+    assert_eq!(p.status, StatusCode::OK);
+    let missing: Vec<usize> = (0..150)
+        .filter(|i| !p.body.contains(&format!(r#"href="/queues/paged_q{i:03}""#)))
+        .collect();
+    assert!(missing.is_empty(), "not listed: {missing:?}");
+}
 #[tokio::test]
 async fn requeue_delete_and_purge_dead_letters() {
     let redis = RedisProc::start();

@@ -63,24 +63,32 @@ impl<'a> Api<'a> {
         r
     }
 
-    /// Every queue the caller's admin grant sees.
+    /// Every queue the caller's admin grant sees (ListQueues' pages, each
+    /// the largest the server gives).
     pub async fn queues(&self) -> Result<Vec<Summary>, Status> {
-        let r = self
-            .admin
-            .list_queues(self.req(proto::ListQueuesRequest {
-                ..Default::default()
-            }))
-            .await?
-            .into_inner();
-        Ok(r.queues
-            .into_iter()
-            .map(|q| Summary {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let r = self
+                .admin
+                .list_queues(self.req(proto::ListQueuesRequest {
+                    page_size: crate::broker::limits::MAX_QUEUE_PAGE,
+                    page_token,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner();
+            out.extend(r.queues.into_iter().map(|q| Summary {
                 name: q.queue,
                 paths: q.paths,
                 depth: q.length,
                 dead_letters: q.dead_letters,
-            })
-            .collect())
+            }));
+            if r.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = r.next_page_token;
+        }
     }
 
     pub async fn queue(&self, name: &str) -> Result<QueueDetail, Status> {

@@ -362,6 +362,16 @@ def test_list_queues_and_get_queue_accept_listed_names(mq: LeanMQ) -> None:
         assert f"mq:{name}" not in {i.name for i in ex.list_queues()}
 
 
+def test_list_queues_follows_every_page(mq: LeanMQ) -> None:
+    # More queues than leanmqd's default ListQueues page (100).
+    names = [unique("paged") for _ in range(150)]
+    for name in names:
+        mq.create_queue_pair(name)
+    listed = {i.name for i in mq.list_queues()}
+    missing = [n for n in names if f"mq:{n}" not in listed or f"mq:{n}:dlq" not in listed]
+    assert not missing, f"{len(missing)} of 150 queues not listed"
+
+
 def test_delete_queue_with_and_without_dlq(mq: LeanMQ, redis: Redis) -> None:
     a, b = unique("dq"), unique("dqkeep")
     for n in (a, b):

@@ -22,6 +22,7 @@ import grpc
 
 from .._common import JSON_CONTENT_TYPE, to_duration
 from .._proto.leanmq.v1 import admin_pb2, broker_pb2
+from ..admin import QUEUE_PAGE
 from . import config, exceptions
 from .config import Connection, announce, code_of
 
@@ -581,10 +582,8 @@ class LeanMQ:
     def list_queues(self) -> List[QueueInfo]:
         """Every queue and DLQ under this prefix (names are full keys, which
         ``get_queue`` accepts back)."""
-        conn = self.client.conn
-        resp = conn.call(conn.admin.ListQueues, admin_pb2.ListQueuesRequest(prefix=self.prefix))
         out: List[QueueInfo] = []
-        for s in resp.queues:
+        for s in self._summaries():
             main = self._main(s.queue).get_info()
             main.message_count = int(s.length)
             out.append(main)
@@ -599,6 +598,20 @@ class LeanMQ:
                 )
             )
         return out
+
+    def _summaries(self) -> Iterator[admin_pb2.QueueSummary]:
+        """Every queue under this prefix, following ListQueues' pages."""
+        conn = self.client.conn
+        token = ""
+        while True:
+            resp = conn.call(
+                conn.admin.ListQueues,
+                admin_pb2.ListQueuesRequest(prefix=self.prefix, page_size=QUEUE_PAGE, page_token=token),
+            )
+            yield from resp.queues
+            token = resp.next_page_token
+            if not token:
+                return
 
     def delete_queue(self, queue_name: str, delete_dlq: bool = True) -> bool:
         """Delete a queue (and its DLQ). True also when it did not exist, as LeanMQ."""
