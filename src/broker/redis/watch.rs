@@ -56,6 +56,9 @@ pub(super) struct Watch {
     generation: AtomicU64,
     /// Redis client id of the watch's connection (0: none yet).
     client_id: AtomicI64,
+    /// The generation whose read is in flight (0: none), so a registration
+    /// asks Redis to cut a read only while there is one to cut.
+    reading: AtomicU64,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -168,12 +171,18 @@ impl Redis {
     ) -> super::Waited {
         use super::Waited;
         let (id, wake, uncovered) = self.watch.register(stream, after_id);
-        if let Some(gen) = uncovered {
-            self.watch.changed.notify_one();
-            self.cut_watch(gen).await;
-        }
+        // The cut runs beside the wait, not before it: an entry the new read
+        // finds wakes this reader at once, even while the cut still retries.
+        let cut_short = async {
+            if let Some(gen) = uncovered {
+                self.watch.changed.notify_one();
+                self.cut_watch(gen).await;
+            }
+            std::future::pending::<std::convert::Infallible>().await
+        };
         let waited = tokio::select! {
             _ = wake.notified() => Waited::Returned,
+            never = cut_short => match never {},
             _ = cut.notified() => Waited::Cut,
             _ = tokio::time::sleep(block) => Waited::Returned,
             _ = stop => Waited::Stopped,
@@ -189,10 +198,12 @@ impl Redis {
             if self.watch.generation.load(Ordering::Acquire) != gen {
                 return;
             }
-            let id = self.watch.client_id.load(Ordering::Acquire);
-            // The watch runs only off a Cluster, so no key is needed to route.
-            if self.unblock("", id).await {
-                return;
+            if self.watch.reading.load(Ordering::Acquire) == gen {
+                let id = self.watch.client_id.load(Ordering::Acquire);
+                // The watch runs only off a Cluster, so no key is needed to route.
+                if self.unblock("", id).await {
+                    return;
+                }
             }
             tokio::time::sleep(UNBLOCK_RETRY).await;
         }
@@ -235,10 +246,13 @@ impl Redis {
                 cmd.arg(format!("{ms}-{seq}"));
             }
             let limit = MAX_BLOCK + self.timeout();
+            let gen = self.watch.generation.load(Ordering::Acquire);
+            self.watch.reading.store(gen, Ordering::Release);
             let read = tokio::select! {
                 r = tokio::time::timeout(limit, cmd.query_async::<Value>(&mut c)) => r,
                 _ = &mut stop => return,
             };
+            self.watch.reading.store(0, Ordering::Release);
             match read {
                 Ok(Ok(v)) => {
                     pause.succeeded();
