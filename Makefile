@@ -7,7 +7,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: layout run test test-rust test-console console-screenshots chromium test-clients test-deploy test-packages test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
+.PHONY: fuzz fuzz-short layout run test test-rust test-console console-screenshots chromium test-clients test-deploy test-packages test-e2e test-faults soak soak-short bench bench-short setup redis venv lint fmt clippy ci clean
 
 # `make run ARGS=...` replaces the defaults (console on, on loopback).
 ARGS ?= --console-listen 127.0.0.1:8080
@@ -88,6 +88,16 @@ bench: redis
 	LEANMQD=target/release/leanmqd target/release/leanmq-bench --out target/bench
 	bash bench/python.sh
 
+# A structure-aware fuzz run against a real server and Redis (tests/fuzz.rs):
+# random and mutated requests for every RPC, mutated bodies, raw frames; no
+# panic, only documented statuses, Redis invariants afterwards. fuzz-short is
+# CI's ~2 minutes; fuzz is the nightly half hour. FUZZ_SEED=… replays a run.
+fuzz-short: setup
+	FUZZ_SECS=$${FUZZ_SECS:-100} $(CARGO) test --test fuzz -- --ignored --nocapture
+
+fuzz: setup
+	FUZZ_SECS=$${FUZZ_SECS:-1800} $(CARGO) test --test fuzz -- --ignored --nocapture
+
 bench-short: redis
 	$(CARGO) build --release --workspace --bins
 	LEANMQD=target/release/leanmqd target/release/leanmq-bench --short --out target/bench
@@ -124,7 +134,7 @@ layout:
 
 lint: fmt clippy layout
 
-ci: lint test soak-short bench-short
+ci: lint test soak-short fuzz-short bench-short
 
 clean:
 	$(CARGO) clean

@@ -309,6 +309,30 @@ async fn dead_letters_page_delete_purge_and_requeue_all_or_since() {
     assert_eq!(groups.len(), 1, "the DLQ group survives a purge");
 }
 
+/// Found by tests/fuzz.rs: purging the dead letters of a queue that does
+/// not exist made its DLQ stream (the group's MKSTREAM), a key no registry
+/// entry knows.
+#[tokio::test]
+async fn purging_the_dead_letters_of_no_queue_makes_no_key() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut a = admin(&d).await;
+    let purged = a
+        .purge_dead_letters(proto::PurgeDeadLettersRequest {
+            path: "/never/made".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("purge")
+        .into_inner();
+    assert_eq!(purged.purged, 0);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("webhook:never_made:dlq")
+        .query(&mut redis.conn())
+        .expect("exists");
+    assert_eq!(exists, 0, "no DLQ stream without its queue");
+}
+
 #[tokio::test]
 async fn purge_and_delete_queue_need_confirmation() {
     let redis = RedisProc::start();

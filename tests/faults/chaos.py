@@ -1574,6 +1574,26 @@ def sc_flood(ctx: Ctx) -> None:
     ctx.finish(drain_timeout=120)
 
 
+def write_soak_samples(path: str, samples: List[dict], ledger: "Ledger") -> None:
+    """One CSV row per sample: leanmqd RSS and fds, Redis clients and memory,
+    and the latency (Send called -> first handled, after the 50 ms handler) of the
+    messages sent since the previous sample."""
+    with ledger.lock:
+        sent = sorted((t0, ledger.processed[n][0][3]) for n, (_, t0, _) in ledger.accepted.items()
+                      if ledger.processed.get(n))
+    t_start = samples[0]["t"] if samples else 0.0
+    with open(path, "w") as f:
+        f.write("seconds,rss_mib,fds,redis_clients,redis_mib,latency_p50_ms,latency_p99_ms,messages\n")
+        prev = t_start - 5.0
+        for x in samples:
+            lat = sorted(1000 * (got - t0) for t0, got in sent if prev < t0 <= x["t"])
+            p50 = lat[len(lat) // 2] if lat else ""
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else ""
+            f.write(f"{x['t'] - t_start:.0f},{x['rss']},{x['fds']},{x['clients']},{x['mem']},"
+                    f"{p50 if p50 == '' else f'{p50:.1f}'},{p99 if p99 == '' else f'{p99:.1f}'},{len(lat)}\n")
+            prev = x["t"]
+
+
 def sc_soak(ctx: Ctx) -> None:
     res = ctx.result
     r = ctx.redis()
@@ -1602,6 +1622,8 @@ def sc_soak(ctx: Ctx) -> None:
         churns += 1
     samples = s.stop()
     ctx.finish(absent_is_loss=False, drain_timeout=90)
+    if os.environ.get("SOAK_SAMPLES"):
+        write_soak_samples(os.environ["SOAK_SAMPLES"], samples, ctx.ledger)
     res.note(f"{ctx.p['soak']:.0f}s at {rate} msg/s, 1% nacks, {churns} subscriber churns "
              f"(half of them abandoning work in progress)")
     for k, unit in (("rss", "MiB"), ("fds", ""), ("clients", ""), ("mem", "MiB")):

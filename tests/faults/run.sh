@@ -3,7 +3,10 @@
 #
 #   tests/faults/run.sh            every scenario in --short form except soak
 #   SOAK=1 tests/faults/run.sh     the soak scenario only (--short: 3 min;
-#                                  SOAK_MODE=--full for 30 min)
+#                                  SOAK_MODE=--full for 30 min;
+#                                  SOAK_SECONDS=N for N s; SOAK_SAMPLES=f.csv
+#                                  writes its samples, which
+#                                  tests/faults/soak_chart.py draws)
 #
 # Needs the built binary (target/debug/leanmqd, or LEANMQD=/path) and
 # redis-server. Creates tests/faults/.venv on first use. Exits non-zero when
@@ -37,6 +40,6 @@ fi
 
 cd "$REPO"
 if [ "${SOAK:-0}" = "1" ]; then
-  exec "$PY" "$HERE/chaos.py" "${SOAK_MODE:---short}" soak
+  exec "$PY" "$HERE/chaos.py" "${SOAK_MODE:---short}" ${SOAK_SECONDS:+--soak-seconds "$SOAK_SECONDS"} soak
 fi
 exec "$PY" "$HERE/chaos.py" --short "$@"
