@@ -226,6 +226,17 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_MAX_SUBSCRIPTIONS", default_value_t = 100_000)]
     pub max_subscriptions: usize,
 
+    /// Most bytes of deliveries one Subscribe stream (or waiting Receive)
+    /// may hold that its client has not read yet; a stream with nothing
+    /// unread may always take one delivery, however large.
+    #[arg(long, env = "LEANMQ_MAX_UNREAD_BYTES_PER_STREAM", default_value_t = 16 << 20)]
+    pub max_unread_bytes_per_stream: usize,
+
+    /// Most bytes of unread deliveries across this replica's streams; when
+    /// it is spent, each stream gets one unread delivery at a time.
+    #[arg(long, env = "LEANMQ_MAX_UNREAD_BYTES", default_value_t = 512 << 20)]
+    pub max_unread_bytes: usize,
+
     /// PEM CA bundle to verify a rediss:// server with (default: the
     /// system's roots). ACL user and password go in the URL.
     #[arg(long, env = "LEANMQ_REDIS_TLS_CA")]
@@ -458,6 +469,12 @@ impl Config {
         ensure(
             between(self.max_subscriptions, 10_000_000),
             "--max-subscriptions must be between 1 and 10000000",
+        )?;
+        ensure(
+            (64 << 10..=1 << 30).contains(&self.max_unread_bytes_per_stream)
+                && self.max_unread_bytes >= self.max_unread_bytes_per_stream
+                && self.max_unread_bytes <= 1 << 40,
+            "--max-unread-bytes-per-stream must be between 65536 and 1073741824, and --max-unread-bytes at least that (at most 1099511627776)",
         )?;
         self.validate_connection_limits()
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::broker::admin::{DeadLetter, QueueInfo, QueueSummary, Selector};
 use crate::broker::coalesce::Coalescer;
-use crate::broker::dispatch::{Dispatcher, Subscription};
+use crate::broker::dispatch::{Budget, Dispatcher, Subscription};
 use crate::broker::receipt::Receipt;
 use crate::broker::{
     by_subscription, AckOutcome, Broker, Creator, Delivery, NackOutcome, Outgoing, Sent, Target,
@@ -51,10 +51,11 @@ pub struct Queues {
 }
 
 impl Queues {
-    /// The façade over `broker`, its tasks tracked by `drain`.
-    pub fn new(broker: Arc<Broker>, drain: &Drain) -> Arc<Queues> {
+    /// The façade over `broker`, its fan-out held to `budget` of unread
+    /// bytes, its tasks tracked by `drain`.
+    pub fn new(broker: Arc<Broker>, budget: Budget, drain: &Drain) -> Arc<Queues> {
         Arc::new(Queues {
-            dispatcher: Dispatcher::new(broker.clone(), drain.clone()),
+            dispatcher: Dispatcher::new(broker.clone(), budget, drain.clone()),
             coalescer: Coalescer::start(broker.clone(), drain),
             broker,
         })

@@ -116,10 +116,17 @@ pub async fn serve(
     // one per request.
     let mut prefixed: Vec<(String, Arc<Queues>)> = Vec::with_capacity(cfg.prefix.len());
     let mut default_broker = None;
+    // The replica's unread bytes are counted once, across every prefix.
+    let budget = broker::dispatch::Budget {
+        per_stream: cfg.max_unread_bytes_per_stream,
+        replica: broker::dispatch::Unread::new(cfg.max_unread_bytes),
+        largest: cfg.max_payload_bytes + cfg.max_headers_bytes,
+    };
     for prefix in &cfg.prefix {
         let broker = Arc::new(build_broker(cfg, redis_url, prefix)?);
         broker::background::spawn(broker.clone(), retention(cfg), &drain);
-        prefixed.push((prefix.clone(), Queues::new(broker.clone(), &drain)));
+        let queues = Queues::new(broker.clone(), budget.clone(), &drain);
+        prefixed.push((prefix.clone(), queues));
         default_broker.get_or_insert(broker);
     }
     let broker = default_broker.ok_or("no --prefix to serve")?;

@@ -53,6 +53,13 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--max-connections-per-source", "0"],
         vec!["--handshake-timeout", "1ms"],
         vec!["--handshake-timeout", "1h"],
+        vec!["--max-unread-bytes-per-stream", "1024"],
+        vec![
+            "--max-unread-bytes-per-stream",
+            "33554432",
+            "--max-unread-bytes",
+            "16777216",
+        ],
         vec!["--redis-url", "redis+sentinel://leanmq:hunter2@/"],
         vec!["--no-such-flag"],
     ] {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
+use super::budget::{Budget, StreamBytes};
 use crate::broker::receipt::Receipt;
 use crate::broker::Delivery;
 use crate::error::Result;
@@ -46,15 +47,18 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Credit {
     max: u32,
     in_flight: AtomicU32,
+    /// Bytes handed to the subscription's channel and not yet taken out.
+    bytes: StreamBytes,
     /// Readers drawing on this credit, woken when some comes back.
     wakers: Mutex<Vec<Weak<Notify>>>,
 }
 
 impl Credit {
-    pub fn new(max: u32) -> Arc<Self> {
+    pub fn new(max: u32, budget: &Budget) -> Arc<Self> {
         Arc::new(Credit {
             max,
             in_flight: AtomicU32::new(0),
+            bytes: StreamBytes::new(budget),
             wakers: Mutex::new(Vec::new()),
         })
     }
@@ -65,8 +69,30 @@ impl Credit {
     }
 
     pub fn available(&self) -> u32 {
+        if self.bytes.room().is_none() {
+            return 0;
+        }
         self.max
             .saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    /// How many entries of about `entry` bytes the byte budget lets this
+    /// subscription be handed now (at least one while it has any room).
+    fn by_bytes(&self, entry: usize) -> u32 {
+        match self.bytes.room() {
+            None => 0,
+            Some(room) => (room / entry.max(1)).clamp(1, u32::MAX as usize) as u32,
+        }
+    }
+
+    /// The transport took a delivery of `n` bytes from the channel; wake
+    /// the readers if that made room where there was none.
+    pub fn taken(&self, n: usize) {
+        let blocked = self.bytes.room().is_none();
+        self.bytes.taken(n);
+        if blocked && self.bytes.room().is_some() {
+            self.wake();
+        }
     }
 
     fn take(&self) -> bool {
@@ -89,6 +115,10 @@ impl Credit {
     /// Return one unit and wake the readers that can use it.
     fn give(&self) {
         self.untake();
+        self.wake();
+    }
+
+    fn wake(&self) {
         for n in lock(&self.wakers).iter().filter_map(Weak::upgrade) {
             n.notify_one();
         }
@@ -257,15 +287,16 @@ impl Ledger {
         self.subs.iter().any(|s| !s.stalled() && !s.tx.is_closed())
     }
 
-    /// Expire what ran out, then say what may be fetched now.
-    pub fn plan(&mut self, now: Instant) -> Plan {
+    /// Expire what ran out, then say what may be fetched now, if entries
+    /// are about `entry` bytes each (the byte budget's share of the count).
+    pub fn plan(&mut self, now: Instant, entry: usize) -> Plan {
         self.expire(now);
         let mut credit = 0u32;
         let mut lease: Option<Duration> = None;
         let mut probe: Option<Instant> = None;
         let healthy = self.has_healthy();
         for s in &self.subs {
-            let c = s.usable(now, healthy);
+            let c = s.usable(now, healthy).min(s.credit.by_bytes(entry));
             if c > 0 {
                 credit = credit.saturating_add(c);
                 lease = Some(lease.map_or(s.lease, |l| l.min(s.lease)));
@@ -334,8 +365,10 @@ impl Ledger {
             d.lease_expires_ms += extra;
             let id = d.message_id.clone();
             let bump = (extra > 0).then(|| d.receipt());
+            let size = d.wire_size();
             match s.tx.try_send(Ok(Box::new(d))) {
                 Ok(()) => {
+                    s.credit.bytes.handed(size);
                     if healthy && s.stalled() {
                         // A stalled subscriber's one probe; the next after a lease.
                         s.probe_at = Some(now + lease);
@@ -403,7 +436,7 @@ mod tests {
 
     fn join(l: &mut Ledger, max: u32, lease: Duration) -> Member {
         let (tx, rx) = mpsc::channel(max as usize + 1);
-        let credit = Credit::new(max);
+        let credit = Credit::new(max, &Budget::unbounded());
         let id = l.join(tx, credit.clone(), lease);
         Member { id, rx, credit }
     }
@@ -422,12 +455,12 @@ mod tests {
         let mut a = join(&mut l, 2, LEASE);
         let mut b = join(&mut l, 2, LEASE);
         let now = Instant::now();
-        assert_eq!(l.plan(now).credit, 4);
+        assert_eq!(l.plan(now, 1).credit, 4);
         let out = l.hand_out(many(5), LEASE, now);
         assert_eq!(ids(&mut a), ["1-0", "1-2"]);
         assert_eq!(ids(&mut b), ["1-1", "1-3"]);
         assert_eq!(out.leftover, vec![("1-4".to_string(), 1)]);
-        assert_eq!(l.plan(now).credit, 0);
+        assert_eq!(l.plan(now, 1).credit, 0);
     }
 
     #[test]
@@ -440,7 +473,7 @@ mod tests {
         assert!(l.free("1-0", true));
         assert!(!l.free("1-0", true), "a second settle frees nothing");
         assert_eq!(a.credit.available(), 1);
-        assert_eq!(l.plan(now).credit, 1);
+        assert_eq!(l.plan(now, 1).credit, 1);
     }
 
     #[test]
@@ -449,9 +482,9 @@ mod tests {
         let a = join(&mut l, 1, LEASE);
         let now = Instant::now();
         l.hand_out(many(1), LEASE, now);
-        let plan = l.plan(now);
+        let plan = l.plan(now, 1);
         assert_eq!((plan.credit, plan.wake_at), (0, Some(now + LEASE)));
-        assert_eq!(l.plan(now + LEASE).credit, 1);
+        assert_eq!(l.plan(now + LEASE, 1).credit, 1);
         assert_eq!(a.credit.available(), 1);
     }
 
@@ -461,7 +494,7 @@ mod tests {
         for round in 0..STALL_AFTER {
             l.hand_out(vec![delivery(&format!("9-{round}"))], LEASE, now);
             now += LEASE;
-            l.plan(now);
+            l.plan(now, 1);
         }
         assert_eq!(ids(m).len(), STALL_AFTER as usize);
         now
@@ -474,13 +507,13 @@ mod tests {
         let now = stall(&mut l, &mut stalled, Instant::now());
         let mut healthy = join(&mut l, 2, LEASE);
         // Until its probe time the stalled one takes nothing.
-        assert_eq!(l.plan(now).credit, 2);
+        assert_eq!(l.plan(now, 1).credit, 2);
         l.hand_out(many(3), LEASE, now);
         assert_eq!(ids(&mut stalled).len(), 0);
         assert_eq!(ids(&mut healthy).len(), 2);
         // At its probe time, one delivery, and only what the healthy one can't take.
         let later = now + LEASE;
-        let plan = l.plan(later);
+        let plan = l.plan(later, 1);
         assert_eq!(plan.credit, 2 + 1);
         l.hand_out(
             vec![
@@ -501,7 +534,7 @@ mod tests {
         let mut l = Ledger::default();
         let mut only = join(&mut l, 5, LEASE);
         let now = stall(&mut l, &mut only, Instant::now());
-        assert_eq!(l.plan(now).credit, 5);
+        assert_eq!(l.plan(now, 1).credit, 5);
         l.hand_out(many(3), LEASE, now);
         assert_eq!(ids(&mut only).len(), 3);
     }
@@ -512,7 +545,7 @@ mod tests {
         let mut a = join(&mut l, 5, LEASE);
         let now = stall(&mut l, &mut a, Instant::now()) + LEASE;
         let mut b = join(&mut l, 1, LEASE);
-        assert_eq!(l.plan(now).credit, 1 + 1);
+        assert_eq!(l.plan(now, 1).credit, 1 + 1);
         l.hand_out(many(3), LEASE, now);
         let probe = ids(&mut a);
         assert_eq!(
@@ -523,7 +556,7 @@ mod tests {
         assert_eq!(ids(&mut b).len(), 1);
         l.free(&probe[0], true);
         // Proven alive: its full credit counts again.
-        assert_eq!(l.plan(now).credit, 5);
+        assert_eq!(l.plan(now, 1).credit, 5);
     }
 
     #[test]
@@ -545,8 +578,8 @@ mod tests {
         let now = Instant::now();
         l.hand_out(many(1), LEASE, now);
         l.extended("1-0", now + LEASE * 3);
-        assert_eq!(l.plan(now + LEASE).credit, 0);
-        assert_eq!(l.plan(now + LEASE * 3).credit, 1);
+        assert_eq!(l.plan(now + LEASE, 1).credit, 0);
+        assert_eq!(l.plan(now + LEASE * 3, 1).credit, 1);
     }
 
     #[test]
@@ -556,7 +589,7 @@ mod tests {
         let mut b = join(&mut l, 3, LEASE);
         drop(a.rx);
         let now = Instant::now();
-        assert_eq!(l.plan(now).credit, 3);
+        assert_eq!(l.plan(now, 1).credit, 3);
         l.hand_out(many(2), LEASE, now);
         assert_eq!(ids(&mut b).len(), 2);
         assert_eq!(
@@ -567,5 +600,26 @@ mod tests {
         assert!(!l.prune());
         l.leave(b.id);
         assert!(l.prune());
+    }
+
+    #[test]
+    fn the_byte_budget_holds_back_a_stream_that_does_not_read() {
+        let mut l = Ledger::default();
+        let (tx, mut rx) = mpsc::channel(101);
+        let per = delivery("1-0").wire_size();
+        let budget = Budget {
+            per_stream: per * 3,
+            ..Budget::unbounded()
+        };
+        let credit = Credit::new(100, &budget);
+        l.join(tx, credit.clone(), LEASE);
+        let now = Instant::now();
+        assert_eq!(l.plan(now, per).credit, 3, "three fit the budget");
+        let out = l.hand_out(many(5), LEASE, now);
+        assert_eq!(out.leftover.len(), 2, "the rest is given back, not held");
+        assert_eq!(l.plan(now, per).credit, 0, "nothing more until it reads");
+        let d = rx.try_recv().expect("delivered").expect("ok");
+        credit.taken(d.wire_size());
+        assert_eq!(l.plan(now, per).credit, 1);
     }
 }

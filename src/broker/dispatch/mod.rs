@@ -4,7 +4,8 @@
 //! - `ledger` — the pure credit ledger: who holds what, who is stalled;
 //! - `reader` — the loop of one (queue, group): plan, fetch, deliver, block;
 //! - `subscription` — a subscriber's end, which gives back on drop;
-//! - `discovery` — the replica's one search for queues a pattern may match.
+//! - `discovery` — the replica's one search for queues a pattern may match;
+//! - `budget` — the byte budget of deliveries handed out but not yet read.
 //!
 //! The reader fetches only as much as the subscribers can take, so a slow
 //! subscriber never makes leanmqd buffer without bound. When no entry is
@@ -18,6 +19,7 @@
 //! Credit is the only state kept here, and it heals by itself: a delivery
 //! acked on another replica frees its credit when its lease would have ended.
 
+mod budget;
 mod discovery;
 mod ledger;
 mod reader;
@@ -33,6 +35,7 @@ use super::{Broker, Delivery, Round, Target};
 use crate::error::Result;
 use crate::routing::Pattern;
 use crate::shutdown::Drain;
+pub use budget::{Budget, Unread};
 use discovery::{Discovery, Known};
 use ledger::{lock, Credit, Item};
 use reader::Reader;
@@ -48,11 +51,13 @@ pub struct Dispatcher {
     readers: Mutex<HashMap<(String, String), Arc<Reader>>>,
     /// Started by the first pattern subscription.
     discovery: OnceLock<Arc<Discovery>>,
+    /// Bytes a subscription may hold unread, and the replica's count.
+    budget: Budget,
     drain: Drain,
 }
 
 impl Dispatcher {
-    pub fn new(broker: Arc<Broker>, drain: Drain) -> Arc<Self> {
+    pub fn new(broker: Arc<Broker>, budget: Budget, drain: Drain) -> Arc<Self> {
         let watch = broker.clone();
         let stop = drain.draining();
         drain.spawn(async move { watch.redis.run_watch(stop).await });
@@ -60,6 +65,7 @@ impl Dispatcher {
             broker,
             readers: Mutex::new(HashMap::new()),
             discovery: OnceLock::new(),
+            budget,
             drain,
         })
     }
@@ -74,14 +80,21 @@ impl Dispatcher {
     ) -> Subscription {
         // One spare slot so the channel never refuses a delivery the credit allows.
         let (tx, rx) = mpsc::channel(max_in_flight as usize + 1);
-        let reg = self.register(target, tx, Credit::new(max_in_flight), lease);
-        self.subscription(rx, Arc::new(Mutex::new(vec![reg])))
+        let credit = Credit::new(max_in_flight, &self.budget);
+        let reg = self.register(target, tx, credit.clone(), lease);
+        self.subscription(rx, Arc::new(Mutex::new(vec![reg])), credit)
     }
 
-    fn subscription(&self, rx: mpsc::Receiver<Item>, regs: Registrations) -> Subscription {
+    fn subscription(
+        &self,
+        rx: mpsc::Receiver<Item>,
+        regs: Registrations,
+        credit: Arc<Credit>,
+    ) -> Subscription {
         Subscription {
             rx,
             regs,
+            credit,
             broker: self.broker.clone(),
             drain: self.drain.clone(),
             done: false,
@@ -100,6 +113,7 @@ impl Dispatcher {
         lease: Duration,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(max_in_flight as usize + 1);
+        let credit = Credit::new(max_in_flight, &self.budget);
         let regs: Registrations = Arc::new(Mutex::new(Vec::new()));
         let discovery = self
             .discovery
@@ -112,11 +126,11 @@ impl Dispatcher {
             start,
             lease,
             tx,
-            credit: Credit::new(max_in_flight),
+            credit: credit.clone(),
             regs: Arc::downgrade(&regs),
         };
         self.drain.spawn(watch.run(self.drain.clone()));
-        self.subscription(rx, regs)
+        self.subscription(rx, regs, credit)
     }
 
     fn register(
@@ -131,7 +145,7 @@ impl Dispatcher {
         let reader = readers
             .entry(key.clone())
             .or_insert_with(|| {
-                let r = Reader::new(target.clone());
+                let r = Reader::new(target.clone(), &self.budget);
                 let this = self.clone();
                 let retire = move |r: &Reader| {
                     let mut readers = lock(&this.readers);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
+use super::budget::{Budget, Unread};
 use super::ledger::{lock, Credit, Item, Ledger};
 use crate::backoff::Pause;
 use crate::broker::limits::FETCH_BATCH;
@@ -30,15 +31,21 @@ pub struct Reader {
     credit: Arc<Notify>,
     /// Something may have become due earlier than the reader thinks.
     due: Notify,
+    /// The replica's unread bytes: a full budget holds every reader back.
+    unread: Arc<Unread>,
+    /// The size a first fetch assumes of every entry (the largest possible).
+    largest: usize,
 }
 
 impl Reader {
-    pub fn new(target: Target) -> Arc<Reader> {
+    pub fn new(target: Target, budget: &Budget) -> Arc<Reader> {
         Arc::new(Reader {
             target,
             ledger: Mutex::new(Ledger::default()),
             credit: Arc::new(Notify::new()),
             due: Notify::new(),
+            unread: budget.replica.clone(),
+            largest: budget.largest,
         })
     }
 
@@ -96,10 +103,10 @@ impl Reader {
         drain: Drain,
         retire: impl Fn(&Reader) -> bool,
     ) {
-        let mut r = Round_::new(&broker);
+        let mut r = Round_::new(&broker, self.largest);
         tracing::debug!(queue = %self.target.route.queue, group = %self.target.group, "reader started");
         while !drain.is_draining() && !retire(&self) {
-            let Some((count, lease)) = self.plan(&drain).await else {
+            let Some((count, lease)) = self.plan(&drain, r.entry_bytes).await else {
                 continue;
             };
             let Some(fetched) = self.fetch(&broker, &mut r, count, lease, &drain).await else {
@@ -108,6 +115,7 @@ impl Reader {
             let got = (fetched.deliveries.len() + fetched.exhausted.len()) as u32;
             let (now_ms, next_due_ms) = (fetched.now_ms, fetched.next_due_ms);
             let last_id = fetched.last_id.clone();
+            r.sized(&fetched.deliveries);
             self.deliver(&broker, &drain, fetched, lease).await;
             if got < count {
                 self.block(&broker, &mut r, &drain, &last_id, now_ms, next_due_ms)
@@ -118,15 +126,19 @@ impl Reader {
     }
 
     /// Step 1: how much to fetch, with which lease; `None` after waiting
-    /// for credit.
-    async fn plan(&self, drain: &Drain) -> Option<(u32, Duration)> {
-        let plan = lock(&self.ledger).plan(Instant::now());
+    /// for credit or for the replica's byte budget to free.
+    async fn plan(&self, drain: &Drain, entry_bytes: usize) -> Option<(u32, Duration)> {
+        let freed = self.unread.freed().notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let plan = lock(&self.ledger).plan(Instant::now(), entry_bytes);
         match plan.lease.filter(|_| plan.credit > 0) {
             Some(lease) => Some((plan.credit.min(FETCH_BATCH), lease)),
             None => {
                 let until = plan.wake_at.unwrap_or_else(|| Instant::now() + MAX_BLOCK);
                 tokio::select! {
                     _ = self.credit.notified() => {}
+                    _ = freed => {}
                     _ = tokio::time::sleep_until(until.into()) => {}
                     _ = drain.draining() => {}
                 }
@@ -251,10 +263,15 @@ struct Round_ {
     /// a round needs only new entries (the cheaper `Round::NewOnly`);
     /// None: unknown, or something may have fallen due sooner.
     due_at: Option<Instant>,
+    /// The size the byte budget assumes of the next entries: the largest
+    /// possible at first, then the largest of recent fetches (decaying, so
+    /// one fetch of small entries does not open the gate to a burst of
+    /// large ones at once).
+    entry_bytes: usize,
 }
 
 impl Round_ {
-    fn new(broker: &Broker) -> Round_ {
+    fn new(broker: &Broker, largest: usize) -> Round_ {
         Round_ {
             waiter: Waiter::default(),
             pause: Pause::new(Duration::from_millis(100), Duration::from_secs(5)),
@@ -265,6 +282,14 @@ impl Round_ {
             unleased_from: String::from("-"),
             seen: String::from("0"),
             due_at: None,
+            entry_bytes: largest,
+        }
+    }
+
+    /// Learn the entry size from what a round fetched.
+    fn sized(&mut self, got: &[Delivery]) {
+        if let Some(max) = got.iter().map(Delivery::wire_size).max() {
+            self.entry_bytes = max.max(self.entry_bytes - self.entry_bytes / 4).max(1);
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::ledger::{lock, Item};
+use super::ledger::{lock, Credit, Item};
 use super::reader::Reader;
 use crate::broker::{Broker, Delivery};
 use crate::error::Error;
@@ -20,6 +20,8 @@ pub(super) type RegList = Mutex<Vec<(Arc<Reader>, u64)>>;
 pub struct Subscription {
     pub(super) rx: mpsc::Receiver<Item>,
     pub(super) regs: Registrations,
+    /// Its credit, whose byte budget counts what waits in `rx`.
+    pub(super) credit: Arc<Credit>,
     pub(super) broker: Arc<Broker>,
     pub(super) drain: Drain,
     pub(super) done: bool,
@@ -37,7 +39,10 @@ impl Subscription {
             item = self.rx.recv() => item,
         };
         match item {
-            Some(Ok(d)) => Some(Ok(d)),
+            Some(Ok(d)) => {
+                self.credit.taken(d.wire_size());
+                Some(Ok(d))
+            }
             Some(Err(e)) => {
                 self.done = true;
                 Some(Err(e))
@@ -58,6 +63,7 @@ impl Subscription {
         let mut out = Vec::new();
         while let Ok(item) = self.rx.try_recv() {
             if let Ok(d) = item {
+                self.credit.taken(d.wire_size());
                 out.push(*d);
             }
         }
