@@ -818,6 +818,14 @@ async fn raw_socket(ctx: &Ctx, rng: &mut StdRng) {
     ctx.tally.record("raw socket", Ok(Code::Ok), true);
 }
 
+/// Every stream and DLQ key the prefix's registry lists.
+fn registry(c: &mut redis::Connection, prefix: &str) -> Vec<String> {
+    redis::cmd("SMEMBERS")
+        .arg(format!("{prefix}registry"))
+        .query(c)
+        .expect("registry")
+}
+
 /// Keys outside the layout: the global keys; each stream and DLQ of the
 /// registry with its metadata; a queue's own keys beside its stream; and
 /// idempotency keys, which live out their window even after their queue is
@@ -825,10 +833,7 @@ async fn raw_socket(ctx: &Ctx, rng: &mut StdRng) {
 fn outside_layout(redis: &RedisProc, prefix: &str) -> Vec<String> {
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).expect("keys");
-    let registry: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(format!("{prefix}registry"))
-        .query(&mut c)
-        .expect("registry");
+    let registry = registry(&mut c, prefix);
     let global = ["registry", "schedule", "receipt-key"].map(|g| format!("{prefix}{g}"));
     const OWN: &[&str] = &[
         ":expiry",
@@ -860,10 +865,7 @@ fn outside_layout(redis: &RedisProc, prefix: &str) -> Vec<String> {
 /// Entries pending for leanmqd's consumers without a lease.
 fn unleased(redis: &RedisProc, prefix: &str) -> Vec<String> {
     let mut c = redis.conn();
-    let registry: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(format!("{prefix}registry"))
-        .query(&mut c)
-        .expect("registry");
+    let registry = registry(&mut c, prefix);
     let ours = [HOLDER, DLQ_HOLD, leanmq_grpc::broker::scripts::RETRY_HOLD];
     let mut out = Vec::new();
     for stream in registry.iter().filter(|s| !s.ends_with(":dlq")) {

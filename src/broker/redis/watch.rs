@@ -103,18 +103,23 @@ impl Watch {
         }
     }
 
-    /// The streams to read and the id to read each after: the smallest
-    /// id any waiter of the stream waits after.
-    fn snapshot(&self) -> Vec<(String, (u64, u64))> {
+    /// The streams to read and the id to read each after (the smallest id
+    /// any waiter of the stream waits after), and the snapshot's generation.
+    fn snapshot_gen(&self) -> (u64, Vec<(String, (u64, u64))>) {
         let mut st = lock(&self.state);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let set: Vec<(String, (u64, u64))> = st
             .waiting
             .iter()
             .filter_map(|(s, w)| w.iter().map(|w| w.after).min().map(|a| (s.clone(), a)))
             .collect();
         st.covered = set.iter().cloned().collect();
-        set
+        (gen, set)
+    }
+
+    #[cfg(test)]
+    fn snapshot(&self) -> Vec<(String, (u64, u64))> {
+        self.snapshot_gen().1
     }
 
     /// `stream` has an entry `seen`: wake (and forget) every waiter it is new to.
@@ -219,7 +224,7 @@ impl Redis {
         let mut conn: Option<Conn> = None;
         let mut pause = Pause::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let set = self.watch.snapshot();
+            let (gen, set) = self.watch.snapshot_gen();
             if set.is_empty() {
                 tokio::select! {
                     _ = self.watch.changed.notified() => continue,
@@ -246,7 +251,6 @@ impl Redis {
                 cmd.arg(format!("{ms}-{seq}"));
             }
             let limit = MAX_BLOCK + self.timeout();
-            let gen = self.watch.generation.load(Ordering::Acquire);
             self.watch.reading.store(gen, Ordering::Release);
             let read = tokio::select! {
                 r = tokio::time::timeout(limit, cmd.query_async::<Value>(&mut c)) => r,
