@@ -32,6 +32,9 @@ const UNBLOCK_TRIES: u32 = 50;
 const UNBLOCK_RETRY: Duration = Duration::from_millis(2);
 
 /// One reader waiting.
+/// The streams a read covers, each with the id it reads after.
+type Snapshot = Vec<(String, (u64, u64))>;
+
 struct Waiting {
     id: u64,
     after: (u64, u64),
@@ -105,7 +108,7 @@ impl Watch {
 
     /// The streams to read and the id to read each after (the smallest id
     /// any waiter of the stream waits after), and the snapshot's generation.
-    fn snapshot_gen(&self) -> (u64, Vec<(String, (u64, u64))>) {
+    fn snapshot_gen(&self) -> (u64, Snapshot) {
         let mut st = lock(&self.state);
         let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let set: Vec<(String, (u64, u64))> = st
@@ -118,7 +121,7 @@ impl Watch {
     }
 
     #[cfg(test)]
-    fn snapshot(&self) -> Vec<(String, (u64, u64))> {
+    fn snapshot(&self) -> Snapshot {
         self.snapshot_gen().1
     }
 
