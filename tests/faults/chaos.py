@@ -1659,6 +1659,25 @@ RUNNERS: Dict[str, Callable[[Ctx], None]] = {
 }
 
 
+def _install_scenario_modules() -> None:
+    """Scenarios that live in their own modules (scenarios_*.py, next to this
+    file) add themselves here: each has `install(chaos)`, which appends its
+    names to SCENARIOS (before "soak") and its runners to RUNNERS, and keeps
+    this module to reach Ctx, RedisServer, Leanmqd, Proxy and the helpers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import scenarios_network  # noqa: E402
+    import scenarios_replication  # noqa: E402
+
+    me = sys.modules[__name__]
+    for mod in (scenarios_replication, scenarios_network):
+        mod.install(me)
+    global DEFAULT_SCENARIOS
+    DEFAULT_SCENARIOS = [s for s in SCENARIOS if s != "soak"]
+
+
+_install_scenario_modules()
+
+
 def run_one(name: str, profile: Dict[str, Any], binary: Path, keep: bool) -> Result:
     ctx = Ctx(name, profile, binary, keep)
     t0 = time.monotonic()

@@ -31,10 +31,10 @@ const MAX_BLOCK: Duration = Duration::from_secs(5);
 const UNBLOCK_TRIES: u32 = 50;
 const UNBLOCK_RETRY: Duration = Duration::from_millis(2);
 
-/// One reader waiting.
 /// The streams a read covers, each with the id it reads after.
 type Snapshot = Vec<(String, (u64, u64))>;
 
+/// One reader waiting.
 struct Waiting {
     id: u64,
     after: (u64, u64),
