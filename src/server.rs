@@ -409,7 +409,10 @@ async fn until_drained(serving: ServeFuture, drain: Drain, grace: Duration) -> R
     }
 }
 
-/// How often health pings Redis.
+/// How often health pings Redis, at most: a `--redis-timeout` under twice
+/// this pings every half timeout instead, so the next ping always starts
+/// before the last answer's deadline has passed (else health would flip to
+/// NOT_SERVING for a moment every round while Redis answers fine).
 const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// Health follows Redis: NOT_SERVING once no PING has been answered for
@@ -422,6 +425,7 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// handshake). A refused connection flips at once.
 async fn watch_redis(broker: Arc<Broker>, reporter: HealthReporter, drain: Drain) {
     let timeout = broker.redis.timeout();
+    let every = PING_EVERY.min(timeout / 2);
     let mut serving = true;
     let mut answered = tokio::time::Instant::now();
     crate::observe::serving(serving);
@@ -442,7 +446,7 @@ async fn watch_redis(broker: Arc<Broker>, reporter: HealthReporter, drain: Drain
         }
         set_health(&reporter, &drain, &mut serving, ok).await;
         tokio::select! {
-            _ = tokio::time::sleep(PING_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = drain.draining() => return,
         }
     }

@@ -476,3 +476,39 @@ async fn with_ulimit_256_silent_sockets_do_not_lock_out_new_clients() {
         "{open} silent sockets held, over the per-source share"
     );
 }
+
+/// Health must not flicker while Redis answers: with a `--redis-timeout`
+/// under the 1 s ping cadence, the next ping used to start after the last
+/// answer's deadline had passed, so health went NOT_SERVING for a moment
+/// every second (found by the cluster-failover fault scenario). Every
+/// change of status is pushed on a Watch stream; over several ping rounds
+/// none may arrive after the first SERVING.
+#[tokio::test]
+async fn health_does_not_flicker_with_a_short_redis_timeout() {
+    let redis = RedisProc::start();
+    let timeout = Duration::from_millis(300);
+    let d = Leanmqd::start_with(&redis.url(), |c| c.redis_timeout = timeout).await;
+    let mut health = HealthClient::new(d.channel().await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch health")
+        .into_inner();
+    let first = watch.message().await.expect("first status").expect("open");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // Observe for ten timeouts (several rounds of the 1 s cadence): the
+    // window is how long we look, not a wait for something to happen.
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(Some(m)) = watch.message().await {
+            seen.push(m.status);
+        }
+    })
+    .await;
+    assert!(
+        seen.is_empty(),
+        "health changed while Redis was up (statuses after SERVING: {seen:?})"
+    );
+}
