@@ -46,6 +46,9 @@ pause and a 30 min soak):
   client-vanish            (scenarios_network.py) the only subscriber, holding its
                            max_in_flight credit, vanishes without FIN; keepalive
                            frees its stream, a new subscriber gets everything
+  cluster-failover         (scenarios_network.py) a 3+3 Redis Cluster; SIGKILL the
+                           primary owning the queue's slot under load; its replica
+                           is promoted and leanmqd follows; loss reported (no WAIT)
   soak                     1% nacks, subscriber churn, RSS/fds/clients/memory
                            sampled (3 min short, 30 min full; not in the default set)
 
