@@ -40,6 +40,15 @@ pause and a 30 min soak):
                            what is sent after, no spinning when idle
   flood-no-ack             max_in_flight 100 never acked while 20k are sent:
                            never more than 100 held, bounded RSS
+  redis-partition          (scenarios_network.py) leanmqd reaches redis through a
+                           proxy that goes silent 20 s (no FIN/RST), then heals:
+                           no false OK, fast UNAVAILABLE, NOT_SERVING then SERVING
+  client-vanish            (scenarios_network.py) the only subscriber, holding its
+                           max_in_flight credit, vanishes without FIN; keepalive
+                           frees its stream, a new subscriber gets everything
+  cluster-failover         (scenarios_network.py) a 3+3 Redis Cluster; SIGKILL the
+                           primary owning the queue's slot under load; its replica
+                           is promoted and leanmqd follows; loss reported (no WAIT)
   soak                     1% nacks, subscriber churn, RSS/fds/clients/memory
                            sampled (3 min short, 30 min full; not in the default set)
 
