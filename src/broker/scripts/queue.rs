@@ -365,6 +365,7 @@ impl Call for DeleteQueue<'_> {
             .key(self.registry)
             .key(&k.dlq)
             .key(&k.dlq_meta)
+            .key(&k.owner)
             .arg(&k.queue)
             .arg(if self.with_dlq { "1" } else { "0" });
     }
