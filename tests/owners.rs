@@ -150,3 +150,122 @@ async fn delete_queue_frees_the_name_for_another_spelling() {
     assert_eq!(code, Code::FailedPrecondition, "{msg}");
     assert!(msg.contains(&format!("which belongs to \"{OTHER}\"")), "{msg}");
 }
+
+fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let h = leanmq_grpc::auth::hash_token;
+    let path = dir.join("tokens.toml");
+    let text = format!(
+        "[[tokens]]\nname = \"owner\"\nhash = \"{}\"\nsend = [\"{OWNER}\"]\nsubscribe = [\"{OWNER}\"]\nadmin = [\"{OWNER}\"]\n\n\
+         [[tokens]]\nname = \"narrow\"\nhash = \"{}\"\nsend = [\"{OTHER}\"]\nsubscribe = [\"{OTHER}\"]\nadmin = [\"{OTHER}\"]\n",
+        h("owner-secret"),
+        h("narrow-secret"),
+    );
+    std::fs::write(&path, text).expect("tokens file");
+    path
+}
+
+fn as_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    r
+}
+
+fn denied<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
+    let (code, msg) = refusal(r);
+    assert_eq!(code, Code::PermissionDenied, "{what}: {msg}");
+}
+
+/// Grants are checked on the owner's path, never on the words of a queue
+/// name: a token granted only `/order-status` can't settle `/order/status`'s
+/// receipts, admin its queue, or read it by name.
+#[tokio::test]
+async fn a_grant_on_another_spelling_reaches_nothing_of_the_owners_queue() {
+    let redis = RedisProc::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = tokens_file(dir.path());
+    let l = Leanmqd::start_with(&redis.url(), move |c| c.auth_tokens = Some(file)).await;
+    let mut c = l.client().await;
+    let (own, narrow) = ("owner-secret", "narrow-secret");
+    for p in [b"1", b"2"] {
+        c.send(as_token(bytes_send(OWNER, p), own))
+            .await
+            .expect("owner sends");
+    }
+    let got = c
+        .receive(as_token(
+            proto::ReceiveRequest {
+                path: OWNER.into(),
+                max_messages: 2,
+                wait: dur(WAIT),
+                ..Default::default()
+            },
+            own,
+        ))
+        .await
+        .expect("owner receives")
+        .into_inner()
+        .deliveries;
+    assert_eq!(got.len(), 2);
+    let receipt = got[0].receipt.clone();
+    let ack = proto::AckRequest {
+        receipts: vec![receipt.clone()],
+    };
+    denied("Ack", c.ack(as_token(ack.clone(), narrow)).await);
+    denied(
+        "Extend",
+        c.extend(as_token(
+            proto::ExtendRequest {
+                receipt: receipt.clone(),
+                extension: ms(60_000),
+            },
+            narrow,
+        ))
+        .await,
+    );
+    denied(
+        "Nack",
+        c.nack(as_token(
+            proto::NackRequest {
+                receipt: receipt.clone(),
+                ..Default::default()
+            },
+            narrow,
+        ))
+        .await,
+    );
+    let by_name = proto::ReceiveRequest {
+        queue: "order_status".into(),
+        max_messages: 1,
+        ..Default::default()
+    };
+    denied("Receive by name", c.receive(as_token(by_name, narrow)).await);
+    let mut a = proto::admin_client::AdminClient::new(l.channel().await);
+    for (path, queue) in [(OTHER, ""), ("", "order_status"), ("order_status", "")] {
+        let r = a
+            .get_queue(as_token(
+                proto::GetQueueRequest {
+                    path: path.into(),
+                    queue: queue.into(),
+                    ..Default::default()
+                },
+                narrow,
+            ))
+            .await;
+        denied(&format!("GetQueue {path:?} {queue:?}"), r);
+    }
+    // The owner's token still does all of it.
+    let r = c.ack(as_token(ack, own)).await.expect("owner acks");
+    assert_eq!(r.into_inner().results.len(), 1);
+    a.get_queue(as_token(
+        proto::GetQueueRequest {
+            path: OWNER.into(),
+            ..Default::default()
+        },
+        own,
+    ))
+    .await
+    .expect("owner admins");
+}
