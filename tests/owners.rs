@@ -269,3 +269,41 @@ async fn a_grant_on_another_spelling_reaches_nothing_of_the_owners_queue() {
     .await
     .expect("owner admins");
 }
+
+/// A pattern delivers an owned queue only through its owner's path: `/*`
+/// matches the spelling `/order-status` recorded before owners (by LeanMQ,
+/// or under --allow-colliding-paths), and still gets nothing of the queue.
+#[tokio::test]
+async fn patterns_match_an_owned_queue_on_its_owners_path_only() {
+    let redis = RedisProc::start();
+    let l = Leanmqd::start(&redis.url()).await;
+    let mut c = l.client().await;
+    send(&mut c, OWNER, b"1").await;
+    let _: i64 = redis::cmd("SADD")
+        .arg("webhook:order_status:paths")
+        .arg(OTHER)
+        .query(&mut redis.conn())
+        .expect("sadd");
+    let pattern = |path: &str, group: &str| proto::SubscribeRequest {
+        path: path.into(),
+        group: group.into(),
+        max_in_flight: 10,
+        start: Some(proto::StartPosition {
+            position: Some(proto::start_position::Position::Beginning(true)),
+        }),
+        ..Default::default()
+    };
+    let mut c2 = l.client().await;
+    let mut any = c.subscribe(pattern("/*", "g1")).await.expect("/*").into_inner();
+    let mut order = c2
+        .subscribe(pattern("/order/*", "g2"))
+        .await
+        .expect("/order/*")
+        .into_inner();
+    let d = next(&mut order).await;
+    assert_eq!((d.path.as_str(), d.payload.as_ref()), (OWNER, &b"1"[..]));
+    // Both patterns matched against the same discovered queues by now.
+    send(&mut c2, "/solo", b"x").await;
+    let d = next(&mut any).await;
+    assert_eq!(d.path, "/solo", "{d:?}");
+}

@@ -75,6 +75,32 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// The paths a pattern subscription may deliver each of `queues`
+    /// through: its owner's alone when it has one (so a pattern matching
+    /// only another spelling does not match it), else every recorded path;
+    /// every recorded path with `--allow-colliding-paths`.
+    pub async fn pattern_paths(&self, queues: &[String]) -> Result<Vec<Vec<String>>> {
+        let all = self.recorded_paths(queues).await?;
+        if self.settings.allow_colliding_paths {
+            return Ok(all);
+        }
+        let mut p = ::redis::pipe();
+        for q in queues {
+            p.cmd("GET").arg(&self.keys(q).owner);
+        }
+        let owners: Vec<Option<String>> = self.query_pipe(&p).await?;
+        Ok(all
+            .into_iter()
+            .zip(owners)
+            .map(|(paths, owner)| match owner {
+                Some(o) => vec![o],
+                None => paths,
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
