@@ -67,7 +67,8 @@ impl Queues {
     }
 
     /// May `grant` `action` `queue`? Checked on its owner's path when it has
-    /// one (looked up only for a grant that limits paths).
+    /// one (looked up only for a grant that limits paths, and not with
+    /// `--allow-colliding-paths`).
     pub async fn check_queue(
         &self,
         grant: &crate::auth::Grant,
@@ -76,6 +77,11 @@ impl Queues {
     ) -> Result<()> {
         if !grant.restricted() {
             return Ok(());
+        }
+        // Every spelling may use the queue, so every spelling's grant may
+        // settle what it received: LeanMQ's word matching.
+        if self.broker.settings.allow_colliding_paths {
+            return grant.check_queue(action, queue);
         }
         let owner = self.owner(queue).await?;
         grant.check_owned(action, queue, owner.as_deref())

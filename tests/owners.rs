@@ -148,7 +148,10 @@ async fn delete_queue_frees_the_name_for_another_spelling() {
     // This replica forgot the old owner with the queue: its plain path is refused.
     let (code, msg) = refusal(c.send(bytes_send(OWNER, b"4")).await);
     assert_eq!(code, Code::FailedPrecondition, "{msg}");
-    assert!(msg.contains(&format!("which belongs to \"{OTHER}\"")), "{msg}");
+    assert!(
+        msg.contains(&format!("which belongs to \"{OTHER}\"")),
+        "{msg}"
+    );
 }
 
 fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -241,7 +244,10 @@ async fn a_grant_on_another_spelling_reaches_nothing_of_the_owners_queue() {
         max_messages: 1,
         ..Default::default()
     };
-    denied("Receive by name", c.receive(as_token(by_name, narrow)).await);
+    denied(
+        "Receive by name",
+        c.receive(as_token(by_name, narrow)).await,
+    );
     let mut a = proto::admin_client::AdminClient::new(l.channel().await);
     for (path, queue) in [(OTHER, ""), ("", "order_status"), ("order_status", "")] {
         let r = a
@@ -294,7 +300,11 @@ async fn patterns_match_an_owned_queue_on_its_owners_path_only() {
         ..Default::default()
     };
     let mut c2 = l.client().await;
-    let mut any = c.subscribe(pattern("/*", "g1")).await.expect("/*").into_inner();
+    let mut any = c
+        .subscribe(pattern("/*", "g1"))
+        .await
+        .expect("/*")
+        .into_inner();
     let mut order = c2
         .subscribe(pattern("/order/*", "g2"))
         .await

@@ -68,10 +68,7 @@ impl Broker {
         let creator = msgs.iter().find_map(|m| m.creator.as_ref());
         if cluster {
             self.register(&first, creator).await?;
-        } else if enc.queues.len() == 1
-            && msgs.iter().all(Outgoing::is_plain)
-            && self.owns(msgs)
-        {
+        } else if enc.queues.len() == 1 && msgs.iter().all(Outgoing::is_plain) && self.owns(msgs) {
             match self.append_plain(&first, msgs, &enc.per_msg).await {
                 Ok(Some(sent)) => return Ok(sent),
                 // The queue doesn't exist yet: the script creates it.
