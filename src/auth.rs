@@ -403,6 +403,30 @@ impl Grant {
         }
     }
 
+    /// May this caller `action` `queue`, whose owner path (if it has one)
+    /// is `owner`? An owned queue is checked on its owner's path alone, so
+    /// a grant on another spelling (`/order-status` for `/order/status`'s
+    /// `order_status`) reaches nothing; an unowned one (made by LeanMQ, or
+    /// before owners were recorded) as [`Grant::check_queue`].
+    pub fn check_owned(&self, action: Action, queue: &str, owner: Option<&str>) -> Result<()> {
+        match owner {
+            Some(path) => self.check(
+                action,
+                &routing::Route {
+                    path: path.to_string(),
+                    queue: queue.to_string(),
+                },
+            ),
+            None => self.check_queue(action, queue),
+        }
+    }
+
+    /// Does this caller's grant limit paths at all (else no check needs a
+    /// queue's owner)?
+    pub fn restricted(&self) -> bool {
+        self.rules.is_some()
+    }
+
     /// May this caller use the key prefix `prefix` at all?
     pub fn check_prefix(&self, prefix: &str) -> Result<()> {
         match &self.prefixes {

@@ -100,12 +100,13 @@ fn is_nogroup(e: &redis::RedisError) -> bool {
     }
 }
 
-/// A limit a script enforced (`QUOTA` replies from `common.lua`'s `admit`
-/// and `ensure.lua`): its message, read like [`is_nogroup`] on Redis 6.2.
-fn quota(e: &redis::RedisError) -> Option<String> {
+/// A refusal a script returned under `code` (`QUOTA`: a limit from
+/// `common.lua`'s `admit` and `ensure.lua`; `OWNED`: another path owns the
+/// queue, `owner_refusal`): its message, read like [`is_nogroup`] on Redis 6.2.
+fn refusal(e: &redis::RedisError, code: &str) -> Option<String> {
     let detail = e.detail().unwrap_or_default();
     match e.code() {
-        Some("QUOTA") => Some(
+        Some(c) if c == code => Some(
             detail
                 .split(" script: ")
                 .next()
@@ -113,8 +114,8 @@ fn quota(e: &redis::RedisError) -> Option<String> {
                 .to_string(),
         ),
         Some("ERR") if detail.starts_with("Error running script") => {
-            let at = detail.find("QUOTA ")?;
-            Some(detail[at + 6..].to_string())
+            let at = detail.find(&format!("{code} "))?;
+            Some(detail[at + code.len() + 1..].to_string())
         }
         _ => None,
     }
@@ -122,8 +123,11 @@ fn quota(e: &redis::RedisError) -> Option<String> {
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        if let Some(msg) = quota(&e) {
+        if let Some(msg) = refusal(&e, "QUOTA") {
             return Error::ResourceExhausted(msg);
+        }
+        if let Some(msg) = refusal(&e, "OWNED") {
+            return Error::FailedPrecondition(msg);
         }
         if e.code() == Some("OOM") {
             return Error::ResourceExhausted(

@@ -61,6 +61,48 @@ impl Queues {
         })
     }
 
+    /// The path that owns `queue`, if recorded (see `broker::owners`).
+    pub async fn owner(&self, queue: &str) -> Result<Option<String>> {
+        self.broker.owner(queue).await
+    }
+
+    /// May `grant` `action` `queue`? Checked on its owner's path when it has
+    /// one (looked up only for a grant that limits paths, and not with
+    /// `--allow-colliding-paths`).
+    pub async fn check_queue(
+        &self,
+        grant: &crate::auth::Grant,
+        action: crate::auth::Action,
+        queue: &str,
+    ) -> Result<()> {
+        if !grant.restricted() {
+            return Ok(());
+        }
+        // Every spelling may use the queue, so every spelling's grant may
+        // settle what it received: LeanMQ's word matching.
+        if self.broker.settings.allow_colliding_paths {
+            return grant.check_queue(action, queue);
+        }
+        let owner = self.owner(queue).await?;
+        grant.check_owned(action, queue, owner.as_deref())
+    }
+
+    /// May `grant` `action` `route`? A path as itself (the scripts refuse a
+    /// spelling that is not the owner's); a queue addressed by name as
+    /// [`Queues::check_queue`], on its owner's path.
+    pub async fn check_route(
+        &self,
+        grant: &crate::auth::Grant,
+        action: crate::auth::Action,
+        route: &crate::routing::Route,
+    ) -> Result<()> {
+        if route.path.is_empty() {
+            self.check_queue(grant, action, &route.queue).await
+        } else {
+            grant.check(action, route)
+        }
+    }
+
     /// Append one message, sharing a Redis call with concurrent Sends.
     pub async fn send(&self, msg: Outgoing) -> Result<Sent> {
         self.coalescer.send(msg).await

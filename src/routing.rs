@@ -12,6 +12,7 @@
 //! | `{prefix}{q}:dedup:{key}` | leanmq-grpc: idempotency key → first message's id, expiring after the dedup window |
 //! | `{prefix}{q}:paths` | leanmq-grpc: the paths seen for this queue (for patterns and ListQueues) |
 //! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
+//! | `{prefix}{q}:owner` | leanmq-grpc: the path that owns the queue (reserved now; written once by the first path that creates the queue, issue #14 finding 10) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
 //! | `{prefix}receipt-key` | leanmq-grpc: the key replicas sign receipts with, unless configured (`broker::receipt`); its `-` can be in no queue name |
 //! | `{prefix}#created-by:{token}` | leanmq-grpc: the queues a token with `max_queues` has created (`broker::Creator`) |
@@ -109,7 +110,7 @@ pub fn route(path: &str) -> Result<Route> {
 
 /// Name endings that would make a queue's stream key another queue's key:
 /// `a:dlq` is queue `a`'s DLQ, `a:metadata` its metadata, and so on.
-pub const RESERVED_SUFFIXES: [&str; 7] = [
+pub const RESERVED_SUFFIXES: [&str; 8] = [
     ":dlq",
     ":metadata",
     ":expiry",
@@ -117,6 +118,7 @@ pub const RESERVED_SUFFIXES: [&str; 7] = [
     ":delayed:data",
     ":paths",
     ":stats",
+    ":owner",
 ];
 /// Name parts followed by a client-chosen word in another queue's keys
 /// (`a:leases:{group}`, `a:dedup:{key}`).
@@ -268,6 +270,8 @@ pub struct QueueKeys {
     pub delayed_data: String,
     pub paths: String,
     pub stats: String,
+    /// The path that owns the queue.
+    pub owner: String,
     pub schedule: String,
 }
 
@@ -290,6 +294,7 @@ impl QueueKeys {
             delayed_data: format!("{stream}:delayed:data"),
             paths: format!("{stream}:paths"),
             stats: format!("{stream}:stats"),
+            owner: format!("{stream}:owner"),
             schedule: format!("{prefix}schedule"),
             stream,
         }
@@ -495,6 +500,7 @@ mod tests {
             &k.delayed_data,
             &k.paths,
             &k.stats,
+            &k.owner,
             &k.leases("g"),
             &format!("{}:dedup:x", k.stream),
             &k.registry,
@@ -524,6 +530,7 @@ mod tests {
         assert_eq!(k.stream, "webhook:{order_status}");
         assert_eq!(k.dlq, "webhook:{order_status}:dlq");
         assert_eq!(k.leases("g"), "webhook:{order_status}:leases:g");
+        assert_eq!(k.owner, "webhook:{order_status}:owner");
         assert_eq!(k.registry, "webhook:registry");
         assert_eq!(
             queue_of_key("webhook:", &k.stream, true),

@@ -240,6 +240,7 @@ fn build_broker(cfg: &Config, redis_url: &str, prefix: &str) -> Result<Broker, S
             dedup_window: cfg.dedup_window,
             max_queues: cfg.max_queues,
             max_groups_per_queue: cfg.max_groups_per_queue,
+            allow_colliding_paths: cfg.allow_colliding_paths,
         },
         redis,
     ))

@@ -842,6 +842,7 @@ fn outside_layout(redis: &RedisProc, prefix: &str) -> Vec<String> {
         ":delayed:seq",
         ":paths",
         ":stats",
+        ":owner",
     ];
     keys.into_iter()
         .filter(|k| {

@@ -457,6 +457,7 @@ impl Broker {
                 with_dlq,
             })
             .await?;
+        self.owners.forget(queue);
         if self.redis.is_cluster() {
             let mut srem = redis::cmd("SREM");
             srem.arg(&k.registry).arg(&k.stream);

@@ -41,6 +41,7 @@ pub mod dispatch;
 pub mod envelope;
 mod fetch;
 pub mod limits;
+pub mod owners;
 pub mod receipt;
 pub mod redis;
 mod retention;
@@ -67,6 +68,8 @@ pub struct Broker {
     scripts: scripts::Scripts,
     /// Queue name → its key strings, so the hot path does not rebuild them.
     key_cache: RwLock<HashMap<String, Arc<QueueKeys>>>,
+    /// The owners of queues, as last seen (`owners`).
+    owners: owners::Owners,
 }
 
 /// Receipts grouped by (queue, group), each group the indexes of its
@@ -90,6 +93,7 @@ impl Broker {
             settings,
             redis,
             key_cache: Default::default(),
+            owners: Default::default(),
             scripts: scripts::Scripts::load(),
         }
     }
@@ -282,6 +286,7 @@ impl Broker {
             path: path.unwrap_or(""),
             max_groups: self.settings.max_groups_per_queue,
             admission: self.admission(creator, &owner_key),
+            allow_colliding: self.settings.allow_colliding_paths,
         })
         .await
     }

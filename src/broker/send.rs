@@ -68,7 +68,7 @@ impl Broker {
         let creator = msgs.iter().find_map(|m| m.creator.as_ref());
         if cluster {
             self.register(&first, creator).await?;
-        } else if enc.queues.len() == 1 && msgs.iter().all(Outgoing::is_plain) {
+        } else if enc.queues.len() == 1 && msgs.iter().all(Outgoing::is_plain) && self.owns(msgs) {
             match self.append_plain(&first, msgs, &enc.per_msg).await {
                 Ok(Some(sent)) => return Ok(sent),
                 // The queue doesn't exist yet: the script creates it.
@@ -80,10 +80,28 @@ impl Broker {
             }
         }
         let sent = self.send_scripted(&first, msgs, &enc, creator).await?;
+        if !self.settings.allow_colliding_paths {
+            // The script refused every path but the owner: remember it, so
+            // the next plain send to this queue needs no script.
+            for m in msgs.iter().filter(|m| !m.route.path.is_empty()) {
+                self.owners.put(&m.route.queue, &m.route.path);
+            }
+        }
         if cluster {
             self.schedule_earliest(&first, msgs).await?;
         }
         Ok(sent)
+    }
+
+    /// May these messages (to one queue) skip `send.lua`'s owner check? Yes
+    /// when their paths are the queue's owner as last seen (`owners`), or
+    /// when any spelling may use any queue.
+    fn owns(&self, msgs: &[Outgoing]) -> bool {
+        self.settings.allow_colliding_paths
+            || msgs.iter().all(|m| {
+                m.route.path.is_empty()
+                    || self.owners.get(&m.route.queue).as_deref() == Some(m.route.path.as_str())
+            })
     }
 
     /// The general case: `send.lua`.
@@ -116,6 +134,7 @@ impl Broker {
                 created_at: &enc.now,
                 dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
                 admission: self.admission(creator, &owner_key),
+                allow_colliding: self.settings.allow_colliding_paths,
                 items,
             })
             .await?;

@@ -28,6 +28,9 @@ pub struct Settings {
     /// Most consumer groups per queue besides LeanMQ's default one
     /// (`--max-groups-per-queue`): each costs retention work and memory.
     pub max_groups_per_queue: u32,
+    /// `--allow-colliding-paths`: every spelling of a queue name may use
+    /// the queue, as in LeanMQ (its owner is still recorded).
+    pub allow_colliding_paths: bool,
 }
 
 /// The token that would create a queue, for its `max_queues` quota

@@ -121,6 +121,13 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_MAX_QUEUES", default_value_t = crate::broker::limits::DEFAULT_MAX_QUEUES)]
     pub max_queues: u64,
 
+    /// Let every path spelling use a queue, as LeanMQ does (`/order-status`
+    /// and `/order/status` both map to `order_status`). Off: the first path
+    /// that creates a queue owns it, and other spellings are
+    /// FAILED_PRECONDITION.
+    #[arg(long, env = "LEANMQ_ALLOW_COLLIDING_PATHS")]
+    pub allow_colliding_paths: bool,
+
     /// Opt-in hard cap on stream length. LOSES DATA: the oldest entries go,
     /// read or not. Counted (GetQueue `dropped`) and logged as a warning.
     #[arg(long, env = "LEANMQ_MAX_LEN")]

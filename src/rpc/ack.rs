@@ -35,7 +35,9 @@ pub async fn handle(
     let mut checked: Vec<&str> = Vec::new();
     for r in &receipts {
         if !checked.contains(&r.queue.as_str()) {
-            caller.grant.check_queue(Action::Subscribe, &r.queue)?;
+            svc.queues
+                .check_queue(&caller.grant, Action::Subscribe, &r.queue)
+                .await?;
             checked.push(&r.queue);
         }
     }

@@ -13,7 +13,9 @@ pub async fn handle(
     req: proto::ExtendRequest,
 ) -> Result<proto::ExtendResponse> {
     let r = Receipt::decode(svc.receipts.keys().await?, &req.receipt)?;
-    caller.grant.check_queue(Action::Subscribe, &r.queue)?;
+    svc.queues
+        .check_queue(&caller.grant, Action::Subscribe, &r.queue)
+        .await?;
     let by = convert::duration(
         "extension",
         req.extension,

@@ -26,7 +26,9 @@ pub async fn handle(
     req: proto::NackRequest,
 ) -> Result<proto::NackResponse> {
     let r = Receipt::decode(svc.receipts.keys().await?, &req.receipt)?;
-    caller.grant.check_queue(Action::Subscribe, &r.queue)?;
+    svc.queues
+        .check_queue(&caller.grant, Action::Subscribe, &r.queue)
+        .await?;
     let delay = convert::optional_duration("delay", req.delay, MAX_NACK_DELAY)?;
     let reason = truncate(&req.reason, MAX_REASON_BYTES);
     let outcome = svc.queues.nack(&r, delay, req.dead_letter, reason).await?;

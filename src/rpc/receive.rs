@@ -18,7 +18,9 @@ pub async fn handle(
         ));
     }
     let target = convert::target(&req.path, &req.queue, &req.group, &req.consumer)?;
-    caller.grant.check(Action::Subscribe, &target.route)?;
+    svc.queues
+        .check_route(&caller.grant, Action::Subscribe, &target.route)
+        .await?;
     let max = convert::count(
         "max_messages",
         req.max_messages,

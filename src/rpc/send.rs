@@ -23,7 +23,9 @@ pub async fn handle(
     };
     async move {
         let mut msg = convert::outgoing("", req, &svc.settings, caller.traceparent.as_deref())?;
-        caller.grant.check(Action::Send, &msg.route)?;
+        svc.queues
+            .check_route(&caller.grant, Action::Send, &msg.route)
+            .await?;
         msg.creator = caller.grant.creator();
         let s = svc.queues.send(msg).await?;
         Ok(convert::sent(s))

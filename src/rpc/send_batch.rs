@@ -27,11 +27,23 @@ pub async fn handle(
         .map(|(i, m)| {
             let at = format!("messages[{i}]");
             let mut msg = convert::outgoing(&at, m, &svc.settings, caller.traceparent.as_deref())?;
-            caller.grant.check(Action::Send, &msg.route)?;
+            if !msg.route.path.is_empty() {
+                caller.grant.check(Action::Send, &msg.route)?;
+            }
             msg.creator = caller.grant.creator();
             Ok(msg)
         })
         .collect::<Result<Vec<_>>>()?;
+    // Queues addressed by name are checked on their owner's path, once each.
+    let mut checked: Vec<&str> = Vec::new();
+    for m in msgs.iter().filter(|m| m.route.path.is_empty()) {
+        if !checked.contains(&m.route.queue.as_str()) {
+            svc.queues
+                .check_queue(&caller.grant, Action::Send, &m.route.queue)
+                .await?;
+            checked.push(&m.route.queue);
+        }
+    }
     let sent = svc.queues.send_batch(&msgs).await?;
     Ok(proto::SendBatchResponse {
         results: sent.into_iter().map(convert::sent).collect(),

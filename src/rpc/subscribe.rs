@@ -22,10 +22,12 @@ pub async fn handle(
     let pattern = crate::routing::Pattern::parse(&req.path)?;
     match &pattern {
         Some(p) => caller.grant.check_pattern(Action::Subscribe, p)?,
-        None => caller.grant.check(
-            Action::Subscribe,
-            &crate::routing::address(&req.path, &req.queue)?,
-        )?,
+        None => {
+            let route = crate::routing::address(&req.path, &req.queue)?;
+            svc.queues
+                .check_route(&caller.grant, Action::Subscribe, &route)
+                .await?
+        }
     }
     let open = OpenStream::new(&svc.streams, caller.conn, &svc.settings)?;
     let max_in_flight = convert::count(

@@ -153,9 +153,9 @@ async fn look(
     Ok(())
 }
 
-/// The recorded paths of `queues`.
+/// The paths of `queues` a pattern may match (`Broker::pattern_paths`).
 async fn paths(broker: &Broker, queues: &[String]) -> Result<Vec<Found>> {
-    let all = broker.recorded_paths(queues).await?;
+    let all = broker.pattern_paths(queues).await?;
     Ok(queues
         .iter()
         .zip(all)

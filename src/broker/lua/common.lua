@@ -184,3 +184,12 @@ local function owned(owner_key, owner, meta, qname)
   redis.call('SADD', owner_key, qname)
   redis.call('HSET', meta, 'created_by', owner)
 end
+
+-- A queue belongs to the first path that made it ({q}:owner, issue #14
+-- finding 10): another spelling of the same queue name is refused, unless
+-- leanmqd runs with --allow-colliding-paths (ALLOW = '1').
+local function owner_refusal(path, queue, owner, allow)
+  if path == '' or not owner or owner == path or allow == '1' then return nil end
+  return redis.error_reply('OWNED path "' .. path .. '" maps to queue "' .. queue ..
+    '", which belongs to "' .. owner .. '"; use that path (or start leanmqd with --allow-colliding-paths)')
+end

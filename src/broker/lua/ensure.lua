@@ -1,13 +1,16 @@
--- KEYS: stream, dlq, meta, dlq_meta, registry, paths, stats
+-- KEYS: stream, dlq, meta, dlq_meta, registry, paths, stats, owner
 -- ARGV: queue name, created_at, group, start id for a new group, path ('' for none),
 --       max groups besides the default one (0: no cap), max registry members
---       (0: no cap), owner set key ('' for none), owner's max queues, owner name
+--       (0: no cap), owner set key ('' for none), owner's max queues, owner name,
+--       allow colliding paths ('1' or '0')
 -- The group is made first, so a new default group gets its start position.
 -- Every key's type is checked, and the caps, before the first write.
 -- A group beyond the cap is removed again before the script returns, so no
 -- one ever sees it; the cap is checked only when a group is new, so the
 -- usual call (the group exists) costs no more than before.
 local e = want_type(KEYS[1], 'stream'); if e then return e end
+e = want_type(KEYS[8], 'string'); if e then return e end
+e = owner_refusal(ARGV[5], ARGV[1], redis.call('GET', KEYS[8]), ARGV[11]); if e then return e end
 local fresh = {}
 if KEYS[5] ~= KEYS[1] then
   e = want_type(KEYS[5], 'set'); if e then return e end
@@ -32,5 +35,8 @@ if created then
   redis.call('XGROUP', 'CREATECONSUMER', KEYS[1], ARGV[3], HOLDER)
   redis.call('HINCRBY', KEYS[7], 'groups_created', 1)
 end
-if ARGV[5] ~= '' then redis.call('SADD', KEYS[6], ARGV[5]) end
+if ARGV[5] ~= '' then
+  redis.call('SADD', KEYS[6], ARGV[5])
+  redis.call('SET', KEYS[8], ARGV[5], 'NX')
+end
 return 1

@@ -1,16 +1,16 @@
 -- Append a batch atomically: all messages or none.
--- KEYS: registry, schedule, then per queue i (8 each): stream, dlq, meta,
---       dlq_meta, expiry, delayed, delayed_data, paths
+-- KEYS: registry, schedule, then per queue i (9 each): stream, dlq, meta,
+--       dlq_meta, expiry, delayed, delayed_data, paths, owner
 -- ARGV: created_at, nqueues, dedup_window_ms, max registry members (0: no
 --       cap), owner set key ('' for none), owner's max queues, owner name,
---       queue names...,
+--       allow colliding paths ('1' or '0'), queue names...,
 --       then per message (6 each): queue index, data, ttl_ms | '',
 --       delay_ms | '', idempotency key | '', path
 -- Returns per message: value ('m:<entry id>' or 's:<schedule id>'), duplicate (0/1)
 local nq = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
-local names = 7  -- ARGV[names + i] is queue i's name
-local function k(i, j) return KEYS[2 + (i - 1) * 8 + j] end
+local names = 8  -- ARGV[names + i] is queue i's name
+local function k(i, j) return KEYS[2 + (i - 1) * 9 + j] end
 -- Check every key's type first, so no write can fail half-way through.
 -- (In Redis Cluster KEYS[1] and KEYS[2] are the stream: see below.)
 if KEYS[1] ~= k(1, 1) then
@@ -21,6 +21,21 @@ for i = 1, nq do
   local t = redis.call('TYPE', k(i, 1))['ok']
   if t ~= 'none' and t ~= 'stream' then
     return redis.error_reply('WRONGTYPE key ' .. k(i, 1) .. ' holds a ' .. t .. ', not a stream')
+  end
+  local e = want_type(k(i, 9), 'string'); if e then return e end
+end
+-- Every path must be its queue's owner, or claim an unowned queue (the
+-- batch's first path for it does), before anything is written.
+local owner, claim = {}, {}
+for j = names + 1 + nq, #ARGV, 6 do
+  local qi, path = tonumber(ARGV[j]), ARGV[j + 5]
+  if path ~= '' then
+    if owner[qi] == nil then
+      owner[qi] = redis.call('GET', k(qi, 9)) or path
+      claim[qi] = path
+    end
+    local e = owner_refusal(path, ARGV[names + qi], owner[qi], ARGV[8])
+    if e then return e end
   end
 end
 -- New queues must fit --max-queues and the token's quota, all or none.
@@ -39,6 +54,7 @@ for i = 1, nq do
     if e then return e end
   end
   if is_fresh[i] then owned(ARGV[5], ARGV[7], k(i, 3), ARGV[names + i]) end
+  if claim[i] then redis.call('SET', k(i, 9), claim[i], 'NX') end
 end
 local now = now_ms()
 local out = {}

@@ -19,6 +19,8 @@ pub struct Ensure<'a> {
     /// Most groups besides the default one; 0: no cap.
     pub max_groups: u32,
     pub admission: super::Admission<'a>,
+    /// `--allow-colliding-paths`: another spelling may use an owned queue.
+    pub allow_colliding: bool,
 }
 
 impl Call for Ensure<'_> {
@@ -36,6 +38,7 @@ impl Call for Ensure<'_> {
             .key(self.registry)
             .key(&k.paths)
             .key(&k.stats)
+            .key(&k.owner)
             .arg(&k.queue)
             .arg(&self.created_at)
             .arg(self.group)
@@ -43,6 +46,7 @@ impl Call for Ensure<'_> {
             .arg(self.path)
             .arg(self.max_groups);
         self.admission.push(inv);
+        inv.arg(if self.allow_colliding { "1" } else { "0" });
     }
     fn reply(_: i64) -> Result<()> {
         Ok(())

@@ -44,6 +44,8 @@ pub struct Send<'a> {
     pub created_at: &'a str,
     pub dedup_window_ms: u64,
     pub admission: Admission<'a>,
+    /// `--allow-colliding-paths`: another spelling may use an owned queue.
+    pub allow_colliding: bool,
     pub items: Vec<SendItem<'a>>,
 }
 
@@ -73,12 +75,14 @@ impl Call for Send<'_> {
                 .key(&k.expiry)
                 .key(&k.delayed)
                 .key(&k.delayed_data)
-                .key(&k.paths);
+                .key(&k.paths)
+                .key(&k.owner);
         }
         inv.arg(self.created_at)
             .arg(self.queues.len())
             .arg(self.dedup_window_ms);
         self.admission.push(inv);
+        inv.arg(if self.allow_colliding { "1" } else { "0" });
         for k in &self.queues {
             inv.arg(&k.queue);
         }
@@ -365,6 +369,7 @@ impl Call for DeleteQueue<'_> {
             .key(self.registry)
             .key(&k.dlq)
             .key(&k.dlq_meta)
+            .key(&k.owner)
             .arg(&k.queue)
             .arg(if self.with_dlq { "1" } else { "0" });
     }

@@ -84,13 +84,21 @@ one_path!(
 );
 
 /// The request, once the caller's grant allows admin on its queue.
-fn admitted<T: OnePath>(req: Request<T>) -> Result<T> {
+async fn admitted<T: OnePath>(queues: &Queues, req: Request<T>) -> Result<T> {
     let grant = crate::auth::grant_of(&req)?;
     let req = req.into_inner();
     let route = queue_of(req.path(), req.queue())?;
-    // A queue named directly (not by a path) is allowed when some path the
-    // grant covers maps to it; a path is checked as itself.
-    if !req.queue().is_empty() || crate::routing::is_queue_name(req.path()) {
+    // An owned queue is checked on its owner's path, whatever spelling or
+    // name the request gave. Otherwise a queue named directly (not by a
+    // path) is allowed when some path the grant covers maps to it, and a
+    // path is checked as itself.
+    let owner = match grant.restricted() {
+        true => queues.owner(&route.queue).await?,
+        false => None,
+    };
+    if owner.is_some() {
+        grant.check_owned(Action::Admin, &route.queue, owner.as_deref())?;
+    } else if !req.queue().is_empty() || crate::routing::is_queue_name(req.path()) {
         grant.check_queue(Action::Admin, &route.queue)?;
     } else {
         grant.check(Action::Admin, &route)?;
@@ -116,7 +124,7 @@ impl proto::admin_server::Admin for AdminService {
 
     async fn get_queue(&self, req: Request<proto::GetQueueRequest>) -> Reply<proto::QueueInfo> {
         Ok(Response::new(
-            get_queue::handle(&self.queues, admitted(req)?).await?,
+            get_queue::handle(&self.queues, admitted(&self.queues, req).await?).await?,
         ))
     }
 
@@ -125,7 +133,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::ListDeadLettersRequest>,
     ) -> Reply<proto::ListDeadLettersResponse> {
         Ok(Response::new(
-            list_dead_letters::handle(&self.queues, admitted(req)?).await?,
+            list_dead_letters::handle(&self.queues, admitted(&self.queues, req).await?).await?,
         ))
     }
 
@@ -134,7 +142,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::RequeueDeadLettersRequest>,
     ) -> Reply<proto::RequeueDeadLettersResponse> {
         Ok(Response::new(
-            requeue::handle(&self.queues, admitted(req)?).await?,
+            requeue::handle(&self.queues, admitted(&self.queues, req).await?).await?,
         ))
     }
 
@@ -143,7 +151,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::DeleteDeadLettersRequest>,
     ) -> Reply<proto::DeleteDeadLettersResponse> {
         Ok(Response::new(
-            delete_dead_letters::handle(&self.queues, admitted(req)?).await?,
+            delete_dead_letters::handle(&self.queues, admitted(&self.queues, req).await?).await?,
         ))
     }
 
@@ -152,7 +160,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::PurgeDeadLettersRequest>,
     ) -> Reply<proto::PurgeDeadLettersResponse> {
         Ok(Response::new(
-            purge_dead_letters::handle(&self.queues, admitted(req)?).await?,
+            purge_dead_letters::handle(&self.queues, admitted(&self.queues, req).await?).await?,
         ))
     }
 
@@ -161,7 +169,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::PurgeQueueRequest>,
     ) -> Reply<proto::PurgeQueueResponse> {
         Ok(Response::new(
-            purge_queue::handle(&self.queues, admitted(req)?).await?,
+            purge_queue::handle(&self.queues, admitted(&self.queues, req).await?).await?,
         ))
     }
 
@@ -170,7 +178,7 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::DeleteQueueRequest>,
     ) -> Reply<proto::DeleteQueueResponse> {
         Ok(Response::new(
-            delete_queue::handle(&self.queues, admitted(req)?).await?,
+            delete_queue::handle(&self.queues, admitted(&self.queues, req).await?).await?,
         ))
     }
 
