@@ -240,13 +240,27 @@ impl Queues {
 
     /// A page of the queues `visible` admits, in name order, after `after`;
     /// and the last name when more may follow.
+    /// A page of the queues `grant` may administer. A name that some path
+    /// of the grant maps to is a candidate; an owned queue is then listed
+    /// only when the grant covers its owner's path (as every Admin call on
+    /// it is checked), so a page may hold fewer than `page` queues while
+    /// the next token is set, as Pub/Sub's and Kubernetes' list pages may.
     pub async fn list_queues(
         &self,
+        grant: &crate::auth::Grant,
         page: usize,
         after: Option<&str>,
-        visible: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<(Vec<QueueSummary>, Option<String>)> {
-        self.broker.list_queues_page(page, after, visible).await
+        let visible = |q: &str| grant.sees_queue(q);
+        let (mut queues, next) = self.broker.list_queues_page(page, after, &visible).await?;
+        if grant.restricted() && !self.broker.settings.allow_colliding_paths {
+            queues.retain(|q| {
+                grant
+                    .check_owned(crate::auth::Action::Admin, &q.queue, q.owner.as_deref())
+                    .is_ok()
+            });
+        }
+        Ok((queues, next))
     }
 
     pub async fn get_queue(&self, queue: &str) -> Result<QueueInfo> {

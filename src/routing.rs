@@ -12,7 +12,7 @@
 //! | `{prefix}{q}:dedup:{key}` | leanmq-grpc: idempotency key → first message's id, expiring after the dedup window |
 //! | `{prefix}{q}:paths` | leanmq-grpc: the paths seen for this queue (for patterns and ListQueues) |
 //! | `{prefix}{q}:stats` | leanmq-grpc: counters (`expired`, `dropped`) |
-//! | `{prefix}{q}:owner` | leanmq-grpc: the path that owns the queue (reserved now; written once by the first path that creates the queue, issue #14 finding 10) |
+//! | `{prefix}{q}:owner` | leanmq-grpc: the path that owns the queue, written once by the first path that creates it (`--allow-colliding-paths` aside, every other spelling is refused) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
 //! | `{prefix}receipt-key` | leanmq-grpc: the key replicas sign receipts with, unless configured (`broker::receipt`); its `-` can be in no queue name |
 //! | `{prefix}#created-by:{token}` | leanmq-grpc: the queues a token with `max_queues` has created (`broker::Creator`) |

@@ -262,6 +262,20 @@ async fn a_grant_on_another_spelling_reaches_nothing_of_the_owners_queue() {
             .await;
         denied(&format!("GetQueue {path:?} {queue:?}"), r);
     }
+    // ListQueues shows the queue to the owner's grant only.
+    for (token, listed) in [(narrow, false), (own, true)] {
+        let page = a
+            .list_queues(as_token(proto::ListQueuesRequest::default(), token))
+            .await
+            .expect("ListQueues")
+            .into_inner();
+        let names: Vec<&str> = page.queues.iter().map(|q| q.queue.as_str()).collect();
+        assert_eq!(
+            names.contains(&"order_status"),
+            listed,
+            "{token}: {names:?}"
+        );
+    }
     // The owner's token still does all of it.
     let r = c.ack(as_token(ack, own)).await.expect("owner acks");
     assert_eq!(r.into_inner().results.len(), 1);

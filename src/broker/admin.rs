@@ -24,6 +24,9 @@ pub struct QueueSummary {
     pub length: i64,
     pub dead_letters: i64,
     pub paths: Vec<String>,
+    /// The path that owns the queue (`{q}:owner`), if one is recorded:
+    /// what a grant is checked on before the queue is listed.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,28 +145,30 @@ impl Broker {
     async fn summaries(&self, queues: Vec<String>) -> Result<Vec<QueueSummary>> {
         // One pipeline per queue (a queue's keys share a slot in a cluster;
         // different queues may not), all in flight at once on the lanes.
-        let rows: Vec<(i64, i64, Vec<String>)> =
-            futures::future::try_join_all(queues.iter().map(|q| async move {
-                let k = self.keys(q);
-                // XLEN of a missing key is 0.
-                let (len, dead, paths): (i64, i64, Vec<String>) = self
-                    .query_pipe(
-                        redis::pipe()
-                            .cmd("XLEN")
-                            .arg(&k.stream)
-                            .cmd("XLEN")
-                            .arg(&k.dlq)
-                            .cmd("SMEMBERS")
-                            .arg(&k.paths),
-                    )
-                    .await?;
-                Ok::<_, Error>((len, dead, paths))
-            }))
-            .await?;
+        type Row = (i64, i64, Vec<String>, Option<String>);
+        let rows: Vec<Row> = futures::future::try_join_all(queues.iter().map(|q| async move {
+            let k = self.keys(q);
+            // XLEN of a missing key is 0.
+            let row: Row = self
+                .query_pipe(
+                    redis::pipe()
+                        .cmd("XLEN")
+                        .arg(&k.stream)
+                        .cmd("XLEN")
+                        .arg(&k.dlq)
+                        .cmd("SMEMBERS")
+                        .arg(&k.paths)
+                        .cmd("GET")
+                        .arg(&k.owner),
+                )
+                .await?;
+            Ok::<_, Error>(row)
+        }))
+        .await?;
         Ok(queues
             .into_iter()
             .zip(rows)
-            .map(|(queue, (length, dead_letters, mut paths))| {
+            .map(|(queue, (length, dead_letters, mut paths, owner))| {
                 paths.sort();
                 QueueSummary {
                     stream: self.keys(&queue).stream.clone(),
@@ -171,6 +176,7 @@ impl Broker {
                     length,
                     dead_letters,
                     paths,
+                    owner,
                 }
             })
             .collect())

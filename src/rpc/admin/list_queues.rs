@@ -33,9 +33,7 @@ pub async fn handle(
         MAX_QUEUE_PAGE,
     )?;
     let after = after(&req.page_token)?;
-    let (page, next) = queues
-        .list_queues(page as usize, after, &|q| grant.sees_queue(q))
-        .await?;
+    let (page, next) = queues.list_queues(grant, page as usize, after).await?;
     Ok(proto::ListQueuesResponse {
         queues: page
             .into_iter()
