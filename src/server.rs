@@ -240,6 +240,8 @@ fn build_broker(cfg: &Config, redis_url: &str, prefix: &str) -> Result<Broker, S
             dedup_window: cfg.dedup_window,
             max_queues: cfg.max_queues,
             max_groups_per_queue: cfg.max_groups_per_queue,
+            wait_replicas: cfg.wait_replicas,
+            wait_timeout: cfg.wait_timeout,
         },
         redis,
     ))

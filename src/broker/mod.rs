@@ -241,6 +241,61 @@ impl Broker {
         self.redis.settle(&lane, r).await
     }
 
+    /// One pipeline (or MULTI/EXEC) that appends to `key`'s queue, then
+    /// [`Broker::confirm`] on the same connection.
+    pub(crate) async fn query_pipe_durable<T: ::redis::FromRedisValue>(
+        &self,
+        pipe: &::redis::Pipeline,
+        key: &str,
+    ) -> Result<T> {
+        let mut lane = self.redis.lane().await?;
+        let r = pipe.query_async(&mut lane.conn).await;
+        let out = self.redis.settle(&lane, r).await?;
+        self.confirm(&mut lane, key).await?;
+        Ok(out)
+    }
+
+    /// One typed script call that appends to `key`'s queue, then
+    /// [`Broker::confirm`] on the same connection.
+    pub(crate) async fn run_durable<C: scripts::Call>(&self, call: C, key: &str) -> Result<C::Reply> {
+        let mut inv = call.script(&self.scripts).prepare_invoke();
+        call.build(&mut inv);
+        let mut lane = self.redis.lane().await?;
+        let r = inv.invoke_async(&mut lane.conn).await;
+        let raw: C::Raw = self.redis.settle(&lane, r).await?;
+        self.confirm(&mut lane, key).await?;
+        C::reply(raw)
+    }
+
+    /// `--wait-replicas`: Redis `WAIT` on the connection the write just went
+    /// through (a multiplexed connection keeps its commands in order, so the
+    /// WAIT covers the write), on the node that holds `key` in a Cluster.
+    /// Fewer replicas by `--wait-timeout` is UNAVAILABLE: the write stays on
+    /// the primary, and a retry with the same idempotency key stores nothing
+    /// new but waits again.
+    async fn confirm(&self, lane: &mut redis::LaneConn, key: &str) -> Result<()> {
+        let n = self.settings.wait_replicas;
+        if n == 0 {
+            return Ok(());
+        }
+        let t = self.settings.wait_timeout;
+        let mut cmd = ::redis::cmd("WAIT");
+        cmd.arg(n).arg(t.as_millis() as u64);
+        let r = lane
+            .conn
+            .on_node_of(key, &cmd)
+            .await
+            .and_then(|v| ::redis::from_redis_value::<i64>(v).map_err(Into::into));
+        let acked = self.redis.settle(lane, r).await?;
+        if acked >= i64::from(n) {
+            return Ok(());
+        }
+        crate::observe::wait_timeout();
+        Err(Error::Unavailable(format!(
+            "stored on the primary, not confirmed on {n} replicas ({acked} acknowledged within {t:?})"
+        )))
+    }
+
     pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
         &self,
         inv: ::redis::ScriptInvocation<'_>,

@@ -109,7 +109,7 @@ impl Broker {
             })
             .collect();
         let flat = self
-            .run(scripts::Send {
+            .run_durable(scripts::Send {
                 registry: self.global(first, &first.registry),
                 schedule: self.global(first, &first.schedule),
                 queues: keys.iter().map(|k| k.as_ref()).collect(),
@@ -117,7 +117,7 @@ impl Broker {
                 dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
                 admission: self.admission(creator, &owner_key),
                 items,
-            })
+            }, &first.stream)
             .await?;
         if flat.len() != msgs.len() {
             return Err(bad_reply("send"));
@@ -202,7 +202,7 @@ impl Broker {
             }
         }
         sadd.ignore();
-        let ids: Vec<Option<String>> = self.query_pipe(&p).await?;
+        let ids: Vec<Option<String>> = self.query_pipe_durable(&p, &k.stream).await?;
         if ids.len() != msgs.len() {
             return Err(bad_reply("send"));
         }

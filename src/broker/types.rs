@@ -28,6 +28,12 @@ pub struct Settings {
     /// Most consumer groups per queue besides LeanMQ's default one
     /// (`--max-groups-per-queue`): each costs retention work and memory.
     pub max_groups_per_queue: u32,
+    /// Replicas that must acknowledge an append before it is answered OK
+    /// (`--wait-replicas`, Redis `WAIT`); 0: no wait.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take (`--wait-timeout`); fewer acks by then is
+    /// UNAVAILABLE, with the message stored on the primary.
+    pub wait_timeout: Duration,
 }
 
 /// The token that would create a queue, for its `max_queues` quota

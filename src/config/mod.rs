@@ -134,6 +134,19 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Replicas that must acknowledge a Send or SendBatch (Redis `WAIT`)
+    /// before it is answered OK; fewer within --wait-timeout is UNAVAILABLE
+    /// (the message is stored on the primary; a retry with the same
+    /// idempotency key stores nothing new and waits again). 0: no wait.
+    #[arg(long, env = "LEANMQ_WAIT_REPLICAS", default_value_t = 0)]
+    pub wait_replicas: u32,
+
+    /// How long a Send waits for --wait-replicas acknowledgements. Must be
+    /// > 0, at most 60s and below --redis-timeout (the WAIT's reply must
+    /// arrive within the reply timeout).
+    #[arg(long, env = "LEANMQ_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+
     /// Shared, pipelined Redis connections for Send/Ack/Nack/Extend traffic.
     #[arg(long, env = "LEANMQ_REDIS_LANES", default_value_t = 4)]
     pub redis_lanes: usize,

@@ -252,6 +252,16 @@ impl Config {
             "--redis-timeout must be at least 10ms",
         )?;
         ensure(
+            self.wait_replicas <= 64,
+            "--wait-replicas must be at most 64",
+        )?;
+        ensure(
+            !self.wait_timeout.is_zero()
+                && self.wait_timeout <= secs(60)
+                && self.wait_timeout < self.redis_timeout,
+            "--wait-timeout must be > 0, at most 60s and below --redis-timeout",
+        )?;
+        ensure(
             self.keepalive_interval >= secs(1) && self.keepalive_timeout >= millis(100),
             "--keepalive-interval must be at least 1s and --keepalive-timeout at least 100ms",
         )
