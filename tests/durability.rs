@@ -60,7 +60,11 @@ async fn send_waits_for_the_replica_and_a_retry_stores_nothing_new() {
     // The replica is up: OK, and the entry is on it.
     let first = c.send(keyed("/dur", b"one", "k1")).await.expect("send ok");
     let id1 = first.into_inner().message_id;
-    assert_eq!(xlen(&replica, "webhook:dur"), 1, "WAIT returned: on the replica");
+    assert_eq!(
+        xlen(&replica, "webhook:dur"),
+        1,
+        "WAIT returned: on the replica"
+    );
 
     // The replica stops acknowledging: UNAVAILABLE within about the timeout.
     signal(replica.pid(), "-STOP");
@@ -96,7 +100,10 @@ async fn send_waits_for_the_replica_and_a_retry_stores_nothing_new() {
         .expect("retry ok")
         .into_inner();
     assert!(retry.duplicate, "the first attempt set the dedup key");
-    assert_eq!(retry.message_id, stored[1], "the same id as the stored entry");
+    assert_eq!(
+        retry.message_id, stored[1],
+        "the same id as the stored entry"
+    );
     assert_ne!(retry.message_id, id1);
     assert_eq!(xlen(&primary, "webhook:dur"), 2, "XLEN did not grow");
     assert_eq!(xlen(&replica, "webhook:dur"), 2, "and the replica has it");

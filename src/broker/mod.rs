@@ -257,7 +257,11 @@ impl Broker {
 
     /// One typed script call that appends to `key`'s queue, then
     /// [`Broker::confirm`] on the same connection.
-    pub(crate) async fn run_durable<C: scripts::Call>(&self, call: C, key: &str) -> Result<C::Reply> {
+    pub(crate) async fn run_durable<C: scripts::Call>(
+        &self,
+        call: C,
+        key: &str,
+    ) -> Result<C::Reply> {
         let mut inv = call.script(&self.scripts).prepare_invoke();
         call.build(&mut inv);
         let mut lane = self.redis.lane().await?;

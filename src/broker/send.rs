@@ -109,15 +109,18 @@ impl Broker {
             })
             .collect();
         let flat = self
-            .run_durable(scripts::Send {
-                registry: self.global(first, &first.registry),
-                schedule: self.global(first, &first.schedule),
-                queues: keys.iter().map(|k| k.as_ref()).collect(),
-                created_at: &enc.now,
-                dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
-                admission: self.admission(creator, &owner_key),
-                items,
-            }, &first.stream)
+            .run_durable(
+                scripts::Send {
+                    registry: self.global(first, &first.registry),
+                    schedule: self.global(first, &first.schedule),
+                    queues: keys.iter().map(|k| k.as_ref()).collect(),
+                    created_at: &enc.now,
+                    dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
+                    admission: self.admission(creator, &owner_key),
+                    items,
+                },
+                &first.stream,
+            )
             .await?;
         if flat.len() != msgs.len() {
             return Err(bad_reply("send"));
