@@ -242,6 +242,7 @@ fn build_broker(cfg: &Config, redis_url: &str, prefix: &str) -> Result<Broker, S
             max_groups_per_queue: cfg.max_groups_per_queue,
             wait_replicas: cfg.wait_replicas,
             wait_timeout: cfg.wait_timeout,
+            wait_rules: cfg.wait_rules().map_err(|e| e.to_string())?,
         },
         redis,
     ))

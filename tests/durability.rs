@@ -122,6 +122,33 @@ async fn without_wait_a_stopped_replica_does_not_hold_up_sends() {
     assert_eq!(xlen(&primary, "webhook:fast"), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_path_rule_waits_only_for_its_paths() {
+    let (primary, replica) = pair().await;
+    let d = Leanmqd::start_with(&primary.url(), |c| {
+        c.wait_replicas_for = vec!["/safe/>=1".into()];
+        c.wait_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut c = d.client().await;
+    c.send(bytes_send("/safe/a", b"ok")).await.expect("replica up");
+    signal(replica.pid(), "-STOP");
+    let err = c
+        .send(bytes_send("/safe/a", b"held"))
+        .await
+        .expect_err("the rule waits");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let started = Instant::now();
+    send(&mut c, "/other", b"x").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "a path no rule covers does not wait"
+    );
+    signal(replica.pid(), "-CONT");
+    assert_eq!(xlen(&primary, "webhook:safe_a"), 2);
+    assert_eq!(xlen(&primary, "webhook:other"), 1);
+}
+
 #[test]
 fn bad_wait_flags_exit_64() {
     for args in [
@@ -130,6 +157,11 @@ fn bad_wait_flags_exit_64() {
         vec!["--wait-timeout", "5s", "--redis-timeout", "5s"],
         vec!["--wait-replicas", "65"],
         vec!["--wait-replicas", "-1"],
+        vec!["--wait-replicas-for", "/safe/>"],
+        vec!["--wait-replicas-for", "/safe/>=many"],
+        vec!["--wait-replicas-for", "/a/>/b=1"],
+        vec!["--wait-replicas-for", "prefix:=1"],
+        vec!["--wait-replicas-for", "/a=65"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_leanmqd"))
             .args(&args)

@@ -393,6 +393,7 @@ impl Broker {
                         data: new,
                     },
                     &k.stream,
+                    self.replicas_for_moves(),
                 )
                 .await?;
             match moved {

@@ -38,6 +38,7 @@ pub mod admin;
 pub mod background;
 pub mod coalesce;
 pub mod dispatch;
+pub mod durability;
 pub mod envelope;
 mod fetch;
 pub mod limits;
@@ -247,11 +248,12 @@ impl Broker {
         &self,
         pipe: &::redis::Pipeline,
         key: &str,
+        replicas: u32,
     ) -> Result<T> {
         let mut lane = self.redis.lane().await?;
         let r = pipe.query_async(&mut lane.conn).await;
         let out = self.redis.settle(&lane, r).await?;
-        self.confirm(&mut lane, key).await?;
+        self.confirm(&mut lane, key, replicas).await?;
         Ok(out)
     }
 
@@ -261,13 +263,14 @@ impl Broker {
         &self,
         call: C,
         key: &str,
+        replicas: u32,
     ) -> Result<C::Reply> {
         let mut inv = call.script(&self.scripts).prepare_invoke();
         call.build(&mut inv);
         let mut lane = self.redis.lane().await?;
         let r = inv.invoke_async(&mut lane.conn).await;
         let raw: C::Raw = self.redis.settle(&lane, r).await?;
-        self.confirm(&mut lane, key).await?;
+        self.confirm(&mut lane, key, replicas).await?;
         C::reply(raw)
     }
 
@@ -277,8 +280,7 @@ impl Broker {
     /// Fewer replicas by `--wait-timeout` is UNAVAILABLE: the write stays on
     /// the primary, and a retry with the same idempotency key stores nothing
     /// new but waits again.
-    async fn confirm(&self, lane: &mut redis::LaneConn, key: &str) -> Result<()> {
-        let n = self.settings.wait_replicas;
+    async fn confirm(&self, lane: &mut redis::LaneConn, key: &str, n: u32) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -298,6 +300,24 @@ impl Broker {
         Err(Error::Unavailable(format!(
             "stored on the primary, not confirmed on {n} replicas ({acked} acknowledged within {t:?})"
         )))
+    }
+
+    /// The replicas a Send of `msgs` must reach: the most any of their
+    /// paths asks.
+    pub(crate) fn replicas_for_send(&self, msgs: &[Outgoing]) -> u32 {
+        let s = &self.settings;
+        msgs.iter()
+            .map(|m| {
+                durability::replicas_for(&s.wait_rules, s.wait_replicas, &s.prefix, &m.route.path)
+            })
+            .max()
+            .unwrap_or(s.wait_replicas)
+    }
+
+    /// The replicas a move between a queue's streams must reach.
+    pub(crate) fn replicas_for_moves(&self) -> u32 {
+        let s = &self.settings;
+        durability::replicas_for_moves(&s.wait_rules, s.wait_replicas, &s.prefix)
     }
 
     pub(crate) async fn invoke<T: ::redis::FromRedisValue>(

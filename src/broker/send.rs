@@ -120,6 +120,7 @@ impl Broker {
                     items,
                 },
                 &first.stream,
+                self.replicas_for_send(msgs),
             )
             .await?;
         if flat.len() != msgs.len() {
@@ -205,7 +206,9 @@ impl Broker {
             }
         }
         sadd.ignore();
-        let ids: Vec<Option<String>> = self.query_pipe_durable(&p, &k.stream).await?;
+        let ids: Vec<Option<String>> = self
+            .query_pipe_durable(&p, &k.stream, self.replicas_for_send(msgs))
+            .await?;
         if ids.len() != msgs.len() {
             return Err(bad_reply("send"));
         }

@@ -202,6 +202,7 @@ impl Broker {
                     data: dlq_data,
                 },
                 &k.stream,
+                self.replicas_for_moves(),
             )
             .await?
             .map_err(|held| held.lease_lost(from.group))?;

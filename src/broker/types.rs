@@ -34,6 +34,8 @@ pub struct Settings {
     /// How long `WAIT` may take (`--wait-timeout`); fewer acks by then is
     /// UNAVAILABLE, with the message stored on the primary.
     pub wait_timeout: Duration,
+    /// `--wait-replicas-for`: per path pattern or key prefix.
+    pub wait_rules: Vec<super::durability::WaitRule>,
 }
 
 /// The token that would create a queue, for its `max_queues` quota

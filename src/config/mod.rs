@@ -141,6 +141,13 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_WAIT_REPLICAS", default_value_t = 0)]
     pub wait_replicas: u32,
 
+    /// Per path or prefix, PATTERN=N: a path, a pattern as in subscriptions
+    /// and grants (`/orders/>`, `/t/*`) or `prefix:NAME` for a served key
+    /// prefix. The most specific match wins, else --wait-replicas.
+    /// Repeatable (or comma-separated), at most 256.
+    #[arg(long, env = "LEANMQ_WAIT_REPLICAS_FOR", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub wait_replicas_for: Vec<String>,
+
     /// How long a Send waits for --wait-replicas acknowledgements. Must be
     /// > 0, at most 60s and below --redis-timeout (the WAIT's reply must
     /// arrive within the reply timeout).

@@ -252,9 +252,10 @@ impl Config {
             "--redis-timeout must be at least 10ms",
         )?;
         ensure(
-            self.wait_replicas <= 64,
+            self.wait_replicas <= crate::broker::durability::MAX_REPLICAS,
             "--wait-replicas must be at most 64",
         )?;
+        self.wait_rules().map_err(invalid)?;
         ensure(
             !self.wait_timeout.is_zero()
                 && self.wait_timeout <= secs(60)
@@ -335,5 +336,19 @@ impl Config {
         c.redis_url = Some(url.to_string());
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c
+    }
+}
+
+impl Config {
+    /// `--wait-replicas-for`, parsed and bounded.
+    pub fn wait_rules(&self) -> Result<Vec<crate::broker::durability::WaitRule>, String> {
+        use crate::broker::durability::{WaitRule, MAX_RULES};
+        if self.wait_replicas_for.len() > MAX_RULES {
+            return Err(format!("--wait-replicas-for: at most {MAX_RULES} rules"));
+        }
+        self.wait_replicas_for
+            .iter()
+            .map(|s| WaitRule::parse(s))
+            .collect()
     }
 }
