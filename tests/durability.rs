@@ -131,7 +131,9 @@ async fn a_per_path_rule_waits_only_for_its_paths() {
     })
     .await;
     let mut c = d.client().await;
-    c.send(bytes_send("/safe/a", b"ok")).await.expect("replica up");
+    c.send(bytes_send("/safe/a", b"ok"))
+        .await
+        .expect("replica up");
     signal(replica.pid(), "-STOP");
     let err = c
         .send(bytes_send("/safe/a", b"held"))

@@ -148,9 +148,9 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_WAIT_REPLICAS_FOR", value_delimiter = ',', action = clap::ArgAction::Append)]
     pub wait_replicas_for: Vec<String>,
 
-    /// How long a Send waits for --wait-replicas acknowledgements. Must be
-    /// > 0, at most 60s and below --redis-timeout (the WAIT's reply must
-    /// arrive within the reply timeout).
+    /// How long a Send waits for --wait-replicas acknowledgements: more
+    /// than zero, at most 60s, and below --redis-timeout (the WAIT's reply
+    /// must arrive within the reply timeout).
     #[arg(long, env = "LEANMQ_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub wait_timeout: Duration,
 
