@@ -178,3 +178,25 @@ fn bad_wait_flags_exit_64() {
         );
     }
 }
+
+/// Redis 7.0 (installed here) has no WAITAOF: `--wait-aof` refuses to start
+/// with the "unavailable" exit, saying why. (No Redis >= 7.2 binary was at
+/// hand to test WAITAOF itself.)
+#[test]
+fn wait_aof_refuses_redis_before_7_2() {
+    let redis = RedisProc::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_leanmqd"))
+        .args(["--listen", "127.0.0.1:0", "--redis-url", &redis.url()])
+        .arg("--wait-aof")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{text}");
+    assert!(
+        text.contains("--wait-aof needs WAITAOF, which needs Redis 7.2 or later")
+            && text.contains("where it is unavailable"),
+        "{text}"
+    );
+}

@@ -281,24 +281,57 @@ impl Broker {
     /// the primary, and a retry with the same idempotency key stores nothing
     /// new but waits again.
     async fn confirm(&self, lane: &mut redis::LaneConn, key: &str, n: u32) -> Result<()> {
-        if n == 0 {
+        let aof = self.settings.wait_aof;
+        if n == 0 && !aof {
             return Ok(());
         }
         let t = self.settings.wait_timeout;
-        let mut cmd = ::redis::cmd("WAIT");
-        cmd.arg(n).arg(t.as_millis() as u64);
-        let r = lane
-            .conn
-            .on_node_of(key, &cmd)
-            .await
-            .and_then(|v| ::redis::from_redis_value::<i64>(v).map_err(Into::into));
-        let acked = self.redis.settle(lane, r).await?;
-        if acked >= i64::from(n) {
+        let ms = t.as_millis() as u64;
+        let mut cmd = ::redis::cmd(if aof { "WAITAOF" } else { "WAIT" });
+        if aof {
+            cmd.arg(1);
+        }
+        cmd.arg(n).arg(ms);
+        let r = lane.conn.on_node_of(key, &cmd).await.and_then(|v| {
+            if aof {
+                let (local, replicas): (i64, i64) = ::redis::from_redis_value(v)?;
+                Ok((local, replicas))
+            } else {
+                Ok((1, ::redis::from_redis_value::<i64>(v)?))
+            }
+        });
+        let (local, acked) = self.redis.settle(lane, r).await?;
+        if local >= 1 && acked >= i64::from(n) {
             return Ok(());
         }
         crate::observe::wait_timeout();
+        let fsync = match (aof, local >= 1) {
+            (false, _) => "",
+            (true, true) => ", fsynced on the primary",
+            (true, false) => ", not fsynced on the primary",
+        };
         Err(Error::Unavailable(format!(
-            "stored on the primary, not confirmed on {n} replicas ({acked} acknowledged within {t:?})"
+            "stored on the primary, not confirmed on {n} replicas ({acked} acknowledged within {t:?}{fsync})"
+        )))
+    }
+
+    /// `--wait-aof` needs `WAITAOF`, new in Redis 7.2: refuse to start on
+    /// an older server rather than answer every Send with an error.
+    pub async fn check_waitaof(&self) -> Result<()> {
+        let info: String = self.query(::redis::cmd("INFO").arg("server")).await?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) >= (7, 2) {
+            return Ok(());
+        }
+        Err(Error::Unavailable(format!(
+            "--wait-aof needs WAITAOF, which needs Redis 7.2 or later; this server runs Redis {version}, where it is unavailable (drop --wait-aof to confirm with WAIT)"
         )))
     }
 

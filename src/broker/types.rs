@@ -36,6 +36,8 @@ pub struct Settings {
     pub wait_timeout: Duration,
     /// `--wait-replicas-for`: per path pattern or key prefix.
     pub wait_rules: Vec<super::durability::WaitRule>,
+    /// `--wait-aof`: `WAITAOF 1 N` (fsynced) instead of `WAIT N`.
+    pub wait_aof: bool,
 }
 
 /// The token that would create a queue, for its `max_queues` quota

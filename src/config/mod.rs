@@ -141,6 +141,13 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_WAIT_REPLICAS", default_value_t = 0)]
     pub wait_replicas: u32,
 
+    /// Confirm writes with Redis 7.2's `WAITAOF 1 N` instead of `WAIT N`:
+    /// fsynced to the primary's AOF and to N replicas' (N from
+    /// --wait-replicas / --wait-replicas-for, 0: the primary's alone).
+    /// Needs Redis >= 7.2 with appendonly on; refused at startup otherwise.
+    #[arg(long, env = "LEANMQ_WAIT_AOF")]
+    pub wait_aof: bool,
+
     /// Per path or prefix, PATTERN=N: a path, a pattern as in subscriptions
     /// and grants (`/orders/>`, `/t/*`) or `prefix:NAME` for a served key
     /// prefix. The most specific match wins, else --wait-replicas.
