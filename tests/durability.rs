@@ -156,7 +156,14 @@ fn bad_wait_flags_exit_64() {
     for args in [
         vec!["--wait-timeout", "0s"],
         vec!["--wait-timeout", "61s", "--redis-timeout", "90s"],
-        vec!["--wait-timeout", "5s", "--redis-timeout", "5s"],
+        vec![
+            "--wait-replicas",
+            "1",
+            "--wait-timeout",
+            "5s",
+            "--redis-timeout",
+            "5s",
+        ],
         vec!["--wait-replicas", "65"],
         vec!["--wait-replicas", "-1"],
         vec!["--wait-replicas-for", "/safe/>"],

@@ -256,10 +256,13 @@ impl Config {
             "--wait-replicas must be at most 64",
         )?;
         self.wait_rules().map_err(invalid)?;
+        // Below --redis-timeout only matters when something waits: without
+        // a wait flag the default 1s must not refuse --redis-timeout 1s.
+        let waits = self.wait_replicas > 0 || !self.wait_replicas_for.is_empty() || self.wait_aof;
         ensure(
             !self.wait_timeout.is_zero()
                 && self.wait_timeout <= secs(60)
-                && self.wait_timeout < self.redis_timeout,
+                && (!waits || self.wait_timeout < self.redis_timeout),
             "--wait-timeout must be > 0, at most 60s and below --redis-timeout",
         )?;
         ensure(
