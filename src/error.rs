@@ -153,7 +153,15 @@ impl From<redis::RedisError> for Error {
                 e.detail().unwrap_or_default()
             ));
         }
-        let transient = e.is_io_error()
+        // Sentinel names no usable master: a failover is under way (the old
+        // master is down and none is promoted yet). Retry, as for a dropped link.
+        let no_master = matches!(
+            e.kind(),
+            redis::ErrorKind::MasterNameNotFoundBySentinel
+                | redis::ErrorKind::NoValidReplicasFoundBySentinel
+        );
+        let transient = no_master
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
@@ -287,6 +295,21 @@ mod tests {
             assert_eq!(status.code(), code, "{wire}");
             assert!(status.message().contains(says), "{wire}: {}", status.message());
         }
+    }
+
+    #[test]
+    fn no_master_from_sentinel_is_unavailable() {
+        let e = redis::RedisError::from((
+            redis::ErrorKind::MasterNameNotFoundBySentinel,
+            "Master with given name not found in sentinel",
+        ));
+        let status = tonic::Status::from(Error::from(e));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status.message().starts_with("redis unavailable: "),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
