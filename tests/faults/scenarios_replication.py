@@ -186,8 +186,116 @@ def _told(addr: str) -> str:
             return f"{e.code().name}: {e.details()[:160]}"
 
 
+# ------------------------------------------------------- sentinel-failover
+
+class _UrlLeanmqd:
+    """A chaos.Leanmqd started on any --redis-url (Leanmqd.start builds redis://)."""
+
+    @staticmethod
+    def start(ctx, name: str, url: str, args: Sequence[str]) -> "chaos.Leanmqd":
+        d = chaos.Leanmqd(ctx.binary, ctx.dir, name, 0, args)
+        ctx.daemons.append(d)
+        cmd = [str(d.binary), "--listen", d.addr, "--redis-url", url, *d.args]
+        env = dict(chaos.os.environ, RUST_LOG=chaos.os.environ.get("RUST_LOG", "info"))
+        with open(d.log, "ab") as log:
+            log.write(f"\n==== start {time.strftime('%H:%M:%S')}: {' '.join(cmd)}\n".encode())
+            log.flush()
+            d.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)
+        chaos._LIVE.append(d.proc)
+        d.starts += 1
+
+        def serving():
+            if d.proc.poll() is not None:
+                raise chaos.Fatal(f"{d.name} exited with {d.proc.returncode}; see {d.log}")
+            return d.health() == "SERVING"
+
+        chaos.wait_until(serving, 30, f"{d.name} to report SERVING")
+        return d
+
+
+def _sentinel(ctx, master_port: int):
+    """One Sentinel (quorum 1, down after 1 s) watching `mymaster`; (port, client)."""
+    port = chaos.free_port()
+    sdir = ctx.dir / "sentinel"
+    sdir.mkdir()
+    conf = sdir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {sdir}\nlogfile sentinel.log\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
+                    "sentinel down-after-milliseconds mymaster 1000\n"
+                    "sentinel failover-timeout mymaster 3000\n")
+    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    chaos._LIVE.append(proc)
+    ctx._sentinel_proc = proc
+    cli = chaos.redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+    chaos.wait_until(cli.ping, 20, "the sentinel to answer PING")
+    return port, cli
+
+
+def _master_port(cli) -> int:
+    host, port = cli.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster")
+    return int(port)
+
+
+def sc_sentinel_failover(ctx, wait: int) -> None:
+    """A primary, two replicas and one Sentinel; leanmqd on the sentinel URL,
+    with --wait-replicas `wait`. SIGKILL the primary under load; reconcile on
+    the replica Sentinel promoted."""
+    res = ctx.result
+    res.promise = wait > 0
+    primary = _Redis.start(ctx, "primary", [])
+    replicas = [_Redis.start(ctx, f"replica{i}", ["--replicaof", "127.0.0.1", str(primary.port)])
+                for i in (1, 2)]
+    pc = primary.client()
+    chaos.wait_until(lambda: pc.info("replication")["connected_slaves"] == 2, 20, "both replicas to connect")
+    for rr in replicas:
+        chaos.wait_until(lambda: rr.client().info("replication")["master_link_status"] == "up", 20,
+                         f"replica on {rr.port} to sync")
+    sport, scli = _sentinel(ctx, primary.port)
+    chaos.wait_until(lambda: len(scli.execute_command("SENTINEL", "REPLICAS", "mymaster")) == 2, 20,
+                     "the sentinel to know both replicas")
+    url = f"redis+sentinel://127.0.0.1:{sport}/mymaster"
+    args = [*chaos.LEASE_ARGS]
+    if wait:
+        args += ["--wait-replicas", str(wait), "--wait-timeout", "500ms"]
+    d = _UrlLeanmqd.start(ctx, "leanmqd", url, args)
+    for i in range(2):
+        ctx.consumer(f"c{i}", [d.addr])
+    ctx.producer([d.addr], threads=2, timeout=3.0)
+    ctx.producer([d.addr], rate=100, threads=1, batch=10, timeout=3.0)  # SendBatch too
+    ctx.load_for(ctx.p["warm"], "before the kill")
+    before = ctx.ledger.n_accepted()
+    primary.kill9()
+    t_kill = time.monotonic()
+    ports = {rr.port: rr for rr in replicas}
+    new = chaos.wait_until(lambda: ports.get(_master_port(scli)), 30, "the sentinel to promote a replica", 0.05)
+    t_promoted = time.monotonic() - t_kill
+    chaos.wait_until(lambda: ctx.ledger.n_accepted(since=t_kill + t_promoted) > 0, 30,
+                     "a Send to succeed after the promotion")
+    t_ok = time.monotonic() - t_kill
+    res.note(f"primary SIGKILLed after {before} accepted; sentinel reported replica {new.dir.name} (port {new.port}) as master "
+             f"{t_promoted:.2f}s later; first OK {t_ok:.2f}s after the kill")
+    ctx.redises.remove(new)
+    ctx.redises.insert(0, new)  # ctx.rcli(): reconcile on the new primary
+    ctx.load_for(ctx.p["after"], "after the failover")
+    ctx.finish(absent_is_loss=res.promise)
+    with ctx.ledger.lock:
+        outage = collections.Counter(a[3] for a in ctx.ledger.attempts if a[1] >= t_kill and a[3] != "OK"
+                                     and a[1] <= t_kill + t_ok)
+    res.note(f"sends that failed between the kill and the first OK: {dict(outage)}")
+    if wait:
+        res.note(f"--wait-replicas {wait}: every OK was acknowledged by a replica before it was answered")
+    else:
+        res.note(f"--wait-replicas 0: {res.ledger['lost']} accepted message(s) lost, {len(ctx.absent)} accepted "
+                 f"entries absent on the promoted replica (not a failure here: asynchronous replication "
+                 f"may drop what the primary had not yet sent)")
+
+
 RUNNERS: Dict[str, Callable] = {
     "redis-refuses-writes": sc_redis_refuses_writes,
+    "sentinel-failover-wait1": lambda c: sc_sentinel_failover(c, 1),
+    "sentinel-failover-wait0": lambda c: sc_sentinel_failover(c, 0),
 }
 
 
