@@ -239,6 +239,16 @@ def _master_port(cli) -> int:
 
 
 def sc_sentinel_failover(ctx, wait: int) -> None:
+    try:
+        _failover(ctx, wait)
+    finally:  # ctx.cleanup() knows no Sentinel
+        p = getattr(ctx, "_sentinel_proc", None)
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def _failover(ctx, wait: int) -> None:
     """A primary, two replicas and one Sentinel; leanmqd on the sentinel URL,
     with --wait-replicas `wait`. SIGKILL the primary under load; reconcile on
     the replica Sentinel promoted."""
