@@ -356,6 +356,30 @@ mod tests {
     }
 
     #[test]
+    fn wait_timeout_is_bounded_by_redis_timeout_only_when_something_waits() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["leanmqd"], args].concat());
+        let no_wait = parse(&["--redis-timeout", "1s"]).expect("parses");
+        assert!(
+            no_wait.validate().is_ok(),
+            "the default 1s with no wait flag"
+        );
+        for waits in [
+            &["--wait-replicas", "1"][..],
+            &["--wait-replicas-for", "/a=1"],
+            &["--wait-aof"],
+        ] {
+            let c = parse(&[waits, &["--redis-timeout", "1s"]].concat()).expect("parses");
+            let err = c
+                .validate()
+                .expect_err("a wait flag with --redis-timeout 1s");
+            assert!(
+                err.to_string().contains("--wait-timeout"),
+                "{waits:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn receipt_keys_from_flags_and_files() {
         let parse = |args: &[&str]| {
             Config::try_parse_from([&["leanmqd"], args].concat()).map_err(|e| e.to_string())
