@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Sequence
 chaos = None  # the chaos module, set by install()
 
 REFUSE_SECS = 3.0  # how long each write refusal lasts once Redis confirms it
+LAG_SECS = 1.0  # replication links silent before the primary dies (sentinel-failover)
 PROBE = "chaos:probe"  # a key the scenario writes to see whether Redis takes writes
 
 
@@ -255,8 +256,13 @@ def _failover(ctx, wait: int) -> None:
     res = ctx.result
     res.promise = wait > 0
     primary = _Redis.start(ctx, "primary", [])
-    replicas = [_Redis.start(ctx, f"replica{i}", ["--replicaof", "127.0.0.1", str(primary.port)])
-                for i in (1, 2)]
+    links = []  # each replica reaches the primary through a proxy, to lag it on purpose
+    for _ in (1, 2):
+        px = chaos.Proxy(primary.port).start()
+        ctx.proxies.append(px)
+        links.append(px)
+    replicas = [_Redis.start(ctx, f"replica{i}", ["--replicaof", "127.0.0.1", str(px.port)])
+                for i, px in zip((1, 2), links)]
     pc = primary.client()
     chaos.wait_until(lambda: pc.info("replication")["connected_slaves"] == 2, 20, "both replicas to connect")
     for rr in replicas:
@@ -275,15 +281,28 @@ def _failover(ctx, wait: int) -> None:
     ctx.producer([d.addr], threads=2, timeout=3.0)
     ctx.producer([d.addr], rate=100, threads=1, batch=10, timeout=3.0)  # SendBatch too
     ctx.load_for(ctx.p["warm"], "before the kill")
+    # Replication lag, made visible: the links to both replicas go silent for
+    # LAG_SECS before the primary dies, so what it acknowledged meanwhile is on
+    # no replica (what --wait-replicas 0 then loses, and 1 must not). A
+    # stopped replica would not do: its kernel still takes the stream.
+    for px in links:
+        px.cut()
+    t_lag = time.monotonic()
+    time.sleep(LAG_SECS)  # the length of the lag
     before = ctx.ledger.n_accepted()
     primary.kill9()
     t_kill = time.monotonic()
+    for px in links:
+        px.reset()  # the replicas see their master link drop
+    lagged = ctx.ledger.n_accepted(since=t_lag)
     ports = {rr.port: rr for rr in replicas}
     new = chaos.wait_until(lambda: ports.get(_master_port(scli)), 30, "the sentinel to promote a replica", 0.05)
     t_promoted = time.monotonic() - t_kill
     chaos.wait_until(lambda: ctx.ledger.n_accepted(since=t_kill + t_promoted) > 0, 30,
                      "a Send to succeed after the promotion")
     t_ok = time.monotonic() - t_kill
+    res.note(f"links to the replicas silent {t_kill - t_lag:.1f}s before the primary's SIGKILL (then reset); "
+             f"{lagged} Sends OK in that time")
     res.note(f"primary SIGKILLed after {before} accepted; sentinel reported replica {new.dir.name} (port {new.port}) as master "
              f"{t_promoted:.2f}s later; first OK {t_ok:.2f}s after the kill")
     ctx.redises.remove(new)
