@@ -302,7 +302,7 @@ def _failover(ctx, wait: int) -> None:
                      "a Send to succeed after the promotion")
     t_ok = time.monotonic() - t_kill
     res.note(f"links to the replicas silent {t_kill - t_lag:.1f}s before the primary's SIGKILL (then reset); "
-             f"{lagged} Sends OK in that time")
+             f"{lagged} messages accepted in that time")
     res.note(f"primary SIGKILLed after {before} accepted; sentinel reported replica {new.dir.name} (port {new.port}) as master "
              f"{t_promoted:.2f}s later; first OK {t_ok:.2f}s after the kill")
     ctx.redises.remove(new)
