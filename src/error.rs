@@ -121,6 +121,18 @@ fn refusal(e: &redis::RedisError, code: &str) -> Option<String> {
     }
 }
 
+/// Did Redis refuse the write with `code` (`OOM`, `MISCONF`, `NOREPLICAS`)?
+/// Read like [`is_nogroup`]: Redis 6.2 wraps a refusal inside a script in ERR.
+fn refused_with(e: &redis::RedisError, code: &str) -> bool {
+    match e.code() {
+        Some(c) if c == code => true,
+        Some("ERR") => e.detail().is_some_and(|d| {
+            d.starts_with("Error running script") && d.contains(&format!(": {code} "))
+        }),
+        _ => false,
+    }
+}
+
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
         if let Some(msg) = refusal(&e, "QUOTA") {
@@ -129,12 +141,31 @@ impl From<redis::RedisError> for Error {
         if let Some(msg) = refusal(&e, "OWNED") {
             return Error::FailedPrecondition(msg);
         }
-        if e.code() == Some("OOM") {
-            return Error::ResourceExhausted(
-                "redis is out of memory (maxmemory reached); nothing was written, retry after consumers catch up".into(),
-            );
+        if refused_with(&e, "OOM") {
+            return Error::ResourceExhausted(format!(
+                "redis is out of memory (maxmemory): nothing was written, retry after consumers catch up: {}",
+                e.detail().unwrap_or_default()
+            ));
         }
-        let transient = e.is_io_error()
+        if refused_with(&e, "MISCONF") || refused_with(&e, "NOREPLICAS") {
+            // A failed RDB save under stop-writes-on-bgsave-error, or fewer
+            // good replicas than min-replicas-to-write: nothing was written,
+            // and the same write succeeds once the operator fixes Redis.
+            return Error::Unavailable(format!(
+                "redis refuses writes: {} {}",
+                e.code().unwrap_or_default(),
+                e.detail().unwrap_or_default()
+            ));
+        }
+        // Sentinel names no usable master: a failover is under way (the old
+        // master is down and none is promoted yet). Retry, as for a dropped link.
+        let no_master = matches!(
+            e.kind(),
+            redis::ErrorKind::MasterNameNotFoundBySentinel
+                | redis::ErrorKind::NoValidReplicasFoundBySentinel
+        );
+        let transient = no_master
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
@@ -233,6 +264,56 @@ mod tests {
                 status.message()
             );
         }
+    }
+
+    #[test]
+    fn write_refusals_say_why_and_are_retryable() {
+        for (wire, code, says) in [
+            (
+                "-MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.\r\n",
+                tonic::Code::Unavailable,
+                "redis refuses writes: MISCONF Redis is configured to save RDB snapshots",
+            ),
+            (
+                "-NOREPLICAS Not enough good replicas to write. script: f, on @user_script:9.\r\n",
+                tonic::Code::Unavailable,
+                "redis refuses writes: NOREPLICAS Not enough good replicas",
+            ),
+            (
+                "-ERR Error running script (call to f_1): @user_script:9: NOREPLICAS Not enough good replicas to write.\r\n",
+                tonic::Code::Unavailable,
+                "redis refuses writes: ERR Error running script",
+            ),
+            (
+                "-OOM command not allowed when used memory > 'maxmemory'. script: f, on @user_script:9.\r\n",
+                tonic::Code::ResourceExhausted,
+                "redis is out of memory (maxmemory): nothing was written",
+            ),
+            (
+                "-ERR Error running script (call to f_1): @user_script:9: OOM command not allowed when used memory > 'maxmemory'.\r\n",
+                tonic::Code::ResourceExhausted,
+                "redis is out of memory (maxmemory): nothing was written",
+            ),
+        ] {
+            let status = tonic::Status::from(Error::from(reply(wire)));
+            assert_eq!(status.code(), code, "{wire}");
+            assert!(status.message().contains(says), "{wire}: {}", status.message());
+        }
+    }
+
+    #[test]
+    fn no_master_from_sentinel_is_unavailable() {
+        let e = redis::RedisError::from((
+            redis::ErrorKind::MasterNameNotFoundBySentinel,
+            "Master with given name not found in sentinel",
+        ));
+        let status = tonic::Status::from(Error::from(e));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status.message().starts_with("redis unavailable: "),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

@@ -268,6 +268,11 @@ pub fn redis_error(kind: &'static str) {
     counter!("leanmq_redis_errors_total", "kind" => kind).increment(1);
 }
 
+/// A `WAIT` that saw fewer replicas acknowledge than `--wait-replicas`.
+pub fn wait_timeout() {
+    counter!("leanmq_wait_timeouts_total").increment(1);
+}
+
 /// A call refused by load shedding (`--max-concurrent-rpcs`).
 pub fn shed() {
     counter!("leanmq_load_shed_total").increment(1);

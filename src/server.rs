@@ -124,6 +124,9 @@ pub async fn serve(
     };
     for prefix in &cfg.prefix {
         let broker = Arc::new(build_broker(cfg, redis_url, prefix)?);
+        if cfg.wait_aof && default_broker.is_none() {
+            broker.check_waitaof().await.map_err(|e| e.to_string())?;
+        }
         broker::background::spawn(broker.clone(), retention(cfg), &drain);
         let queues = Queues::new(broker.clone(), budget.clone(), &drain);
         prefixed.push((prefix.clone(), queues));
@@ -241,6 +244,10 @@ fn build_broker(cfg: &Config, redis_url: &str, prefix: &str) -> Result<Broker, S
             max_queues: cfg.max_queues,
             max_groups_per_queue: cfg.max_groups_per_queue,
             allow_colliding_paths: cfg.allow_colliding_paths,
+            wait_replicas: cfg.wait_replicas,
+            wait_timeout: cfg.wait_timeout,
+            wait_rules: cfg.wait_rules().map_err(|e| e.to_string())?,
+            wait_aof: cfg.wait_aof,
         },
         redis,
     ))

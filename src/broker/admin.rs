@@ -391,12 +391,16 @@ impl Broker {
             let new =
                 envelope::requeue_data(data.as_deref(), &k.dlq, &k.stream, envelope::now_secs());
             let moved = self
-                .run(scripts::Requeue {
-                    keys: &k,
-                    dlq_group: &dlq_group,
-                    id: &id,
-                    data: new,
-                })
+                .run_durable(
+                    scripts::Requeue {
+                        keys: &k,
+                        dlq_group: &dlq_group,
+                        id: &id,
+                        data: new,
+                    },
+                    &k.stream,
+                    self.replicas_for_moves(),
+                )
                 .await?;
             match moved {
                 None => missing.push(id),

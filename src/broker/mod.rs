@@ -38,6 +38,7 @@ pub mod admin;
 pub mod background;
 pub mod coalesce;
 pub mod dispatch;
+pub mod durability;
 pub mod envelope;
 mod fetch;
 pub mod limits;
@@ -243,6 +244,117 @@ impl Broker {
         let mut lane = self.redis.lane().await?;
         let r = pipe.query_async(&mut lane.conn).await;
         self.redis.settle(&lane, r).await
+    }
+
+    /// One pipeline (or MULTI/EXEC) that appends to `key`'s queue, then
+    /// [`Broker::confirm`] on the same connection.
+    pub(crate) async fn query_pipe_durable<T: ::redis::FromRedisValue>(
+        &self,
+        pipe: &::redis::Pipeline,
+        key: &str,
+        replicas: u32,
+    ) -> Result<T> {
+        let mut lane = self.redis.lane().await?;
+        let r = pipe.query_async(&mut lane.conn).await;
+        let out = self.redis.settle(&lane, r).await?;
+        self.confirm(&mut lane, key, replicas).await?;
+        Ok(out)
+    }
+
+    /// One typed script call that appends to `key`'s queue, then
+    /// [`Broker::confirm`] on the same connection.
+    pub(crate) async fn run_durable<C: scripts::Call>(
+        &self,
+        call: C,
+        key: &str,
+        replicas: u32,
+    ) -> Result<C::Reply> {
+        let mut inv = call.script(&self.scripts).prepare_invoke();
+        call.build(&mut inv);
+        let mut lane = self.redis.lane().await?;
+        let r = inv.invoke_async(&mut lane.conn).await;
+        let raw: C::Raw = self.redis.settle(&lane, r).await?;
+        self.confirm(&mut lane, key, replicas).await?;
+        C::reply(raw)
+    }
+
+    /// `--wait-replicas`: Redis `WAIT` on the connection the write just went
+    /// through (a multiplexed connection keeps its commands in order, so the
+    /// WAIT covers the write), on the node that holds `key` in a Cluster.
+    /// Fewer replicas by `--wait-timeout` is UNAVAILABLE: the write stays on
+    /// the primary, and a retry with the same idempotency key stores nothing
+    /// new but waits again.
+    async fn confirm(&self, lane: &mut redis::LaneConn, key: &str, n: u32) -> Result<()> {
+        let aof = self.settings.wait_aof;
+        if n == 0 && !aof {
+            return Ok(());
+        }
+        let t = self.settings.wait_timeout;
+        let ms = t.as_millis() as u64;
+        let mut cmd = ::redis::cmd(if aof { "WAITAOF" } else { "WAIT" });
+        if aof {
+            cmd.arg(1);
+        }
+        cmd.arg(n).arg(ms);
+        let r = lane.conn.on_node_of(key, &cmd).await.and_then(|v| {
+            if aof {
+                let (local, replicas): (i64, i64) = ::redis::from_redis_value(v)?;
+                Ok((local, replicas))
+            } else {
+                Ok((1, ::redis::from_redis_value::<i64>(v)?))
+            }
+        });
+        let (local, acked) = self.redis.settle(lane, r).await?;
+        if local >= 1 && acked >= i64::from(n) {
+            return Ok(());
+        }
+        crate::observe::wait_timeout();
+        let fsync = match (aof, local >= 1) {
+            (false, _) => "",
+            (true, true) => ", fsynced on the primary",
+            (true, false) => ", not fsynced on the primary",
+        };
+        Err(Error::Unavailable(format!(
+            "stored on the primary, not confirmed on {n} replicas ({acked} acknowledged within {t:?}{fsync})"
+        )))
+    }
+
+    /// `--wait-aof` needs `WAITAOF`, new in Redis 7.2: refuse to start on
+    /// an older server rather than answer every Send with an error.
+    pub async fn check_waitaof(&self) -> Result<()> {
+        let info: String = self.query(::redis::cmd("INFO").arg("server")).await?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) >= (7, 2) {
+            return Ok(());
+        }
+        Err(Error::Unavailable(format!(
+            "--wait-aof needs WAITAOF, which needs Redis 7.2 or later; this server runs Redis {version}, where it is unavailable (drop --wait-aof to confirm with WAIT)"
+        )))
+    }
+
+    /// The replicas a Send of `msgs` must reach: the most any of their
+    /// paths asks.
+    pub(crate) fn replicas_for_send(&self, msgs: &[Outgoing]) -> u32 {
+        let s = &self.settings;
+        msgs.iter()
+            .map(|m| {
+                durability::replicas_for(&s.wait_rules, s.wait_replicas, &s.prefix, &m.route.path)
+            })
+            .max()
+            .unwrap_or(s.wait_replicas)
+    }
+
+    /// The replicas a move between a queue's streams must reach.
+    pub(crate) fn replicas_for_moves(&self) -> u32 {
+        let s = &self.settings;
+        durability::replicas_for_moves(&s.wait_rules, s.wait_replicas, &s.prefix)
     }
 
     pub(crate) async fn invoke<T: ::redis::FromRedisValue>(

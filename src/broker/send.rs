@@ -127,16 +127,20 @@ impl Broker {
             })
             .collect();
         let flat = self
-            .run(scripts::Send {
-                registry: self.global(first, &first.registry),
-                schedule: self.global(first, &first.schedule),
-                queues: keys.iter().map(|k| k.as_ref()).collect(),
-                created_at: &enc.now,
-                dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
-                admission: self.admission(creator, &owner_key),
-                allow_colliding: self.settings.allow_colliding_paths,
-                items,
-            })
+            .run_durable(
+                scripts::Send {
+                    registry: self.global(first, &first.registry),
+                    schedule: self.global(first, &first.schedule),
+                    queues: keys.iter().map(|k| k.as_ref()).collect(),
+                    created_at: &enc.now,
+                    dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
+                    admission: self.admission(creator, &owner_key),
+                    allow_colliding: self.settings.allow_colliding_paths,
+                    items,
+                },
+                &first.stream,
+                self.replicas_for_send(msgs),
+            )
             .await?;
         if flat.len() != msgs.len() {
             return Err(bad_reply("send"));
@@ -221,7 +225,9 @@ impl Broker {
             }
         }
         sadd.ignore();
-        let ids: Vec<Option<String>> = self.query_pipe(&p).await?;
+        let ids: Vec<Option<String>> = self
+            .query_pipe_durable(&p, &k.stream, self.replicas_for_send(msgs))
+            .await?;
         if ids.len() != msgs.len() {
             return Err(bad_reply("send"));
         }

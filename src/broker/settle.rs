@@ -191,15 +191,19 @@ impl Broker {
             },
         );
         let dlq_id = self
-            .run(scripts::DeadLetter {
-                keys: &k,
-                leases: k.leases(from.group),
-                group: from.group,
-                id: from.id,
-                holder: from.holder,
-                count: from.count,
-                data: dlq_data,
-            })
+            .run_durable(
+                scripts::DeadLetter {
+                    keys: &k,
+                    leases: k.leases(from.group),
+                    group: from.group,
+                    id: from.id,
+                    holder: from.holder,
+                    count: from.count,
+                    data: dlq_data,
+                },
+                &k.stream,
+                self.replicas_for_moves(),
+            )
             .await?
             .map_err(|held| held.lease_lost(from.group))?;
         let (queue, group, id) = (from.queue, from.group, from.id);

@@ -31,6 +31,16 @@ pub struct Settings {
     /// `--allow-colliding-paths`: every spelling of a queue name may use
     /// the queue, as in LeanMQ (its owner is still recorded).
     pub allow_colliding_paths: bool,
+    /// Replicas that must acknowledge an append before it is answered OK
+    /// (`--wait-replicas`, Redis `WAIT`); 0: no wait.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take (`--wait-timeout`); fewer acks by then is
+    /// UNAVAILABLE, with the message stored on the primary.
+    pub wait_timeout: Duration,
+    /// `--wait-replicas-for`: per path pattern or key prefix.
+    pub wait_rules: Vec<super::durability::WaitRule>,
+    /// `--wait-aof`: `WAITAOF 1 N` (fsynced) instead of `WAIT N`.
+    pub wait_aof: bool,
 }
 
 /// The token that would create a queue, for its `max_queues` quota

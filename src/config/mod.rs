@@ -141,6 +141,33 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Replicas that must acknowledge a Send or SendBatch (Redis `WAIT`)
+    /// before it is answered OK; fewer within --wait-timeout is UNAVAILABLE
+    /// (the message is stored on the primary; a retry with the same
+    /// idempotency key stores nothing new and waits again). 0: no wait.
+    #[arg(long, env = "LEANMQ_WAIT_REPLICAS", default_value_t = 0)]
+    pub wait_replicas: u32,
+
+    /// Confirm writes with Redis 7.2's `WAITAOF 1 N` instead of `WAIT N`:
+    /// fsynced to the primary's AOF and to N replicas' (N from
+    /// --wait-replicas / --wait-replicas-for, 0: the primary's alone).
+    /// Needs Redis >= 7.2 with appendonly on; refused at startup otherwise.
+    #[arg(long, env = "LEANMQ_WAIT_AOF")]
+    pub wait_aof: bool,
+
+    /// Per path or prefix, PATTERN=N: a path, a pattern as in subscriptions
+    /// and grants (`/orders/>`, `/t/*`) or `prefix:NAME` for a served key
+    /// prefix. The most specific match wins, else --wait-replicas.
+    /// Repeatable (or comma-separated), at most 256.
+    #[arg(long, env = "LEANMQ_WAIT_REPLICAS_FOR", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub wait_replicas_for: Vec<String>,
+
+    /// How long a Send waits for --wait-replicas acknowledgements: more
+    /// than zero, at most 60s, and below --redis-timeout (the WAIT's reply
+    /// must arrive within the reply timeout).
+    #[arg(long, env = "LEANMQ_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+
     /// Shared, pipelined Redis connections for Send/Ack/Nack/Extend traffic.
     #[arg(long, env = "LEANMQ_REDIS_LANES", default_value_t = 4)]
     pub redis_lanes: usize,
@@ -333,6 +360,30 @@ mod tests {
         assert!(c.validate().is_ok());
         c.console_listen = Some("[::1]:8080".parse().unwrap());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn wait_timeout_is_bounded_by_redis_timeout_only_when_something_waits() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["leanmqd"], args].concat());
+        let no_wait = parse(&["--redis-timeout", "1s"]).expect("parses");
+        assert!(
+            no_wait.validate().is_ok(),
+            "the default 1s with no wait flag"
+        );
+        for waits in [
+            &["--wait-replicas", "1"][..],
+            &["--wait-replicas-for", "/a=1"],
+            &["--wait-aof"],
+        ] {
+            let c = parse(&[waits, &["--redis-timeout", "1s"]].concat()).expect("parses");
+            let err = c
+                .validate()
+                .expect_err("a wait flag with --redis-timeout 1s");
+            assert!(
+                err.to_string().contains("--wait-timeout"),
+                "{waits:?}: {err}"
+            );
+        }
     }
 
     #[test]

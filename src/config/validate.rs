@@ -252,6 +252,20 @@ impl Config {
             "--redis-timeout must be at least 10ms",
         )?;
         ensure(
+            self.wait_replicas <= crate::broker::durability::MAX_REPLICAS,
+            "--wait-replicas must be at most 64",
+        )?;
+        self.wait_rules().map_err(invalid)?;
+        // Below --redis-timeout only matters when something waits: without
+        // a wait flag the default 1s must not refuse --redis-timeout 1s.
+        let waits = self.wait_replicas > 0 || !self.wait_replicas_for.is_empty() || self.wait_aof;
+        ensure(
+            !self.wait_timeout.is_zero()
+                && self.wait_timeout <= secs(60)
+                && (!waits || self.wait_timeout < self.redis_timeout),
+            "--wait-timeout must be > 0, at most 60s and below --redis-timeout",
+        )?;
+        ensure(
             self.keepalive_interval >= secs(1) && self.keepalive_timeout >= millis(100),
             "--keepalive-interval must be at least 1s and --keepalive-timeout at least 100ms",
         )
@@ -325,5 +339,19 @@ impl Config {
         c.redis_url = Some(url.to_string());
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c
+    }
+}
+
+impl Config {
+    /// `--wait-replicas-for`, parsed and bounded.
+    pub fn wait_rules(&self) -> Result<Vec<crate::broker::durability::WaitRule>, String> {
+        use crate::broker::durability::{WaitRule, MAX_RULES};
+        if self.wait_replicas_for.len() > MAX_RULES {
+            return Err(format!("--wait-replicas-for: at most {MAX_RULES} rules"));
+        }
+        self.wait_replicas_for
+            .iter()
+            .map(|s| WaitRule::parse(s))
+            .collect()
     }
 }

@@ -36,6 +36,11 @@ pause and a 30 min soak):
                            1,2,3 then the DLQ with a lease reason
   redis-pause              SIGSTOP redis (5 s / 10 s); sends must fail with
                            UNAVAILABLE or DEADLINE_EXCEEDED, never a false OK
+  redis-refuses-writes     redis refuses writes in turn (MISCONF, NOREPLICAS, OOM),
+                           a few s each: no OK meanwhile, no INTERNAL; lost must be 0
+  sentinel-failover-wait1  primary + 2 replicas + Sentinel, leanmqd on the sentinel
+                           URL with --wait-replicas 1; SIGKILL the primary; lost must be 0
+  sentinel-failover-wait0  the same without --wait-replicas; the loss is reported, not failed
   redis-flush              redis restarted empty: groups recreated, delivery of
                            what is sent after, no spinning when idle
   flood-no-ack             max_in_flight 100 never acked while 20k are sent:
