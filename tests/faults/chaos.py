@@ -54,6 +54,8 @@ pause and a 30 min soak):
   cluster-failover         (scenarios_network.py) a 3+3 Redis Cluster; SIGKILL the
                            primary owning the queue's slot under load; its replica
                            is promoted and leanmqd follows; loss reported (no WAIT)
+  cluster-failover-wait1   (scenarios_network.py) the same with --wait-replicas 1; the
+                           killed node rejoins as a replica; lost must be 0
   soak                     1% nacks, subscriber churn, RSS/fds/clients/memory
                            sampled (3 min short, 30 min full; not in the default set)
 

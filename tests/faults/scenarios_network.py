@@ -333,7 +333,7 @@ def _cluster_failover(ctx, wait_replicas: int) -> None:
     url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
     args = list(chaos.LEASE_ARGS)
     if wait_replicas:
-        args += ["--wait-replicas", str(wait_replicas)]
+        args += ["--wait-replicas", str(wait_replicas), "--wait-timeout", "500ms"]
     d = _make_cluster_leanmqd(chaos.Leanmqd)(ctx.binary, ctx.dir, "leanmqd", url, args)
     ctx.daemons.append(d)
     d.start()
@@ -363,6 +363,16 @@ def _cluster_failover(ctx, wait_replicas: int) -> None:
     t_prom = time.monotonic()
     new_port = _slot_owner(survivors[0], slot)[0]
     view.reset()
+    if wait_replicas:
+        # The promoted primary has no replica left, so WAIT 1 can't be met
+        # until the killed node returns: restarted on its dir and nodes.conf,
+        # it rejoins as the new primary's replica. Until then every Send of
+        # that slot must fail (UNAVAILABLE), never be a false OK.
+        _start_cluster_node(owner)
+        chaos.wait_until(lambda: owner.client().info("replication").get("master_link_status") == "up",
+                         30, f"port {owner_port} to rejoin as a replica", 0.1)
+        res.note(f"killed node :{owner_port} restarted and replicating {time.monotonic() - t_prom:.1f}s "
+                 f"after the promotion")
     try:
         chaos.wait_until(lambda: ctx.ledger.n_accepted(since=t_prom) > 0, 30,
                          "a Send to succeed after the promotion")
@@ -393,8 +403,7 @@ RUNNERS: Dict[str, Callable] = {
     "redis-partition": sc_redis_partition,
     "client-vanish": sc_client_vanish,
     "cluster-failover": sc_cluster_failover,
-    # Once --wait-replicas exists (another branch), one line:
-    # "cluster-failover-wait1": lambda ctx: sc_cluster_failover(ctx, wait_replicas=1),
+    "cluster-failover-wait1": lambda ctx: sc_cluster_failover(ctx, wait_replicas=1),
 }
 
 
