@@ -158,6 +158,9 @@ async fn embedded_redis_serves_and_sigterm_drains_cleanly() {
     );
 
     // Started again on the same data dir, the unacked message is still there.
+    // On a fresh port: the old one may have gone to a concurrent test's
+    // server since ours exited, and connecting there proves nothing.
+    let port = free_port();
     let mut child = spawn_embedded(port, dir.path());
     connect_when_up(port).await;
     // The unacked message survived the restart, still pending for its group.
