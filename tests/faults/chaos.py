@@ -239,12 +239,13 @@ def _on_signal(signum, _frame):
 
 class RedisServer:
     def __init__(self, workdir: Path, name: str = "redis", appendonly: bool = True,
-                 fsync: str = "everysec"):
+                 fsync: str = "everysec", extra: Sequence[str] = ()):
         self.port = free_port()
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.fsync = fsync
+        self.extra = list(extra)  # more redis-server arguments (replicaof, cluster, ...)
         self.proc: Optional[subprocess.Popen] = None
         self._client: Optional[redis.Redis] = None
 
@@ -253,7 +254,7 @@ class RedisServer:
                "--dir", str(self.dir), "--save", "", "--daemonize", "no",
                "--protected-mode", "no", "--logfile", "redis.log",
                "--appendonly", "yes" if self.appendonly else "no",
-               "--appendfsync", self.fsync]
+               "--appendfsync", self.fsync, *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         _LIVE.append(self.proc)
@@ -312,12 +313,15 @@ class RedisServer:
 
 class Leanmqd:
     def __init__(self, binary: Path, workdir: Path, name: str, redis_port: int,
-                 args: Sequence[str]):
+                 args: Sequence[str], redis_url: Optional[str] = None):
         self.binary = binary
         self.name = name
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.redis_port = redis_port
+        # Any other --redis-url (redis+sentinel://, redis+cluster://); else
+        # the one redis-server on redis_port.
+        self.redis_url = redis_url or f"redis://127.0.0.1:{redis_port}"
         self.args = list(args)
         self.log = workdir / f"{name}.log"
         self.proc: Optional[subprocess.Popen] = None
@@ -329,7 +333,7 @@ class Leanmqd:
 
     def start(self, timeout: float = 30.0) -> "Leanmqd":
         cmd = [str(self.binary), "--listen", self.addr,
-               "--redis-url", f"redis://127.0.0.1:{self.redis_port}", *self.args]
+               "--redis-url", self.redis_url, *self.args]
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
         with open(self.log, "ab") as log:
             log.write(f"\n==== start {time.strftime('%H:%M:%S')}: {' '.join(cmd)}\n".encode())

@@ -161,24 +161,14 @@ def _cluster_port(taken) -> int:
     raise chaos.Fatal("no free port pair (p, p + 10000) for a cluster node")
 
 
-def _start_cluster_node(node) -> None:
-    """Start a chaos.RedisServer as a cluster-enabled node (its own dir and nodes.conf)."""
-    cmd = ["redis-server", "--port", str(node.port), "--bind", "127.0.0.1",
-           "--dir", str(node.dir), "--save", "", "--daemonize", "no",
-           "--protected-mode", "no", "--logfile", "redis.log",
-           "--appendonly", "yes", "--appendfsync", "everysec",
-           "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
-           "--cluster-config-file", str(node.dir / "nodes.conf")]
-    node.proc = chaos.subprocess.Popen(cmd, stdout=chaos.subprocess.DEVNULL,
-                                       stderr=chaos.subprocess.DEVNULL, start_new_session=True)
-    chaos._LIVE.append(node.proc)
-
-    def up():
-        if node.proc.poll() is not None:
-            raise chaos.Fatal(f"redis-server exited with {node.proc.returncode}; see {node.dir}/redis.log")
-        return node.client().ping()
-
-    chaos.wait_until(up, 20, f"cluster node on port {node.port} to answer PING")
+def _cluster_node(ctx, i: int, taken: set) -> "chaos.RedisServer":
+    """A cluster-enabled chaos.RedisServer (own dir and nodes.conf), not yet started."""
+    node = chaos.RedisServer(ctx.dir, name=f"node{i}")
+    node.port = _cluster_port(taken)
+    taken.update((node.port, node.port + 10000))
+    node.extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                  "--cluster-config-file", str(node.dir / "nodes.conf")]
+    return node
 
 
 class _ClusterView:
@@ -235,12 +225,8 @@ def _replicas_synced(nodes) -> bool:
 
 
 def _start_cluster(ctx):
-    nodes = [chaos.RedisServer(ctx.dir, name=f"node{i}") for i in range(6)]
     taken: set = set()
-    for n in nodes:
-        n.port = _cluster_port(taken)
-        taken.update((n.port, n.port + 10000))
-        _start_cluster_node(n)
+    nodes = [_cluster_node(ctx, i, taken).start() for i in range(6)]
     view = _ClusterView(nodes)
     ctx.redises.extend([view, *nodes])  # view first: ctx.rcli() is the cluster client
     out = chaos.subprocess.run(
@@ -252,36 +238,6 @@ def _start_cluster(ctx):
     chaos.wait_until(lambda: all(_cluster_info_ok(n) for n in nodes), 30, "cluster_state:ok on every node", 0.1)
     chaos.wait_until(lambda: _replicas_synced(nodes), 30, "every replica known to all nodes and in sync", 0.1)
     return view, nodes
-
-
-def _make_cluster_leanmqd(base):
-    class ClusterLeanmqd(base):
-        """chaos.Leanmqd with an arbitrary --redis-url (here redis+cluster://...)."""
-
-        def __init__(self, binary, workdir, name, url, args):
-            super().__init__(binary, workdir, name, 0, args)
-            self.url = url
-
-        def start(self, timeout: float = 30.0):
-            cmd = [str(self.binary), "--listen", self.addr, "--redis-url", self.url, *self.args]
-            env = dict(chaos.os.environ, RUST_LOG=chaos.os.environ.get("RUST_LOG", "info"))
-            with open(self.log, "ab") as log:
-                log.write(f"\n==== start {time.strftime('%H:%M:%S')}: {' '.join(cmd)}\n".encode())
-                log.flush()
-                self.proc = chaos.subprocess.Popen(cmd, stdout=log, stderr=chaos.subprocess.STDOUT,
-                                                   env=env, start_new_session=True)
-            chaos._LIVE.append(self.proc)
-            self.starts += 1
-
-            def serving():
-                if self.proc.poll() is not None:
-                    raise chaos.Fatal(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
-                return self.health() == "SERVING"
-
-            chaos.wait_until(serving, timeout, f"{self.name} to report SERVING")
-            return self
-
-    return ClusterLeanmqd
 
 
 def _log_errors(d, since_line: int, k: int = 4):
@@ -334,7 +290,7 @@ def _cluster_failover(ctx, wait_replicas: int) -> None:
     args = list(chaos.LEASE_ARGS)
     if wait_replicas:
         args += ["--wait-replicas", str(wait_replicas), "--wait-timeout", "500ms"]
-    d = _make_cluster_leanmqd(chaos.Leanmqd)(ctx.binary, ctx.dir, "leanmqd", url, args)
+    d = chaos.Leanmqd(ctx.binary, ctx.dir, "leanmqd", 0, args, redis_url=url)
     ctx.daemons.append(d)
     d.start()
     res.note(f"cluster of 3 primaries + 3 replicas up and leanmqd SERVING in {time.monotonic() - t_setup:.1f}s")
@@ -368,7 +324,7 @@ def _cluster_failover(ctx, wait_replicas: int) -> None:
         # until the killed node returns: restarted on its dir and nodes.conf,
         # it rejoins as the new primary's replica. Until then every Send of
         # that slot must fail (UNAVAILABLE), never be a false OK.
-        _start_cluster_node(owner)
+        owner.start()
         chaos.wait_until(lambda: owner.client().info("replication").get("master_link_status") == "up",
                          30, f"port {owner_port} to rejoin as a replica", 0.1)
         res.note(f"killed node :{owner_port} restarted and replicating {time.monotonic() - t_prom:.1f}s "

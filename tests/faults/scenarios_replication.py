@@ -14,25 +14,11 @@ PROBE = "chaos:probe"  # a key the scenario writes to see whether Redis takes wr
 
 
 class _Redis:
-    """A redis-server started with extra arguments (chaos.RedisServer fixes its own)."""
+    """A chaos.RedisServer with extra arguments, kept in ctx.redises."""
 
     @staticmethod
     def start(ctx, name: str, extra: Sequence[str], appendonly: bool = True) -> "chaos.RedisServer":
-        r = chaos.RedisServer(ctx.dir, name=name, appendonly=appendonly)
-        cmd = ["redis-server", "--port", str(r.port), "--bind", "127.0.0.1",
-               "--dir", str(r.dir), "--save", "", "--daemonize", "no",
-               "--protected-mode", "no", "--logfile", "redis.log",
-               "--appendonly", "yes" if appendonly else "no", "--appendfsync", r.fsync, *extra]
-        r.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-        chaos._LIVE.append(r.proc)
-
-        def up():
-            if r.proc.poll() is not None:
-                raise chaos.Fatal(f"redis-server exited with {r.proc.returncode}; see {r.dir}/redis.log")
-            return r.client().ping()
-
-        chaos.wait_until(up, 20, f"redis-server on port {r.port} to answer PING")
+        r = chaos.RedisServer(ctx.dir, name=name, appendonly=appendonly, extra=extra).start()
         ctx.redises.append(r)
         return r
 
@@ -190,29 +176,13 @@ def _told(addr: str) -> str:
 # ------------------------------------------------------- sentinel-failover
 
 class _UrlLeanmqd:
-    """A chaos.Leanmqd started on any --redis-url (Leanmqd.start builds redis://)."""
+    """A chaos.Leanmqd on any --redis-url, kept in ctx.daemons."""
 
     @staticmethod
     def start(ctx, name: str, url: str, args: Sequence[str]) -> "chaos.Leanmqd":
-        d = chaos.Leanmqd(ctx.binary, ctx.dir, name, 0, args)
+        d = chaos.Leanmqd(ctx.binary, ctx.dir, name, 0, args, redis_url=url)
         ctx.daemons.append(d)
-        cmd = [str(d.binary), "--listen", d.addr, "--redis-url", url, *d.args]
-        env = dict(chaos.os.environ, RUST_LOG=chaos.os.environ.get("RUST_LOG", "info"))
-        with open(d.log, "ab") as log:
-            log.write(f"\n==== start {time.strftime('%H:%M:%S')}: {' '.join(cmd)}\n".encode())
-            log.flush()
-            d.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)
-        chaos._LIVE.append(d.proc)
-        d.starts += 1
-
-        def serving():
-            if d.proc.poll() is not None:
-                raise chaos.Fatal(f"{d.name} exited with {d.proc.returncode}; see {d.log}")
-            return d.health() == "SERVING"
-
-        chaos.wait_until(serving, 30, f"{d.name} to report SERVING")
-        return d
+        return d.start()
 
 
 def _sentinel(ctx, master_port: int):
