@@ -151,41 +151,6 @@ async fn a_per_path_rule_waits_only_for_its_paths() {
     assert_eq!(xlen(&primary, "webhook:other"), 1);
 }
 
-#[test]
-fn bad_wait_flags_exit_64() {
-    for args in [
-        vec!["--wait-timeout", "0s"],
-        vec!["--wait-timeout", "61s", "--redis-timeout", "90s"],
-        vec![
-            "--wait-replicas",
-            "1",
-            "--wait-timeout",
-            "5s",
-            "--redis-timeout",
-            "5s",
-        ],
-        vec!["--wait-replicas", "65"],
-        vec!["--wait-replicas", "-1"],
-        vec!["--wait-replicas-for", "/safe/>"],
-        vec!["--wait-replicas-for", "/safe/>=many"],
-        vec!["--wait-replicas-for", "/a/>/b=1"],
-        vec!["--wait-replicas-for", "prefix:=1"],
-        vec!["--wait-replicas-for", "/a=65"],
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_leanmqd"))
-            .args(&args)
-            .env_remove("LEANMQ_REDIS_URL")
-            .output()
-            .expect("run");
-        assert_eq!(
-            out.status.code(),
-            Some(64),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 /// Redis 7.0 (installed here) has no WAITAOF: `--wait-aof` refuses to start
 /// with the "unavailable" exit, saying why. (No Redis >= 7.2 binary was at
 /// hand to test WAITAOF itself.)

@@ -61,6 +61,24 @@ fn bad_configuration_exits_64_before_binding() {
             "16777216",
         ],
         vec!["--redis-url", "redis+sentinel://leanmq:hunter2@/"],
+        // --wait-replicas / --wait-timeout / --wait-replicas-for (tests/durability.rs)
+        vec!["--wait-timeout", "0s"],
+        vec!["--wait-timeout", "61s", "--redis-timeout", "90s"],
+        vec![
+            "--wait-replicas",
+            "1",
+            "--wait-timeout",
+            "5s",
+            "--redis-timeout",
+            "5s",
+        ],
+        vec!["--wait-replicas", "65"],
+        vec!["--wait-replicas", "-1"],
+        vec!["--wait-replicas-for", "/safe/>"],
+        vec!["--wait-replicas-for", "/safe/>=many"],
+        vec!["--wait-replicas-for", "/a/>/b=1"],
+        vec!["--wait-replicas-for", "prefix:=1"],
+        vec!["--wait-replicas-for", "/a=65"],
         vec!["--no-such-flag"],
     ] {
         let out = Command::new(BIN)
