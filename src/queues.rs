@@ -188,16 +188,17 @@ impl Queues {
     }
 
     async fn ack_distinct(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
-        let outcomes = self.broker.ack(receipts).await?;
+        let acked = self.broker.ack(receipts).await?;
+        let outcomes = acked.outcomes;
         // One credit release per (queue, group).
-        for ((queue, group), idx) in by_subscription(receipts) {
+        for (((queue, group), idx), woke) in by_subscription(receipts).into_iter().zip(acked.woke) {
             let ids: Vec<&str> = idx
                 .into_iter()
                 .filter(|&i| outcomes[i] != AckOutcome::Stale)
                 .map(|i| receipts[i].id.as_str())
                 .collect();
             if !ids.is_empty() {
-                self.dispatcher.settled(queue, group, &ids, false);
+                self.dispatcher.settled(queue, group, &ids, woke);
             }
         }
         Ok(outcomes)
@@ -212,9 +213,10 @@ impl Queues {
         reason: &str,
     ) -> Result<NackOutcome> {
         let outcome = self.broker.nack(r, delay, dead_letter, reason).await?;
-        let retry = matches!(outcome, NackOutcome::Retry { .. });
+        // A retry falls due, and a dead letter may release its ordering
+        // key's next entry: either way the reader looks again.
         self.dispatcher
-            .settled(&r.queue, &r.group, &[r.id.as_str()], retry);
+            .settled(&r.queue, &r.group, &[r.id.as_str()], true);
         Ok(outcome)
     }
 
@@ -344,6 +346,7 @@ mod tests {
             published_at: 0.0,
             group: "g".into(),
             lease_expires_ms: 0,
+            ordering_key: None,
         }
     }
 

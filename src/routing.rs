@@ -8,6 +8,7 @@
 //! | `{prefix}{q}:expiry` | LeanMQ's TTL sorted set |
 //! | `{prefix}registry` | set of every queue and DLQ stream key |
 //! | `{prefix}{q}:leases:{group}` | leanmq-grpc: due time (ms, Redis clock) of every pending entry the broker manages for `group` |
+//! | `{prefix}{q}:order:{group}` | leanmq-grpc: the keyed entries `group` has not settled, as `key\0<padded id>` members (ordering keys, see `lua/common.lua`) |
 //! | `{prefix}{q}:delayed`, `{prefix}{q}:delayed:data` | leanmq-grpc: delayed messages (due ms) and their envelopes, until appended |
 //! | `{prefix}{q}:dedup:{key}` | leanmq-grpc: idempotency key → first message's id, expiring after the dedup window |
 //! | `{prefix}{q}:paths` | leanmq-grpc: the paths seen for this queue (for patterns and ListQueues) |
@@ -121,8 +122,8 @@ pub const RESERVED_SUFFIXES: [&str; 8] = [
     ":owner",
 ];
 /// Name parts followed by a client-chosen word in another queue's keys
-/// (`a:leases:{group}`, `a:dedup:{key}`).
-pub const RESERVED_INFIXES: [&str; 2] = [":leases:", ":dedup:"];
+/// (`a:leases:{group}`, `a:order:{group}`, `a:dedup:{key}`).
+pub const RESERVED_INFIXES: [&str; 3] = [":leases:", ":order:", ":dedup:"];
 /// Names whose stream key is a prefix-wide key (`{prefix}registry`,
 /// `{prefix}schedule`, `{prefix}receipt-key`).
 pub const RESERVED_NAMES: [&str; 3] = ["registry", "schedule", "receipt-key"];

@@ -285,6 +285,12 @@ fn pick_send(rng: &mut StdRng, clean: bool) -> proto::SendRequest {
             1 => "k".repeat(rng.random_range(200..5000)),
             _ => String::new(),
         },
+        ordering_key: match rng.random_range(0..8) {
+            0 | 1 => format!("o{}", rng.random_range(0..5)),
+            2 if !clean => "o".repeat(rng.random_range(200..600)),
+            3 if !clean => "o\u{7}".to_string(),
+            _ => String::new(),
+        },
     }
 }
 

@@ -164,6 +164,7 @@ mod tests {
             ttl: None,
             delay: None,
             idempotency_key: None,
+            ordering_key: None,
             creator: None,
         };
         (Job { msg, done }, rx)

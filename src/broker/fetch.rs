@@ -7,7 +7,9 @@ use std::time::Duration;
 use redis::Value;
 
 use super::envelope;
-use super::scripts::{self, as_array, as_i64, as_string, bad_reply, data_field, Taken};
+use super::scripts::{
+    self, as_array, as_i64, as_string, bad_reply, data_field, ordering_field, Taken,
+};
 use super::{Broker, Delivery, Exhausted, Fetched, Round, Target};
 use crate::error::Result;
 use crate::routing::QueueKeys;
@@ -27,7 +29,8 @@ struct NewRead {
     now_ms: u64,
     next_due_ms: Option<u64>,
     last_id: String,
-    taken: Vec<(String, Option<Vec<u8>>)>,
+    /// (id, data, ordering key) of each entry taken.
+    taken: Vec<(String, Option<Vec<u8>>, Option<String>)>,
 }
 
 /// `[TIME, ZRANGE 0 0 WITHSCORES, XREADGROUP, XREVRANGE COUNT 1]`.
@@ -61,7 +64,7 @@ fn parse_new_read(v: &[Value]) -> Option<NewRead> {
     let mut taken = Vec::with_capacity(entries.len());
     for e in entries {
         let e = as_array(e).filter(|e| e.len() == 2)?;
-        taken.push((as_string(&e[0])?, data_field(&e[1])));
+        taken.push((as_string(&e[0])?, data_field(&e[1]), ordering_field(&e[1])));
     }
     Some(NewRead {
         now_ms: secs * 1000 + micros / 1000,
@@ -156,7 +159,11 @@ impl Broker {
                 group: &target.group,
                 lease_ms: lease.as_millis() as u64,
                 hold_ms,
-                ids: read.taken.iter().map(|(id, _)| id.as_str()).collect(),
+                ids: read
+                    .taken
+                    .iter()
+                    .map(|(id, _, key)| (id.as_str(), key.as_deref().unwrap_or("")))
+                    .collect(),
             })
             .await?;
         let lease_end = leased.now_ms + lease.as_millis() as u64;
@@ -167,7 +174,10 @@ impl Broker {
         }
         out.now_ms = leased.now_ms;
         out.next_due_ms = Some(read.next_due_ms.map_or(soonest, |d| d.min(soonest)));
-        for (id, data) in read.taken {
+        for (id, data, ordering_key) in read.taken {
+            if leased.waiting.contains(&id) {
+                continue; // an earlier entry of its ordering key is unsettled
+            }
             if leased.parked.contains(&id) {
                 out.exhausted.push(Exhausted {
                     id,
@@ -180,6 +190,7 @@ impl Broker {
                     id,
                     attempt: 1,
                     data,
+                    ordering_key,
                 };
                 out.deliveries
                     .push(Self::delivery(target, &queue, taken, lease_end));
@@ -306,6 +317,7 @@ impl Broker {
             attempt: t.attempt,
             group: target.group.clone(),
             lease_expires_ms: lease_end,
+            ordering_key: t.ordering_key,
         }
     }
 }
@@ -333,7 +345,10 @@ mod tests {
         assert_eq!(r.now_ms, 10_002);
         assert_eq!(r.next_due_ms, Some(12));
         assert_eq!(r.last_id, "3-0");
-        assert_eq!(r.taken, vec![("3-0".to_string(), Some(b"x".to_vec()))]);
+        assert_eq!(
+            r.taken,
+            vec![("3-0".to_string(), Some(b"x".to_vec()), None)]
+        );
         let nothing = vec![
             Value::Array(vec![bulk("10"), bulk("0")]),
             Value::Array(vec![]),

@@ -29,6 +29,8 @@ pub const FETCH_BATCH: u32 = 256;
 pub const MAX_SCHEDULE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Longest ordering key (as Pub/Sub's ordering keys).
+pub const MAX_ORDERING_KEY_BYTES: usize = 256;
 /// Default and largest ListDeadLetters page.
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;

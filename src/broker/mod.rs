@@ -60,6 +60,7 @@ use crate::routing::QueueKeys;
 use receipt::Receipt;
 pub use retention::{RetainPolicy, Retained};
 pub use scripts::{DLQ_HOLD, HOLDER};
+pub use settle::Acked;
 pub use types::*;
 
 /// The Redis side of leanmqd.

@@ -124,6 +124,7 @@ impl Broker {
                 delay_ms: deferred(m.delay).map(|d| d.as_millis()),
                 idempotency_key: m.idempotency_key.as_deref().unwrap_or(""),
                 path: &m.route.path,
+                ordering_key: m.ordering_key.as_deref().unwrap_or(""),
             })
             .collect();
         let flat = self

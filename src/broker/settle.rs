@@ -20,11 +20,22 @@ struct ToDlq<'a> {
     count: u32,
 }
 
+/// What an Ack did.
+#[derive(Debug)]
+pub struct Acked {
+    /// One per receipt, in order.
+    pub outcomes: Vec<AckOutcome>,
+    /// Per (queue, group), in [`super::by_subscription`] order: an ordering
+    /// key's next entry fell due, so that group's reader should look now.
+    pub woke: Vec<bool>,
+}
+
 impl Broker {
     /// Ack receipts; one outcome per receipt, in order. Receipts of one
     /// (queue, group) go to Redis in one script call.
-    pub async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+    pub async fn ack(&self, receipts: &[Receipt]) -> Result<Acked> {
         let mut out = vec![AckOutcome::NotPending; receipts.len()];
+        let mut woke = Vec::new();
         let groups = by_subscription(receipts);
         let keys: Vec<_> = groups
             .iter()
@@ -44,7 +55,8 @@ impl Broker {
         });
         let results = futures::future::join_all(calls).await;
         for ((_, idx), held) in groups.iter().zip(results) {
-            let held = held?;
+            let scripts::AckReply { held, woke: w } = held?;
+            woke.push(w);
             let acked = held.iter().filter(|h| **h == Held::Held).count() as u64;
             if let Some(&first) = idx.first() {
                 crate::observe::acked(&receipts[first].queue, &receipts[first].group, acked);
@@ -57,7 +69,10 @@ impl Broker {
                 };
             }
         }
-        Ok(out)
+        Ok(Acked {
+            outcomes: out,
+            woke,
+        })
     }
 
     /// Exponential backoff with equal jitter for the n-th failed attempt.

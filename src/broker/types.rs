@@ -66,17 +66,21 @@ pub struct Outgoing {
     pub delay: Option<Duration>,
     /// Deduplication key within the queue.
     pub idempotency_key: Option<String>,
+    /// Delivered one at a time, in send order, among messages with the
+    /// same key, within each group (see `lua/common.lua`).
+    pub ordering_key: Option<String>,
     /// Whose quota a queue this message creates counts against (`None`:
     /// no per-token quota).
     pub creator: Option<Creator>,
 }
 
 impl Outgoing {
-    /// Nothing but an append: no TTL, delay or idempotency key.
+    /// Nothing but an append: no TTL, delay, idempotency or ordering key.
     pub(crate) fn is_plain(&self) -> bool {
         self.ttl.is_none()
             && self.delay.is_none_or(|d| d.is_zero())
             && self.idempotency_key.is_none()
+            && self.ordering_key.is_none()
     }
 }
 
@@ -116,6 +120,8 @@ pub struct Delivery {
     pub group: String,
     /// Milliseconds since the epoch, Redis clock.
     pub lease_expires_ms: u64,
+    /// Its ordering key (`None`: unordered).
+    pub ordering_key: Option<String>,
 }
 
 impl Delivery {
@@ -138,7 +144,14 @@ impl Delivery {
             .map(|(k, v)| k.len() + v.len() + 8)
             .sum();
         let names = self.queue.len() + self.group.len() + self.message_id.len();
-        self.payload.len() + headers + self.content_type.len() + self.path.len() + names * 3 + 96
+        let key = self.ordering_key.as_ref().map_or(0, String::len);
+        self.payload.len()
+            + headers
+            + self.content_type.len()
+            + self.path.len()
+            + names * 3
+            + key
+            + 96
     }
 
     /// Its receipt, signed and encoded for the client, without building a

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use crate::broker::envelope::OCTET_STREAM;
-use crate::broker::limits::{MAX_HEADERS, MAX_IDEMPOTENCY_KEY_BYTES, MAX_SCHEDULE};
+use crate::broker::limits::{
+    MAX_HEADERS, MAX_IDEMPOTENCY_KEY_BYTES, MAX_ORDERING_KEY_BYTES, MAX_SCHEDULE,
+};
 use crate::broker::receipt::Keys;
 use crate::broker::{Delivery, Outgoing, Target};
 use crate::error::{Error, Result};
@@ -115,6 +117,7 @@ pub fn outgoing(
         ttl,
         delay: delay_or_deliver_at(delay, r.deliver_at).map_err(at)?,
         idempotency_key: idempotency_key(r.idempotency_key).map_err(at)?,
+        ordering_key: ordering_key(r.ordering_key).map_err(at)?,
         creator: None,
     })
 }
@@ -202,6 +205,19 @@ fn idempotency_key(key: String) -> Result<Option<String>> {
     if key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(|c| c.is_control()) {
         return Err(Error::invalid(format!(
             "idempotency_key must be at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes, without control characters"
+        )));
+    }
+    Ok(Some(key))
+}
+
+fn ordering_key(key: String) -> Result<Option<String>> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_ORDERING_KEY_BYTES || key.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "ordering_key is {} bytes; it must be at most {MAX_ORDERING_KEY_BYTES} bytes, without control characters",
+            key.len()
         )));
     }
     Ok(Some(key))
@@ -323,6 +339,7 @@ pub fn delivery(d: Delivery, keys: &Keys) -> proto::Delivery {
         published_at: Some(timestamp_secs(d.published_at)),
         group: d.group,
         lease_expires_at: Some(timestamp_ms(d.lease_expires_ms)),
+        ordering_key: d.ordering_key.unwrap_or_default(),
     }
 }
 

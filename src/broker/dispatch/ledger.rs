@@ -421,6 +421,7 @@ mod tests {
             published_at: 0.0,
             group: "g".into(),
             lease_expires_ms: 1_000,
+            ordering_key: None,
         }
     }
 

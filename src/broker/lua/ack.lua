@@ -1,6 +1,7 @@
 -- KEYS: stream, leases
 -- ARGV: group, then pairs (id, count)
--- Returns one code per pair: HELD (now acked), NOT_PENDING or STALE.
+-- Returns one code per pair: HELD (now acked), NOT_PENDING or STALE, then
+-- 1 when an ordering key's next entry fell due (see order_settle), else 0.
 -- Checks each receipt (against the attempt its lease's score vouches for,
 -- see lease_score, else against XPENDING), then acks and drops the leases of
 -- all that hold theirs with one XACK and one ZREM.
@@ -25,4 +26,5 @@ if #ok > 0 then
   redis.call('XACK', stream, group, unpack(ok))
   redis.call('ZREM', leases, unpack(ok))
 end
+res[#res + 1] = order_settle_ids(stream, group, leases, ok) and 1 or 0
 return res

@@ -100,26 +100,6 @@ local function past_ttl(expiry, id, now)
   return at and tonumber(at) * 1000 <= now
 end
 
--- Lease entries just read as new (attempt 1) until NOW + LEASE_MS, with one
--- ZADD, or park those whose TTL has passed (HAS_EXPIRY: the queue has an
--- expiry set). Returns the set of ids parked.
-local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_ms, hold_ms, has_expiry)
-  -- The score as text, formatted once: a Lua number handed to Redis is
-  -- formatted again for every member.
-  local z, parked, deadline = {}, {}, lease_score(now + lease_ms, 1)
-  for _, id in ipairs(ids) do
-    if has_expiry and past_ttl(expiry, id, now) then
-      park(stream, group, leases, stats, id, now, hold_ms, 'expired')
-      parked[id] = true
-    else
-      z[#z + 1] = deadline
-      z[#z + 1] = id
-    end
-  end
-  if #z > 0 then redis.call('ZADD', leases, unpack(z)) end
-  return parked
-end
-
 -- Stream ids: parse and compare.
 local function parse_id(id)
   local d = string.find(id, '-', 1, true)
@@ -192,4 +172,152 @@ local function owner_refusal(path, queue, owner, allow)
   if path == '' or not owner or owner == path or allow == '1' then return nil end
   return redis.error_reply('OWNED path "' .. path .. '" maps to queue "' .. queue ..
     '", which belongs to "' .. owner .. '"; use that path (or start leanmqd with --allow-colliding-paths)')
+end
+
+-- Ordering keys (issue #19). A message sent with an ordering key carries it
+-- in its stream entry's ORDERING field, and is registered, when appended,
+-- with every group of the stream: {stream}:order:{group} is a sorted set
+-- of "key\0<padded id>" members (all scored 0, so ordered by key, then by
+-- id), one per keyed entry the group has not settled. A key's head is its
+-- first member, and only the head is ever delivered; the others, once
+-- read, wait pending under ORDER_WAIT with no lease until the head is
+-- acked or dead-lettered (order_settle), which makes the next one due.
+-- Groups made after a message was appended never read it unless made at
+-- an earlier start; such entries are not registered and go unordered.
+-- (ORDERING and ORDER_WAIT come from the preamble.)
+
+-- A stream id with both parts zero-padded, so that text order is id order.
+local function pad(id)
+  local d = string.find(id, '-', 1, true)
+  local ms, seq = string.sub(id, 1, d - 1), string.sub(id, d + 1)
+  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+end
+
+-- The stream id of a member (its text after the key's NUL).
+local function member_id(m)
+  local nul = string.find(m, '\0', 1, true)
+  local ms, seq = string.match(string.sub(m, nul + 1), '^0*(%d-)-0*(%d-)$')
+  if ms == '' then ms = '0' end
+  if seq == '' then seq = '0' end
+  return ms .. '-' .. seq
+end
+
+-- The value of field NAME in an entry's field list, or nil.
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end
+
+-- The ordering key of entry ID, read from the stream ('' when none or gone).
+local function entry_key(stream, id)
+  local e = redis.call('XRANGE', stream, id, id)
+  if #e == 0 then return '' end
+  return field(e[1][2], ORDERING) or ''
+end
+
+-- Register a keyed entry just appended with each of GROUPS (group_names).
+local function order_register(stream, id, key, groups)
+  local m = key .. '\0' .. pad(id)
+  for _, g in ipairs(groups) do
+    redis.call('ZADD', stream .. ':order:' .. g, 0, m)
+  end
+end
+
+-- The earliest unsettled member of KEY in ordering set Z, or nil.
+local function order_first(z, key)
+  local r = redis.call('ZRANGE', z, '[' .. key .. '\0', '(' .. key .. '\1', 'BYLEX', 'LIMIT', 0, 1)
+  return r[1]
+end
+
+-- Make a waiting entry due now (its delivery count kept, as release.lua does).
+local function order_wake(stream, group, leases, id, n, now)
+  redis.call('XCLAIM', stream, group, RETRY, 0, id, 'JUSTID', 'RETRYCOUNT', math.max(n - 1, 0))
+  redis.call('ZADD', leases, now, id)
+end
+
+-- Park entry ID (delivery count N) to wait for its key's turn.
+local function order_park(stream, group, leases, id, n)
+  redis.call('XCLAIM', stream, group, ORDER_WAIT, 0, id, 'JUSTID', 'RETRYCOUNT', n)
+  redis.call('ZREM', leases, id)
+end
+
+-- Is it entry ID's (ordering key KEY) turn in GROUP? True when it heads
+-- its key, or is not registered (unordered for this group). A head that is
+-- no longer pending though a later entry was read was settled behind our
+-- back (a LeanMQ consumer's XACK, a deleted entry) and is dropped; a head
+-- waiting under ORDER_WAIT (its wake-up was missed) is woken.
+local function order_turn(stream, group, leases, id, key, now)
+  local z = stream .. ':order:' .. group
+  local mine = key .. '\0' .. pad(id)
+  if not redis.call('ZSCORE', z, mine) then return true end
+  for _ = 1, 32 do
+    local first = order_first(z, key)
+    if first == nil or first == mine then return true end
+    local h = member_id(first)
+    local consumer, n = pending(stream, group, h)
+    if consumer == nil then
+      redis.call('ZREM', z, first)
+    else
+      if consumer == ORDER_WAIT then order_wake(stream, group, leases, h, n, now) end
+      return false
+    end
+  end
+  return false
+end
+
+-- Entry ID (ordering key KEY) left GROUP's pending list (acked or
+-- dead-lettered): its key's next entry, if read and waiting, falls due.
+-- Returns true when one did.
+local function order_settle(stream, group, leases, id, key, now)
+  if key == '' then return false end
+  local z = stream .. ':order:' .. group
+  redis.call('ZREM', z, key .. '\0' .. pad(id))
+  local first = order_first(z, key)
+  if first == nil then return false end
+  local h = member_id(first)
+  local consumer, n = pending(stream, group, h)
+  if consumer ~= ORDER_WAIT then return false end
+  order_wake(stream, group, leases, h, n, now)
+  return true
+end
+
+-- Settle the ordering of entries IDS of GROUP (read from the stream when
+-- the group has ordering state at all). Returns true when any key's next
+-- entry fell due.
+local function order_settle_ids(stream, group, leases, ids)
+  local z = stream .. ':order:' .. group
+  if #ids == 0 or redis.call('EXISTS', z) == 0 then return false end
+  local now, woke = now_ms(), false
+  for _, id in ipairs(ids) do
+    if order_settle(stream, group, leases, id, entry_key(stream, id), now) then woke = true end
+  end
+  return woke
+end
+
+-- Lease entries just read as new (attempt 1) until NOW + LEASE_MS, with one
+-- ZADD, or park those whose TTL has passed (HAS_EXPIRY: the queue has an
+-- expiry set), or, when KEYS (id -> ordering key) names a key whose turn it
+-- is not, park them to wait for it. Returns the sets of ids parked for the
+-- DLQ and parked to wait.
+local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_ms, hold_ms, has_expiry, keys)
+  -- The score as text, formatted once: a Lua number handed to Redis is
+  -- formatted again for every member.
+  local z, parked, waiting, deadline = {}, {}, {}, lease_score(now + lease_ms, 1)
+  for _, id in ipairs(ids) do
+    local key = keys and keys[id] or ''
+    if has_expiry and past_ttl(expiry, id, now) then
+      park(stream, group, leases, stats, id, now, hold_ms, 'expired')
+      parked[id] = true
+    elseif key ~= '' and not order_turn(stream, group, leases, id, key, now) then
+      order_park(stream, group, leases, id, 1)
+      waiting[id] = true
+    else
+      z[#z + 1] = deadline
+      z[#z + 1] = id
+    end
+  end
+  if #z > 0 then redis.call('ZADD', leases, unpack(z)) end
+  return parked, waiting
 end

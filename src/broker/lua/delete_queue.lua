@@ -11,7 +11,7 @@ local names = group_names(KEYS[1])
 local n = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then n = redis.call('XLEN', KEYS[1]) end
 n = n + redis.call('ZCARD', KEYS[3])
-for _, g in ipairs(names) do redis.call('DEL', KEYS[1] .. ':leases:' .. g) end
+for _, g in ipairs(names) do redis.call('DEL', KEYS[1] .. ':leases:' .. g, KEYS[1] .. ':order:' .. g) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[12], KEYS[1] .. ':delayed:seq')
 local global = KEYS[5] ~= KEYS[1]  -- false in Redis Cluster: the caller does these
 if global then

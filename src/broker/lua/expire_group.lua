@@ -16,5 +16,5 @@ for _, c in ipairs(cs) do
   end
 end
 redis.call('XGROUP', 'DESTROY', KEYS[1], group)
-redis.call('DEL', KEYS[1] .. ':leases:' .. group)
+redis.call('DEL', KEYS[1] .. ':leases:' .. group, KEYS[1] .. ':order:' .. group)
 return 1

@@ -16,6 +16,8 @@ local hold_ms = tonumber(ARGV[6])
 local unleased_ms = tonumber(ARGV[7])
 local now = now_ms()
 local has_expiry = redis.call('EXISTS', KEYS[3]) == 1
+-- The group has keyed entries it has not settled (see order_turn).
+local has_order = redis.call('EXISTS', stream .. ':order:' .. group) == 1
 
 local function expired(id)
   return has_expiry and past_ttl(KEYS[3], id, now)
@@ -28,6 +30,18 @@ local function to_dead(id, n, fields, why)
   dead[#dead + 1] = {id, n, fields, why}
 end
 
+-- Keyed entries waiting for their turn whose wake-up was missed (their
+-- head was settled behind leanmqd's back): looked at on the same rounds as
+-- unleased entries, 100 at a time; those whose turn it is fall due now.
+if has_order and unleased_ms > 0 then
+  local waiting = redis.call('XPENDING', stream, group, 'IDLE', unleased_ms, '-', '+', 100, ORDER_WAIT)
+  for _, p in ipairs(waiting) do
+    local key = entry_key(stream, p[1])
+    if key == '' or order_turn(stream, group, leases, p[1], key, now) then
+      order_wake(stream, group, leases, p[1], tonumber(p[4]), now)
+    end
+  end
+end
 local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
 local picked = {}
 -- Pending entries idle this long without a lease are taken as if due.
@@ -36,7 +50,7 @@ local function orphans(idle_ms)
   local idle = redis.call('XPENDING', stream, group, 'IDLE', idle_ms, '-', '+', 100)
   for _, p in ipairs(idle) do
     if #due >= count then break end
-    if not picked[p[1]] and redis.call('ZSCORE', leases, p[1]) == false then
+    if not picked[p[1]] and p[2] ~= ORDER_WAIT and redis.call('ZSCORE', leases, p[1]) == false then
       picked[p[1]] = true
       due[#due + 1] = p[1]
     end
@@ -68,6 +82,7 @@ for _, id in ipairs(due) do
   local consumer, n = pending(stream, group, id)
   if consumer == nil then
     redis.call('ZREM', leases, id) -- settled elsewhere
+    if has_order then order_settle(stream, group, leases, id, entry_key(stream, id), now) end
   else
     local exhausted = n >= max_attempts
     if exhausted or expired(id) then
@@ -88,8 +103,13 @@ for _, id in ipairs(due) do
         redis.call('XACK', stream, group, id) -- entry deleted under us
         redis.call('ZREM', leases, id)
       else
-        redis.call('ZADD', leases, lease_score(now + lease_ms, n + 1), id)
-        out[#out + 1] = {id, n + 1, c[1][2]}
+        local key = has_order and field(c[1][2], ORDERING) or nil
+        if key and not order_turn(stream, group, leases, id, key, now) then
+          order_park(stream, group, leases, id, n)
+        else
+          redis.call('ZADD', leases, lease_score(now + lease_ms, n + 1), id)
+          out[#out + 1] = {id, n + 1, c[1][2]}
+        end
       end
     end
   end
@@ -98,12 +118,18 @@ local want = count - #out
 if want > 0 then
   local r = redis.call('XREADGROUP', 'GROUP', group, HOLDER, 'COUNT', want, 'STREAMS', stream, '>')
   if r then
-    local entries, ids = r[1][2], {}
-    for i, e in ipairs(entries) do ids[i] = e[1] end
-    local parked = lease_new(stream, group, leases, KEYS[3], KEYS[4], ids, now, lease_ms, hold_ms, has_expiry)
+    local entries, ids, keys = r[1][2], {}, nil
+    if has_order then keys = {} end
+    for i, e in ipairs(entries) do
+      ids[i] = e[1]
+      if keys then keys[e[1]] = field(e[2], ORDERING) or '' end
+    end
+    local parked, waiting = lease_new(stream, group, leases, KEYS[3], KEYS[4], ids, now, lease_ms, hold_ms, has_expiry, keys)
     for _, e in ipairs(entries) do
       if parked[e[1]] then
         dead[#dead + 1] = {e[1], 1, e[2], 'expired'}
+      elseif waiting[e[1]] then
+        -- waits for its key's turn
       else
         out[#out + 1] = {e[1], 1, e[2]}
       end

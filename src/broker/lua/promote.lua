@@ -8,12 +8,27 @@ if KEYS[1] ~= KEYS[2] then
 end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local groups = nil  -- the stream's groups, read once if a keyed message is due
 for _, sid in ipairs(due) do
   local v = redis.call('HGET', KEYS[4], sid)
   if v then
+    local okey = nil
+    if string.sub(v, 1, 1) == 'k' then  -- keyed (send.lua): 'k' exp \n key \n data
+      local nl = string.find(v, '\n', 1, true)
+      local nl2 = string.find(v, '\n', nl + 1, true)
+      okey = string.sub(v, nl + 1, nl2 - 1)
+      v = string.sub(v, 2, nl) .. string.sub(v, nl2 + 1)
+    end
     local nl = string.find(v, '\n', 1, true)
     local exp, data = string.sub(v, 1, nl - 1), string.sub(v, nl + 1)
-    local id = redis.call('XADD', KEYS[2], '*', 'data', data)
+    local id
+    if okey then
+      id = redis.call('XADD', KEYS[2], '*', 'data', data, ORDERING, okey)
+      groups = groups or group_names(KEYS[2])
+      order_register(KEYS[2], id, okey, groups)
+    else
+      id = redis.call('XADD', KEYS[2], '*', 'data', data)
+    end
     if exp ~= '' then redis.call('ZADD', KEYS[5], tonumber(exp) / 1000, id) end
   end
   redis.call('HDEL', KEYS[4], sid)

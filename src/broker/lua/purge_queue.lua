@@ -10,7 +10,7 @@ n = n + redis.call('ZCARD', KEYS[3])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 if KEYS[5] ~= KEYS[1] then redis.call('ZREM', KEYS[5], ARGV[1]) end
 for _, g in ipairs(names) do
-  redis.call('DEL', KEYS[1] .. ':leases:' .. g)
+  redis.call('DEL', KEYS[1] .. ':leases:' .. g, KEYS[1] .. ':order:' .. g)
   local e = mkgroup(KEYS[1], g); if e then return e end
 end
 return n

@@ -4,8 +4,8 @@
 -- ARGV: created_at, nqueues, dedup_window_ms, max registry members (0: no
 --       cap), owner set key ('' for none), owner's max queues, owner name,
 --       allow colliding paths ('1' or '0'), queue names...,
---       then per message (6 each): queue index, data, ttl_ms | '',
---       delay_ms | '', idempotency key | '', path
+--       then per message (7 each): queue index, data, ttl_ms | '',
+--       delay_ms | '', idempotency key | '', path, ordering key | ''
 -- Returns per message: value ('m:<entry id>' or 's:<schedule id>'), duplicate (0/1)
 local nq = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
@@ -27,7 +27,7 @@ end
 -- Every path must be its queue's owner, or claim an unowned queue (the
 -- batch's first path for it does), before anything is written.
 local owner, claim = {}, {}
-for j = names + 1 + nq, #ARGV, 6 do
+for j = names + 1 + nq, #ARGV, 7 do
   local qi, path = tonumber(ARGV[j]), ARGV[j + 5]
   if path ~= '' then
     if owner[qi] == nil then
@@ -59,9 +59,11 @@ end
 local now = now_ms()
 local out = {}
 local recorded = {}  -- (queue, path) pairs already added to the paths set
-for j = names + 1 + nq, #ARGV, 6 do
+local groups = {}    -- queue index -> its groups, read once (for ordering keys)
+for j = names + 1 + nq, #ARGV, 7 do
   local qi = tonumber(ARGV[j])
   local data, ttl, delay, dkey, path = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], ARGV[j + 5]
+  local okey = ARGV[j + 6]
   local stream = k(qi, 1)
   local qp = qi .. ' ' .. path
   if not recorded[qp] and path ~= '' then  -- '': addressed by queue name, no path
@@ -81,12 +83,25 @@ for j = names + 1 + nq, #ARGV, 6 do
       local sid = tostring(redis.call('INCR', stream .. ':delayed:seq'))
       local due = now + tonumber(delay)
       redis.call('ZADD', k(qi, 6), due, sid)
-      redis.call('HSET', k(qi, 7), sid, exp .. '\n' .. data)
+      -- A keyed one is marked 'k' (an unkeyed one starts with a digit or
+      -- the newline), its key on a line of its own.
+      if okey ~= '' then
+        redis.call('HSET', k(qi, 7), sid, 'k' .. exp .. '\n' .. okey .. '\n' .. data)
+      else
+        redis.call('HSET', k(qi, 7), sid, exp .. '\n' .. data)
+      end
       -- (In Redis Cluster KEYS[2] is the stream: the caller updates the schedule.)
       if KEYS[2] ~= stream then redis.call('ZADD', KEYS[2], 'LT', due, ARGV[names + qi]) end
       val = 's:' .. sid
     else
-      local id = redis.call('XADD', stream, '*', 'data', data)
+      local id
+      if okey ~= '' then
+        id = redis.call('XADD', stream, '*', 'data', data, ORDERING, okey)
+        groups[qi] = groups[qi] or group_names(stream)
+        order_register(stream, id, okey, groups[qi])
+      else
+        id = redis.call('XADD', stream, '*', 'data', data)
+      end
       if exp ~= '' then redis.call('ZADD', k(qi, 5), exp / 1000, id) end
       val = 'm:' .. id
     end

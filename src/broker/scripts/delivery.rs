@@ -2,7 +2,9 @@
 
 use redis::{Script, ScriptInvocation, Value};
 
-use super::{as_array, as_i64, as_string, bad_reply, data_field, Call, Held, Scripts};
+use super::{
+    as_array, as_i64, as_string, bad_reply, data_field, ordering_field, Call, Held, Scripts,
+};
 use crate::error::Result;
 use crate::routing::QueueKeys;
 
@@ -77,6 +79,8 @@ pub struct Taken {
     pub id: String,
     pub attempt: u32,
     pub data: Option<Vec<u8>>,
+    /// Its ordering key (`None`: unordered).
+    pub ordering_key: Option<String>,
 }
 
 /// One entry a round parked for dead-lettering.
@@ -141,6 +145,7 @@ fn parse_fetch(v: &Value) -> Option<FetchReply> {
             id: as_string(&e[0])?,
             attempt: u32::try_from(as_i64(&e[1])?).ok()?,
             data: data_field(&e[2]),
+            ordering_key: ordering_field(&e[2]),
         });
     }
     for e in as_array(&top[2])? {
@@ -156,24 +161,27 @@ fn parse_fetch(v: &Value) -> Option<FetchReply> {
 }
 
 /// `lease.lua`: lease entries a plain XREADGROUP just took, or park those
-/// whose TTL has passed.
+/// whose TTL has passed, or those whose ordering key is not theirs yet.
 pub struct Lease<'a> {
     pub keys: &'a QueueKeys,
     pub leases: &'a str,
     pub group: &'a str,
     pub lease_ms: u64,
     pub hold_ms: u64,
-    pub ids: Vec<&'a str>,
+    /// (entry id, ordering key or "") of each entry taken.
+    pub ids: Vec<(&'a str, &'a str)>,
 }
 
-/// Redis' clock, and the ids parked instead of leased.
+/// Redis' clock, the ids parked for the DLQ instead of leased, and the
+/// ids left waiting for their ordering key's turn.
 pub struct LeaseReply {
     pub now_ms: u64,
     pub parked: Vec<String>,
+    pub waiting: Vec<String>,
 }
 
 impl Call for Lease<'_> {
-    type Raw = (u64, Vec<String>);
+    type Raw = (u64, Vec<String>, Vec<String>);
     type Reply = LeaseReply;
     fn script<'s>(&self, s: &'s Scripts) -> &'s Script {
         &s.lease
@@ -186,12 +194,16 @@ impl Call for Lease<'_> {
             .arg(self.group)
             .arg(self.lease_ms)
             .arg(self.hold_ms);
-        for id in &self.ids {
-            inv.arg(*id);
+        for (id, key) in &self.ids {
+            inv.arg(*id).arg(*key);
         }
     }
-    fn reply((now_ms, parked): (u64, Vec<String>)) -> Result<LeaseReply> {
-        Ok(LeaseReply { now_ms, parked })
+    fn reply((now_ms, parked, waiting): Self::Raw) -> Result<LeaseReply> {
+        Ok(LeaseReply {
+            now_ms,
+            parked,
+            waiting,
+        })
     }
 }
 
@@ -204,10 +216,18 @@ pub struct Ack<'a> {
     pub receipts: Vec<(&'a str, u32)>,
 }
 
+/// What `ack.lua` did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AckReply {
+    /// One per receipt, in order.
+    pub held: Vec<Held>,
+    /// An ordering key's next entry fell due (its reader should look).
+    pub woke: bool,
+}
+
 impl Call for Ack<'_> {
     type Raw = Vec<i64>;
-    /// One per receipt, in order.
-    type Reply = Vec<Held>;
+    type Reply = AckReply;
     fn script<'s>(&self, s: &'s Scripts) -> &'s Script {
         &s.ack
     }
@@ -217,11 +237,17 @@ impl Call for Ack<'_> {
             inv.arg(*id).arg(*attempt);
         }
     }
-    fn reply(codes: Vec<i64>) -> Result<Vec<Held>> {
-        codes
+    fn reply(mut codes: Vec<i64>) -> Result<AckReply> {
+        let woke = match codes.pop() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(bad_reply("ack")),
+        };
+        let held = codes
             .into_iter()
             .map(|c| Held::from_code(c, "ack"))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(AckReply { held, woke })
     }
 }
 
@@ -373,7 +399,8 @@ mod tests {
             vec![Taken {
                 id: "1-1".into(),
                 attempt: 2,
-                data: Some(b"{\"a\":1}".to_vec())
+                data: Some(b"{\"a\":1}".to_vec()),
+                ordering_key: None,
             }]
         );
         assert_eq!(r.parked.len(), 1);
@@ -410,10 +437,15 @@ mod tests {
     #[test]
     fn ack_codes_become_outcomes_and_unknown_codes_fail() {
         assert_eq!(
-            Ack::reply(vec![1, 2, 3]).ok(),
-            Some(vec![Held::Held, Held::NotPending, Held::Stale])
+            Ack::reply(vec![1, 2, 3, 1]).ok(),
+            Some(AckReply {
+                held: vec![Held::Held, Held::NotPending, Held::Stale],
+                woke: true
+            })
         );
-        assert!(Ack::reply(vec![1, 0]).is_err());
+        assert!(Ack::reply(vec![1, 0, 0]).is_err());
+        assert!(Ack::reply(vec![1, 2]).is_err());
+        assert!(Ack::reply(vec![]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! a script's KEYS or ARGV by position or reads its reply by index.
 //!
 //! The names and codes Rust and Lua share are defined here once
-//! ([`HOLDER`], [`RETRY_HOLD`], [`DLQ_HOLD`], [`Held`]) and handed to Lua in a
+//! ([`HOLDER`], [`RETRY_HOLD`], [`DLQ_HOLD`], [`ORDER_WAIT`], [`Held`]) and handed to Lua in a
 //! generated preamble that comes before `lua/common.lua` in every script.
 
 mod delivery;
@@ -28,6 +28,10 @@ pub const RETRY_HOLD: &str = "leanmq-grpc-retry";
 /// Consumer name of entries whose lease ran out on their last attempt (or
 /// whose TTL passed), parked while a replica moves them to the DLQ.
 pub const DLQ_HOLD: &str = "leanmq-grpc-dlq";
+/// Consumer name of keyed entries read while an earlier entry of their
+/// ordering key is still unsettled: they wait here, unleased and
+/// undelivered, until it is acked or dead-lettered (see `lua/common.lua`).
+pub const ORDER_WAIT: &str = "leanmq-grpc-order";
 
 /// Whether a receipt still holds its delivery: the code the settling
 /// scripts (`ack`, `retry`, `extend`, `dead_letter`, `release`) return.
@@ -72,6 +76,7 @@ impl Held {
 fn preamble() -> String {
     format!(
         "local HOLDER = '{HOLDER}'\nlocal RETRY = '{RETRY_HOLD}'\nlocal DLQ_HOLD = '{DLQ_HOLD}'\n\
+         local ORDER_WAIT, ORDERING = '{ORDER_WAIT}', '{ORDERING_FIELD}'\n\
          local HELD, NOT_PENDING, STALE = {}, {}, {}\n",
         Held::Held as i64,
         Held::NotPending as i64,
@@ -169,9 +174,22 @@ pub(crate) fn as_array(v: &Value) -> Option<&[Value]> {
 
 /// The `data` field of an entry's field list.
 pub(crate) fn data_field(fields: &Value) -> Option<Vec<u8>> {
+    named_field(fields, b"data")
+}
+
+/// The stream field holding a keyed entry's ordering key (LeanMQ ignores
+/// fields other than `data`).
+pub const ORDERING_FIELD: &str = "ordering_key";
+
+/// The ordering key of an entry's field list (`None`: unordered).
+pub(crate) fn ordering_field(fields: &Value) -> Option<String> {
+    named_field(fields, ORDERING_FIELD.as_bytes()).and_then(|k| String::from_utf8(k).ok())
+}
+
+fn named_field(fields: &Value, name: &[u8]) -> Option<Vec<u8>> {
     let f = as_array(fields)?;
     f.chunks(2).find_map(|kv| match kv {
-        [Value::BulkString(k), Value::BulkString(v)] if k == b"data" => Some(v.clone()),
+        [Value::BulkString(k), Value::BulkString(v)] if k == name => Some(v.clone()),
         _ => None,
     })
 }
@@ -199,6 +217,7 @@ pub(crate) mod tests {
             "HOLDER",
             "RETRY",
             "DLQ_HOLD",
+            "ORDER_WAIT",
             "HELD",
             "NOT_PENDING",
             "STALE",
@@ -206,6 +225,7 @@ pub(crate) mod tests {
             assert!(pre.contains(&format!("local {name}")) || pre.contains(&format!(", {name}")));
         }
         assert!(pre.contains("'leanmq-grpc-dlq'"));
+        assert!(pre.contains("ORDER_WAIT, ORDERING = 'leanmq-grpc-order', 'ordering_key'"));
         assert!(pre.contains("= 1, 2, 3"));
         // No Lua file defines them again.
         assert!(!include_str!("../lua/common.lua").contains("local HOLDER ="));

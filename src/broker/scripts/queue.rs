@@ -15,6 +15,8 @@ pub struct SendItem<'a> {
     pub delay_ms: Option<u128>,
     pub idempotency_key: &'a str,
     pub path: &'a str,
+    /// "" for none.
+    pub ordering_key: &'a str,
 }
 
 /// What creating a queue must fit in (`admit` in common.lua). In Redis
@@ -93,7 +95,8 @@ impl Call for Send<'_> {
                 .arg(ms(m.ttl_ms))
                 .arg(ms(m.delay_ms))
                 .arg(m.idempotency_key)
-                .arg(m.path);
+                .arg(m.path)
+                .arg(m.ordering_key);
         }
     }
     fn reply(flat: Vec<(String, i64)>) -> Result<Self::Reply> {
