@@ -3,6 +3,7 @@
 //! webhook-id, 410 pausing, Retry-After, secret rotation, the DLQ after
 //! max_attempts, SSRF refusals and the bounds on every field.
 
+mod cli_support;
 mod common;
 
 use std::collections::VecDeque;
@@ -453,6 +454,80 @@ async fn ssrf_targets_are_refused_at_creation() {
     s.d.stop().await;
 }
 
+/// A subscription whose name resolves to loopback only at connect time (as
+/// after a DNS rebinding) reaches nothing: stored behind the creation
+/// check's back, its pushes fail in the resolver and dead-letter.
+#[tokio::test]
+async fn the_resolver_refuses_what_the_creation_check_would() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.push_allow_http = true;
+        c.push_poll_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut admin = AdminClient::new(d.channel().await);
+    let mut client = d.client().await;
+    let rx = Receiver::default();
+    let endpoint = rx.start().await.replace("127.0.0.1", "localhost");
+    let err = create(&mut admin, sub("rebind", "/rebind/", &endpoint))
+        .await
+        .expect_err("localhost is loopback");
+    assert!(err.message().contains("resolves to"), "{}", err.message());
+    let spec = leanmq_grpc::push::Spec {
+        name: "rebind".into(),
+        path: "/rebind/".into(),
+        group: "push-rebind".into(),
+        start: "0".into(),
+        endpoint,
+        secrets: vec![SECRET_A.into()],
+        timeout_ms: 2000,
+        max_in_flight: 1,
+        max_attempts: 1,
+        retry_schedule_ms: vec![0],
+        max_backoff_ms: 1000,
+        headers: vec![],
+    };
+    let mut r = redis.conn();
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg("webhook:{#push}:sub:rebind")
+        .arg("spec")
+        .arg(serde_json::to_string(&spec).expect("json"))
+        .arg("state")
+        .arg("active")
+        .cmd("SADD")
+        .arg("webhook:{#push}:index")
+        .arg("rebind")
+        .query(&mut r)
+        .expect("stored");
+    send(&mut client, "/rebind/", "{}").await;
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let page = admin
+            .list_dead_letters(proto::ListDeadLettersRequest {
+                path: "/rebind/".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("dlq")
+            .into_inner();
+        if let Some(d) = page.dead_letters.into_iter().next() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        dead.last_reason
+            .contains("resolves only to addresses pushes may not reach"),
+        "{}",
+        dead.last_reason
+    );
+    assert!(rx.hits().is_empty(), "the receiver was reached");
+    let mut d = d;
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn every_field_is_bounded() {
     let mut s = setup().await;
@@ -588,5 +663,52 @@ async fn every_field_is_bounded() {
         .await
         .expect_err("deleted");
     assert_eq!(gone.code(), tonic::Code::NotFound);
+    s.d.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_creates_lists_pauses_and_deletes() {
+    use cli_support::{http, leanmq};
+    let s = setup().await;
+    let addr = http(&s.d);
+    leanmq(
+        &addr,
+        &[
+            "push",
+            "create",
+            "cli",
+            "--path",
+            "/cli/",
+            "--endpoint",
+            &s.endpoint,
+            "--secret",
+            SECRET_A,
+            "--header",
+            "x-team=ops",
+        ],
+    )
+    .await
+    .ok();
+    let listed = leanmq(&addr, &["--json", "push", "list"]).await.ok().json();
+    assert_eq!(listed[0]["name"], "cli");
+    assert_eq!(listed[0]["state"], "active");
+    assert_eq!(listed[0]["secret_count"], 1);
+    assert!(!listed.to_string().contains(SECRET_A), "no secret shown");
+    let paused = leanmq(&addr, &["--json", "push", "pause", "cli"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(paused["state_reason"], "paused by an operator");
+    let resumed = leanmq(&addr, &["--json", "push", "resume", "cli"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(resumed["state"], "active");
+    leanmq(&addr, &["push", "delete", "cli"]).await.ok();
+    leanmq(&addr, &["push", "get", "cli"])
+        .await
+        .fails(1, "no push subscription");
+    let mut s = s;
     s.d.stop().await;
 }
