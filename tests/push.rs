@@ -712,3 +712,35 @@ async fn the_cli_creates_lists_pauses_and_deletes() {
     let mut s = s;
     s.d.stop().await;
 }
+
+#[tokio::test]
+async fn the_console_lists_push_subscriptions_with_their_state() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.push_allow_private = true;
+        c.console_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let mut admin = AdminClient::new(d.channel().await);
+    let p = sub("console-sub", "/console/", "http://127.0.0.1:9/hook");
+    create(&mut admin, p).await.expect("created");
+    let console = d
+        .running
+        .as_ref()
+        .and_then(|r| r.console_addr)
+        .expect("console");
+    let body = reqwest::get(format!("http://{console}/push"))
+        .await
+        .expect("console answers")
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("console-sub"), "{body}");
+    assert!(
+        body.contains("/console/") && body.contains("active"),
+        "{body}"
+    );
+    assert!(!body.contains(SECRET_A), "no secret on the page");
+    let mut d = d;
+    d.stop().await;
+}
