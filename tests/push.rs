@@ -344,6 +344,25 @@ async fn retry_after_is_honoured() {
     let hits = s.rx.wait_hits(4).await;
     let gap = hits[3].at - hits[2].at;
     assert!(gap < Duration::from_millis(1500), "retried after {gap:?}");
+    // Retry-After is capped at the subscription's max_backoff.
+    let mut capped = sub("capped", "/capped/", &s.endpoint);
+    capped.max_backoff = Some(prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    create(&mut s.admin, capped).await.expect("created");
+    s.rx.script(vec![(
+        429,
+        vec![("retry-after", "3600".into())],
+        "slow down".into(),
+    )]);
+    send(&mut s.client, "/capped/", "{}").await;
+    let hits = s.rx.wait_hits(6).await;
+    let gap = hits[5].at - hits[4].at;
+    assert!(
+        gap >= Duration::from_millis(900) && gap < Duration::from_secs(10),
+        "retried after {gap:?}, not max_backoff's 1s"
+    );
     s.d.stop().await;
 }
 
