@@ -221,6 +221,12 @@ pub fn method_label(path: &str) -> RpcLabels {
         ("leanmq.v1.Admin", "PurgeDeadLetters", UNARY),
         ("leanmq.v1.Admin", "PurgeQueue", UNARY),
         ("leanmq.v1.Admin", "DeleteQueue", UNARY),
+        ("leanmq.v1.Admin", "CreateQueue", UNARY),
+        ("leanmq.v1.Admin", "CreatePushSubscription", UNARY),
+        ("leanmq.v1.Admin", "GetPushSubscription", UNARY),
+        ("leanmq.v1.Admin", "ListPushSubscriptions", UNARY),
+        ("leanmq.v1.Admin", "UpdatePushSubscription", UNARY),
+        ("leanmq.v1.Admin", "DeletePushSubscription", UNARY),
         ("grpc.health.v1.Health", "Check", UNARY),
         ("grpc.health.v1.Health", "Watch", "server_stream"),
         (
@@ -354,6 +360,10 @@ mod tests {
         assert_eq!(
             method_label("/leanmq.v1.Broker/Subscribe").kind,
             "server_stream"
+        );
+        assert_eq!(
+            method_label("/leanmq.v1.Admin/CreatePushSubscription").method,
+            "CreatePushSubscription"
         );
         assert_eq!(
             method_label("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").kind,
