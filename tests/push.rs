@@ -763,3 +763,100 @@ async fn the_console_lists_push_subscriptions_with_their_state() {
     let mut d = d;
     d.stop().await;
 }
+
+fn as_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    r
+}
+
+/// Push RPCs need admin on the subscription's path: a token that only
+/// sends and subscribes may not create one, one with admin on `/mine/>`
+/// may there and nowhere else, and sees only its own in List and Get.
+#[tokio::test]
+async fn push_rpcs_need_admin_on_the_path() {
+    let redis = RedisProc::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = leanmq_grpc::auth::hash_token;
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[tokens]]\nname = \"user\"\nhash = \"{}\"\nsend = [\">\"]\nsubscribe = [\">\"]\n\n\
+             [[tokens]]\nname = \"mine\"\nhash = \"{}\"\nadmin = [\"/mine/>\"]\n\n\
+             [[tokens]]\nname = \"root\"\nhash = \"{}\"\nadmin = [\">\"]\n",
+            h("user-secret"),
+            h("mine-secret"),
+            h("root-secret"),
+        ),
+    )
+    .expect("tokens file");
+    let d = Leanmqd::start_with(&redis.url(), move |c| {
+        c.auth_tokens = Some(file);
+        c.push_allow_private = true;
+    })
+    .await;
+    let mut admin = AdminClient::new(d.channel().await);
+    let endpoint = "http://127.0.0.1:9/hook";
+    let req = |name: &str, path: &str| proto::CreatePushSubscriptionRequest {
+        subscription: Some(sub(name, path, endpoint)),
+        prefix: String::new(),
+    };
+    let denied = admin
+        .create_push_subscription(as_token(req("u", "/mine/a/"), "user-secret"))
+        .await
+        .expect_err("no admin grant");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let outside = admin
+        .create_push_subscription(as_token(req("o", "/theirs/"), "mine-secret"))
+        .await
+        .expect_err("outside its grant");
+    assert_eq!(outside.code(), tonic::Code::PermissionDenied);
+    admin
+        .create_push_subscription(as_token(req("m", "/mine/a/"), "mine-secret"))
+        .await
+        .expect("inside its grant");
+    admin
+        .create_push_subscription(as_token(req("r", "/theirs/"), "root-secret"))
+        .await
+        .expect("root");
+    let listed = admin
+        .list_push_subscriptions(as_token(
+            proto::ListPushSubscriptionsRequest::default(),
+            "mine-secret",
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    let names: Vec<&str> = listed
+        .subscriptions
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["m"]);
+    let get = |name: &str| proto::GetPushSubscriptionRequest {
+        name: name.into(),
+        prefix: String::new(),
+    };
+    let hidden = admin
+        .get_push_subscription(as_token(get("r"), "mine-secret"))
+        .await
+        .expect_err("another's subscription");
+    assert_eq!(hidden.code(), tonic::Code::PermissionDenied);
+    let del = admin
+        .delete_push_subscription(as_token(
+            proto::DeletePushSubscriptionRequest {
+                name: "r".into(),
+                prefix: String::new(),
+            },
+            "mine-secret",
+        ))
+        .await
+        .expect_err("another's subscription");
+    assert_eq!(del.code(), tonic::Code::PermissionDenied);
+    let mut d = d;
+    d.stop().await;
+}
