@@ -36,6 +36,10 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// An object of that name exists already (a push subscription).
+    #[error("{0}")]
+    AlreadyExists(String),
+
     /// Redis could not be reached or did not answer in time. The operation
     /// may or may not have been applied; the client should retry.
     #[error("redis unavailable: {0}")]
@@ -206,6 +210,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) | Error::PayloadTooLarge { .. } => Code::InvalidArgument,
             Error::LeaseLost(_) | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,

@@ -40,6 +40,8 @@
 //!   over the Admin service, called in-process with the caller's grant.
 //! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
 //! - [`backoff`] — retry delays, in one place.
+//! - [`push`] — push delivery: subscriptions stored in Redis, a runner per
+//!   replica POSTing each delivery signed per Standard Webhooks (docs/push.md).
 
 pub mod auth;
 pub mod backoff;
@@ -51,6 +53,7 @@ pub mod error;
 pub mod layers;
 pub mod listen;
 pub mod observe;
+pub mod push;
 pub mod queues;
 pub mod routing;
 pub mod rpc;

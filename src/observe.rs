@@ -27,6 +27,10 @@
 //! | `leanmq_serving` | | 1 while health says SERVING, 0 while Redis is unreachable |
 //! | `leanmq_load_shed_total` | | unary calls refused by `--max-concurrent-rpcs` |
 //! | `leanmq_open_streams` | | Subscribe streams open on this replica |
+//! | `leanmq_push_requests_total` | subscription, class (`2xx`, `3xx`, `4xx`, `5xx`, `error`) | push POSTs made, by answer |
+//! | `leanmq_push_duration_seconds` | subscription | push POST time, to the end of the (capped) body |
+//! | `leanmq_push_backlog` | subscription | entries of a path subscription's group not yet acked (lag + pending), sampled every 15 s |
+//! | `leanmq_push_consumers` | | push subscriptions this replica runs |
 //! | `leanmq_connections_refused_total` | limit (`--max-connections`, `--max-connections-per-source`, `--handshake-timeout`) | client connections closed by a connection limit |
 //!
 //! Apart from Prometheus, [`tally`] keeps per-queue running totals of sends,
@@ -217,6 +221,12 @@ pub fn method_label(path: &str) -> RpcLabels {
         ("leanmq.v1.Admin", "PurgeDeadLetters", UNARY),
         ("leanmq.v1.Admin", "PurgeQueue", UNARY),
         ("leanmq.v1.Admin", "DeleteQueue", UNARY),
+        ("leanmq.v1.Admin", "CreateQueue", UNARY),
+        ("leanmq.v1.Admin", "CreatePushSubscription", UNARY),
+        ("leanmq.v1.Admin", "GetPushSubscription", UNARY),
+        ("leanmq.v1.Admin", "ListPushSubscriptions", UNARY),
+        ("leanmq.v1.Admin", "UpdatePushSubscription", UNARY),
+        ("leanmq.v1.Admin", "DeletePushSubscription", UNARY),
         ("grpc.health.v1.Health", "Check", UNARY),
         ("grpc.health.v1.Health", "Watch", "server_stream"),
         (
@@ -283,6 +293,24 @@ pub fn connection_refused(limit: &'static str) {
     counter!("leanmq_connections_refused_total", "limit" => limit).increment(1);
 }
 
+/// One push POST to `subscription`'s endpoint (names are operator-made and
+/// at most `push::MAX_SUBSCRIPTIONS` per prefix, so labels stay bounded).
+pub fn pushed(subscription: &str, class: &'static str, took: Duration) {
+    let s = subscription.to_string();
+    counter!("leanmq_push_requests_total", "subscription" => s.clone(), "class" => class)
+        .increment(1);
+    histogram!("leanmq_push_duration_seconds", "subscription" => s).record(took.as_secs_f64());
+}
+
+pub fn push_backlog(subscription: &str, backlog: i64) {
+    gauge!("leanmq_push_backlog", "subscription" => subscription.to_string())
+        .set(backlog.max(0) as f64);
+}
+
+pub fn push_running(n: usize) {
+    gauge!("leanmq_push_consumers").set(n as f64);
+}
+
 pub fn stream_opened() {
     gauge!("leanmq_open_streams").increment(1.0);
 }
@@ -332,6 +360,10 @@ mod tests {
         assert_eq!(
             method_label("/leanmq.v1.Broker/Subscribe").kind,
             "server_stream"
+        );
+        assert_eq!(
+            method_label("/leanmq.v1.Admin/CreatePushSubscription").method,
+            "CreatePushSubscription"
         );
         assert_eq!(
             method_label("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").kind,

@@ -220,6 +220,39 @@ impl Queues {
         Ok(outcome)
     }
 
+    /// Give a delivery back at once, its attempt uncounted (a push whose
+    /// endpoint is gone: the message stays, for when it resumes).
+    pub async fn release(&self, r: &Receipt) -> Result<()> {
+        let target = Target {
+            route: crate::routing::address("", &r.queue)?,
+            group: r.group.clone(),
+        };
+        self.broker
+            .release(&target, &[(r.id.clone(), r.attempt)])
+            .await?;
+        self.dispatcher
+            .settled(&r.queue, &r.group, &[r.id.as_str()], true);
+        Ok(())
+    }
+
+    /// Create `target`'s queue and group (at `start`) unless they exist.
+    pub async fn ensure(
+        &self,
+        target: &Target,
+        start: &str,
+        creator: Option<&Creator>,
+    ) -> Result<()> {
+        self.broker
+            .ensure(target, start, Some(&target.route.path), creator)
+            .await
+    }
+
+    /// The broker, for what is stored beside the queues (push
+    /// subscriptions, `push::store`) and `--max-attempts`.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// Push a lease out to now + `by`; returns its new end (ms, Redis clock).
     pub async fn extend(&self, r: &Receipt, by: Duration) -> Result<u64> {
         let end = self.broker.extend(r, by).await?;

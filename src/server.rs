@@ -133,6 +133,8 @@ pub async fn serve(
         default_broker.get_or_insert(broker);
     }
     let broker = default_broker.ok_or("no --prefix to serve")?;
+    let push_policy = Arc::new(cfg.push_policy());
+    start_push(cfg, &prefixed, &push_policy, &drain);
     let (reporter, health_svc) = tonic_health::server::health_reporter();
     for name in ["", BROKER_SERVICE] {
         reporter
@@ -152,11 +154,13 @@ pub async fn serve(
         tracing::warn!("--accept-unsigned-receipts: receipts anyone can forge are taken; turn it off once every replica signs");
     }
     let console_addr = match cfg.console_listen {
-        Some(listen) => Some(start_console(listen, &prefixed, &auth, &tls, &drain).await?),
+        Some(listen) => {
+            Some(start_console(listen, &prefixed, &push_policy, &auth, &tls, &drain).await?)
+        }
         None => None,
     };
     let unary = UnaryBudget::new(cfg.max_concurrent_rpcs);
-    let routes = services(cfg, prefixed, receipts, &unary)?.add_service(health_svc);
+    let routes = services(cfg, prefixed, receipts, &push_policy, &unary)?.add_service(health_svc);
     let shed = crate::layers::ShedLayer::new(unary);
     let serving = serving(
         cfg,
@@ -182,10 +186,32 @@ pub async fn serve(
     })
 }
 
+/// Each prefix's push runner (`push::worker`), tracked by the drain.
+fn start_push(
+    cfg: &Config,
+    prefixed: &[(String, Arc<Queues>)],
+    policy: &Arc<crate::push::ssrf::Policy>,
+    drain: &Drain,
+) {
+    if policy.allow_private {
+        tracing::warn!("--push-allow-private: push subscriptions may reach loopback, private and metadata addresses");
+    }
+    for (_, queues) in prefixed {
+        let runner = crate::push::worker::Runner {
+            queues: queues.clone(),
+            policy: policy.clone(),
+            poll: cfg.push_poll_interval,
+            drain: drain.clone(),
+        };
+        drain.spawn(runner.run());
+    }
+}
+
 /// `--console-listen`: the web console, over the default prefix's Admin.
 async fn start_console(
     listen: SocketAddr,
     prefixed: &[(String, Arc<Queues>)],
+    push_policy: &Arc<crate::push::ssrf::Policy>,
     auth: &Arc<Auth>,
     tls: &Option<Arc<Tls>>,
     drain: &Drain,
@@ -194,7 +220,7 @@ async fn start_console(
     crate::console::start(
         crate::console::Console {
             listen,
-            admin: Arc::new(AdminService::new(queues.clone())),
+            admin: Arc::new(AdminService::new(queues.clone(), push_policy.clone())),
             auth: auth.clone(),
             tls: tls.clone(),
         },
@@ -286,6 +312,7 @@ fn services(
     cfg: &Config,
     prefixed: Vec<(String, Arc<Queues>)>,
     receipts: Arc<KeySource>,
+    push_policy: &Arc<crate::push::ssrf::Policy>,
     unary: &UnaryBudget,
 ) -> Result<Routes, String> {
     let reflection = || {
@@ -302,7 +329,10 @@ fn services(
     let mut brokers = Vec::with_capacity(prefixed.len());
     let mut admins = Vec::with_capacity(prefixed.len());
     for (prefix, queues) in &prefixed {
-        admins.push((prefix.clone(), AdminService::new(queues.clone())));
+        admins.push((
+            prefix.clone(),
+            AdminService::new(queues.clone(), push_policy.clone()),
+        ));
         if *prefix != default_prefix {
             brokers.push((prefix.clone(), first.sibling(queues.clone())));
         }

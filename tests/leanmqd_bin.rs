@@ -79,6 +79,11 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--wait-replicas-for", "/a/>/b=1"],
         vec!["--wait-replicas-for", "prefix:=1"],
         vec!["--wait-replicas-for", "/a=65"],
+        // push delivery (tests/push.rs, docs/push.md)
+        vec!["--push-poll-interval", "10ms"],
+        vec!["--push-poll-interval", "2m"],
+        vec!["--push-allow-host", "bad host"],
+        vec!["--push-allow-host", "a,,b"],
         vec!["--no-such-flag"],
     ] {
         let out = Command::new(BIN)

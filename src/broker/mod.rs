@@ -43,6 +43,7 @@ pub mod envelope;
 mod fetch;
 pub mod limits;
 pub mod owners;
+pub mod push;
 pub mod receipt;
 pub mod redis;
 mod retention;

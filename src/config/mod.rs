@@ -323,6 +323,42 @@ pub struct Config {
     /// message is delivered again, signed, when its lease runs out).
     #[arg(long, env = "LEANMQ_ACCEPT_UNSIGNED_RECEIPTS")]
     pub accept_unsigned_receipts: bool,
+
+    /// Let push subscriptions reach any address, loopback, private,
+    /// link-local and metadata ones included, over http:// too (tests and
+    /// single-host setups; docs/push.md).
+    #[arg(long, env = "LEANMQ_PUSH_ALLOW_PRIVATE")]
+    pub push_allow_private: bool,
+
+    /// Let push endpoints be plain http:// (public addresses still only,
+    /// unless --push-allow-private).
+    #[arg(long, env = "LEANMQ_PUSH_ALLOW_HTTP")]
+    pub push_allow_http: bool,
+
+    /// A host push endpoints may name whatever it resolves to (an internal
+    /// service); repeat, or comma-separate, for several (at most 64).
+    #[arg(long, env = "LEANMQ_PUSH_ALLOW_HOST", value_delimiter = ',')]
+    pub push_allow_host: Vec<String>,
+
+    /// How often each replica reads the push subscriptions from Redis, so
+    /// a created, changed or paused one takes effect within it.
+    #[arg(long, env = "LEANMQ_PUSH_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub push_poll_interval: Duration,
+}
+
+impl Config {
+    /// The push SSRF policy the flags make.
+    pub fn push_policy(&self) -> crate::push::ssrf::Policy {
+        crate::push::ssrf::Policy {
+            allow_private: self.push_allow_private,
+            allow_http: self.push_allow_http,
+            allow_hosts: self
+                .push_allow_host
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        }
+    }
 }
 
 mod validate;

@@ -87,7 +87,39 @@ impl Config {
         self.validate_durations()?;
         self.validate_files()?;
         self.validate_console()?;
+        self.validate_push()?;
         self.validate_telemetry()
+    }
+
+    /// Push flags: a bounded allowlist of plausible host names, a sane poll.
+    fn validate_push(&self) -> Result<(), StartupError> {
+        let max = crate::push::MAX_ALLOW_HOSTS;
+        if self.push_allow_host.len() > max {
+            return Err(invalid(format!(
+                "--push-allow-host is given {} times; the limit is {max}",
+                self.push_allow_host.len()
+            )));
+        }
+        for h in &self.push_allow_host {
+            let h = h.trim();
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !ok {
+                return Err(invalid(format!(
+                    "--push-allow-host {h:?} is not a host name or address"
+                )));
+            }
+        }
+        let (lo, hi) = (Duration::from_millis(100), Duration::from_secs(60));
+        if self.push_poll_interval < lo || self.push_poll_interval > hi {
+            return Err(invalid(format!(
+                "--push-poll-interval {:?} is out of range: 100ms to 60s",
+                self.push_poll_interval
+            )));
+        }
+        Ok(())
     }
 
     /// The console never serves a non-loopback address without auth unless asked to.

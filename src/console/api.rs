@@ -63,6 +63,37 @@ impl<'a> Api<'a> {
         r
     }
 
+    /// Every push subscription the caller may administer.
+    pub async fn push_subscriptions(&self) -> Result<Vec<super::push::PushRow>, Status> {
+        let all = self
+            .admin
+            .list_push_subscriptions(self.req(proto::ListPushSubscriptionsRequest::default()))
+            .await?
+            .into_inner();
+        Ok(all
+            .subscriptions
+            .into_iter()
+            .map(|p| {
+                let c = p.counters.unwrap_or_default();
+                super::push::PushRow {
+                    state: match proto::PushState::try_from(p.state) {
+                        Ok(proto::PushState::Active) => "active",
+                        Ok(proto::PushState::Paused) => "paused",
+                        Ok(proto::PushState::Disabled) => "disabled",
+                        _ => "unknown",
+                    },
+                    name: p.name,
+                    path: p.path,
+                    endpoint: p.endpoint,
+                    reason: p.state_reason,
+                    delivered: c.delivered,
+                    failed: c.failed,
+                    dead_lettered: c.dead_lettered,
+                }
+            })
+            .collect())
+    }
+
     /// Every queue the caller's admin grant sees (ListQueues' pages, each
     /// the largest the server gives).
     pub async fn queues(&self) -> Result<Vec<Summary>, Status> {

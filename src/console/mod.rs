@@ -30,6 +30,7 @@ pub mod chart;
 pub mod error;
 pub mod listen;
 pub mod pages;
+pub mod push;
 pub mod rates;
 pub mod routes;
 pub mod session;

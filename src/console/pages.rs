@@ -63,6 +63,7 @@ pub fn layout(ctx: &Ctx, title: &str, content: Markup) -> Markup {
                 header.top {
                     a.brand href="/queues" { "leanmq" }
                     a href="/queues" { "Queues" }
+                    a href="/push" { "Push" }
                     div.who {
                         span #refresh-status.muted {}
                         @if let Some(who) = &ctx.who {

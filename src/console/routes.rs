@@ -50,6 +50,7 @@ pub(crate) fn router(state: State) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/queues") }))
         .route("/queues", get(queues))
+        .route("/push", get(push_subscriptions))
         .route("/queues/{queue}", get(queue))
         .route("/queues/{queue}/purge", post(purge_queue))
         .route("/queues/{queue}/dead-letters", get(dead_letters))
@@ -154,6 +155,16 @@ fn name_ok(queue: &str) -> Result<(), Failure> {
 
 fn see_other(to: String) -> Response {
     Redirect::to(&to).into_response()
+}
+
+async fn push_subscriptions(
+    Extract(st): Extract<State>,
+    Extension(s): Extension<Session>,
+) -> Result<Response, Failure> {
+    let v = viewer(&st, &s, true)?;
+    let api = Api::new(st.admin.as_ref(), v.grant.clone());
+    let rows = api.push_subscriptions().await?;
+    Ok(super::push::page(&v.ctx, &rows).into_response())
 }
 
 #[derive(Debug, Deserialize)]

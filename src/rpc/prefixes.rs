@@ -361,6 +361,11 @@ admin_rpcs! {
     purge_queue: proto::PurgeQueueRequest => proto::PurgeQueueResponse;
     delete_queue: proto::DeleteQueueRequest => proto::DeleteQueueResponse;
     create_queue: proto::CreateQueueRequest => proto::CreateQueueResponse;
+    create_push_subscription: proto::CreatePushSubscriptionRequest => proto::PushSubscription;
+    get_push_subscription: proto::GetPushSubscriptionRequest => proto::PushSubscription;
+    list_push_subscriptions: proto::ListPushSubscriptionsRequest => proto::ListPushSubscriptionsResponse;
+    update_push_subscription: proto::UpdatePushSubscriptionRequest => proto::PushSubscription;
+    delete_push_subscription: proto::DeletePushSubscriptionRequest => proto::DeletePushSubscriptionResponse;
 }
 
 #[cfg(test)]

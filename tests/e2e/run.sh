@@ -68,7 +68,9 @@ VPY="$VENV/bin/python"
 # The trace-context test adds an OTLP collector (opentelemetry-proto) and a
 # producer span (opentelemetry-sdk); the stamp names the list, so a venv
 # made for an older list is rebuilt.
-DEPS="pytest pytest-timeout leanmq==0.2.0 redis opentelemetry-sdk opentelemetry-proto"
+# The push tests verify signatures with PyPI's standardwebhooks (and npm's,
+# installed below into tests/e2e/push-receiver).
+DEPS="pytest pytest-timeout leanmq==0.2.0 redis opentelemetry-sdk opentelemetry-proto standardwebhooks==1.3.0"
 DEPS_STAMP="$VENV/.deps-$(echo "$DEPS" | sha256sum | cut -c1-12)"
 if [ ! -f "$DEPS_STAMP" ]; then
   log "creating $VENV"
@@ -91,6 +93,13 @@ if [ "$(cat "$VENV/.sdk-hash" 2>/dev/null || true)" != "$SDK_HASH" ]; then
   quiet "$VPY" -m pip install -q "$TMP/python-sdk"
   quiet "$VPY" -m pip install -q --force-reinstall --no-deps "$TMP/python-sdk"
   echo "$SDK_HASH" >"$VENV/.sdk-hash"
+fi
+
+# The push tests' Node receiver verifies with npm's standardwebhooks (locked).
+PUSH_RX="$E2E/push-receiver"
+if [ ! -f "$PUSH_RX/node_modules/.package-lock.json" ] || [ "$PUSH_RX/package-lock.json" -nt "$PUSH_RX/node_modules/.package-lock.json" ]; then
+  log "push receiver: npm ci"
+  (cd "$PUSH_RX" && quiet npm ci --no-audit --no-fund)
 fi
 
 log "leanmqd: $LEANMQD"

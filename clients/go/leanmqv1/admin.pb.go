@@ -27,6 +27,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type PushState int32
+
+const (
+	PushState_PUSH_STATE_UNSPECIFIED PushState = 0
+	// Pushing.
+	PushState_PUSH_STATE_ACTIVE PushState = 1
+	// Not pushing; messages accumulate in the group (an endpoint answered
+	// 410 Gone, or an operator paused it). Resume with state ACTIVE.
+	PushState_PUSH_STATE_PAUSED PushState = 2
+	// Not pushing, set by an operator.
+	PushState_PUSH_STATE_DISABLED PushState = 3
+)
+
+// Enum value maps for PushState.
+var (
+	PushState_name = map[int32]string{
+		0: "PUSH_STATE_UNSPECIFIED",
+		1: "PUSH_STATE_ACTIVE",
+		2: "PUSH_STATE_PAUSED",
+		3: "PUSH_STATE_DISABLED",
+	}
+	PushState_value = map[string]int32{
+		"PUSH_STATE_UNSPECIFIED": 0,
+		"PUSH_STATE_ACTIVE":      1,
+		"PUSH_STATE_PAUSED":      2,
+		"PUSH_STATE_DISABLED":    3,
+	}
+)
+
+func (x PushState) Enum() *PushState {
+	p := new(PushState)
+	*p = x
+	return p
+}
+
+func (x PushState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PushState) Descriptor() protoreflect.EnumDescriptor {
+	return file_leanmq_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (PushState) Type() protoreflect.EnumType {
+	return &file_leanmq_v1_admin_proto_enumTypes[0]
+}
+
+func (x PushState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PushState.Descriptor instead.
+func (PushState) EnumDescriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // Queues come in pages, in queue-name order: every queue that exists for
 // the whole listing is on exactly one page.
 type ListQueuesRequest struct {
@@ -1729,11 +1785,631 @@ func (x *CreateQueueResponse) GetGroup() string {
 	return ""
 }
 
+type PushSubscription struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 64 of [A-Za-z0-9_-], starting with a letter or digit.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A path ("/order/status/") or a pattern ("/order/*"), as Subscribe's.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Consumer group; default "push-<name>". Same rules as Subscribe's group.
+	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	// Where a new group starts (as Subscribe's `start`); default now. Read
+	// back as given at creation.
+	Start *StartPosition `protobuf:"bytes,4,opt,name=start,proto3" json:"start,omitempty"`
+	// An https:// URL (http:// only with --push-allow-http or
+	// --push-allow-private), at most 2048 bytes, no user info.
+	Endpoint string `protobuf:"bytes,5,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// Write-only: each "whsec_" + base64 of 24 to 64 bytes; 1 to 5 (several
+	// while rotating: every POST carries one signature per secret). Never
+	// returned; see `secret_count` and `secret_hints`.
+	Secrets []string `protobuf:"bytes,6,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// Per attempt, 1s to 60s; default 15s.
+	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Concurrent POSTs per replica, 1 to 1000; default 10.
+	MaxInFlight uint32 `protobuf:"varint,8,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// Attempts before the DLQ, 1 to leanmqd's --max-attempts; default
+	// --max-attempts.
+	MaxAttempts uint32 `protobuf:"varint,9,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Delay before attempt n+1 after attempt n failed: entry n (1-based
+	// after the first, which is immediate); past its end, the last entry. At
+	// most 20 entries, each at most 7 days. Default Standard Webhooks':
+	// 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h.
+	RetrySchedule []*durationpb.Duration `protobuf:"bytes,10,rep,name=retry_schedule,json=retrySchedule,proto3" json:"retry_schedule,omitempty"`
+	// Cap on any retry delay, the schedule's and Retry-After's; 1s to 7 days,
+	// default 10h.
+	MaxBackoff *durationpb.Duration `protobuf:"bytes,11,opt,name=max_backoff,json=maxBackoff,proto3" json:"max_backoff,omitempty"`
+	// Extra request headers: at most 16, names a valid HTTP token (not one
+	// leanmqd sets: content-type, webhook-*, leanmq-*, traceparent, host,
+	// content-length…), 8 KiB in all.
+	Headers map[string]string `protobuf:"bytes,12,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Output (input only on Update).
+	State PushState `protobuf:"varint,13,opt,name=state,proto3,enum=leanmq.v1.PushState" json:"state,omitempty"`
+	// Why it is paused or disabled (output).
+	StateReason string `protobuf:"bytes,14,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// Output: how many secrets it has, and a hint of each ("whsec_ab…").
+	SecretCount uint32   `protobuf:"varint,15,opt,name=secret_count,json=secretCount,proto3" json:"secret_count,omitempty"`
+	SecretHints []string `protobuf:"bytes,16,rep,name=secret_hints,json=secretHints,proto3" json:"secret_hints,omitempty"`
+	// Output counters, over every replica.
+	Counters      *PushCounters          `protobuf:"bytes,17,opt,name=counters,proto3" json:"counters,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushSubscription) Reset() {
+	*x = PushSubscription{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushSubscription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushSubscription) ProtoMessage() {}
+
+func (x *PushSubscription) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushSubscription.ProtoReflect.Descriptor instead.
+func (*PushSubscription) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PushSubscription) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PushSubscription) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PushSubscription) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *PushSubscription) GetStart() *StartPosition {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *PushSubscription) GetSecrets() []string {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetMaxInFlight() uint32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+func (x *PushSubscription) GetMaxAttempts() uint32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *PushSubscription) GetRetrySchedule() []*durationpb.Duration {
+	if x != nil {
+		return x.RetrySchedule
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetMaxBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.MaxBackoff
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetState() PushState {
+	if x != nil {
+		return x.State
+	}
+	return PushState_PUSH_STATE_UNSPECIFIED
+}
+
+func (x *PushSubscription) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
+	}
+	return ""
+}
+
+func (x *PushSubscription) GetSecretCount() uint32 {
+	if x != nil {
+		return x.SecretCount
+	}
+	return 0
+}
+
+func (x *PushSubscription) GetSecretHints() []string {
+	if x != nil {
+		return x.SecretHints
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetCounters() *PushCounters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *PushSubscription) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+type PushCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// POSTs answered 2xx (acked).
+	Delivered int64 `protobuf:"varint,1,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	// Failed attempts (non-2xx, timeouts, connection errors).
+	Failed int64 `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Messages moved to the DLQ after max_attempts.
+	DeadLettered  int64 `protobuf:"varint,3,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushCounters) Reset() {
+	*x = PushCounters{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushCounters) ProtoMessage() {}
+
+func (x *PushCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushCounters.ProtoReflect.Descriptor instead.
+func (*PushCounters) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PushCounters) GetDelivered() int64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *PushCounters) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *PushCounters) GetDeadLettered() int64 {
+	if x != nil {
+		return x.DeadLettered
+	}
+	return 0
+}
+
+type CreatePushSubscriptionRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Subscription *PushSubscription      `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// As Broker's SendRequest.prefix: empty for the server's default.
+	Prefix        string `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreatePushSubscriptionRequest) Reset() {
+	*x = CreatePushSubscriptionRequest{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePushSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePushSubscriptionRequest) ProtoMessage() {}
+
+func (x *CreatePushSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePushSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*CreatePushSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CreatePushSubscriptionRequest) GetSubscription() *PushSubscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+func (x *CreatePushSubscriptionRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+type GetPushSubscriptionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPushSubscriptionRequest) Reset() {
+	*x = GetPushSubscriptionRequest{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPushSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPushSubscriptionRequest) ProtoMessage() {}
+
+func (x *GetPushSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPushSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*GetPushSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetPushSubscriptionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetPushSubscriptionRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+type ListPushSubscriptionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Prefix        string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPushSubscriptionsRequest) Reset() {
+	*x = ListPushSubscriptionsRequest{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPushSubscriptionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPushSubscriptionsRequest) ProtoMessage() {}
+
+func (x *ListPushSubscriptionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPushSubscriptionsRequest.ProtoReflect.Descriptor instead.
+func (*ListPushSubscriptionsRequest) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListPushSubscriptionsRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+type ListPushSubscriptionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subscriptions []*PushSubscription    `protobuf:"bytes,1,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPushSubscriptionsResponse) Reset() {
+	*x = ListPushSubscriptionsResponse{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPushSubscriptionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPushSubscriptionsResponse) ProtoMessage() {}
+
+func (x *ListPushSubscriptionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPushSubscriptionsResponse.ProtoReflect.Descriptor instead.
+func (*ListPushSubscriptionsResponse) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListPushSubscriptionsResponse) GetSubscriptions() []*PushSubscription {
+	if x != nil {
+		return x.Subscriptions
+	}
+	return nil
+}
+
+type UpdatePushSubscriptionRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Subscription *PushSubscription      `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	Prefix       string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Remove every extra header.
+	ClearHeaders  bool `protobuf:"varint,3,opt,name=clear_headers,json=clearHeaders,proto3" json:"clear_headers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePushSubscriptionRequest) Reset() {
+	*x = UpdatePushSubscriptionRequest{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePushSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePushSubscriptionRequest) ProtoMessage() {}
+
+func (x *UpdatePushSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePushSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*UpdatePushSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UpdatePushSubscriptionRequest) GetSubscription() *PushSubscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+func (x *UpdatePushSubscriptionRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *UpdatePushSubscriptionRequest) GetClearHeaders() bool {
+	if x != nil {
+		return x.ClearHeaders
+	}
+	return false
+}
+
+type DeletePushSubscriptionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePushSubscriptionRequest) Reset() {
+	*x = DeletePushSubscriptionRequest{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePushSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePushSubscriptionRequest) ProtoMessage() {}
+
+func (x *DeletePushSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePushSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*DeletePushSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DeletePushSubscriptionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeletePushSubscriptionRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+type DeletePushSubscriptionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePushSubscriptionResponse) Reset() {
+	*x = DeletePushSubscriptionResponse{}
+	mi := &file_leanmq_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePushSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePushSubscriptionResponse) ProtoMessage() {}
+
+func (x *DeletePushSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePushSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*DeletePushSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
 var File_leanmq_v1_admin_proto protoreflect.FileDescriptor
 
 const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15leanmq/v1/admin.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n" +
+	"\x15leanmq/v1/admin.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16leanmq/v1/broker.proto\"g\n" +
 	"\x11ListQueuesRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
@@ -1860,7 +2536,61 @@ const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x16\n" +
 	"\x06stream\x18\x02 \x01(\tR\x06stream\x12,\n" +
 	"\x12dead_letter_stream\x18\x03 \x01(\tR\x10deadLetterStream\x12\x14\n" +
-	"\x05group\x18\x04 \x01(\tR\x05group2\xf1\x05\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\"\xf0\x06\n" +
+	"\x10PushSubscription\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12.\n" +
+	"\x05start\x18\x04 \x01(\v2\x18.leanmq.v1.StartPositionR\x05start\x12\x1a\n" +
+	"\bendpoint\x18\x05 \x01(\tR\bendpoint\x12\x18\n" +
+	"\asecrets\x18\x06 \x03(\tR\asecrets\x123\n" +
+	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\"\n" +
+	"\rmax_in_flight\x18\b \x01(\rR\vmaxInFlight\x12!\n" +
+	"\fmax_attempts\x18\t \x01(\rR\vmaxAttempts\x12@\n" +
+	"\x0eretry_schedule\x18\n" +
+	" \x03(\v2\x19.google.protobuf.DurationR\rretrySchedule\x12:\n" +
+	"\vmax_backoff\x18\v \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"maxBackoff\x12B\n" +
+	"\aheaders\x18\f \x03(\v2(.leanmq.v1.PushSubscription.HeadersEntryR\aheaders\x12*\n" +
+	"\x05state\x18\r \x01(\x0e2\x14.leanmq.v1.PushStateR\x05state\x12!\n" +
+	"\fstate_reason\x18\x0e \x01(\tR\vstateReason\x12!\n" +
+	"\fsecret_count\x18\x0f \x01(\rR\vsecretCount\x12!\n" +
+	"\fsecret_hints\x18\x10 \x03(\tR\vsecretHints\x123\n" +
+	"\bcounters\x18\x11 \x01(\v2\x17.leanmq.v1.PushCountersR\bcounters\x129\n" +
+	"\n" +
+	"created_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
+	"\fPushCounters\x12\x1c\n" +
+	"\tdelivered\x18\x01 \x01(\x03R\tdelivered\x12\x16\n" +
+	"\x06failed\x18\x02 \x01(\x03R\x06failed\x12#\n" +
+	"\rdead_lettered\x18\x03 \x01(\x03R\fdeadLettered\"x\n" +
+	"\x1dCreatePushSubscriptionRequest\x12?\n" +
+	"\fsubscription\x18\x01 \x01(\v2\x1b.leanmq.v1.PushSubscriptionR\fsubscription\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"H\n" +
+	"\x1aGetPushSubscriptionRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"6\n" +
+	"\x1cListPushSubscriptionsRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\"b\n" +
+	"\x1dListPushSubscriptionsResponse\x12A\n" +
+	"\rsubscriptions\x18\x01 \x03(\v2\x1b.leanmq.v1.PushSubscriptionR\rsubscriptions\"\x9d\x01\n" +
+	"\x1dUpdatePushSubscriptionRequest\x12?\n" +
+	"\fsubscription\x18\x01 \x01(\v2\x1b.leanmq.v1.PushSubscriptionR\fsubscription\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12#\n" +
+	"\rclear_headers\x18\x03 \x01(\bR\fclearHeaders\"K\n" +
+	"\x1dDeletePushSubscriptionRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\" \n" +
+	"\x1eDeletePushSubscriptionResponse*n\n" +
+	"\tPushState\x12\x1a\n" +
+	"\x16PUSH_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11PUSH_STATE_ACTIVE\x10\x01\x12\x15\n" +
+	"\x11PUSH_STATE_PAUSED\x10\x02\x12\x17\n" +
+	"\x13PUSH_STATE_DISABLED\x10\x032\xe9\t\n" +
 	"\x05Admin\x12I\n" +
 	"\n" +
 	"ListQueues\x12\x1c.leanmq.v1.ListQueuesRequest\x1a\x1d.leanmq.v1.ListQueuesResponse\x12<\n" +
@@ -1872,7 +2602,12 @@ const file_leanmq_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"PurgeQueue\x12\x1c.leanmq.v1.PurgeQueueRequest\x1a\x1d.leanmq.v1.PurgeQueueResponse\x12L\n" +
 	"\vDeleteQueue\x12\x1d.leanmq.v1.DeleteQueueRequest\x1a\x1e.leanmq.v1.DeleteQueueResponse\x12L\n" +
-	"\vCreateQueue\x12\x1d.leanmq.v1.CreateQueueRequest\x1a\x1e.leanmq.v1.CreateQueueResponseBM\n" +
+	"\vCreateQueue\x12\x1d.leanmq.v1.CreateQueueRequest\x1a\x1e.leanmq.v1.CreateQueueResponse\x12_\n" +
+	"\x16CreatePushSubscription\x12(.leanmq.v1.CreatePushSubscriptionRequest\x1a\x1b.leanmq.v1.PushSubscription\x12Y\n" +
+	"\x13GetPushSubscription\x12%.leanmq.v1.GetPushSubscriptionRequest\x1a\x1b.leanmq.v1.PushSubscription\x12j\n" +
+	"\x15ListPushSubscriptions\x12'.leanmq.v1.ListPushSubscriptionsRequest\x1a(.leanmq.v1.ListPushSubscriptionsResponse\x12_\n" +
+	"\x16UpdatePushSubscription\x12(.leanmq.v1.UpdatePushSubscriptionRequest\x1a\x1b.leanmq.v1.PushSubscription\x12m\n" +
+	"\x16DeletePushSubscription\x12(.leanmq.v1.DeletePushSubscriptionRequest\x1a).leanmq.v1.DeletePushSubscriptionResponseBM\n" +
 	"\rdev.leanmq.v1P\x01Z:github.com/leanmq/leanmq-grpc/clients/go/leanmqv1;leanmqv1b\x06proto3"
 
 var (
@@ -1887,73 +2622,108 @@ func file_leanmq_v1_admin_proto_rawDescGZIP() []byte {
 	return file_leanmq_v1_admin_proto_rawDescData
 }
 
-var file_leanmq_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_leanmq_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_leanmq_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_leanmq_v1_admin_proto_goTypes = []any{
-	(*ListQueuesRequest)(nil),          // 0: leanmq.v1.ListQueuesRequest
-	(*QueueSummary)(nil),               // 1: leanmq.v1.QueueSummary
-	(*ListQueuesResponse)(nil),         // 2: leanmq.v1.ListQueuesResponse
-	(*GetQueueRequest)(nil),            // 3: leanmq.v1.GetQueueRequest
-	(*GroupInfo)(nil),                  // 4: leanmq.v1.GroupInfo
-	(*QueueInfo)(nil),                  // 5: leanmq.v1.QueueInfo
-	(*ListDeadLettersRequest)(nil),     // 6: leanmq.v1.ListDeadLettersRequest
-	(*Failure)(nil),                    // 7: leanmq.v1.Failure
-	(*DeadLetter)(nil),                 // 8: leanmq.v1.DeadLetter
-	(*ListDeadLettersResponse)(nil),    // 9: leanmq.v1.ListDeadLettersResponse
-	(*RequeueDeadLettersRequest)(nil),  // 10: leanmq.v1.RequeueDeadLettersRequest
-	(*DeadLetterIds)(nil),              // 11: leanmq.v1.DeadLetterIds
-	(*Requeued)(nil),                   // 12: leanmq.v1.Requeued
-	(*RequeueDeadLettersResponse)(nil), // 13: leanmq.v1.RequeueDeadLettersResponse
-	(*DeleteDeadLettersRequest)(nil),   // 14: leanmq.v1.DeleteDeadLettersRequest
-	(*DeleteDeadLettersResponse)(nil),  // 15: leanmq.v1.DeleteDeadLettersResponse
-	(*PurgeDeadLettersRequest)(nil),    // 16: leanmq.v1.PurgeDeadLettersRequest
-	(*PurgeDeadLettersResponse)(nil),   // 17: leanmq.v1.PurgeDeadLettersResponse
-	(*PurgeQueueRequest)(nil),          // 18: leanmq.v1.PurgeQueueRequest
-	(*PurgeQueueResponse)(nil),         // 19: leanmq.v1.PurgeQueueResponse
-	(*DeleteQueueRequest)(nil),         // 20: leanmq.v1.DeleteQueueRequest
-	(*DeleteQueueResponse)(nil),        // 21: leanmq.v1.DeleteQueueResponse
-	(*CreateQueueRequest)(nil),         // 22: leanmq.v1.CreateQueueRequest
-	(*CreateQueueResponse)(nil),        // 23: leanmq.v1.CreateQueueResponse
-	nil,                                // 24: leanmq.v1.DeadLetter.HeadersEntry
-	(*durationpb.Duration)(nil),        // 25: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 26: google.protobuf.Timestamp
+	(PushState)(0),                         // 0: leanmq.v1.PushState
+	(*ListQueuesRequest)(nil),              // 1: leanmq.v1.ListQueuesRequest
+	(*QueueSummary)(nil),                   // 2: leanmq.v1.QueueSummary
+	(*ListQueuesResponse)(nil),             // 3: leanmq.v1.ListQueuesResponse
+	(*GetQueueRequest)(nil),                // 4: leanmq.v1.GetQueueRequest
+	(*GroupInfo)(nil),                      // 5: leanmq.v1.GroupInfo
+	(*QueueInfo)(nil),                      // 6: leanmq.v1.QueueInfo
+	(*ListDeadLettersRequest)(nil),         // 7: leanmq.v1.ListDeadLettersRequest
+	(*Failure)(nil),                        // 8: leanmq.v1.Failure
+	(*DeadLetter)(nil),                     // 9: leanmq.v1.DeadLetter
+	(*ListDeadLettersResponse)(nil),        // 10: leanmq.v1.ListDeadLettersResponse
+	(*RequeueDeadLettersRequest)(nil),      // 11: leanmq.v1.RequeueDeadLettersRequest
+	(*DeadLetterIds)(nil),                  // 12: leanmq.v1.DeadLetterIds
+	(*Requeued)(nil),                       // 13: leanmq.v1.Requeued
+	(*RequeueDeadLettersResponse)(nil),     // 14: leanmq.v1.RequeueDeadLettersResponse
+	(*DeleteDeadLettersRequest)(nil),       // 15: leanmq.v1.DeleteDeadLettersRequest
+	(*DeleteDeadLettersResponse)(nil),      // 16: leanmq.v1.DeleteDeadLettersResponse
+	(*PurgeDeadLettersRequest)(nil),        // 17: leanmq.v1.PurgeDeadLettersRequest
+	(*PurgeDeadLettersResponse)(nil),       // 18: leanmq.v1.PurgeDeadLettersResponse
+	(*PurgeQueueRequest)(nil),              // 19: leanmq.v1.PurgeQueueRequest
+	(*PurgeQueueResponse)(nil),             // 20: leanmq.v1.PurgeQueueResponse
+	(*DeleteQueueRequest)(nil),             // 21: leanmq.v1.DeleteQueueRequest
+	(*DeleteQueueResponse)(nil),            // 22: leanmq.v1.DeleteQueueResponse
+	(*CreateQueueRequest)(nil),             // 23: leanmq.v1.CreateQueueRequest
+	(*CreateQueueResponse)(nil),            // 24: leanmq.v1.CreateQueueResponse
+	(*PushSubscription)(nil),               // 25: leanmq.v1.PushSubscription
+	(*PushCounters)(nil),                   // 26: leanmq.v1.PushCounters
+	(*CreatePushSubscriptionRequest)(nil),  // 27: leanmq.v1.CreatePushSubscriptionRequest
+	(*GetPushSubscriptionRequest)(nil),     // 28: leanmq.v1.GetPushSubscriptionRequest
+	(*ListPushSubscriptionsRequest)(nil),   // 29: leanmq.v1.ListPushSubscriptionsRequest
+	(*ListPushSubscriptionsResponse)(nil),  // 30: leanmq.v1.ListPushSubscriptionsResponse
+	(*UpdatePushSubscriptionRequest)(nil),  // 31: leanmq.v1.UpdatePushSubscriptionRequest
+	(*DeletePushSubscriptionRequest)(nil),  // 32: leanmq.v1.DeletePushSubscriptionRequest
+	(*DeletePushSubscriptionResponse)(nil), // 33: leanmq.v1.DeletePushSubscriptionResponse
+	nil,                                    // 34: leanmq.v1.DeadLetter.HeadersEntry
+	nil,                                    // 35: leanmq.v1.PushSubscription.HeadersEntry
+	(*durationpb.Duration)(nil),            // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
+	(*StartPosition)(nil),                  // 38: leanmq.v1.StartPosition
 }
 var file_leanmq_v1_admin_proto_depIdxs = []int32{
-	1,  // 0: leanmq.v1.ListQueuesResponse.queues:type_name -> leanmq.v1.QueueSummary
-	25, // 1: leanmq.v1.GroupInfo.oldest_unacked_age:type_name -> google.protobuf.Duration
-	4,  // 2: leanmq.v1.QueueInfo.groups:type_name -> leanmq.v1.GroupInfo
-	26, // 3: leanmq.v1.QueueInfo.created_at:type_name -> google.protobuf.Timestamp
-	26, // 4: leanmq.v1.Failure.at:type_name -> google.protobuf.Timestamp
-	24, // 5: leanmq.v1.DeadLetter.headers:type_name -> leanmq.v1.DeadLetter.HeadersEntry
-	7,  // 6: leanmq.v1.DeadLetter.failures:type_name -> leanmq.v1.Failure
-	26, // 7: leanmq.v1.DeadLetter.first_failed_at:type_name -> google.protobuf.Timestamp
-	26, // 8: leanmq.v1.DeadLetter.last_failed_at:type_name -> google.protobuf.Timestamp
-	8,  // 9: leanmq.v1.ListDeadLettersResponse.dead_letters:type_name -> leanmq.v1.DeadLetter
-	11, // 10: leanmq.v1.RequeueDeadLettersRequest.ids:type_name -> leanmq.v1.DeadLetterIds
-	26, // 11: leanmq.v1.RequeueDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
-	12, // 12: leanmq.v1.RequeueDeadLettersResponse.requeued:type_name -> leanmq.v1.Requeued
-	0,  // 13: leanmq.v1.Admin.ListQueues:input_type -> leanmq.v1.ListQueuesRequest
-	3,  // 14: leanmq.v1.Admin.GetQueue:input_type -> leanmq.v1.GetQueueRequest
-	6,  // 15: leanmq.v1.Admin.ListDeadLetters:input_type -> leanmq.v1.ListDeadLettersRequest
-	10, // 16: leanmq.v1.Admin.RequeueDeadLetters:input_type -> leanmq.v1.RequeueDeadLettersRequest
-	14, // 17: leanmq.v1.Admin.DeleteDeadLetters:input_type -> leanmq.v1.DeleteDeadLettersRequest
-	16, // 18: leanmq.v1.Admin.PurgeDeadLetters:input_type -> leanmq.v1.PurgeDeadLettersRequest
-	18, // 19: leanmq.v1.Admin.PurgeQueue:input_type -> leanmq.v1.PurgeQueueRequest
-	20, // 20: leanmq.v1.Admin.DeleteQueue:input_type -> leanmq.v1.DeleteQueueRequest
-	22, // 21: leanmq.v1.Admin.CreateQueue:input_type -> leanmq.v1.CreateQueueRequest
-	2,  // 22: leanmq.v1.Admin.ListQueues:output_type -> leanmq.v1.ListQueuesResponse
-	5,  // 23: leanmq.v1.Admin.GetQueue:output_type -> leanmq.v1.QueueInfo
-	9,  // 24: leanmq.v1.Admin.ListDeadLetters:output_type -> leanmq.v1.ListDeadLettersResponse
-	13, // 25: leanmq.v1.Admin.RequeueDeadLetters:output_type -> leanmq.v1.RequeueDeadLettersResponse
-	15, // 26: leanmq.v1.Admin.DeleteDeadLetters:output_type -> leanmq.v1.DeleteDeadLettersResponse
-	17, // 27: leanmq.v1.Admin.PurgeDeadLetters:output_type -> leanmq.v1.PurgeDeadLettersResponse
-	19, // 28: leanmq.v1.Admin.PurgeQueue:output_type -> leanmq.v1.PurgeQueueResponse
-	21, // 29: leanmq.v1.Admin.DeleteQueue:output_type -> leanmq.v1.DeleteQueueResponse
-	23, // 30: leanmq.v1.Admin.CreateQueue:output_type -> leanmq.v1.CreateQueueResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	2,  // 0: leanmq.v1.ListQueuesResponse.queues:type_name -> leanmq.v1.QueueSummary
+	36, // 1: leanmq.v1.GroupInfo.oldest_unacked_age:type_name -> google.protobuf.Duration
+	5,  // 2: leanmq.v1.QueueInfo.groups:type_name -> leanmq.v1.GroupInfo
+	37, // 3: leanmq.v1.QueueInfo.created_at:type_name -> google.protobuf.Timestamp
+	37, // 4: leanmq.v1.Failure.at:type_name -> google.protobuf.Timestamp
+	34, // 5: leanmq.v1.DeadLetter.headers:type_name -> leanmq.v1.DeadLetter.HeadersEntry
+	8,  // 6: leanmq.v1.DeadLetter.failures:type_name -> leanmq.v1.Failure
+	37, // 7: leanmq.v1.DeadLetter.first_failed_at:type_name -> google.protobuf.Timestamp
+	37, // 8: leanmq.v1.DeadLetter.last_failed_at:type_name -> google.protobuf.Timestamp
+	9,  // 9: leanmq.v1.ListDeadLettersResponse.dead_letters:type_name -> leanmq.v1.DeadLetter
+	12, // 10: leanmq.v1.RequeueDeadLettersRequest.ids:type_name -> leanmq.v1.DeadLetterIds
+	37, // 11: leanmq.v1.RequeueDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
+	13, // 12: leanmq.v1.RequeueDeadLettersResponse.requeued:type_name -> leanmq.v1.Requeued
+	38, // 13: leanmq.v1.PushSubscription.start:type_name -> leanmq.v1.StartPosition
+	36, // 14: leanmq.v1.PushSubscription.timeout:type_name -> google.protobuf.Duration
+	36, // 15: leanmq.v1.PushSubscription.retry_schedule:type_name -> google.protobuf.Duration
+	36, // 16: leanmq.v1.PushSubscription.max_backoff:type_name -> google.protobuf.Duration
+	35, // 17: leanmq.v1.PushSubscription.headers:type_name -> leanmq.v1.PushSubscription.HeadersEntry
+	0,  // 18: leanmq.v1.PushSubscription.state:type_name -> leanmq.v1.PushState
+	26, // 19: leanmq.v1.PushSubscription.counters:type_name -> leanmq.v1.PushCounters
+	37, // 20: leanmq.v1.PushSubscription.created_at:type_name -> google.protobuf.Timestamp
+	37, // 21: leanmq.v1.PushSubscription.updated_at:type_name -> google.protobuf.Timestamp
+	25, // 22: leanmq.v1.CreatePushSubscriptionRequest.subscription:type_name -> leanmq.v1.PushSubscription
+	25, // 23: leanmq.v1.ListPushSubscriptionsResponse.subscriptions:type_name -> leanmq.v1.PushSubscription
+	25, // 24: leanmq.v1.UpdatePushSubscriptionRequest.subscription:type_name -> leanmq.v1.PushSubscription
+	1,  // 25: leanmq.v1.Admin.ListQueues:input_type -> leanmq.v1.ListQueuesRequest
+	4,  // 26: leanmq.v1.Admin.GetQueue:input_type -> leanmq.v1.GetQueueRequest
+	7,  // 27: leanmq.v1.Admin.ListDeadLetters:input_type -> leanmq.v1.ListDeadLettersRequest
+	11, // 28: leanmq.v1.Admin.RequeueDeadLetters:input_type -> leanmq.v1.RequeueDeadLettersRequest
+	15, // 29: leanmq.v1.Admin.DeleteDeadLetters:input_type -> leanmq.v1.DeleteDeadLettersRequest
+	17, // 30: leanmq.v1.Admin.PurgeDeadLetters:input_type -> leanmq.v1.PurgeDeadLettersRequest
+	19, // 31: leanmq.v1.Admin.PurgeQueue:input_type -> leanmq.v1.PurgeQueueRequest
+	21, // 32: leanmq.v1.Admin.DeleteQueue:input_type -> leanmq.v1.DeleteQueueRequest
+	23, // 33: leanmq.v1.Admin.CreateQueue:input_type -> leanmq.v1.CreateQueueRequest
+	27, // 34: leanmq.v1.Admin.CreatePushSubscription:input_type -> leanmq.v1.CreatePushSubscriptionRequest
+	28, // 35: leanmq.v1.Admin.GetPushSubscription:input_type -> leanmq.v1.GetPushSubscriptionRequest
+	29, // 36: leanmq.v1.Admin.ListPushSubscriptions:input_type -> leanmq.v1.ListPushSubscriptionsRequest
+	31, // 37: leanmq.v1.Admin.UpdatePushSubscription:input_type -> leanmq.v1.UpdatePushSubscriptionRequest
+	32, // 38: leanmq.v1.Admin.DeletePushSubscription:input_type -> leanmq.v1.DeletePushSubscriptionRequest
+	3,  // 39: leanmq.v1.Admin.ListQueues:output_type -> leanmq.v1.ListQueuesResponse
+	6,  // 40: leanmq.v1.Admin.GetQueue:output_type -> leanmq.v1.QueueInfo
+	10, // 41: leanmq.v1.Admin.ListDeadLetters:output_type -> leanmq.v1.ListDeadLettersResponse
+	14, // 42: leanmq.v1.Admin.RequeueDeadLetters:output_type -> leanmq.v1.RequeueDeadLettersResponse
+	16, // 43: leanmq.v1.Admin.DeleteDeadLetters:output_type -> leanmq.v1.DeleteDeadLettersResponse
+	18, // 44: leanmq.v1.Admin.PurgeDeadLetters:output_type -> leanmq.v1.PurgeDeadLettersResponse
+	20, // 45: leanmq.v1.Admin.PurgeQueue:output_type -> leanmq.v1.PurgeQueueResponse
+	22, // 46: leanmq.v1.Admin.DeleteQueue:output_type -> leanmq.v1.DeleteQueueResponse
+	24, // 47: leanmq.v1.Admin.CreateQueue:output_type -> leanmq.v1.CreateQueueResponse
+	25, // 48: leanmq.v1.Admin.CreatePushSubscription:output_type -> leanmq.v1.PushSubscription
+	25, // 49: leanmq.v1.Admin.GetPushSubscription:output_type -> leanmq.v1.PushSubscription
+	30, // 50: leanmq.v1.Admin.ListPushSubscriptions:output_type -> leanmq.v1.ListPushSubscriptionsResponse
+	25, // 51: leanmq.v1.Admin.UpdatePushSubscription:output_type -> leanmq.v1.PushSubscription
+	33, // 52: leanmq.v1.Admin.DeletePushSubscription:output_type -> leanmq.v1.DeletePushSubscriptionResponse
+	39, // [39:53] is the sub-list for method output_type
+	25, // [25:39] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_leanmq_v1_admin_proto_init() }
@@ -1961,6 +2731,7 @@ func file_leanmq_v1_admin_proto_init() {
 	if File_leanmq_v1_admin_proto != nil {
 		return
 	}
+	file_leanmq_v1_broker_proto_init()
 	file_leanmq_v1_admin_proto_msgTypes[10].OneofWrappers = []any{
 		(*RequeueDeadLettersRequest_Ids)(nil),
 		(*RequeueDeadLettersRequest_All)(nil),
@@ -1971,13 +2742,14 @@ func file_leanmq_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leanmq_v1_admin_proto_rawDesc), len(file_leanmq_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   25,
+			NumEnums:      1,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_leanmq_v1_admin_proto_goTypes,
 		DependencyIndexes: file_leanmq_v1_admin_proto_depIdxs,
+		EnumInfos:         file_leanmq_v1_admin_proto_enumTypes,
 		MessageInfos:      file_leanmq_v1_admin_proto_msgTypes,
 	}.Build()
 	File_leanmq_v1_admin_proto = out.File

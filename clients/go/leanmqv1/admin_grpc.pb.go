@@ -23,15 +23,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_ListQueues_FullMethodName         = "/leanmq.v1.Admin/ListQueues"
-	Admin_GetQueue_FullMethodName           = "/leanmq.v1.Admin/GetQueue"
-	Admin_ListDeadLetters_FullMethodName    = "/leanmq.v1.Admin/ListDeadLetters"
-	Admin_RequeueDeadLetters_FullMethodName = "/leanmq.v1.Admin/RequeueDeadLetters"
-	Admin_DeleteDeadLetters_FullMethodName  = "/leanmq.v1.Admin/DeleteDeadLetters"
-	Admin_PurgeDeadLetters_FullMethodName   = "/leanmq.v1.Admin/PurgeDeadLetters"
-	Admin_PurgeQueue_FullMethodName         = "/leanmq.v1.Admin/PurgeQueue"
-	Admin_DeleteQueue_FullMethodName        = "/leanmq.v1.Admin/DeleteQueue"
-	Admin_CreateQueue_FullMethodName        = "/leanmq.v1.Admin/CreateQueue"
+	Admin_ListQueues_FullMethodName             = "/leanmq.v1.Admin/ListQueues"
+	Admin_GetQueue_FullMethodName               = "/leanmq.v1.Admin/GetQueue"
+	Admin_ListDeadLetters_FullMethodName        = "/leanmq.v1.Admin/ListDeadLetters"
+	Admin_RequeueDeadLetters_FullMethodName     = "/leanmq.v1.Admin/RequeueDeadLetters"
+	Admin_DeleteDeadLetters_FullMethodName      = "/leanmq.v1.Admin/DeleteDeadLetters"
+	Admin_PurgeDeadLetters_FullMethodName       = "/leanmq.v1.Admin/PurgeDeadLetters"
+	Admin_PurgeQueue_FullMethodName             = "/leanmq.v1.Admin/PurgeQueue"
+	Admin_DeleteQueue_FullMethodName            = "/leanmq.v1.Admin/DeleteQueue"
+	Admin_CreateQueue_FullMethodName            = "/leanmq.v1.Admin/CreateQueue"
+	Admin_CreatePushSubscription_FullMethodName = "/leanmq.v1.Admin/CreatePushSubscription"
+	Admin_GetPushSubscription_FullMethodName    = "/leanmq.v1.Admin/GetPushSubscription"
+	Admin_ListPushSubscriptions_FullMethodName  = "/leanmq.v1.Admin/ListPushSubscriptions"
+	Admin_UpdatePushSubscription_FullMethodName = "/leanmq.v1.Admin/UpdatePushSubscription"
+	Admin_DeletePushSubscription_FullMethodName = "/leanmq.v1.Admin/DeletePushSubscription"
 )
 
 // AdminClient is the client API for Admin service.
@@ -65,6 +70,25 @@ type AdminClient interface {
 	// a token that may send to, subscribe to or administer the queue, since
 	// Send and Subscribe create it too.
 	CreateQueue(ctx context.Context, in *CreateQueueRequest, opts ...grpc.CallOption) (*CreateQueueResponse, error)
+	// Push delivery (docs/push.md): every leanmqd replica POSTs each message
+	// of the subscription's path (or pattern) to its endpoint, signed per
+	// Standard Webhooks, as a consumer of the subscription's group. Creating,
+	// updating and deleting one needs admin on its path; getting and listing
+	// need admin too (they show endpoints). ALREADY_EXISTS when the name is
+	// taken; INVALID_ARGUMENT for a bad field, with the field named.
+	CreatePushSubscription(ctx context.Context, in *CreatePushSubscriptionRequest, opts ...grpc.CallOption) (*PushSubscription, error)
+	// NOT_FOUND when there is no subscription of that name.
+	GetPushSubscription(ctx context.Context, in *GetPushSubscriptionRequest, opts ...grpc.CallOption) (*PushSubscription, error)
+	// Every subscription of the prefix the caller may administer, in name order.
+	ListPushSubscriptions(ctx context.Context, in *ListPushSubscriptionsRequest, opts ...grpc.CallOption) (*ListPushSubscriptionsResponse, error)
+	// Change a subscription: every field of `subscription` left at its zero
+	// value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+	// pauses it); `name`, `path`, `group` and `start` cannot change;
+	// non-empty `secrets` replace the secrets; `clear_headers` empties the
+	// extra headers.
+	UpdatePushSubscription(ctx context.Context, in *UpdatePushSubscriptionRequest, opts ...grpc.CallOption) (*PushSubscription, error)
+	// Delete a subscription (its group and queue remain).
+	DeletePushSubscription(ctx context.Context, in *DeletePushSubscriptionRequest, opts ...grpc.CallOption) (*DeletePushSubscriptionResponse, error)
 }
 
 type adminClient struct {
@@ -165,6 +189,56 @@ func (c *adminClient) CreateQueue(ctx context.Context, in *CreateQueueRequest, o
 	return out, nil
 }
 
+func (c *adminClient) CreatePushSubscription(ctx context.Context, in *CreatePushSubscriptionRequest, opts ...grpc.CallOption) (*PushSubscription, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushSubscription)
+	err := c.cc.Invoke(ctx, Admin_CreatePushSubscription_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) GetPushSubscription(ctx context.Context, in *GetPushSubscriptionRequest, opts ...grpc.CallOption) (*PushSubscription, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushSubscription)
+	err := c.cc.Invoke(ctx, Admin_GetPushSubscription_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListPushSubscriptions(ctx context.Context, in *ListPushSubscriptionsRequest, opts ...grpc.CallOption) (*ListPushSubscriptionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPushSubscriptionsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListPushSubscriptions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) UpdatePushSubscription(ctx context.Context, in *UpdatePushSubscriptionRequest, opts ...grpc.CallOption) (*PushSubscription, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushSubscription)
+	err := c.cc.Invoke(ctx, Admin_UpdatePushSubscription_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeletePushSubscription(ctx context.Context, in *DeletePushSubscriptionRequest, opts ...grpc.CallOption) (*DeletePushSubscriptionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeletePushSubscriptionResponse)
+	err := c.cc.Invoke(ctx, Admin_DeletePushSubscription_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -196,6 +270,25 @@ type AdminServer interface {
 	// a token that may send to, subscribe to or administer the queue, since
 	// Send and Subscribe create it too.
 	CreateQueue(context.Context, *CreateQueueRequest) (*CreateQueueResponse, error)
+	// Push delivery (docs/push.md): every leanmqd replica POSTs each message
+	// of the subscription's path (or pattern) to its endpoint, signed per
+	// Standard Webhooks, as a consumer of the subscription's group. Creating,
+	// updating and deleting one needs admin on its path; getting and listing
+	// need admin too (they show endpoints). ALREADY_EXISTS when the name is
+	// taken; INVALID_ARGUMENT for a bad field, with the field named.
+	CreatePushSubscription(context.Context, *CreatePushSubscriptionRequest) (*PushSubscription, error)
+	// NOT_FOUND when there is no subscription of that name.
+	GetPushSubscription(context.Context, *GetPushSubscriptionRequest) (*PushSubscription, error)
+	// Every subscription of the prefix the caller may administer, in name order.
+	ListPushSubscriptions(context.Context, *ListPushSubscriptionsRequest) (*ListPushSubscriptionsResponse, error)
+	// Change a subscription: every field of `subscription` left at its zero
+	// value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+	// pauses it); `name`, `path`, `group` and `start` cannot change;
+	// non-empty `secrets` replace the secrets; `clear_headers` empties the
+	// extra headers.
+	UpdatePushSubscription(context.Context, *UpdatePushSubscriptionRequest) (*PushSubscription, error)
+	// Delete a subscription (its group and queue remain).
+	DeletePushSubscription(context.Context, *DeletePushSubscriptionRequest) (*DeletePushSubscriptionResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -232,6 +325,21 @@ func (UnimplementedAdminServer) DeleteQueue(context.Context, *DeleteQueueRequest
 }
 func (UnimplementedAdminServer) CreateQueue(context.Context, *CreateQueueRequest) (*CreateQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateQueue not implemented")
+}
+func (UnimplementedAdminServer) CreatePushSubscription(context.Context, *CreatePushSubscriptionRequest) (*PushSubscription, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreatePushSubscription not implemented")
+}
+func (UnimplementedAdminServer) GetPushSubscription(context.Context, *GetPushSubscriptionRequest) (*PushSubscription, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPushSubscription not implemented")
+}
+func (UnimplementedAdminServer) ListPushSubscriptions(context.Context, *ListPushSubscriptionsRequest) (*ListPushSubscriptionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPushSubscriptions not implemented")
+}
+func (UnimplementedAdminServer) UpdatePushSubscription(context.Context, *UpdatePushSubscriptionRequest) (*PushSubscription, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdatePushSubscription not implemented")
+}
+func (UnimplementedAdminServer) DeletePushSubscription(context.Context, *DeletePushSubscriptionRequest) (*DeletePushSubscriptionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeletePushSubscription not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -416,6 +524,96 @@ func _Admin_CreateQueue_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreatePushSubscription_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreatePushSubscriptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreatePushSubscription(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreatePushSubscription_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreatePushSubscription(ctx, req.(*CreatePushSubscriptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_GetPushSubscription_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPushSubscriptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetPushSubscription(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetPushSubscription_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetPushSubscription(ctx, req.(*GetPushSubscriptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListPushSubscriptions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPushSubscriptionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListPushSubscriptions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListPushSubscriptions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListPushSubscriptions(ctx, req.(*ListPushSubscriptionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_UpdatePushSubscription_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdatePushSubscriptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).UpdatePushSubscription(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_UpdatePushSubscription_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).UpdatePushSubscription(ctx, req.(*UpdatePushSubscriptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeletePushSubscription_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeletePushSubscriptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeletePushSubscription(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeletePushSubscription_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeletePushSubscription(ctx, req.(*DeletePushSubscriptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -458,6 +656,26 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateQueue",
 			Handler:    _Admin_CreateQueue_Handler,
+		},
+		{
+			MethodName: "CreatePushSubscription",
+			Handler:    _Admin_CreatePushSubscription_Handler,
+		},
+		{
+			MethodName: "GetPushSubscription",
+			Handler:    _Admin_GetPushSubscription_Handler,
+		},
+		{
+			MethodName: "ListPushSubscriptions",
+			Handler:    _Admin_ListPushSubscriptions_Handler,
+		},
+		{
+			MethodName: "UpdatePushSubscription",
+			Handler:    _Admin_UpdatePushSubscription_Handler,
+		},
+		{
+			MethodName: "DeletePushSubscription",
+			Handler:    _Admin_DeletePushSubscription_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

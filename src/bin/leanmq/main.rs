@@ -7,7 +7,7 @@
 //! - [`conn`] — address, TLS, token and per-call timeout, one channel;
 //! - [`fail`] — the one error type, its one-line message and exit code;
 //! - [`show`] — how payloads, times, tables and progress bars are printed;
-//! - [`send`], [`tail`], [`queues`], [`dlq`], [`health`] — one module per
+//! - [`send`], [`tail`], [`queues`], [`dlq`], [`push`], [`health`] — one module per
 //!   command group.
 //!
 //! Exit codes: 0 ok, 1 refused by the server (or the thing asked for does
@@ -17,6 +17,7 @@ mod conn;
 mod dlq;
 mod fail;
 mod health;
+mod push;
 mod queues;
 mod send;
 mod show;
@@ -101,6 +102,9 @@ pub enum Command {
     /// Inspect and repair a queue's dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Push subscriptions: POST each message to an HTTP endpoint (docs/push.md).
+    #[command(subcommand)]
+    Push(push::PushCommand),
     /// Ask leanmqd's gRPC health service whether it is serving.
     Health,
     /// Print a shell completion script (e.g. `leanmq completions bash >
@@ -159,6 +163,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Queues => queues::list(g).await,
         Command::Queue { path } => queues::one(g, &path).await,
         Command::Dlq(cmd) => dlq::run(g, cmd).await,
+        Command::Push(cmd) => push::run(g, cmd).await,
         Command::Health => health::run(g).await,
     }
 }

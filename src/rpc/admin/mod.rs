@@ -8,6 +8,7 @@ mod list_dead_letters;
 mod list_queues;
 mod purge_dead_letters;
 mod purge_queue;
+pub mod push;
 mod requeue;
 
 use std::sync::Arc;
@@ -23,11 +24,16 @@ use crate::routing::Route;
 
 pub struct AdminService {
     queues: Arc<Queues>,
+    /// Which push endpoints may be reached.
+    push_policy: Arc<crate::push::ssrf::Policy>,
 }
 
 impl AdminService {
-    pub fn new(queues: Arc<Queues>) -> Self {
-        AdminService { queues }
+    pub fn new(queues: Arc<Queues>, push_policy: Arc<crate::push::ssrf::Policy>) -> Self {
+        AdminService {
+            queues,
+            push_policy,
+        }
     }
 }
 
@@ -190,5 +196,49 @@ impl proto::admin_server::Admin for AdminService {
         Ok(Response::new(
             create_queue::handle(&self.queues, &grant, req.into_inner()).await?,
         ))
+    }
+
+    async fn create_push_subscription(
+        &self,
+        req: Request<proto::CreatePushSubscriptionRequest>,
+    ) -> Reply<proto::PushSubscription> {
+        let grant = crate::auth::grant_of(&req)?;
+        let reply = push::create(&self.queues, &self.push_policy, &grant, req.into_inner());
+        Ok(Response::new(reply.await?))
+    }
+
+    async fn get_push_subscription(
+        &self,
+        req: Request<proto::GetPushSubscriptionRequest>,
+    ) -> Reply<proto::PushSubscription> {
+        let grant = crate::auth::grant_of(&req)?;
+        let reply = push::get(&self.queues, &grant, &req.get_ref().name).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_push_subscriptions(
+        &self,
+        req: Request<proto::ListPushSubscriptionsRequest>,
+    ) -> Reply<proto::ListPushSubscriptionsResponse> {
+        let grant = crate::auth::grant_of(&req)?;
+        Ok(Response::new(push::list(&self.queues, &grant).await?))
+    }
+
+    async fn update_push_subscription(
+        &self,
+        req: Request<proto::UpdatePushSubscriptionRequest>,
+    ) -> Reply<proto::PushSubscription> {
+        let grant = crate::auth::grant_of(&req)?;
+        let reply = push::update(&self.queues, &self.push_policy, &grant, req.into_inner());
+        Ok(Response::new(reply.await?))
+    }
+
+    async fn delete_push_subscription(
+        &self,
+        req: Request<proto::DeletePushSubscriptionRequest>,
+    ) -> Reply<proto::DeletePushSubscriptionResponse> {
+        let grant = crate::auth::grant_of(&req)?;
+        push::delete(&self.queues, &grant, &req.get_ref().name).await?;
+        Ok(Response::new(proto::DeletePushSubscriptionResponse {}))
     }
 }

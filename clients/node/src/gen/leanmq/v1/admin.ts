@@ -20,6 +20,7 @@ import {
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
 import { Timestamp } from "../../google/protobuf/timestamp";
+import { StartPosition } from "./broker";
 
 export const protobufPackage = "leanmq.v1";
 
@@ -30,6 +31,57 @@ export const protobufFileName = "leanmq/v1/admin.proto";
  * queues, including those created by LeanMQ 0.2.0 Python (everything in the
  * `webhook:registry` set). Every change is atomic per message.
  */
+
+export enum PushState {
+  PUSH_STATE_UNSPECIFIED = 0,
+  /** PUSH_STATE_ACTIVE - Pushing. */
+  PUSH_STATE_ACTIVE = 1,
+  /**
+   * PUSH_STATE_PAUSED - Not pushing; messages accumulate in the group (an endpoint answered
+   * 410 Gone, or an operator paused it). Resume with state ACTIVE.
+   */
+  PUSH_STATE_PAUSED = 2,
+  /** PUSH_STATE_DISABLED - Not pushing, set by an operator. */
+  PUSH_STATE_DISABLED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function pushStateFromJSON(object: any): PushState {
+  switch (object) {
+    case 0:
+    case "PUSH_STATE_UNSPECIFIED":
+      return PushState.PUSH_STATE_UNSPECIFIED;
+    case 1:
+    case "PUSH_STATE_ACTIVE":
+      return PushState.PUSH_STATE_ACTIVE;
+    case 2:
+    case "PUSH_STATE_PAUSED":
+      return PushState.PUSH_STATE_PAUSED;
+    case 3:
+    case "PUSH_STATE_DISABLED":
+      return PushState.PUSH_STATE_DISABLED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return PushState.UNRECOGNIZED;
+  }
+}
+
+export function pushStateToJSON(object: PushState): string {
+  switch (object) {
+    case PushState.PUSH_STATE_UNSPECIFIED:
+      return "PUSH_STATE_UNSPECIFIED";
+    case PushState.PUSH_STATE_ACTIVE:
+      return "PUSH_STATE_ACTIVE";
+    case PushState.PUSH_STATE_PAUSED:
+      return "PUSH_STATE_PAUSED";
+    case PushState.PUSH_STATE_DISABLED:
+      return "PUSH_STATE_DISABLED";
+    case PushState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 /**
  * Queues come in pages, in queue-name order: every queue that exists for
@@ -316,6 +368,125 @@ export interface CreateQueueResponse {
   deadLetterStream: string;
   /** LeanMQ's default group of the queue ("order_status-group"). */
   group: string;
+}
+
+export interface PushSubscription {
+  /** 1 to 64 of [A-Za-z0-9_-], starting with a letter or digit. */
+  name: string;
+  /** A path ("/order/status/") or a pattern ("/order/*"), as Subscribe's. */
+  path: string;
+  /** Consumer group; default "push-<name>". Same rules as Subscribe's group. */
+  group: string;
+  /**
+   * Where a new group starts (as Subscribe's `start`); default now. Read
+   * back as given at creation.
+   */
+  start?:
+    | StartPosition
+    | undefined;
+  /**
+   * An https:// URL (http:// only with --push-allow-http or
+   * --push-allow-private), at most 2048 bytes, no user info.
+   */
+  endpoint: string;
+  /**
+   * Write-only: each "whsec_" + base64 of 24 to 64 bytes; 1 to 5 (several
+   * while rotating: every POST carries one signature per secret). Never
+   * returned; see `secret_count` and `secret_hints`.
+   */
+  secrets: string[];
+  /** Per attempt, 1s to 60s; default 15s. */
+  timeout?:
+    | Duration
+    | undefined;
+  /** Concurrent POSTs per replica, 1 to 1000; default 10. */
+  maxInFlight: number;
+  /**
+   * Attempts before the DLQ, 1 to leanmqd's --max-attempts; default
+   * --max-attempts.
+   */
+  maxAttempts: number;
+  /**
+   * Delay before attempt n+1 after attempt n failed: entry n (1-based
+   * after the first, which is immediate); past its end, the last entry. At
+   * most 20 entries, each at most 7 days. Default Standard Webhooks':
+   * 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h.
+   */
+  retrySchedule: Duration[];
+  /**
+   * Cap on any retry delay, the schedule's and Retry-After's; 1s to 7 days,
+   * default 10h.
+   */
+  maxBackoff?:
+    | Duration
+    | undefined;
+  /**
+   * Extra request headers: at most 16, names a valid HTTP token (not one
+   * leanmqd sets: content-type, webhook-*, leanmq-*, traceparent, host,
+   * content-length…), 8 KiB in all.
+   */
+  headers: { [key: string]: string };
+  /** Output (input only on Update). */
+  state: PushState;
+  /** Why it is paused or disabled (output). */
+  stateReason: string;
+  /** Output: how many secrets it has, and a hint of each ("whsec_ab…"). */
+  secretCount: number;
+  secretHints: string[];
+  /** Output counters, over every replica. */
+  counters?: PushCounters | undefined;
+  createdAt?: Date | undefined;
+  updatedAt?: Date | undefined;
+}
+
+export interface PushSubscription_HeadersEntry {
+  key: string;
+  value: string;
+}
+
+export interface PushCounters {
+  /** POSTs answered 2xx (acked). */
+  delivered: number;
+  /** Failed attempts (non-2xx, timeouts, connection errors). */
+  failed: number;
+  /** Messages moved to the DLQ after max_attempts. */
+  deadLettered: number;
+}
+
+export interface CreatePushSubscriptionRequest {
+  subscription?:
+    | PushSubscription
+    | undefined;
+  /** As Broker's SendRequest.prefix: empty for the server's default. */
+  prefix: string;
+}
+
+export interface GetPushSubscriptionRequest {
+  name: string;
+  prefix: string;
+}
+
+export interface ListPushSubscriptionsRequest {
+  prefix: string;
+}
+
+export interface ListPushSubscriptionsResponse {
+  subscriptions: PushSubscription[];
+}
+
+export interface UpdatePushSubscriptionRequest {
+  subscription?: PushSubscription | undefined;
+  prefix: string;
+  /** Remove every extra header. */
+  clearHeaders: boolean;
+}
+
+export interface DeletePushSubscriptionRequest {
+  name: string;
+  prefix: string;
+}
+
+export interface DeletePushSubscriptionResponse {
 }
 
 function createBaseListQueuesRequest(): ListQueuesRequest {
@@ -3252,6 +3423,1211 @@ export const CreateQueueResponse: MessageFns<CreateQueueResponse> = {
   },
 };
 
+function createBasePushSubscription(): PushSubscription {
+  return {
+    name: "",
+    path: "",
+    group: "",
+    start: undefined,
+    endpoint: "",
+    secrets: [],
+    timeout: undefined,
+    maxInFlight: 0,
+    maxAttempts: 0,
+    retrySchedule: [],
+    maxBackoff: undefined,
+    headers: {},
+    state: 0,
+    stateReason: "",
+    secretCount: 0,
+    secretHints: [],
+    counters: undefined,
+    createdAt: undefined,
+    updatedAt: undefined,
+  };
+}
+
+export const PushSubscription: MessageFns<PushSubscription> = {
+  encode(message: PushSubscription, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.group !== "") {
+      writer.uint32(26).string(message.group);
+    }
+    if (message.start !== undefined) {
+      StartPosition.encode(message.start, writer.uint32(34).fork()).join();
+    }
+    if (message.endpoint !== "") {
+      writer.uint32(42).string(message.endpoint);
+    }
+    for (const v of message.secrets) {
+      writer.uint32(50).string(v!);
+    }
+    if (message.timeout !== undefined) {
+      Duration.encode(message.timeout, writer.uint32(58).fork()).join();
+    }
+    if (message.maxInFlight !== 0) {
+      writer.uint32(64).uint32(message.maxInFlight);
+    }
+    if (message.maxAttempts !== 0) {
+      writer.uint32(72).uint32(message.maxAttempts);
+    }
+    for (const v of message.retrySchedule) {
+      Duration.encode(v!, writer.uint32(82).fork()).join();
+    }
+    if (message.maxBackoff !== undefined) {
+      Duration.encode(message.maxBackoff, writer.uint32(90).fork()).join();
+    }
+    globalThis.Object.entries(message.headers).forEach(([key, value]: [string, string]) => {
+      PushSubscription_HeadersEntry.encode({ key: key as any, value }, writer.uint32(98).fork()).join();
+    });
+    if (message.state !== 0) {
+      writer.uint32(104).int32(message.state);
+    }
+    if (message.stateReason !== "") {
+      writer.uint32(114).string(message.stateReason);
+    }
+    if (message.secretCount !== 0) {
+      writer.uint32(120).uint32(message.secretCount);
+    }
+    for (const v of message.secretHints) {
+      writer.uint32(130).string(v!);
+    }
+    if (message.counters !== undefined) {
+      PushCounters.encode(message.counters, writer.uint32(138).fork()).join();
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(146).fork()).join();
+    }
+    if (message.updatedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(154).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushSubscription {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushSubscription();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.start = StartPosition.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.secrets.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.timeout = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxInFlight = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.maxAttempts = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.retrySchedule.push(Duration.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.maxBackoff = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            const entry12 = PushSubscription_HeadersEntry.decode(reader, reader.uint32());
+            if (entry12.value !== undefined) {
+              message.headers[entry12.key] = entry12.value;
+            }
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.stateReason = reader.string();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.secretCount = reader.uint32();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.secretHints.push(reader.string());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.counters = PushCounters.decode(reader, reader.uint32());
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushSubscription {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+      start: isSet(object.start) ? StartPosition.fromJSON(object.start) : undefined,
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
+      secrets: globalThis.Array.isArray(object?.secrets) ? object.secrets.map((e: any) => globalThis.String(e)) : [],
+      timeout: isSet(object.timeout) ? Duration.fromJSON(object.timeout) : undefined,
+      maxInFlight: isSet(object.maxInFlight)
+        ? globalThis.Number(object.maxInFlight)
+        : isSet(object.max_in_flight)
+        ? globalThis.Number(object.max_in_flight)
+        : 0,
+      maxAttempts: isSet(object.maxAttempts)
+        ? globalThis.Number(object.maxAttempts)
+        : isSet(object.max_attempts)
+        ? globalThis.Number(object.max_attempts)
+        : 0,
+      retrySchedule: globalThis.Array.isArray(object?.retrySchedule)
+        ? object.retrySchedule.map((e: any) => Duration.fromJSON(e))
+        : globalThis.Array.isArray(object?.retry_schedule)
+        ? object.retry_schedule.map((e: any) => Duration.fromJSON(e))
+        : [],
+      maxBackoff: isSet(object.maxBackoff)
+        ? Duration.fromJSON(object.maxBackoff)
+        : isSet(object.max_backoff)
+        ? Duration.fromJSON(object.max_backoff)
+        : undefined,
+      headers: isObject(object.headers)
+        ? (globalThis.Object.entries(object.headers) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      state: isSet(object.state) ? pushStateFromJSON(object.state) : 0,
+      stateReason: isSet(object.stateReason)
+        ? globalThis.String(object.stateReason)
+        : isSet(object.state_reason)
+        ? globalThis.String(object.state_reason)
+        : "",
+      secretCount: isSet(object.secretCount)
+        ? globalThis.Number(object.secretCount)
+        : isSet(object.secret_count)
+        ? globalThis.Number(object.secret_count)
+        : 0,
+      secretHints: globalThis.Array.isArray(object?.secretHints)
+        ? object.secretHints.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.secret_hints)
+        ? object.secret_hints.map((e: any) => globalThis.String(e))
+        : [],
+      counters: isSet(object.counters) ? PushCounters.fromJSON(object.counters) : undefined,
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      updatedAt: isSet(object.updatedAt)
+        ? fromJsonTimestamp(object.updatedAt)
+        : isSet(object.updated_at)
+        ? fromJsonTimestamp(object.updated_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: PushSubscription): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    if (message.start !== undefined) {
+      obj.start = StartPosition.toJSON(message.start);
+    }
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
+    if (message.secrets?.length) {
+      obj.secrets = message.secrets;
+    }
+    if (message.timeout !== undefined) {
+      obj.timeout = Duration.toJSON(message.timeout);
+    }
+    if (message.maxInFlight !== 0) {
+      obj.maxInFlight = Math.round(message.maxInFlight);
+    }
+    if (message.maxAttempts !== 0) {
+      obj.maxAttempts = Math.round(message.maxAttempts);
+    }
+    if (message.retrySchedule?.length) {
+      obj.retrySchedule = message.retrySchedule.map((e) => Duration.toJSON(e));
+    }
+    if (message.maxBackoff !== undefined) {
+      obj.maxBackoff = Duration.toJSON(message.maxBackoff);
+    }
+    if (message.headers) {
+      const entries = globalThis.Object.entries(message.headers) as [string, string][];
+      if (entries.length > 0) {
+        obj.headers = {};
+        entries.forEach(([k, v]) => {
+          obj.headers[k] = v;
+        });
+      }
+    }
+    if (message.state !== 0) {
+      obj.state = pushStateToJSON(message.state);
+    }
+    if (message.stateReason !== "") {
+      obj.stateReason = message.stateReason;
+    }
+    if (message.secretCount !== 0) {
+      obj.secretCount = Math.round(message.secretCount);
+    }
+    if (message.secretHints?.length) {
+      obj.secretHints = message.secretHints;
+    }
+    if (message.counters !== undefined) {
+      obj.counters = PushCounters.toJSON(message.counters);
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.updatedAt !== undefined) {
+      obj.updatedAt = message.updatedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushSubscription>, I>>(base?: I): PushSubscription {
+    return PushSubscription.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushSubscription>, I>>(object: I): PushSubscription {
+    const message = createBasePushSubscription();
+    message.name = object.name ?? "";
+    message.path = object.path ?? "";
+    message.group = object.group ?? "";
+    message.start = (object.start !== undefined && object.start !== null)
+      ? StartPosition.fromPartial(object.start)
+      : undefined;
+    message.endpoint = object.endpoint ?? "";
+    message.secrets = object.secrets?.map((e) => e) || [];
+    message.timeout = (object.timeout !== undefined && object.timeout !== null)
+      ? Duration.fromPartial(object.timeout)
+      : undefined;
+    message.maxInFlight = object.maxInFlight ?? 0;
+    message.maxAttempts = object.maxAttempts ?? 0;
+    message.retrySchedule = object.retrySchedule?.map((e) => Duration.fromPartial(e)) || [];
+    message.maxBackoff = (object.maxBackoff !== undefined && object.maxBackoff !== null)
+      ? Duration.fromPartial(object.maxBackoff)
+      : undefined;
+    message.headers = (globalThis.Object.entries(object.headers ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.state = object.state ?? 0;
+    message.stateReason = object.stateReason ?? "";
+    message.secretCount = object.secretCount ?? 0;
+    message.secretHints = object.secretHints?.map((e) => e) || [];
+    message.counters = (object.counters !== undefined && object.counters !== null)
+      ? PushCounters.fromPartial(object.counters)
+      : undefined;
+    message.createdAt = object.createdAt ?? undefined;
+    message.updatedAt = object.updatedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBasePushSubscription_HeadersEntry(): PushSubscription_HeadersEntry {
+  return { key: "", value: "" };
+}
+
+export const PushSubscription_HeadersEntry: MessageFns<PushSubscription_HeadersEntry> = {
+  encode(message: PushSubscription_HeadersEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushSubscription_HeadersEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushSubscription_HeadersEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushSubscription_HeadersEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: PushSubscription_HeadersEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushSubscription_HeadersEntry>, I>>(base?: I): PushSubscription_HeadersEntry {
+    return PushSubscription_HeadersEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushSubscription_HeadersEntry>, I>>(
+    object: I,
+  ): PushSubscription_HeadersEntry {
+    const message = createBasePushSubscription_HeadersEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBasePushCounters(): PushCounters {
+  return { delivered: 0, failed: 0, deadLettered: 0 };
+}
+
+export const PushCounters: MessageFns<PushCounters> = {
+  encode(message: PushCounters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.delivered !== 0) {
+      writer.uint32(8).int64(message.delivered);
+    }
+    if (message.failed !== 0) {
+      writer.uint32(16).int64(message.failed);
+    }
+    if (message.deadLettered !== 0) {
+      writer.uint32(24).int64(message.deadLettered);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushCounters {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushCounters();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.delivered = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.failed = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.deadLettered = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushCounters {
+    return {
+      delivered: isSet(object.delivered) ? globalThis.Number(object.delivered) : 0,
+      failed: isSet(object.failed) ? globalThis.Number(object.failed) : 0,
+      deadLettered: isSet(object.deadLettered)
+        ? globalThis.Number(object.deadLettered)
+        : isSet(object.dead_lettered)
+        ? globalThis.Number(object.dead_lettered)
+        : 0,
+    };
+  },
+
+  toJSON(message: PushCounters): unknown {
+    const obj: any = {};
+    if (message.delivered !== 0) {
+      obj.delivered = Math.round(message.delivered);
+    }
+    if (message.failed !== 0) {
+      obj.failed = Math.round(message.failed);
+    }
+    if (message.deadLettered !== 0) {
+      obj.deadLettered = Math.round(message.deadLettered);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushCounters>, I>>(base?: I): PushCounters {
+    return PushCounters.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushCounters>, I>>(object: I): PushCounters {
+    const message = createBasePushCounters();
+    message.delivered = object.delivered ?? 0;
+    message.failed = object.failed ?? 0;
+    message.deadLettered = object.deadLettered ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreatePushSubscriptionRequest(): CreatePushSubscriptionRequest {
+  return { subscription: undefined, prefix: "" };
+}
+
+export const CreatePushSubscriptionRequest: MessageFns<CreatePushSubscriptionRequest> = {
+  encode(message: CreatePushSubscriptionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subscription !== undefined) {
+      PushSubscription.encode(message.subscription, writer.uint32(10).fork()).join();
+    }
+    if (message.prefix !== "") {
+      writer.uint32(18).string(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreatePushSubscriptionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreatePushSubscriptionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subscription = PushSubscription.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreatePushSubscriptionRequest {
+    return {
+      subscription: isSet(object.subscription) ? PushSubscription.fromJSON(object.subscription) : undefined,
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
+  },
+
+  toJSON(message: CreatePushSubscriptionRequest): unknown {
+    const obj: any = {};
+    if (message.subscription !== undefined) {
+      obj.subscription = PushSubscription.toJSON(message.subscription);
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreatePushSubscriptionRequest>, I>>(base?: I): CreatePushSubscriptionRequest {
+    return CreatePushSubscriptionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreatePushSubscriptionRequest>, I>>(
+    object: I,
+  ): CreatePushSubscriptionRequest {
+    const message = createBaseCreatePushSubscriptionRequest();
+    message.subscription = (object.subscription !== undefined && object.subscription !== null)
+      ? PushSubscription.fromPartial(object.subscription)
+      : undefined;
+    message.prefix = object.prefix ?? "";
+    return message;
+  },
+};
+
+function createBaseGetPushSubscriptionRequest(): GetPushSubscriptionRequest {
+  return { name: "", prefix: "" };
+}
+
+export const GetPushSubscriptionRequest: MessageFns<GetPushSubscriptionRequest> = {
+  encode(message: GetPushSubscriptionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(18).string(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPushSubscriptionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPushSubscriptionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetPushSubscriptionRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
+  },
+
+  toJSON(message: GetPushSubscriptionRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetPushSubscriptionRequest>, I>>(base?: I): GetPushSubscriptionRequest {
+    return GetPushSubscriptionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetPushSubscriptionRequest>, I>>(object: I): GetPushSubscriptionRequest {
+    const message = createBaseGetPushSubscriptionRequest();
+    message.name = object.name ?? "";
+    message.prefix = object.prefix ?? "";
+    return message;
+  },
+};
+
+function createBaseListPushSubscriptionsRequest(): ListPushSubscriptionsRequest {
+  return { prefix: "" };
+}
+
+export const ListPushSubscriptionsRequest: MessageFns<ListPushSubscriptionsRequest> = {
+  encode(message: ListPushSubscriptionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.prefix !== "") {
+      writer.uint32(10).string(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListPushSubscriptionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListPushSubscriptionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListPushSubscriptionsRequest {
+    return { prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "" };
+  },
+
+  toJSON(message: ListPushSubscriptionsRequest): unknown {
+    const obj: any = {};
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListPushSubscriptionsRequest>, I>>(base?: I): ListPushSubscriptionsRequest {
+    return ListPushSubscriptionsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListPushSubscriptionsRequest>, I>>(object: I): ListPushSubscriptionsRequest {
+    const message = createBaseListPushSubscriptionsRequest();
+    message.prefix = object.prefix ?? "";
+    return message;
+  },
+};
+
+function createBaseListPushSubscriptionsResponse(): ListPushSubscriptionsResponse {
+  return { subscriptions: [] };
+}
+
+export const ListPushSubscriptionsResponse: MessageFns<ListPushSubscriptionsResponse> = {
+  encode(message: ListPushSubscriptionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.subscriptions) {
+      PushSubscription.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListPushSubscriptionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListPushSubscriptionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subscriptions.push(PushSubscription.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListPushSubscriptionsResponse {
+    return {
+      subscriptions: globalThis.Array.isArray(object?.subscriptions)
+        ? object.subscriptions.map((e: any) => PushSubscription.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListPushSubscriptionsResponse): unknown {
+    const obj: any = {};
+    if (message.subscriptions?.length) {
+      obj.subscriptions = message.subscriptions.map((e) => PushSubscription.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListPushSubscriptionsResponse>, I>>(base?: I): ListPushSubscriptionsResponse {
+    return ListPushSubscriptionsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListPushSubscriptionsResponse>, I>>(
+    object: I,
+  ): ListPushSubscriptionsResponse {
+    const message = createBaseListPushSubscriptionsResponse();
+    message.subscriptions = object.subscriptions?.map((e) => PushSubscription.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseUpdatePushSubscriptionRequest(): UpdatePushSubscriptionRequest {
+  return { subscription: undefined, prefix: "", clearHeaders: false };
+}
+
+export const UpdatePushSubscriptionRequest: MessageFns<UpdatePushSubscriptionRequest> = {
+  encode(message: UpdatePushSubscriptionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subscription !== undefined) {
+      PushSubscription.encode(message.subscription, writer.uint32(10).fork()).join();
+    }
+    if (message.prefix !== "") {
+      writer.uint32(18).string(message.prefix);
+    }
+    if (message.clearHeaders !== false) {
+      writer.uint32(24).bool(message.clearHeaders);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdatePushSubscriptionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdatePushSubscriptionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subscription = PushSubscription.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.clearHeaders = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdatePushSubscriptionRequest {
+    return {
+      subscription: isSet(object.subscription) ? PushSubscription.fromJSON(object.subscription) : undefined,
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+      clearHeaders: isSet(object.clearHeaders)
+        ? globalThis.Boolean(object.clearHeaders)
+        : isSet(object.clear_headers)
+        ? globalThis.Boolean(object.clear_headers)
+        : false,
+    };
+  },
+
+  toJSON(message: UpdatePushSubscriptionRequest): unknown {
+    const obj: any = {};
+    if (message.subscription !== undefined) {
+      obj.subscription = PushSubscription.toJSON(message.subscription);
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    if (message.clearHeaders !== false) {
+      obj.clearHeaders = message.clearHeaders;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdatePushSubscriptionRequest>, I>>(base?: I): UpdatePushSubscriptionRequest {
+    return UpdatePushSubscriptionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdatePushSubscriptionRequest>, I>>(
+    object: I,
+  ): UpdatePushSubscriptionRequest {
+    const message = createBaseUpdatePushSubscriptionRequest();
+    message.subscription = (object.subscription !== undefined && object.subscription !== null)
+      ? PushSubscription.fromPartial(object.subscription)
+      : undefined;
+    message.prefix = object.prefix ?? "";
+    message.clearHeaders = object.clearHeaders ?? false;
+    return message;
+  },
+};
+
+function createBaseDeletePushSubscriptionRequest(): DeletePushSubscriptionRequest {
+  return { name: "", prefix: "" };
+}
+
+export const DeletePushSubscriptionRequest: MessageFns<DeletePushSubscriptionRequest> = {
+  encode(message: DeletePushSubscriptionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(18).string(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeletePushSubscriptionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeletePushSubscriptionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeletePushSubscriptionRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+    };
+  },
+
+  toJSON(message: DeletePushSubscriptionRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeletePushSubscriptionRequest>, I>>(base?: I): DeletePushSubscriptionRequest {
+    return DeletePushSubscriptionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeletePushSubscriptionRequest>, I>>(
+    object: I,
+  ): DeletePushSubscriptionRequest {
+    const message = createBaseDeletePushSubscriptionRequest();
+    message.name = object.name ?? "";
+    message.prefix = object.prefix ?? "";
+    return message;
+  },
+};
+
+function createBaseDeletePushSubscriptionResponse(): DeletePushSubscriptionResponse {
+  return {};
+}
+
+export const DeletePushSubscriptionResponse: MessageFns<DeletePushSubscriptionResponse> = {
+  encode(_: DeletePushSubscriptionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeletePushSubscriptionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeletePushSubscriptionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeletePushSubscriptionResponse {
+    return {};
+  },
+
+  toJSON(_: DeletePushSubscriptionResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeletePushSubscriptionResponse>, I>>(base?: I): DeletePushSubscriptionResponse {
+    return DeletePushSubscriptionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeletePushSubscriptionResponse>, I>>(_: I): DeletePushSubscriptionResponse {
+    const message = createBaseDeletePushSubscriptionResponse();
+    return message;
+  },
+};
+
 export type AdminService = typeof AdminService;
 export const AdminService = {
   /** Every queue in the registry, with its depth and DLQ depth. */
@@ -3371,6 +4747,77 @@ export const AdminService = {
     responseSerialize: (value: CreateQueueResponse): Buffer => Buffer.from(CreateQueueResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateQueueResponse => CreateQueueResponse.decode(value),
   },
+  /**
+   * Push delivery (docs/push.md): every leanmqd replica POSTs each message
+   * of the subscription's path (or pattern) to its endpoint, signed per
+   * Standard Webhooks, as a consumer of the subscription's group. Creating,
+   * updating and deleting one needs admin on its path; getting and listing
+   * need admin too (they show endpoints). ALREADY_EXISTS when the name is
+   * taken; INVALID_ARGUMENT for a bad field, with the field named.
+   */
+  createPushSubscription: {
+    path: "/leanmq.v1.Admin/CreatePushSubscription" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreatePushSubscriptionRequest): Buffer =>
+      Buffer.from(CreatePushSubscriptionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreatePushSubscriptionRequest => CreatePushSubscriptionRequest.decode(value),
+    responseSerialize: (value: PushSubscription): Buffer => Buffer.from(PushSubscription.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PushSubscription => PushSubscription.decode(value),
+  },
+  /** NOT_FOUND when there is no subscription of that name. */
+  getPushSubscription: {
+    path: "/leanmq.v1.Admin/GetPushSubscription" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetPushSubscriptionRequest): Buffer =>
+      Buffer.from(GetPushSubscriptionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetPushSubscriptionRequest => GetPushSubscriptionRequest.decode(value),
+    responseSerialize: (value: PushSubscription): Buffer => Buffer.from(PushSubscription.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PushSubscription => PushSubscription.decode(value),
+  },
+  /** Every subscription of the prefix the caller may administer, in name order. */
+  listPushSubscriptions: {
+    path: "/leanmq.v1.Admin/ListPushSubscriptions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListPushSubscriptionsRequest): Buffer =>
+      Buffer.from(ListPushSubscriptionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListPushSubscriptionsRequest => ListPushSubscriptionsRequest.decode(value),
+    responseSerialize: (value: ListPushSubscriptionsResponse): Buffer =>
+      Buffer.from(ListPushSubscriptionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListPushSubscriptionsResponse => ListPushSubscriptionsResponse.decode(value),
+  },
+  /**
+   * Change a subscription: every field of `subscription` left at its zero
+   * value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+   * pauses it); `name`, `path`, `group` and `start` cannot change;
+   * non-empty `secrets` replace the secrets; `clear_headers` empties the
+   * extra headers.
+   */
+  updatePushSubscription: {
+    path: "/leanmq.v1.Admin/UpdatePushSubscription" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdatePushSubscriptionRequest): Buffer =>
+      Buffer.from(UpdatePushSubscriptionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdatePushSubscriptionRequest => UpdatePushSubscriptionRequest.decode(value),
+    responseSerialize: (value: PushSubscription): Buffer => Buffer.from(PushSubscription.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PushSubscription => PushSubscription.decode(value),
+  },
+  /** Delete a subscription (its group and queue remain). */
+  deletePushSubscription: {
+    path: "/leanmq.v1.Admin/DeletePushSubscription" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeletePushSubscriptionRequest): Buffer =>
+      Buffer.from(DeletePushSubscriptionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeletePushSubscriptionRequest => DeletePushSubscriptionRequest.decode(value),
+    responseSerialize: (value: DeletePushSubscriptionResponse): Buffer =>
+      Buffer.from(DeletePushSubscriptionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeletePushSubscriptionResponse =>
+      DeletePushSubscriptionResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServer extends UntypedServiceImplementation {
@@ -3411,6 +4858,29 @@ export interface AdminServer extends UntypedServiceImplementation {
    * Send and Subscribe create it too.
    */
   createQueue: handleUnaryCall<CreateQueueRequest, CreateQueueResponse>;
+  /**
+   * Push delivery (docs/push.md): every leanmqd replica POSTs each message
+   * of the subscription's path (or pattern) to its endpoint, signed per
+   * Standard Webhooks, as a consumer of the subscription's group. Creating,
+   * updating and deleting one needs admin on its path; getting and listing
+   * need admin too (they show endpoints). ALREADY_EXISTS when the name is
+   * taken; INVALID_ARGUMENT for a bad field, with the field named.
+   */
+  createPushSubscription: handleUnaryCall<CreatePushSubscriptionRequest, PushSubscription>;
+  /** NOT_FOUND when there is no subscription of that name. */
+  getPushSubscription: handleUnaryCall<GetPushSubscriptionRequest, PushSubscription>;
+  /** Every subscription of the prefix the caller may administer, in name order. */
+  listPushSubscriptions: handleUnaryCall<ListPushSubscriptionsRequest, ListPushSubscriptionsResponse>;
+  /**
+   * Change a subscription: every field of `subscription` left at its zero
+   * value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+   * pauses it); `name`, `path`, `group` and `start` cannot change;
+   * non-empty `secrets` replace the secrets; `clear_headers` empties the
+   * extra headers.
+   */
+  updatePushSubscription: handleUnaryCall<UpdatePushSubscriptionRequest, PushSubscription>;
+  /** Delete a subscription (its group and queue remain). */
+  deletePushSubscription: handleUnaryCall<DeletePushSubscriptionRequest, DeletePushSubscriptionResponse>;
 }
 
 export interface AdminClient extends Client {
@@ -3576,6 +5046,99 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateQueueResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Push delivery (docs/push.md): every leanmqd replica POSTs each message
+   * of the subscription's path (or pattern) to its endpoint, signed per
+   * Standard Webhooks, as a consumer of the subscription's group. Creating,
+   * updating and deleting one needs admin on its path; getting and listing
+   * need admin too (they show endpoints). ALREADY_EXISTS when the name is
+   * taken; INVALID_ARGUMENT for a bad field, with the field named.
+   */
+  createPushSubscription(
+    request: CreatePushSubscriptionRequest,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  createPushSubscription(
+    request: CreatePushSubscriptionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  createPushSubscription(
+    request: CreatePushSubscriptionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  /** NOT_FOUND when there is no subscription of that name. */
+  getPushSubscription(
+    request: GetPushSubscriptionRequest,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  getPushSubscription(
+    request: GetPushSubscriptionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  getPushSubscription(
+    request: GetPushSubscriptionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  /** Every subscription of the prefix the caller may administer, in name order. */
+  listPushSubscriptions(
+    request: ListPushSubscriptionsRequest,
+    callback: (error: ServiceError | null, response: ListPushSubscriptionsResponse) => void,
+  ): ClientUnaryCall;
+  listPushSubscriptions(
+    request: ListPushSubscriptionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListPushSubscriptionsResponse) => void,
+  ): ClientUnaryCall;
+  listPushSubscriptions(
+    request: ListPushSubscriptionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListPushSubscriptionsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Change a subscription: every field of `subscription` left at its zero
+   * value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+   * pauses it); `name`, `path`, `group` and `start` cannot change;
+   * non-empty `secrets` replace the secrets; `clear_headers` empties the
+   * extra headers.
+   */
+  updatePushSubscription(
+    request: UpdatePushSubscriptionRequest,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  updatePushSubscription(
+    request: UpdatePushSubscriptionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  updatePushSubscription(
+    request: UpdatePushSubscriptionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PushSubscription) => void,
+  ): ClientUnaryCall;
+  /** Delete a subscription (its group and queue remain). */
+  deletePushSubscription(
+    request: DeletePushSubscriptionRequest,
+    callback: (error: ServiceError | null, response: DeletePushSubscriptionResponse) => void,
+  ): ClientUnaryCall;
+  deletePushSubscription(
+    request: DeletePushSubscriptionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeletePushSubscriptionResponse) => void,
+  ): ClientUnaryCall;
+  deletePushSubscription(
+    request: DeletePushSubscriptionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeletePushSubscriptionResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -11,11 +11,48 @@ import collections.abc
 import google.protobuf.descriptor
 import google.protobuf.duration_pb2
 import google.protobuf.internal.containers
+import google.protobuf.internal.enum_type_wrapper
 import google.protobuf.message
 import google.protobuf.timestamp_pb2
+import leanmq_grpc._proto.leanmq.v1.broker_pb2
+import sys
 import typing
 
+if sys.version_info >= (3, 10):
+    import typing as typing_extensions
+else:
+    import typing_extensions
+
 DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
+
+class _PushState:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _PushStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_PushState.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    PUSH_STATE_UNSPECIFIED: _PushState.ValueType  # 0
+    PUSH_STATE_ACTIVE: _PushState.ValueType  # 1
+    """Pushing."""
+    PUSH_STATE_PAUSED: _PushState.ValueType  # 2
+    """Not pushing; messages accumulate in the group (an endpoint answered
+    410 Gone, or an operator paused it). Resume with state ACTIVE.
+    """
+    PUSH_STATE_DISABLED: _PushState.ValueType  # 3
+    """Not pushing, set by an operator."""
+
+class PushState(_PushState, metaclass=_PushStateEnumTypeWrapper): ...
+
+PUSH_STATE_UNSPECIFIED: PushState.ValueType  # 0
+PUSH_STATE_ACTIVE: PushState.ValueType  # 1
+"""Pushing."""
+PUSH_STATE_PAUSED: PushState.ValueType  # 2
+"""Not pushing; messages accumulate in the group (an endpoint answered
+410 Gone, or an operator paused it). Resume with state ACTIVE.
+"""
+PUSH_STATE_DISABLED: PushState.ValueType  # 3
+"""Not pushing, set by an operator."""
+global___PushState = PushState
 
 @typing.final
 class ListQueuesRequest(google.protobuf.message.Message):
@@ -718,3 +755,286 @@ class CreateQueueResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["dead_letter_stream", b"dead_letter_stream", "group", b"group", "queue", b"queue", "stream", b"stream"]) -> None: ...
 
 global___CreateQueueResponse = CreateQueueResponse
+
+@typing.final
+class PushSubscription(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class HeadersEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.str
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    NAME_FIELD_NUMBER: builtins.int
+    PATH_FIELD_NUMBER: builtins.int
+    GROUP_FIELD_NUMBER: builtins.int
+    START_FIELD_NUMBER: builtins.int
+    ENDPOINT_FIELD_NUMBER: builtins.int
+    SECRETS_FIELD_NUMBER: builtins.int
+    TIMEOUT_FIELD_NUMBER: builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: builtins.int
+    RETRY_SCHEDULE_FIELD_NUMBER: builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: builtins.int
+    HEADERS_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    STATE_REASON_FIELD_NUMBER: builtins.int
+    SECRET_COUNT_FIELD_NUMBER: builtins.int
+    SECRET_HINTS_FIELD_NUMBER: builtins.int
+    COUNTERS_FIELD_NUMBER: builtins.int
+    CREATED_AT_FIELD_NUMBER: builtins.int
+    UPDATED_AT_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    """1 to 64 of [A-Za-z0-9_-], starting with a letter or digit."""
+    path: builtins.str
+    """A path ("/order/status/") or a pattern ("/order/*"), as Subscribe's."""
+    group: builtins.str
+    """Consumer group; default "push-<name>". Same rules as Subscribe's group."""
+    endpoint: builtins.str
+    """An https:// URL (http:// only with --push-allow-http or
+    --push-allow-private), at most 2048 bytes, no user info.
+    """
+    max_in_flight: builtins.int
+    """Concurrent POSTs per replica, 1 to 1000; default 10."""
+    max_attempts: builtins.int
+    """Attempts before the DLQ, 1 to leanmqd's --max-attempts; default
+    --max-attempts.
+    """
+    state: global___PushState.ValueType
+    """Output (input only on Update)."""
+    state_reason: builtins.str
+    """Why it is paused or disabled (output)."""
+    secret_count: builtins.int
+    """Output: how many secrets it has, and a hint of each ("whsec_ab…")."""
+    @property
+    def start(self) -> leanmq_grpc._proto.leanmq.v1.broker_pb2.StartPosition:
+        """Where a new group starts (as Subscribe's `start`); default now. Read
+        back as given at creation.
+        """
+
+    @property
+    def secrets(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Write-only: each "whsec_" + base64 of 24 to 64 bytes; 1 to 5 (several
+        while rotating: every POST carries one signature per secret). Never
+        returned; see `secret_count` and `secret_hints`.
+        """
+
+    @property
+    def timeout(self) -> google.protobuf.duration_pb2.Duration:
+        """Per attempt, 1s to 60s; default 15s."""
+
+    @property
+    def retry_schedule(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[google.protobuf.duration_pb2.Duration]:
+        """Delay before attempt n+1 after attempt n failed: entry n (1-based
+        after the first, which is immediate); past its end, the last entry. At
+        most 20 entries, each at most 7 days. Default Standard Webhooks':
+        0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h.
+        """
+
+    @property
+    def max_backoff(self) -> google.protobuf.duration_pb2.Duration:
+        """Cap on any retry delay, the schedule's and Retry-After's; 1s to 7 days,
+        default 10h.
+        """
+
+    @property
+    def headers(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """Extra request headers: at most 16, names a valid HTTP token (not one
+        leanmqd sets: content-type, webhook-*, leanmq-*, traceparent, host,
+        content-length…), 8 KiB in all.
+        """
+
+    @property
+    def secret_hints(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    @property
+    def counters(self) -> global___PushCounters:
+        """Output counters, over every replica."""
+
+    @property
+    def created_at(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    @property
+    def updated_at(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        path: builtins.str = ...,
+        group: builtins.str = ...,
+        start: leanmq_grpc._proto.leanmq.v1.broker_pb2.StartPosition | None = ...,
+        endpoint: builtins.str = ...,
+        secrets: collections.abc.Iterable[builtins.str] | None = ...,
+        timeout: google.protobuf.duration_pb2.Duration | None = ...,
+        max_in_flight: builtins.int = ...,
+        max_attempts: builtins.int = ...,
+        retry_schedule: collections.abc.Iterable[google.protobuf.duration_pb2.Duration] | None = ...,
+        max_backoff: google.protobuf.duration_pb2.Duration | None = ...,
+        headers: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        state: global___PushState.ValueType = ...,
+        state_reason: builtins.str = ...,
+        secret_count: builtins.int = ...,
+        secret_hints: collections.abc.Iterable[builtins.str] | None = ...,
+        counters: global___PushCounters | None = ...,
+        created_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        updated_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["counters", b"counters", "created_at", b"created_at", "max_backoff", b"max_backoff", "start", b"start", "timeout", b"timeout", "updated_at", b"updated_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["counters", b"counters", "created_at", b"created_at", "endpoint", b"endpoint", "group", b"group", "headers", b"headers", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "max_in_flight", b"max_in_flight", "name", b"name", "path", b"path", "retry_schedule", b"retry_schedule", "secret_count", b"secret_count", "secret_hints", b"secret_hints", "secrets", b"secrets", "start", b"start", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "updated_at", b"updated_at"]) -> None: ...
+
+global___PushSubscription = PushSubscription
+
+@typing.final
+class PushCounters(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DELIVERED_FIELD_NUMBER: builtins.int
+    FAILED_FIELD_NUMBER: builtins.int
+    DEAD_LETTERED_FIELD_NUMBER: builtins.int
+    delivered: builtins.int
+    """POSTs answered 2xx (acked)."""
+    failed: builtins.int
+    """Failed attempts (non-2xx, timeouts, connection errors)."""
+    dead_lettered: builtins.int
+    """Messages moved to the DLQ after max_attempts."""
+    def __init__(
+        self,
+        *,
+        delivered: builtins.int = ...,
+        failed: builtins.int = ...,
+        dead_lettered: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["dead_lettered", b"dead_lettered", "delivered", b"delivered", "failed", b"failed"]) -> None: ...
+
+global___PushCounters = PushCounters
+
+@typing.final
+class CreatePushSubscriptionRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
+    prefix: builtins.str
+    """As Broker's SendRequest.prefix: empty for the server's default."""
+    @property
+    def subscription(self) -> global___PushSubscription: ...
+    def __init__(
+        self,
+        *,
+        subscription: global___PushSubscription | None = ...,
+        prefix: builtins.str = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["subscription", b"subscription"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["prefix", b"prefix", "subscription", b"subscription"]) -> None: ...
+
+global___CreatePushSubscriptionRequest = CreatePushSubscriptionRequest
+
+@typing.final
+class GetPushSubscriptionRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    prefix: builtins.str
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        prefix: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["name", b"name", "prefix", b"prefix"]) -> None: ...
+
+global___GetPushSubscriptionRequest = GetPushSubscriptionRequest
+
+@typing.final
+class ListPushSubscriptionsRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: builtins.int
+    prefix: builtins.str
+    def __init__(
+        self,
+        *,
+        prefix: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["prefix", b"prefix"]) -> None: ...
+
+global___ListPushSubscriptionsRequest = ListPushSubscriptionsRequest
+
+@typing.final
+class ListPushSubscriptionsResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SUBSCRIPTIONS_FIELD_NUMBER: builtins.int
+    @property
+    def subscriptions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PushSubscription]: ...
+    def __init__(
+        self,
+        *,
+        subscriptions: collections.abc.Iterable[global___PushSubscription] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["subscriptions", b"subscriptions"]) -> None: ...
+
+global___ListPushSubscriptionsResponse = ListPushSubscriptionsResponse
+
+@typing.final
+class UpdatePushSubscriptionRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
+    CLEAR_HEADERS_FIELD_NUMBER: builtins.int
+    prefix: builtins.str
+    clear_headers: builtins.bool
+    """Remove every extra header."""
+    @property
+    def subscription(self) -> global___PushSubscription: ...
+    def __init__(
+        self,
+        *,
+        subscription: global___PushSubscription | None = ...,
+        prefix: builtins.str = ...,
+        clear_headers: builtins.bool = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["subscription", b"subscription"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["clear_headers", b"clear_headers", "prefix", b"prefix", "subscription", b"subscription"]) -> None: ...
+
+global___UpdatePushSubscriptionRequest = UpdatePushSubscriptionRequest
+
+@typing.final
+class DeletePushSubscriptionRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: builtins.int
+    PREFIX_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    prefix: builtins.str
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        prefix: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["name", b"name", "prefix", b"prefix"]) -> None: ...
+
+global___DeletePushSubscriptionRequest = DeletePushSubscriptionRequest
+
+@typing.final
+class DeletePushSubscriptionResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+global___DeletePushSubscriptionResponse = DeletePushSubscriptionResponse

@@ -79,6 +79,31 @@ class AdminStub(object):
                 request_serializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueRequest.SerializeToString,
                 response_deserializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueResponse.FromString,
                 _registered_method=True)
+        self.CreatePushSubscription = channel.unary_unary(
+                '/leanmq.v1.Admin/CreatePushSubscription',
+                request_serializer=leanmq_dot_v1_dot_admin__pb2.CreatePushSubscriptionRequest.SerializeToString,
+                response_deserializer=leanmq_dot_v1_dot_admin__pb2.PushSubscription.FromString,
+                _registered_method=True)
+        self.GetPushSubscription = channel.unary_unary(
+                '/leanmq.v1.Admin/GetPushSubscription',
+                request_serializer=leanmq_dot_v1_dot_admin__pb2.GetPushSubscriptionRequest.SerializeToString,
+                response_deserializer=leanmq_dot_v1_dot_admin__pb2.PushSubscription.FromString,
+                _registered_method=True)
+        self.ListPushSubscriptions = channel.unary_unary(
+                '/leanmq.v1.Admin/ListPushSubscriptions',
+                request_serializer=leanmq_dot_v1_dot_admin__pb2.ListPushSubscriptionsRequest.SerializeToString,
+                response_deserializer=leanmq_dot_v1_dot_admin__pb2.ListPushSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.UpdatePushSubscription = channel.unary_unary(
+                '/leanmq.v1.Admin/UpdatePushSubscription',
+                request_serializer=leanmq_dot_v1_dot_admin__pb2.UpdatePushSubscriptionRequest.SerializeToString,
+                response_deserializer=leanmq_dot_v1_dot_admin__pb2.PushSubscription.FromString,
+                _registered_method=True)
+        self.DeletePushSubscription = channel.unary_unary(
+                '/leanmq.v1.Admin/DeletePushSubscription',
+                request_serializer=leanmq_dot_v1_dot_admin__pb2.DeletePushSubscriptionRequest.SerializeToString,
+                response_deserializer=leanmq_dot_v1_dot_admin__pb2.DeletePushSubscriptionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -156,6 +181,50 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePushSubscription(self, request, context):
+        """Push delivery (docs/push.md): every leanmqd replica POSTs each message
+        of the subscription's path (or pattern) to its endpoint, signed per
+        Standard Webhooks, as a consumer of the subscription's group. Creating,
+        updating and deleting one needs admin on its path; getting and listing
+        need admin too (they show endpoints). ALREADY_EXISTS when the name is
+        taken; INVALID_ARGUMENT for a bad field, with the field named.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPushSubscription(self, request, context):
+        """NOT_FOUND when there is no subscription of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPushSubscriptions(self, request, context):
+        """Every subscription of the prefix the caller may administer, in name order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePushSubscription(self, request, context):
+        """Change a subscription: every field of `subscription` left at its zero
+        value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+        pauses it); `name`, `path`, `group` and `start` cannot change;
+        non-empty `secrets` replace the secrets; `clear_headers` empties the
+        extra headers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePushSubscription(self, request, context):
+        """Delete a subscription (its group and queue remain).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +272,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.CreateQueue,
                     request_deserializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueRequest.FromString,
                     response_serializer=leanmq_dot_v1_dot_admin__pb2.CreateQueueResponse.SerializeToString,
+            ),
+            'CreatePushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePushSubscription,
+                    request_deserializer=leanmq_dot_v1_dot_admin__pb2.CreatePushSubscriptionRequest.FromString,
+                    response_serializer=leanmq_dot_v1_dot_admin__pb2.PushSubscription.SerializeToString,
+            ),
+            'GetPushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPushSubscription,
+                    request_deserializer=leanmq_dot_v1_dot_admin__pb2.GetPushSubscriptionRequest.FromString,
+                    response_serializer=leanmq_dot_v1_dot_admin__pb2.PushSubscription.SerializeToString,
+            ),
+            'ListPushSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPushSubscriptions,
+                    request_deserializer=leanmq_dot_v1_dot_admin__pb2.ListPushSubscriptionsRequest.FromString,
+                    response_serializer=leanmq_dot_v1_dot_admin__pb2.ListPushSubscriptionsResponse.SerializeToString,
+            ),
+            'UpdatePushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePushSubscription,
+                    request_deserializer=leanmq_dot_v1_dot_admin__pb2.UpdatePushSubscriptionRequest.FromString,
+                    response_serializer=leanmq_dot_v1_dot_admin__pb2.PushSubscription.SerializeToString,
+            ),
+            'DeletePushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePushSubscription,
+                    request_deserializer=leanmq_dot_v1_dot_admin__pb2.DeletePushSubscriptionRequest.FromString,
+                    response_serializer=leanmq_dot_v1_dot_admin__pb2.DeletePushSubscriptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +542,141 @@ class Admin(object):
             '/leanmq.v1.Admin/CreateQueue',
             leanmq_dot_v1_dot_admin__pb2.CreateQueueRequest.SerializeToString,
             leanmq_dot_v1_dot_admin__pb2.CreateQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leanmq.v1.Admin/CreatePushSubscription',
+            leanmq_dot_v1_dot_admin__pb2.CreatePushSubscriptionRequest.SerializeToString,
+            leanmq_dot_v1_dot_admin__pb2.PushSubscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leanmq.v1.Admin/GetPushSubscription',
+            leanmq_dot_v1_dot_admin__pb2.GetPushSubscriptionRequest.SerializeToString,
+            leanmq_dot_v1_dot_admin__pb2.PushSubscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPushSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leanmq.v1.Admin/ListPushSubscriptions',
+            leanmq_dot_v1_dot_admin__pb2.ListPushSubscriptionsRequest.SerializeToString,
+            leanmq_dot_v1_dot_admin__pb2.ListPushSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leanmq.v1.Admin/UpdatePushSubscription',
+            leanmq_dot_v1_dot_admin__pb2.UpdatePushSubscriptionRequest.SerializeToString,
+            leanmq_dot_v1_dot_admin__pb2.PushSubscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leanmq.v1.Admin/DeletePushSubscription',
+            leanmq_dot_v1_dot_admin__pb2.DeletePushSubscriptionRequest.SerializeToString,
+            leanmq_dot_v1_dot_admin__pb2.DeletePushSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

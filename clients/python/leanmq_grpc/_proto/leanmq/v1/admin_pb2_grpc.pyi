@@ -90,6 +90,47 @@ class AdminStub:
     Send and Subscribe create it too.
     """
 
+    CreatePushSubscription: grpc.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.CreatePushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription,
+    ]
+    """Push delivery (docs/push.md): every leanmqd replica POSTs each message
+    of the subscription's path (or pattern) to its endpoint, signed per
+    Standard Webhooks, as a consumer of the subscription's group. Creating,
+    updating and deleting one needs admin on its path; getting and listing
+    need admin too (they show endpoints). ALREADY_EXISTS when the name is
+    taken; INVALID_ARGUMENT for a bad field, with the field named.
+    """
+
+    GetPushSubscription: grpc.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.GetPushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription,
+    ]
+    """NOT_FOUND when there is no subscription of that name."""
+
+    ListPushSubscriptions: grpc.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.ListPushSubscriptionsRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.ListPushSubscriptionsResponse,
+    ]
+    """Every subscription of the prefix the caller may administer, in name order."""
+
+    UpdatePushSubscription: grpc.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.UpdatePushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription,
+    ]
+    """Change a subscription: every field of `subscription` left at its zero
+    value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+    pauses it); `name`, `path`, `group` and `start` cannot change;
+    non-empty `secrets` replace the secrets; `clear_headers` empties the
+    extra headers.
+    """
+
+    DeletePushSubscription: grpc.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.DeletePushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.DeletePushSubscriptionResponse,
+    ]
+    """Delete a subscription (its group and queue remain)."""
+
 class AdminAsyncStub:
     ListQueues: grpc.aio.UnaryUnaryMultiCallable[
         leanmq_grpc._proto.leanmq.v1.admin_pb2.ListQueuesRequest,
@@ -158,6 +199,47 @@ class AdminAsyncStub:
     a token that may send to, subscribe to or administer the queue, since
     Send and Subscribe create it too.
     """
+
+    CreatePushSubscription: grpc.aio.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.CreatePushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription,
+    ]
+    """Push delivery (docs/push.md): every leanmqd replica POSTs each message
+    of the subscription's path (or pattern) to its endpoint, signed per
+    Standard Webhooks, as a consumer of the subscription's group. Creating,
+    updating and deleting one needs admin on its path; getting and listing
+    need admin too (they show endpoints). ALREADY_EXISTS when the name is
+    taken; INVALID_ARGUMENT for a bad field, with the field named.
+    """
+
+    GetPushSubscription: grpc.aio.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.GetPushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription,
+    ]
+    """NOT_FOUND when there is no subscription of that name."""
+
+    ListPushSubscriptions: grpc.aio.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.ListPushSubscriptionsRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.ListPushSubscriptionsResponse,
+    ]
+    """Every subscription of the prefix the caller may administer, in name order."""
+
+    UpdatePushSubscription: grpc.aio.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.UpdatePushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription,
+    ]
+    """Change a subscription: every field of `subscription` left at its zero
+    value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+    pauses it); `name`, `path`, `group` and `start` cannot change;
+    non-empty `secrets` replace the secrets; `clear_headers` empties the
+    extra headers.
+    """
+
+    DeletePushSubscription: grpc.aio.UnaryUnaryMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.DeletePushSubscriptionRequest,
+        leanmq_grpc._proto.leanmq.v1.admin_pb2.DeletePushSubscriptionResponse,
+    ]
+    """Delete a subscription (its group and queue remain)."""
 
 class AdminServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -245,5 +327,56 @@ class AdminServicer(metaclass=abc.ABCMeta):
         a token that may send to, subscribe to or administer the queue, since
         Send and Subscribe create it too.
         """
+
+    @abc.abstractmethod
+    def CreatePushSubscription(
+        self,
+        request: leanmq_grpc._proto.leanmq.v1.admin_pb2.CreatePushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription]]:
+        """Push delivery (docs/push.md): every leanmqd replica POSTs each message
+        of the subscription's path (or pattern) to its endpoint, signed per
+        Standard Webhooks, as a consumer of the subscription's group. Creating,
+        updating and deleting one needs admin on its path; getting and listing
+        need admin too (they show endpoints). ALREADY_EXISTS when the name is
+        taken; INVALID_ARGUMENT for a bad field, with the field named.
+        """
+
+    @abc.abstractmethod
+    def GetPushSubscription(
+        self,
+        request: leanmq_grpc._proto.leanmq.v1.admin_pb2.GetPushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription]]:
+        """NOT_FOUND when there is no subscription of that name."""
+
+    @abc.abstractmethod
+    def ListPushSubscriptions(
+        self,
+        request: leanmq_grpc._proto.leanmq.v1.admin_pb2.ListPushSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.admin_pb2.ListPushSubscriptionsResponse, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.admin_pb2.ListPushSubscriptionsResponse]]:
+        """Every subscription of the prefix the caller may administer, in name order."""
+
+    @abc.abstractmethod
+    def UpdatePushSubscription(
+        self,
+        request: leanmq_grpc._proto.leanmq.v1.admin_pb2.UpdatePushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.admin_pb2.PushSubscription]]:
+        """Change a subscription: every field of `subscription` left at its zero
+        value keeps its current value (so `{name, state: PUSH_STATE_PAUSED}`
+        pauses it); `name`, `path`, `group` and `start` cannot change;
+        non-empty `secrets` replace the secrets; `clear_headers` empties the
+        extra headers.
+        """
+
+    @abc.abstractmethod
+    def DeletePushSubscription(
+        self,
+        request: leanmq_grpc._proto.leanmq.v1.admin_pb2.DeletePushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.admin_pb2.DeletePushSubscriptionResponse, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.admin_pb2.DeletePushSubscriptionResponse]]:
+        """Delete a subscription (its group and queue remain)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
