@@ -305,3 +305,48 @@ async fn queue_and_group_caps_and_list_pages_on_a_cluster() {
     assert_eq!(names, ["cap_a", "cap_b", "cap_c"]);
     assert!(second.next_page_token.is_empty());
 }
+
+/// Ordering keys on a cluster: their state lives in the queue's slot, and
+/// two replicas competing for one group still hand out one message of a
+/// key at a time, in send order.
+#[tokio::test]
+async fn ordering_keys_hold_across_two_replicas_on_a_cluster() {
+    let cluster = Cluster::start();
+    let a = Leanmqd::start(&cluster.url()).await;
+    let b = Leanmqd::start(&cluster.url()).await;
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    // The group first, so it registers what is sent.
+    let none = ca
+        .receive(proto::ReceiveRequest {
+            path: "/cl/ordered".into(),
+            max_messages: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    assert!(none.deliveries.is_empty());
+    for i in 0..6 {
+        ca.send(proto::SendRequest {
+            ordering_key: "k".into(),
+            ..bytes_send("/cl/ordered", format!("m{i}").as_bytes())
+        })
+        .await
+        .expect("send");
+    }
+    let order_key = "webhook:{cl_ordered}:order:cl_ordered-group";
+    let stream_node = cluster.node_of("webhook:{cl_ordered}");
+    assert_eq!(cluster.node_of(order_key), stream_node, "same slot");
+    for i in 0..6 {
+        // Alternate replicas: each gets only the key's head, never two.
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let got = receive(c, "/cl/ordered", "", 10, 30_000).await;
+        assert_eq!(got.len(), 1, "one at a time");
+        assert_eq!(&got[0].payload[..], format!("m{i}").as_bytes());
+        assert_eq!(
+            ack(c, &[&got[0].receipt]).await,
+            [proto::AckOutcome::Acked as i32]
+        );
+    }
+}
