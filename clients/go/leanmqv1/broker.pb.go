@@ -203,7 +203,7 @@ type SendRequest struct {
 	// whitespace, control characters, "{" or "}", is at most 1024 bytes, and
 	// must not name another queue's own keys: names ending in ":dlq",
 	// ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-	// ":stats", containing ":leases:" or ":dedup:", starting with
+	// ":stats", containing ":leases:", ":order:" or ":dedup:", starting with
 	// "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
 	// INVALID_ARGUMENT. A message sent by name carries no
 	// webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
@@ -214,7 +214,15 @@ type SendRequest struct {
 	// FAILED_PRECONDITION naming the ones it does; a token limited to other
 	// prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
 	// Ack, Nack and Extend need none.
-	Prefix        string `protobuf:"bytes,10,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Prefix string `protobuf:"bytes,10,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Ordering key. Within each consumer group, messages with the same key
+	// are delivered one at a time, in the order they were appended: the next
+	// one only after the one before is acked or dead-lettered (a nack or an
+	// expired lease keeps the key waiting until that message is redelivered
+	// and settled). Keys are independent, and messages without a key flow
+	// as before. Empty: unordered. At most 256 bytes, no control characters.
+	// A LeanMQ 0.2.0 consumer in the same group ignores ordering.
+	OrderingKey   string `protobuf:"bytes,11,opt,name=ordering_key,json=orderingKey,proto3" json:"ordering_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -315,6 +323,13 @@ func (x *SendRequest) GetQueue() string {
 func (x *SendRequest) GetPrefix() string {
 	if x != nil {
 		return x.Prefix
+	}
+	return ""
+}
+
+func (x *SendRequest) GetOrderingKey() string {
+	if x != nil {
+		return x.OrderingKey
 	}
 	return ""
 }
@@ -523,7 +538,7 @@ type SubscribeRequest struct {
 	// whitespace, control characters, "{" or "}", is at most 1024 bytes, and
 	// must not name another queue's own keys: names ending in ":dlq",
 	// ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-	// ":stats", containing ":leases:" or ":dedup:", starting with
+	// ":stats", containing ":leases:", ":order:" or ":dedup:", starting with
 	// "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
 	// INVALID_ARGUMENT. A message sent by name carries no
 	// webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
@@ -783,8 +798,10 @@ type Delivery struct {
 	// When this delivery's lease ends unless it is acked or extended
 	// (Redis server clock).
 	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The message's ordering key, as sent (empty: unordered).
+	OrderingKey   string `protobuf:"bytes,11,opt,name=ordering_key,json=orderingKey,proto3" json:"ordering_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -885,6 +902,13 @@ func (x *Delivery) GetLeaseExpiresAt() *timestamppb.Timestamp {
 		return x.LeaseExpiresAt
 	}
 	return nil
+}
+
+func (x *Delivery) GetOrderingKey() string {
+	if x != nil {
+		return x.OrderingKey
+	}
+	return ""
 }
 
 type ReceiveRequest struct {
@@ -1438,7 +1462,7 @@ var File_leanmq_v1_broker_proto protoreflect.FileDescriptor
 
 const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x03\n" +
+	"\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x03\n" +
 	"\vSendRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
@@ -1451,7 +1475,8 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x12\x14\n" +
 	"\x05queue\x18\t \x01(\tR\x05queue\x12\x16\n" +
 	"\x06prefix\x18\n" +
-	" \x01(\tR\x06prefix\x1a:\n" +
+	" \x01(\tR\x06prefix\x12!\n" +
+	"\fordering_key\x18\v \x01(\tR\vorderingKey\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"l\n" +
@@ -1480,7 +1505,7 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\bafter_id\x18\x03 \x01(\tH\x00R\aafterId\x125\n" +
 	"\aat_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\x06atTimeB\n" +
 	"\n" +
-	"\bposition\"\xc1\x03\n" +
+	"\bposition\"\xe4\x03\n" +
 	"\bDelivery\x12\x18\n" +
 	"\areceipt\x18\x01 \x01(\tR\areceipt\x12\x1d\n" +
 	"\n" +
@@ -1493,7 +1518,8 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\fpublished_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vpublishedAt\x12\x14\n" +
 	"\x05group\x18\t \x01(\tR\x05group\x12D\n" +
 	"\x10lease_expires_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x1a:\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12!\n" +
+	"\fordering_key\x18\v \x01(\tR\vorderingKey\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x02\n" +

@@ -220,7 +220,7 @@ export interface SendRequest {
    * whitespace, control characters, "{" or "}", is at most 1024 bytes, and
    * must not name another queue's own keys: names ending in ":dlq",
    * ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-   * ":stats", containing ":leases:" or ":dedup:", starting with
+   * ":stats", containing ":leases:", ":order:" or ":dedup:", starting with
    * "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
    * INVALID_ARGUMENT. A message sent by name carries no
    * webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
@@ -235,6 +235,16 @@ export interface SendRequest {
    * Ack, Nack and Extend need none.
    */
   prefix: string;
+  /**
+   * Ordering key. Within each consumer group, messages with the same key
+   * are delivered one at a time, in the order they were appended: the next
+   * one only after the one before is acked or dead-lettered (a nack or an
+   * expired lease keeps the key waiting until that message is redelivered
+   * and settled). Keys are independent, and messages without a key flow
+   * as before. Empty: unordered. At most 256 bytes, no control characters.
+   * A LeanMQ 0.2.0 consumer in the same group ignores ordering.
+   */
+  orderingKey: string;
 }
 
 export interface SendRequest_HeadersEntry {
@@ -334,7 +344,7 @@ export interface SubscribeRequest {
    * whitespace, control characters, "{" or "}", is at most 1024 bytes, and
    * must not name another queue's own keys: names ending in ":dlq",
    * ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-   * ":stats", containing ":leases:" or ":dedup:", starting with
+   * ":stats", containing ":leases:", ":order:" or ":dedup:", starting with
    * "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
    * INVALID_ARGUMENT. A message sent by name carries no
    * webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
@@ -421,7 +431,11 @@ export interface Delivery {
    * When this delivery's lease ends unless it is acked or extended
    * (Redis server clock).
    */
-  leaseExpiresAt?: Date | undefined;
+  leaseExpiresAt?:
+    | Date
+    | undefined;
+  /** The message's ordering key, as sent (empty: unordered). */
+  orderingKey: string;
 }
 
 export interface Delivery_HeadersEntry {
@@ -543,6 +557,7 @@ function createBaseSendRequest(): SendRequest {
     idempotencyKey: "",
     queue: "",
     prefix: "",
+    orderingKey: "",
   };
 }
 
@@ -577,6 +592,9 @@ export const SendRequest: MessageFns<SendRequest> = {
     }
     if (message.prefix !== "") {
       writer.uint32(82).string(message.prefix);
+    }
+    if (message.orderingKey !== "") {
+      writer.uint32(90).string(message.orderingKey);
     }
     return writer;
   },
@@ -677,6 +695,14 @@ export const SendRequest: MessageFns<SendRequest> = {
             message.prefix = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.orderingKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -726,6 +752,11 @@ export const SendRequest: MessageFns<SendRequest> = {
         : "",
       queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
       prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+      orderingKey: isSet(object.orderingKey)
+        ? globalThis.String(object.orderingKey)
+        : isSet(object.ordering_key)
+        ? globalThis.String(object.ordering_key)
+        : "",
     };
   },
 
@@ -767,6 +798,9 @@ export const SendRequest: MessageFns<SendRequest> = {
     if (message.prefix !== "") {
       obj.prefix = message.prefix;
     }
+    if (message.orderingKey !== "") {
+      obj.orderingKey = message.orderingKey;
+    }
     return obj;
   },
 
@@ -795,6 +829,7 @@ export const SendRequest: MessageFns<SendRequest> = {
     message.idempotencyKey = object.idempotencyKey ?? "";
     message.queue = object.queue ?? "";
     message.prefix = object.prefix ?? "";
+    message.orderingKey = object.orderingKey ?? "";
     return message;
   },
 };
@@ -1474,6 +1509,7 @@ function createBaseDelivery(): Delivery {
     publishedAt: undefined,
     group: "",
     leaseExpiresAt: undefined,
+    orderingKey: "",
   };
 }
 
@@ -1508,6 +1544,9 @@ export const Delivery: MessageFns<Delivery> = {
     }
     if (message.leaseExpiresAt !== undefined) {
       Timestamp.encode(toTimestamp(message.leaseExpiresAt), writer.uint32(82).fork()).join();
+    }
+    if (message.orderingKey !== "") {
+      writer.uint32(90).string(message.orderingKey);
     }
     return writer;
   },
@@ -1608,6 +1647,14 @@ export const Delivery: MessageFns<Delivery> = {
             message.leaseExpiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.orderingKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1661,6 +1708,11 @@ export const Delivery: MessageFns<Delivery> = {
         : isSet(object.lease_expires_at)
         ? fromJsonTimestamp(object.lease_expires_at)
         : undefined,
+      orderingKey: isSet(object.orderingKey)
+        ? globalThis.String(object.orderingKey)
+        : isSet(object.ordering_key)
+        ? globalThis.String(object.ordering_key)
+        : "",
     };
   },
 
@@ -1702,6 +1754,9 @@ export const Delivery: MessageFns<Delivery> = {
     if (message.leaseExpiresAt !== undefined) {
       obj.leaseExpiresAt = message.leaseExpiresAt.toISOString();
     }
+    if (message.orderingKey !== "") {
+      obj.orderingKey = message.orderingKey;
+    }
     return obj;
   },
 
@@ -1728,6 +1783,7 @@ export const Delivery: MessageFns<Delivery> = {
     message.publishedAt = object.publishedAt ?? undefined;
     message.group = object.group ?? "";
     message.leaseExpiresAt = object.leaseExpiresAt ?? undefined;
+    message.orderingKey = object.orderingKey ?? "";
     return message;
   },
 };

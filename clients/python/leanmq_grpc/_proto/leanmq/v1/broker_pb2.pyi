@@ -131,6 +131,7 @@ class SendRequest(google.protobuf.message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: builtins.int
     QUEUE_FIELD_NUMBER: builtins.int
     PREFIX_FIELD_NUMBER: builtins.int
+    ORDERING_KEY_FIELD_NUMBER: builtins.int
     path: builtins.str
     """Webhook path, e.g. "/order/status/". Required. At most 1024 bytes,
     UTF-8, no control characters, and it must map to a non-empty queue
@@ -166,7 +167,7 @@ class SendRequest(google.protobuf.message.Message):
     whitespace, control characters, "{" or "}", is at most 1024 bytes, and
     must not name another queue's own keys: names ending in ":dlq",
     ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-    ":stats", containing ":leases:" or ":dedup:", starting with
+    ":stats", containing ":leases:", ":order:" or ":dedup:", starting with
     "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
     INVALID_ARGUMENT. A message sent by name carries no
     webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
@@ -178,6 +179,15 @@ class SendRequest(google.protobuf.message.Message):
     FAILED_PRECONDITION naming the ones it does; a token limited to other
     prefixes gets PERMISSION_DENIED. Receipts remember their prefix, so
     Ack, Nack and Extend need none.
+    """
+    ordering_key: builtins.str
+    """Ordering key. Within each consumer group, messages with the same key
+    are delivered one at a time, in the order they were appended: the next
+    one only after the one before is acked or dead-lettered (a nack or an
+    expired lease keeps the key waiting until that message is redelivered
+    and settled). Keys are independent, and messages without a key flow
+    as before. Empty: unordered. At most 256 bytes, no control characters.
+    A LeanMQ 0.2.0 consumer in the same group ignores ordering.
     """
     @property
     def headers(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
@@ -223,9 +233,10 @@ class SendRequest(google.protobuf.message.Message):
         idempotency_key: builtins.str = ...,
         queue: builtins.str = ...,
         prefix: builtins.str = ...,
+        ordering_key: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["delay", b"delay", "deliver_at", b"deliver_at", "ttl", b"ttl"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["content_type", b"content_type", "delay", b"delay", "deliver_at", b"deliver_at", "headers", b"headers", "idempotency_key", b"idempotency_key", "path", b"path", "payload", b"payload", "prefix", b"prefix", "queue", b"queue", "ttl", b"ttl"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["content_type", b"content_type", "delay", b"delay", "deliver_at", b"deliver_at", "headers", b"headers", "idempotency_key", b"idempotency_key", "ordering_key", b"ordering_key", "path", b"path", "payload", b"payload", "prefix", b"prefix", "queue", b"queue", "ttl", b"ttl"]) -> None: ...
 
 global___SendRequest = SendRequest
 
@@ -349,7 +360,7 @@ class SubscribeRequest(google.protobuf.message.Message):
     whitespace, control characters, "{" or "}", is at most 1024 bytes, and
     must not name another queue's own keys: names ending in ":dlq",
     ":metadata", ":expiry", ":delayed", ":delayed:data", ":paths" or
-    ":stats", containing ":leases:" or ":dedup:", starting with
+    ":stats", containing ":leases:", ":order:" or ":dedup:", starting with
     "#created-by:", or equal to "registry", "schedule" or "receipt-key" are
     INVALID_ARGUMENT. A message sent by name carries no
     webhook path (LeanMQ's `_leanmq.webhook`), as LeanMQ's
@@ -460,6 +471,7 @@ class Delivery(google.protobuf.message.Message):
     PUBLISHED_AT_FIELD_NUMBER: builtins.int
     GROUP_FIELD_NUMBER: builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: builtins.int
+    ORDERING_KEY_FIELD_NUMBER: builtins.int
     receipt: builtins.str
     """Opaque token naming this delivery. Pass it to Ack, Nack or Extend on any
     replica. It stops being valid once the message is acked, nacked,
@@ -487,6 +499,8 @@ class Delivery(google.protobuf.message.Message):
     """
     group: builtins.str
     """The consumer group this delivery belongs to (resolved: never empty)."""
+    ordering_key: builtins.str
+    """The message's ordering key, as sent (empty: unordered)."""
     @property
     def headers(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
         """Application headers as sent, plus these, added by the broker when the
@@ -521,9 +535,10 @@ class Delivery(google.protobuf.message.Message):
         published_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         group: builtins.str = ...,
         lease_expires_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        ordering_key: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["lease_expires_at", b"lease_expires_at", "published_at", b"published_at"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "content_type", b"content_type", "group", b"group", "headers", b"headers", "lease_expires_at", b"lease_expires_at", "message_id", b"message_id", "path", b"path", "payload", b"payload", "published_at", b"published_at", "receipt", b"receipt"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "content_type", b"content_type", "group", b"group", "headers", b"headers", "lease_expires_at", b"lease_expires_at", "message_id", b"message_id", "ordering_key", b"ordering_key", "path", b"path", "payload", b"payload", "published_at", b"published_at", "receipt", b"receipt"]) -> None: ...
 
 global___Delivery = Delivery
 
