@@ -24,7 +24,7 @@ The generated gRPC code is importable as ``leanmq_grpc.pb`` (messages) and
 ``leanmq_grpc.pb_grpc`` (``BrokerStub``, ``BrokerServicer``). Trace context
 through the broker (optional OpenTelemetry API): ``leanmq_grpc.tracing``.
 """
-from ._common import Delivery, normalize_path, queue_name
+from ._common import BatchMessage, Delivery, normalize_path, queue_name
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
 from . import tracing
@@ -71,6 +71,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncAdmin",
     "AsyncWebhook",
+    "BatchMessage",
     "Cancelled",
     "DataLoss",
     "DeadLetter",

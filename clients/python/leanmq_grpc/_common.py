@@ -110,25 +110,51 @@ def encode_payload(data: Any, content_type: Optional[str] = None) -> Tuple[bytes
 
 
 def build_send_request(
-    path: str, data: Any, headers: Optional[Mapping[str, str]] = None, content_type: Optional[str] = None
+    path: str,
+    data: Any,
+    headers: Optional[Mapping[str, str]] = None,
+    content_type: Optional[str] = None,
+    ordering_key: Optional[str] = None,
 ) -> pb.SendRequest:
     payload, ct = encode_payload(data, content_type)
-    return pb.SendRequest(path=path, payload=payload, content_type=ct, headers=dict(headers or {}))
+    req = pb.SendRequest(path=path, payload=payload, content_type=ct, headers=dict(headers or {}))
+    if ordering_key:
+        # Checked by the broker (at most 256 bytes, no control characters).
+        req.ordering_key = ordering_key
+    return req
 
 
-BatchItem = Union[Tuple[str, Any], Tuple[str, Any, Optional[Mapping[str, str]]]]
+@dataclass(frozen=True)
+class BatchMessage:
+    """One message of ``send_batch``, with the options the tuple forms lack.
+
+    ``send_batch([BatchMessage("/order/status/", {"status": "paid"}, ordering_key="order-7"), ...])``
+    """
+
+    path: str
+    data: Any
+    headers: Optional[Mapping[str, str]] = None
+    content_type: Optional[str] = None
+    #: messages with the same key are delivered one at a time, in send order (docs/ordering.md)
+    ordering_key: Optional[str] = None
+
+
+BatchItem = Union[BatchMessage, Tuple[str, Any], Tuple[str, Any, Optional[Mapping[str, str]]]]
 
 
 def build_batch_request(messages: Iterable[BatchItem]) -> pb.SendBatchRequest:
     reqs: List[pb.SendRequest] = []
     for item in messages:
+        if isinstance(item, BatchMessage):
+            reqs.append(build_send_request(item.path, item.data, item.headers, item.content_type, item.ordering_key))
+            continue
         if len(item) == 2:
             path, data = item
             headers = None
         elif len(item) == 3:
             path, data, headers = item
         else:
-            raise ValueError("send_batch items are (path, data) or (path, data, headers)")
+            raise ValueError("send_batch items are BatchMessage, (path, data) or (path, data, headers)")
         reqs.append(build_send_request(path, data, headers))
     if not reqs:
         raise ValueError("send_batch needs at least one message")
@@ -189,6 +215,8 @@ class Delivery:
     group: str
     published_at: Optional[datetime] = None
     lease_expires_at: Optional[datetime] = None
+    #: the ordering key it was sent with ("" when unordered)
+    ordering_key: str = ""
     #: local time.monotonic() when the delivery was received
     received_at: float = field(default_factory=time.monotonic, compare=False, repr=False)
     #: lease seconds left at receipt, per the server (None when unknown)
@@ -211,6 +239,7 @@ class Delivery:
             group=msg.group,
             published_at=_ts(msg, "published_at"),
             lease_expires_at=_ts(msg, "lease_expires_at"),
+            ordering_key=msg.ordering_key,
             lease_remaining=remaining,
         )
 

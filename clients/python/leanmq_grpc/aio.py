@@ -189,8 +189,10 @@ class AsyncWebhook:
         *,
         headers: Optional[Mapping[str, str]] = None,
         content_type: Optional[str] = None,
+        ordering_key: Optional[str] = None,
     ) -> str:
-        req = build_send_request(path, data, headers, content_type)
+        """As :meth:`Webhook.send` (``ordering_key``: docs/ordering.md)."""
+        req = build_send_request(path, data, headers, content_type, ordering_key)
         try:
             resp = await self._get_stub().Send(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))
         except grpc.RpcError as e:

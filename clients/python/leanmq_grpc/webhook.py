@@ -365,16 +365,20 @@ class Webhook:
         *,
         headers: Optional[Mapping[str, str]] = None,
         content_type: Optional[str] = None,
+        ordering_key: Optional[str] = None,
     ) -> str:
         """Send ``data`` to ``path``; returns the message id.
 
         dict/list (any JSON value) → JSON, ``application/json``; bytes →
-        ``application/octet-stream`` (or ``content_type``).
+        ``application/octet-stream`` (or ``content_type``). With
+        ``ordering_key``, messages with the same key are delivered one at a
+        time per consumer group, in send order (docs/ordering.md); the broker
+        refuses a key over 256 bytes or with control characters (``InvalidArgument``).
         Raises a :class:`~leanmq_grpc.LeanMQError` subclass when the broker
         refuses (``PermissionDenied``, ``InvalidArgument``, ...) or is
         unreachable (``Unavailable``).
         """
-        req = build_send_request(path, data, headers, content_type)
+        req = build_send_request(path, data, headers, content_type, ordering_key)
         try:
             resp = self._stub.Send(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))
         except grpc.RpcError as e:
@@ -382,7 +386,10 @@ class Webhook:
         return resp.message_id
 
     def send_batch(self, messages: Iterable[BatchItem]) -> List[str]:
-        """Send ``[(path, data), (path, data, headers), …]`` atomically; ids in order."""
+        """Send ``[(path, data), (path, data, headers), BatchMessage(…), …]`` atomically; ids in order.
+
+        A :class:`~leanmq_grpc.BatchMessage` item also carries ``content_type``
+        and ``ordering_key``."""
         req = build_batch_request(messages)
         try:
             resp = self._stub.SendBatch(req, timeout=self.rpc_timeout, metadata=tracing.with_trace(self._metadata))

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from leanmq_grpc import DeadLetter, Delivery, RetryAfter, Webhook, normalize_path, queue_name
-from leanmq_grpc._common import encode_payload, settlement_for, to_duration
+from leanmq_grpc import BatchMessage, DeadLetter, Delivery, RetryAfter, Webhook, normalize_path, queue_name
+from leanmq_grpc._common import build_batch_request, encode_payload, settlement_for, to_duration
 
 
 def test_encode_payload_json_and_bytes() -> None:
@@ -161,3 +161,21 @@ def test_json_roundtrip_keeps_unicode(server, broker) -> None:
         assert wh.process_messages() == 1
     assert seen == [{"name": "Café ☕", "nested": {"a": None, "b": True}}]
     assert json.loads(broker.sent[0].payload) == seen[0]
+
+
+def test_batch_items_tuples_and_batch_messages() -> None:
+    req = build_batch_request(
+        [
+            ("/a", {"i": 0}),
+            ("/a", {"i": 1}, {"h": "1"}),
+            BatchMessage("/b", "text", headers={"h": "2"}, content_type="text/plain", ordering_key="k-1"),
+            BatchMessage("/b", b"raw"),
+        ]
+    )
+    m = req.messages
+    assert [x.ordering_key for x in m] == ["", "", "k-1", ""]
+    assert (m[1].headers["h"], m[2].headers["h"]) == ("1", "2")
+    assert (m[2].payload, m[2].content_type) == (b"text", "text/plain")
+    assert (m[3].payload, m[3].content_type) == (b"raw", "application/octet-stream")
+    with pytest.raises(ValueError, match="BatchMessage"):
+        build_batch_request([("/a", {}, None, "k")])  # type: ignore[list-item]
