@@ -43,6 +43,9 @@ type Delivery struct {
 	// LeaseExpiresAt is when the lease ends unless acked or extended
 	// (broker clock; zero if unknown).
 	LeaseExpiresAt time.Time
+	// OrderingKey is the key the message was sent with (WithOrderingKey);
+	// empty when it is unordered.
+	OrderingKey string
 
 	client *Client
 }
@@ -57,6 +60,7 @@ func newDelivery(c *Client, m *pb.Delivery) *Delivery {
 		Attempt:     int(m.GetAttempt()),
 		Group:       m.GetGroup(),
 		Receipt:     m.GetReceipt(),
+		OrderingKey: m.GetOrderingKey(),
 		client:      c,
 	}
 	if d.Headers == nil {

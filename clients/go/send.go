@@ -19,6 +19,10 @@ type Message struct {
 	ContentType string
 	// Headers are application headers (keys must not start with "leanmq-").
 	Headers map[string]string
+	// OrderingKey, when not empty, orders the message after every earlier
+	// one with the same key: within each consumer group they are delivered
+	// one at a time, in send order (see WithOrderingKey).
+	OrderingKey string
 }
 
 // SendOption configures one Send.
@@ -43,6 +47,14 @@ func WithHeader(key, value string) SendOption {
 // "text/plain" for a []byte payload. With "application/json" the payload
 // must be valid JSON.
 func WithContentType(ct string) SendOption { return func(m *Message) { m.ContentType = ct } }
+
+// WithOrderingKey gives the message an ordering key: within each consumer
+// group, messages with the same key are delivered one at a time, in send
+// order, the next only once the previous one is acked or dead-lettered.
+// Keys are independent, and messages without a key are unordered. The
+// broker refuses a key over 256 bytes or with control characters
+// (codes.InvalidArgument). See docs/ordering.md.
+func WithOrderingKey(key string) SendOption { return func(m *Message) { m.OrderingKey = key } }
 
 // Send appends one message to path's queue and returns its message id once
 // the broker has stored it.
@@ -98,7 +110,9 @@ func (m Message) request() (*pb.SendRequest, error) {
 	if m.ContentType != "" {
 		ct = m.ContentType
 	}
-	return &pb.SendRequest{Path: m.Path, Payload: payload, ContentType: ct, Headers: m.Headers}, nil
+	return &pb.SendRequest{
+		Path: m.Path, Payload: payload, ContentType: ct, Headers: m.Headers, OrderingKey: m.OrderingKey,
+	}, nil
 }
 
 // encodePayload applies the payload rules: bytes as is, everything else as JSON.
