@@ -56,6 +56,8 @@ export class Delivery<T = unknown> {
   readonly publishedAt: Date | undefined;
   /** The consumer group (resolved, never empty). */
   readonly group: string;
+  /** The ordering key the message was sent with ("" when unordered). */
+  readonly orderingKey: string;
   /** When the lease ends unless acked or extended (Redis clock); updated by `extend()`. */
   leaseExpiresAt: Date | undefined;
 
@@ -81,6 +83,7 @@ export class Delivery<T = unknown> {
     this.attempt = message.attempt;
     this.publishedAt = message.publishedAt;
     this.group = message.group;
+    this.orderingKey = message.orderingKey;
     this.leaseExpiresAt = message.leaseExpiresAt;
   }
 

@@ -92,6 +92,14 @@ export interface SendOptions {
   /** Deduplication key: a repeat within the broker's window stores nothing and returns the first ids. */
   idempotencyKey?: string;
   /**
+   * Ordering key: within each consumer group, messages with the same key are
+   * delivered one at a time, in send order, the next only once the previous
+   * one is acked or dead-lettered. Keys are independent; unset or "" is
+   * unordered. At most 256 bytes without control characters (the broker
+   * answers INVALID_ARGUMENT otherwise). See docs/ordering.md.
+   */
+  orderingKey?: string;
+  /**
    * Content type of a Buffer/Uint8Array payload (default
    * application/octet-stream); e.g. "application/json" to send JSON text
    * byte for byte. Other values are always sent as JSON.
@@ -438,6 +446,7 @@ export class Webhook extends EventEmitter {
       delay: options.delayMs ? msToDuration(options.delayMs) : undefined,
       deliverAt: options.deliverAt,
       idempotencyKey: options.idempotencyKey ?? "",
+      orderingKey: options.orderingKey ?? "",
     });
   }
 

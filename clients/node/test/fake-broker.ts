@@ -270,6 +270,8 @@ export class FakeBroker extends EventEmitter {
       publishedAt: m.publishedAt,
       group: "fake-group",
       leaseExpiresAt: expires,
+      // No ordering here: ordering keys are tested against leanmqd (ordering.test.ts).
+      orderingKey: "",
     };
   }
 
