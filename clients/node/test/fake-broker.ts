@@ -133,7 +133,7 @@ export class FakeBroker extends EventEmitter {
           const delayMs = durationMs(call.request.delay) || (this.options.retryDelayMs ?? 20);
           m.state = "ready";
           m.readyAt = Date.now() + delayMs;
-          this.later(delayMs, () => this.dispatchAll());
+          this.dispatchAt(m.readyAt);
           cb(null, { outcome: NackOutcome.NACK_OUTCOME_RETRY_SCHEDULED, retryAt: new Date(m.readyAt), deadLetterId: "" });
         }
         this.emit("nack", call.request);
@@ -299,6 +299,18 @@ export class FakeBroker extends EventEmitter {
   private byReceipt(receipt: string): StoredMessage | undefined {
     const id = receipt.split(":")[0];
     return this.messages.find((m) => m.id === id);
+  }
+
+  /**
+   * Dispatch once Date.now() reaches `at`. A timer can fire a little before
+   * that (its start is the event loop's cached time, which lags Date.now()),
+   * when ready() would still leave the message out: wait again for the rest.
+   */
+  private dispatchAt(at: number): void {
+    this.later(Math.max(at - Date.now(), 0), () => {
+      if (Date.now() < at) this.dispatchAt(at);
+      else this.dispatchAll();
+    });
   }
 
   private later(ms: number, fn: () => void): void {
