@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use crate::procs::{leanmqd_bin, rss_mib, CpuMeter, Env, Proc};
 use crate::Mode;
 
-type Res<T> = Result<T, String>;
+pub(crate) type Res<T> = Result<T, String>;
 
 const PAYLOAD: usize = 200;
 
@@ -24,7 +24,7 @@ fn payload() -> bytes::Bytes {
     bytes::Bytes::from(vec![b'x'; PAYLOAD])
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
@@ -43,7 +43,7 @@ pub struct Row {
     pub target: Option<(bool, String)>,
 }
 
-async fn channels(addr: &str, n: usize) -> Res<Vec<BrokerClient<Channel>>> {
+pub(crate) async fn channels(addr: &str, n: usize) -> Res<Vec<BrokerClient<Channel>>> {
     let mut out = Vec::new();
     for _ in 0..n {
         let ch = Channel::from_shared(addr.to_string())
@@ -102,7 +102,10 @@ async fn unary_sends(
     Ok((ops.load(Ordering::Relaxed), t0.elapsed()))
 }
 
-async fn redis_conns(url: &str, n: usize) -> Res<Vec<redis::aio::MultiplexedConnection>> {
+pub(crate) async fn redis_conns(
+    url: &str,
+    n: usize,
+) -> Res<Vec<redis::aio::MultiplexedConnection>> {
     use redis::IntoConnectionInfo;
     let info = url
         .into_connection_info()
@@ -165,7 +168,7 @@ fn rate(ops: u64, d: Duration) -> f64 {
 /// With BENCH_CMDSTATS set, Redis' per-command time for one drain: its stats
 /// are reset before (`reset`) and printed after, to see where Redis spends
 /// a delivery.
-async fn cmdstats(env: &Env, reset: bool) -> Res<()> {
+pub(crate) async fn cmdstats(env: &Env, reset: bool) -> Res<()> {
     if std::env::var_os("BENCH_CMDSTATS").is_none() {
         return Ok(());
     }
@@ -188,7 +191,7 @@ async fn cmdstats(env: &Env, reset: bool) -> Res<()> {
     Ok(())
 }
 
-async fn del(env: &Env, keys: &[&str]) -> Res<()> {
+pub(crate) async fn del(env: &Env, keys: &[&str]) -> Res<()> {
     let mut c = redis_conns(&env.redis_url, 1).await?.remove(0);
     for k in keys {
         let _: i64 = redis::cmd("DEL")
@@ -507,7 +510,7 @@ async fn raw_drain(env: &Env, total: usize) -> Res<(Duration, f64)> {
     Ok((d, redis_cpu))
 }
 
-async fn pel(env: &Env, key: &str, group: &str) -> Res<i64> {
+pub(crate) async fn pel(env: &Env, key: &str, group: &str) -> Res<i64> {
     let mut c = redis_conns(&env.redis_url, 1).await?.remove(0);
     let v: redis::Value = redis::cmd("XPENDING")
         .arg(key)
@@ -1149,6 +1152,10 @@ pub async fn run_all(mode: Mode, out: &Path) -> Res<Vec<String>> {
     if want("drain") {
         println!("== delivery + ack");
         failures.extend(delivery_and_ack(&env, mode, &mut rows).await?);
+    }
+    if want("ordered") {
+        println!("== ordered delivery + ack");
+        failures.extend(crate::ordered::ordered_delivery(&env, mode, &mut rows).await?);
     }
     if want("ack") {
         println!("== Ack throughput");
