@@ -237,10 +237,11 @@ local function order_wake(stream, group, leases, id, n, now)
   redis.call('ZADD', leases, now, id)
 end
 
--- Park entry ID (delivery count N) to wait for its key's turn.
-local function order_park(stream, group, leases, id, n)
+-- Park entry ID (delivery count N) to wait for its key's turn; LEASED:
+-- it may hold a lease or retry time to drop (never so for a new entry).
+local function order_park(stream, group, leases, id, n, leased)
   redis.call('XCLAIM', stream, group, ORDER_WAIT, 0, id, 'JUSTID', 'RETRYCOUNT', n)
-  redis.call('ZREM', leases, id)
+  if leased then redis.call('ZREM', leases, id) end
 end
 
 -- Is it entry ID's (ordering key KEY) turn in GROUP? True when it heads
@@ -300,20 +301,25 @@ end
 -- ZADD, or park those whose TTL has passed (HAS_EXPIRY: the queue has an
 -- expiry set), or, when KEYS (id -> ordering key) names a key whose turn it
 -- is not, park them to wait for it. Returns the sets of ids parked for the
--- DLQ and parked to wait.
+-- DLQ and parked to wait. IDS are in stream order, so only a key's first
+-- entry among them can be its head: the later ones wait unasked.
 local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_ms, hold_ms, has_expiry, keys)
   -- The score as text, formatted once: a Lua number handed to Redis is
   -- formatted again for every member.
   local z, parked, waiting, deadline = {}, {}, {}, lease_score(now + lease_ms, 1)
+  local behind = {} -- keys whose turn an earlier id of IDS has taken or waits for
   for _, id in ipairs(ids) do
     local key = keys and keys[id] or ''
     if has_expiry and past_ttl(expiry, id, now) then
       park(stream, group, leases, stats, id, now, hold_ms, 'expired')
       parked[id] = true
-    elseif key ~= '' and not order_turn(stream, group, leases, id, key, now) then
-      order_park(stream, group, leases, id, 1)
+      if key ~= '' then behind[key] = true end
+    elseif key ~= '' and (behind[key] or not order_turn(stream, group, leases, id, key, now)) then
+      behind[key] = true
+      order_park(stream, group, leases, id, 1, false)
       waiting[id] = true
     else
+      if key ~= '' then behind[key] = true end
       z[#z + 1] = deadline
       z[#z + 1] = id
     end

@@ -43,6 +43,10 @@ if has_order and unleased_ms > 0 then
   end
 end
 local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
+-- Those are leased, retrying or woken: a keyed one among them heads its
+-- key (only a head is ever leased or woken), so its turn is not asked
+-- again; orphans and unleased entries added below are.
+local from_leases = #due
 local picked = {}
 -- Pending entries idle this long without a lease are taken as if due.
 local function orphans(idle_ms)
@@ -78,7 +82,7 @@ if unleased_ms > 0 and #due < count then
 end
 -- Anyone's, such as a crashed LeanMQ Python worker's.
 orphans(orphan_ms)
-for _, id in ipairs(due) do
+for i, id in ipairs(due) do
   local consumer, n = pending(stream, group, id)
   if consumer == nil then
     redis.call('ZREM', leases, id) -- settled elsewhere
@@ -103,9 +107,9 @@ for _, id in ipairs(due) do
         redis.call('XACK', stream, group, id) -- entry deleted under us
         redis.call('ZREM', leases, id)
       else
-        local key = has_order and field(c[1][2], ORDERING) or nil
+        local key = has_order and i > from_leases and field(c[1][2], ORDERING) or nil
         if key and not order_turn(stream, group, leases, id, key, now) then
-          order_park(stream, group, leases, id, n)
+          order_park(stream, group, leases, id, n, true)
         else
           redis.call('ZADD', leases, lease_score(now + lease_ms, n + 1), id)
           out[#out + 1] = {id, n + 1, c[1][2]}
