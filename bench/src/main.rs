@@ -6,11 +6,12 @@
 //! figure next to a baseline measured moments before, as a ratio, because the
 //! machine is shared and noisy; absolute numbers are for context only.
 //!
-//! Usage: leanmq-bench [--short] [--only unary,batch,drain,ordered,ack,e2e,idle] [--out DIR]
+//! Usage: leanmq-bench [--short] [--only unary,batch,drain,ordered,push,ack,e2e,idle] [--out DIR]
 //! (LEANMQD=path to the server binary)
 
 mod ordered;
 mod procs;
+mod push;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -87,19 +88,21 @@ async fn noop_server(listen: &str) -> Result<(), String> {
 #[derive(Clone, Copy)]
 pub struct Mode {
     pub short: bool,
-    /// Run only these scenario groups (unary, batch, drain, ordered, ack, e2e, idle); empty: all.
+    /// Run only these scenario groups (unary, batch, drain, ordered, push, ack, e2e, idle); empty: all.
     pub only: &'static [String],
     /// Length of one throughput measurement.
     pub window: Duration,
 }
 
 const USAGE: &str =
-    "usage: leanmq-bench [--short] [--only unary,batch,drain,ordered,ack,e2e,idle] [--out DIR]
+    "usage: leanmq-bench [--short] [--only unary,batch,drain,ordered,push,ack,e2e,idle] [--out DIR]
        leanmq-bench noop-server [ADDR]
 env:   LEANMQD=path to the leanmqd binary (default: target/release/leanmqd)";
 
 /// The scenario groups `--only` accepts.
-const GROUPS: [&str; 7] = ["unary", "batch", "drain", "ordered", "ack", "e2e", "idle"];
+const GROUPS: [&str; 8] = [
+    "unary", "batch", "drain", "ordered", "push", "ack", "e2e", "idle",
+];
 
 /// Rejects what the benchmark would otherwise ignore, so that a typo (or
 /// `--help`) never starts a ten-minute run. `Err("")` asks for the usage.

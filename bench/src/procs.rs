@@ -136,6 +136,11 @@ impl Env {
                     &format!("127.0.0.1:{lport}"),
                     "--redis-url",
                     &redis_url,
+                    // push's scenario POSTs to receivers on loopback
+                    "--push-allow-private",
+                    "--push-allow-http",
+                    "--push-poll-interval",
+                    "100ms",
                 ])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())

@@ -1157,6 +1157,10 @@ pub async fn run_all(mode: Mode, out: &Path) -> Res<Vec<String>> {
         println!("== ordered delivery + ack");
         failures.extend(crate::ordered::ordered_delivery(&env, mode, &mut rows).await?);
     }
+    if want("push") {
+        println!("== push delivery");
+        crate::push::push_delivery(&env, mode, &mut rows).await?;
+    }
     if want("ack") {
         println!("== Ack throughput");
         ack_throughput(&env, mode, &mut rows).await?;
