@@ -16,6 +16,7 @@
 //! | `{prefix}{q}:owner` | leanmq-grpc: the path that owns the queue, written once by the first path that creates it (`--allow-colliding-paths` aside, every other spelling is refused) |
 //! | `{prefix}schedule` | leanmq-grpc: queue name → earliest delayed due time (ms) |
 //! | `{prefix}receipt-key` | leanmq-grpc: the key replicas sign receipts with, unless configured (`broker::receipt`); its `-` can be in no queue name |
+//! | `{prefix}{#push}:sub:{name}`, `{prefix}{#push}:index` | leanmq-grpc: push subscriptions and their index (`broker::push`) |
 //! | `{prefix}#created-by:{token}` | leanmq-grpc: the queues a token with `max_queues` has created (`broker::Creator`) |
 //!
 //! Queue names that paths map to hold only alphanumerics and `_`, so no

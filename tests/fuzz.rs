@@ -69,6 +69,9 @@ const HOSTILE: &[&str] = &[
     "/fz/a\n",
 ];
 
+#[path = "fuzz/push.rs"]
+mod push;
+
 fn pick_path(rng: &mut StdRng, clean: bool) -> String {
     if clean {
         return PATHS.choose(rng).copied().unwrap_or("/fz/a").to_string();
@@ -410,6 +413,7 @@ const DOCUMENTED: &[Code] = &[
     Code::ResourceExhausted,
     Code::OutOfRange,
     Code::PermissionDenied,
+    Code::AlreadyExists,
 ];
 
 impl Tally {
@@ -539,7 +543,8 @@ async fn step(ctx: &Ctx, rng: &mut StdRng) {
             let r = timed(b.extend(req)).await;
             t.record("Extend", code_of(&r), false);
         }
-        78..=89 => admin(ctx, rng, clean, &mut a).await,
+        78..=86 => admin(ctx, rng, clean, &mut a).await,
+        87..=89 => push::push(ctx, rng, clean, &mut a).await,
         90..=95 => raw_body(ctx, rng, clean).await,
         _ => raw_socket(ctx, rng).await,
     }
@@ -857,14 +862,19 @@ fn outside_layout(redis: &RedisProc, prefix: &str) -> Vec<String> {
                     || k.strip_prefix(m.as_str()) == Some(":metadata")
                     || (!m.ends_with(":dlq")
                         && k.strip_prefix(m.as_str()).is_some_and(|rest| {
-                            OWN.contains(&rest) || rest.starts_with(":leases:")
+                            OWN.contains(&rest)
+                                || rest.starts_with(":leases:")
+                                || rest.starts_with(":order:")
                         }))
             });
             let dedup = k.starts_with(prefix) && k.contains(":dedup:") && {
                 let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut c).unwrap_or(-2);
                 ttl > 0
             };
-            !(global.contains(k) || registered || dedup)
+            let push = k
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest == "{#push}:index" || rest.starts_with("{#push}:sub:"));
+            !(global.contains(k) || registered || dedup || push)
         })
         .collect()
 }
