@@ -292,6 +292,29 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_CONSOLE_ALLOW_ANONYMOUS")]
     pub console_allow_anonymous: bool,
 
+    /// Serve the HTTP JSON ingress (`POST /v1/send/<path>`,
+    /// `POST /v1/send-batch`; docs/http.md) on this address (off when
+    /// unset), with the gRPC listener's TLS, tokens and limits.
+    #[arg(long, env = "LEANMQ_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// An ingress path that takes only Standard Webhooks signed requests
+    /// (a third party's webhooks), as PATH=SECRET: SECRET is a `whsec_`
+    /// secret, or the path of a file holding one (keeps it out of the
+    /// process list). Repeat, or comma-separate, for several (at most 64).
+    #[arg(
+        long,
+        env = "LEANMQ_HTTP_SIGNED_ROUTE",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub http_signed_route: Vec<String>,
+
+    /// Longest an ingress request may take, its body's upload included
+    /// (slower is 408).
+    #[arg(long, env = "LEANMQ_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
