@@ -441,8 +441,12 @@ fn serving(
         tracing::info!("draining: health NOT_SERVING, streams ending");
     };
     let router = tonic::transport::Server::builder()
+        // gRPC-Web (HTTP/1.1 and HTTP/2), so a browser can call Broker and
+        // Admin: translated to gRPC before metrics, shedding and auth.
+        .accept_http1(true)
         .layer(
             tower::ServiceBuilder::new()
+                .layer(tonic_web::GrpcWebLayer::new())
                 .layer(crate::layers::RpcMetricsLayer)
                 .layer(shed)
                 .layer(crate::layers::AuthLayer { auth: auth.clone() }),
