@@ -164,10 +164,7 @@ pub async fn serve(
     let unary = UnaryBudget::new(cfg.max_concurrent_rpcs);
     let (routes, multi) = services(cfg, prefixed, receipts, &push_policy, &unary)?;
     let routes = routes.add_service(health_svc);
-    let http_addr = match cfg.http_listen {
-        Some(listen) => Some(start_http(cfg, listen, multi, &auth, &tls, &unary, &drain).await?),
-        None => None,
-    };
+    let http_addr = start_http(cfg, multi, &auth, &tls, &unary, &drain).await?;
     let shed = crate::layers::ShedLayer::new(unary);
     let serving = serving(
         cfg,
@@ -240,13 +237,15 @@ async fn start_console(
 /// `--http-listen`: the HTTP JSON ingress, over the same Broker service.
 async fn start_http(
     cfg: &Config,
-    listen: SocketAddr,
     broker: Arc<MultiBroker>,
     auth: &Arc<Auth>,
     tls: &Option<Arc<Tls>>,
     unary: &UnaryBudget,
     drain: &Drain,
-) -> Result<SocketAddr, String> {
+) -> Result<Option<SocketAddr>, String> {
+    let Some(listen) = cfg.http_listen else {
+        return Ok(None);
+    };
     crate::http::start(
         crate::http::Ingress {
             listen,
@@ -264,6 +263,7 @@ async fn start_http(
         drain,
     )
     .await
+    .map(Some)
 }
 
 /// Handshake timeout and connection caps, for each listener.
