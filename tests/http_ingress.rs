@@ -11,6 +11,7 @@ use base64::Engine as _;
 use common::*;
 use hmac::{Hmac, Mac};
 use leanmq_grpc::proto;
+use prost::Message as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -617,4 +618,126 @@ async fn grpc_web_reaches_broker_and_admin() {
         trailers.contains("grpc-status:3"),
         "a refusal travels as a trailer: {trailers}"
     );
+}
+
+/// The TLS of the gRPC listener serves the ingress too, and gRPC-Web over
+/// HTTP/1.1 inside TLS (ALPN http/1.1).
+#[tokio::test]
+async fn the_ingress_and_grpc_web_serve_tls() {
+    let redis = RedisProc::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = common::pki::Ca::new("ingress ca");
+    let (cert, key) = ca.leaf("localhost");
+    let cert = common::pki::write(dir.path(), "server.crt", &cert);
+    let key = common::pki::write(dir.path(), "server.key", &key);
+    let (d, base) = start(&redis, |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+    })
+    .await;
+    let at: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("addr");
+    let client = |http1: bool| {
+        let b = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("ca"))
+            .resolve("localhost", at);
+        if http1 { b.http1_only() } else { b }
+            .build()
+            .expect("client")
+    };
+    let r = client(false)
+        .post(format!("https://localhost:{}/v1/send/tls", at.port()))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("an HTTPS post");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let plain = reqwest::Client::new()
+        .post(format!("{base}/v1/send/tls"))
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()),
+        "no plaintext beside TLS"
+    );
+    let bytes = json_send("/tls-web", "{}").encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&bytes);
+    let r = client(true)
+        .post(format!(
+            "https://localhost:{}/leanmq.v1.Broker/Send",
+            d.addr.port()
+        ))
+        .header("content-type", "application/grpc-web+proto")
+        .body(frame)
+        .send()
+        .await
+        .expect("gRPC-Web over TLS and HTTP/1.1");
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.bytes().await.expect("body");
+    assert!(
+        String::from_utf8_lossy(&body).contains("grpc-status:0"),
+        "{body:?}"
+    );
+    assert_eq!(
+        (xlen(&redis, "webhook:tls"), xlen(&redis, "webhook:tls_web")),
+        (1, 1)
+    );
+}
+
+/// A body uploaded slower than --http-request-timeout is 408 and stores
+/// nothing; connections past --max-connections-per-source are closed at once.
+#[tokio::test]
+async fn slow_uploads_and_connection_caps_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisProc::start();
+    let timeout = Duration::from_millis(300);
+    let (_d, base) = start(&redis, |c| {
+        c.http_request_timeout = timeout;
+        c.max_connections = 4;
+        c.max_connections_per_source = 2;
+    })
+    .await;
+    let host = base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    slow.write_all(
+        format!("POST /v1/send/slow HTTP/1.1\r\nhost: {host}\r\ncontent-length: 10\r\nconnection: close\r\n\r\nab").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() >= timeout, "not before the timeout");
+    assert_eq!(xlen(&redis, "webhook:slow"), 0);
+
+    // Two open connections from 127.0.0.1 hold its share; a third is closed.
+    let _a = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    let _b = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    eventually("a third connection is closed at once", || {
+        let host = host.clone();
+        async move {
+            let mut c = tokio::net::TcpStream::connect(&host).await.ok()?;
+            let _ = c
+                .write_all(b"POST /v1/send/x HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(WAIT, c.read(&mut buf))
+                .await
+                .ok()?
+                .unwrap_or(0);
+            (n == 0).then_some(())
+        }
+    })
+    .await;
 }
