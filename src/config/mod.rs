@@ -446,6 +446,47 @@ mod tests {
     }
 
     #[test]
+    fn signed_routes_from_flags_and_files() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["leanmqd"], args].concat()).map_err(|e| e.to_string())
+        };
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("stripe.secret");
+        std::fs::write(&file, format!("{secret}\n")).expect("write");
+        let two = parse(&[
+            "--http-signed-route",
+            &format!("/stripe/events/={secret}"),
+            "--http-signed-route",
+            &format!("/github={}", file.display()),
+        ])
+        .expect("parses");
+        let routes = two.signed_routes().expect("two routes");
+        let paths: Vec<&str> = routes.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/stripe/events", "/github"], "normalized");
+        for (bad, says) in [
+            ("/a", "PATH=SECRET"),
+            ("/a*=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "wildcard"),
+            ("/a=whsec_short", "secret"),
+            ("/a=/no/such/file", "cannot read"),
+        ] {
+            let c = parse(&["--http-signed-route", bad]).expect("parses");
+            assert!(
+                matches!(c.validate(), Err(StartupError::Invalid(m)) if m.contains(says)),
+                "{bad}"
+            );
+        }
+        let twice =
+            parse(&["--http-signed-route", &format!("/a={secret},/a/={secret}")]).expect("parses");
+        assert!(twice.signed_routes().is_err(), "one secret per path");
+        let many: Vec<String> = (0..65).map(|i| format!("/r{i}={secret}")).collect();
+        let c = parse(&["--http-signed-route", &many.join(",")]).expect("parses");
+        assert!(c.signed_routes().is_err(), "at most 64");
+        let slow = parse(&["--http-request-timeout", "2h"]).expect("parses");
+        assert!(slow.validate().is_err());
+    }
+
+    #[test]
     fn receipt_keys_from_flags_and_files() {
         let parse = |args: &[&str]| {
             Config::try_parse_from([&["leanmqd"], args].concat()).map_err(|e| e.to_string())
