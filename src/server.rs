@@ -446,6 +446,7 @@ fn serving(
         .accept_http1(true)
         .layer(
             tower::ServiceBuilder::new()
+                .layer(crate::layers::GrpcWebOnlyOnHttp1Layer)
                 .layer(tonic_web::GrpcWebLayer::new())
                 .layer(crate::layers::RpcMetricsLayer)
                 .layer(shed)

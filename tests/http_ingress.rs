@@ -618,6 +618,22 @@ async fn grpc_web_reaches_broker_and_admin() {
         trailers.contains("grpc-status:3"),
         "a refusal travels as a trailer: {trailers}"
     );
+
+    // Other HTTP/1.1 on the gRPC port is refused and its connection closed.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("closed by the server")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 415"), "{text}");
 }
 
 /// The TLS of the gRPC listener serves the ingress too, and gRPC-Web over
