@@ -149,6 +149,62 @@ where
     }
 }
 
+/// Is `o` a web origin as browsers send it (`https://host[:port]`, no
+/// path), or `*`?
+pub fn is_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && o.len() <= 256
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+/// CORS for gRPC-Web from `origins` (`--grpc-web-allow-origin`; none: no
+/// CORS layer, same-origin pages only). Preflights are answered here,
+/// before auth; the headers a gRPC-Web client sends and reads are allowed.
+pub fn grpc_web_cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let h = http::HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([http::Method::POST, http::Method::OPTIONS])
+            .allow_headers([
+                http::header::CONTENT_TYPE,
+                http::header::AUTHORIZATION,
+                h("x-grpc-web"),
+                h("x-user-agent"),
+                h("grpc-timeout"),
+                h("traceparent"),
+            ])
+            .expose_headers([
+                h("grpc-status"),
+                h("grpc-message"),
+                h("grpc-status-details-bin"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
 /// Authenticates every call but health: a missing or unknown bearer token
 /// is UNAUTHENTICATED, a token over its rate RESOURCE_EXHAUSTED. The
 /// caller's [`crate::auth::Grant`] goes into the request extensions, where

@@ -446,6 +446,7 @@ fn serving(
         .accept_http1(true)
         .layer(
             tower::ServiceBuilder::new()
+                .option_layer(crate::layers::grpc_web_cors(&cfg.grpc_web_allow_origin))
                 .layer(crate::layers::GrpcWebOnlyOnHttp1Layer)
                 .layer(tonic_web::GrpcWebLayer::new())
                 .layer(crate::layers::RpcMetricsLayer)

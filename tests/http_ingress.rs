@@ -757,3 +757,69 @@ async fn slow_uploads_and_connection_caps_are_bounded() {
     })
     .await;
 }
+
+/// `--grpc-web-allow-origin`: a listed origin's preflight and calls get
+/// CORS answers a browser accepts; another origin gets none.
+#[tokio::test]
+async fn grpc_web_cors_answers_listed_origins_only() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.grpc_web_allow_origin = vec!["https://app.example".into()];
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("client");
+    let url = format!("http://{}/leanmq.v1.Broker/Send", d.addr);
+    let preflight = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,x-grpc-web,authorization",
+            )
+            .send()
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let ok = preflight("https://app.example").await.expect("preflight");
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(
+        header(&ok, "access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    let allowed = header(&ok, "access-control-allow-headers").unwrap_or_default();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("x-grpc-web"),
+        "{allowed}"
+    );
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
+
+    let bytes = json_send("/cors", "{}").encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&bytes);
+    let r = http
+        .post(&url)
+        .header("origin", "https://app.example")
+        .header("content-type", "application/grpc-web+proto")
+        .body(frame)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    assert!(header(&r, "access-control-expose-headers").is_some_and(|h| h.contains("grpc-status")));
+    let _ = r.bytes().await.expect("body");
+    assert_eq!(xlen(&redis, "webhook:cors"), 1);
+}

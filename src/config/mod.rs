@@ -315,6 +315,12 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub http_request_timeout: Duration,
 
+    /// A web origin (`https://app.example.com`) whose pages may call the
+    /// gRPC port over gRPC-Web (CORS); `*` for any. Repeat, or
+    /// comma-separate, for several (at most 64). None: same-origin only.
+    #[arg(long, env = "LEANMQ_GRPC_WEB_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub grpc_web_allow_origin: Vec<String>,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -482,6 +488,17 @@ mod tests {
         let many: Vec<String> = (0..65).map(|i| format!("/r{i}={secret}")).collect();
         let c = parse(&["--http-signed-route", &many.join(",")]).expect("parses");
         assert!(c.signed_routes().is_err(), "at most 64");
+        for bad in [
+            "app.example",
+            "https://app.example/path",
+            "ftp://x",
+            "https://",
+        ] {
+            let c = parse(&["--grpc-web-allow-origin", bad]).expect("parses");
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let ok = parse(&["--grpc-web-allow-origin", "https://app.example:8443,*"]).expect("parses");
+        assert!(ok.validate().is_ok());
         let slow = parse(&["--http-request-timeout", "2h"]).expect("parses");
         assert!(slow.validate().is_err());
     }

@@ -126,6 +126,16 @@ impl Config {
     /// The ingress: its signed routes parse (and their files read), a sane timeout.
     fn validate_http(&self) -> Result<(), StartupError> {
         self.signed_routes().map_err(invalid)?;
+        if self.grpc_web_allow_origin.len() > 64 {
+            return Err(invalid("--grpc-web-allow-origin: at most 64 origins"));
+        }
+        for o in &self.grpc_web_allow_origin {
+            if !crate::layers::is_origin(o) {
+                return Err(invalid(format!(
+                    "--grpc-web-allow-origin {o:?} is not an origin (scheme://host[:port], no path) or *"
+                )));
+            }
+        }
         let (lo, hi) = (Duration::from_millis(100), Duration::from_secs(3600));
         if self.http_request_timeout < lo || self.http_request_timeout > hi {
             return Err(invalid(format!(
