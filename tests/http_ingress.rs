@@ -823,3 +823,27 @@ async fn grpc_web_cors_answers_listed_origins_only() {
     let _ = r.bytes().await.expect("body");
     assert_eq!(xlen(&redis, "webhook:cors"), 1);
 }
+
+/// The ingress stops with the drain: leanmqd stops cleanly with it open,
+/// and afterwards nothing listens there.
+#[tokio::test]
+async fn the_ingress_closes_at_the_drain() {
+    let redis = RedisProc::start();
+    let (mut d, base) = start(&redis, |_| {}).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/v1/send/drain"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    d.stop().await;
+    let after = http
+        .post(format!("{base}/v1/send/drain"))
+        .body("x")
+        .send()
+        .await;
+    assert!(after.is_err(), "still answering after the drain: {after:?}");
+    assert_eq!(xlen(&redis, "webhook:drain"), 1);
+}
