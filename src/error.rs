@@ -1,4 +1,5 @@
-//! The one error type of leanmqd, and the one place it becomes a gRPC status.
+//! The one error type of leanmqd, and the one place it becomes a gRPC
+//! status ([`Error::grpc_code`]) or an HTTP status ([`Error::http_status`]).
 //!
 //! Everything below the RPC edge returns [`Error`]; `impl From<Error> for
 //! tonic::Status` decides the code a client sees. The rule that matters most:
@@ -6,6 +7,8 @@
 //! loading, paused or timing out is UNAVAILABLE (retryable), not INTERNAL.
 
 use std::fmt;
+
+use tonic::codegen::http;
 
 /// Result alias used throughout the crate.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -203,10 +206,11 @@ impl From<deadpool_redis::PoolError> for Error {
     }
 }
 
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
+impl Error {
+    /// The gRPC code a client sees for this error.
+    pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
-        let code = match &e {
+        match self {
             Error::InvalidArgument(_) | Error::PayloadTooLarge { .. } => Code::InvalidArgument,
             Error::LeaseLost(_) | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
@@ -216,8 +220,58 @@ impl From<Error> for tonic::Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::NoGroup(_) | Error::Internal(_) => Code::Internal,
-        };
-        if code == Code::Internal {
+        }
+    }
+
+    /// The HTTP status an HTTP client (the JSON ingress, `crate::http`)
+    /// sees for this error: matched on every variant, so a new one cannot
+    /// be forgotten. Only a too-large payload says more than its gRPC code.
+    pub fn http_status(&self) -> http::StatusCode {
+        match self {
+            Error::PayloadTooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            Error::InvalidArgument(_)
+            | Error::LeaseLost(_)
+            | Error::FailedPrecondition(_)
+            | Error::NotFound(_)
+            | Error::AlreadyExists(_)
+            | Error::Unavailable(_)
+            | Error::ShuttingDown
+            | Error::Unauthenticated(_)
+            | Error::PermissionDenied(_)
+            | Error::ResourceExhausted(_)
+            | Error::NoGroup(_)
+            | Error::Internal(_) => http_status_of(self.grpc_code()),
+        }
+    }
+}
+
+/// The HTTP status of a gRPC code: one table for every HTTP edge (the
+/// JSON ingress through [`Error::http_status`], the console through the
+/// statuses the Admin service answers).
+pub fn http_status_of(code: tonic::Code) -> http::StatusCode {
+    use http::StatusCode as S;
+    use tonic::Code;
+    match code {
+        Code::Ok => S::OK,
+        Code::InvalidArgument | Code::OutOfRange => S::BAD_REQUEST,
+        Code::NotFound => S::NOT_FOUND,
+        Code::PermissionDenied => S::FORBIDDEN,
+        Code::Unauthenticated => S::UNAUTHORIZED,
+        Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+        Code::Unavailable => S::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+        Code::Unimplemented => S::NOT_IMPLEMENTED,
+        Code::Cancelled | Code::Unknown | Code::DataLoss | Code::Internal => {
+            S::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let code = e.grpc_code();
+        if code == tonic::Code::Internal {
             tracing::error!(error = %e, "internal error");
         }
         tonic::Status::new(code, e.to_string())
@@ -338,6 +392,28 @@ mod tests {
             let e = Error::from(reply(wire));
             assert!(!e.is_nogroup(), "{wire}");
             assert_eq!(tonic::Status::from(e).code(), code, "{wire}");
+        }
+    }
+
+    #[test]
+    fn http_statuses_follow_the_grpc_codes_but_for_size() {
+        use http::StatusCode as S;
+        for (e, want) in [
+            (Error::invalid("x"), S::BAD_REQUEST),
+            (
+                Error::PayloadTooLarge { size: 2, limit: 1 },
+                S::PAYLOAD_TOO_LARGE,
+            ),
+            (Error::Unauthenticated("x".into()), S::UNAUTHORIZED),
+            (Error::PermissionDenied("x".into()), S::FORBIDDEN),
+            (Error::ResourceExhausted("x".into()), S::TOO_MANY_REQUESTS),
+            (Error::Unavailable("x".into()), S::SERVICE_UNAVAILABLE),
+            (Error::ShuttingDown, S::SERVICE_UNAVAILABLE),
+            (Error::NotFound("x".into()), S::NOT_FOUND),
+            (Error::FailedPrecondition("x".into()), S::CONFLICT),
+            (Error::Internal("x".into()), S::INTERNAL_SERVER_ERROR),
+        ] {
+            assert_eq!(e.http_status(), want, "{e}");
         }
     }
 }

@@ -90,6 +90,121 @@ fn refuse<RB: Default + Send + 'static, E: Send + 'static>(
     Box::pin(async move { Ok(status.into_http()) })
 }
 
+/// HTTP/1.1 on the gRPC port is for gRPC-Web only: any other HTTP/1.x
+/// request (a stray `GET /`, a scanner) is answered 415 with
+/// `connection: close`, so it cannot keep a connection open idle. HTTP/2
+/// passes untouched.
+#[derive(Clone, Copy, Default)]
+pub struct GrpcWebOnlyOnHttp1Layer;
+
+impl<S> tower::Layer<S> for GrpcWebOnlyOnHttp1Layer {
+    type Service = GrpcWebOnlyOnHttp1<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcWebOnlyOnHttp1 { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcWebOnlyOnHttp1<S> {
+    inner: S,
+}
+
+/// Is this a gRPC-Web request (or its CORS preflight)?
+fn is_grpc_web<B>(req: &http::Request<B>) -> bool {
+    let web = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc-web"));
+    web || req.method() == http::Method::OPTIONS
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcWebOnlyOnHttp1<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.version() < http::Version::HTTP_2 && !is_grpc_web(&req) {
+            let mut resp = http::Response::new(RB::default());
+            *resp.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Box::pin(async move { Ok(resp) });
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// Is `o` a web origin as browsers send it (`https://host[:port]`, no
+/// path), or `*`?
+pub fn is_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && o.len() <= 256
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+/// CORS for gRPC-Web from `origins` (`--grpc-web-allow-origin`; none: no
+/// CORS layer, same-origin pages only). Preflights are answered here,
+/// before auth; the headers a gRPC-Web client sends and reads are allowed.
+pub fn grpc_web_cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let h = http::HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([http::Method::POST, http::Method::OPTIONS])
+            .allow_headers([
+                http::header::CONTENT_TYPE,
+                http::header::AUTHORIZATION,
+                h("x-grpc-web"),
+                h("x-user-agent"),
+                h("grpc-timeout"),
+                h("traceparent"),
+            ])
+            .expose_headers([
+                h("grpc-status"),
+                h("grpc-message"),
+                h("grpc-status-details-bin"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
 /// Authenticates every call but health: a missing or unknown bearer token
 /// is UNAUTHENTICATED, a token over its rate RESOURCE_EXHAUSTED. The
 /// caller's [`crate::auth::Grant`] goes into the request extensions, where

@@ -38,6 +38,9 @@
 //! - [`error`] — the one error enum and its one mapping to `tonic::Status`.
 //! - [`console`] — the web console (`--console-listen`): server-rendered pages
 //!   over the Admin service, called in-process with the caller's grant.
+//! - [`http`] — the HTTP JSON ingress (`--http-listen`): `POST /v1/send/<path>` and
+//!   `/v1/send-batch` into the same Send/SendBatch handlers, RFC 9457 problems,
+//!   Standard Webhooks signed routes (docs/http.md).
 //! - [`observe`] — Prometheus metrics; [`layers`] — tower layers (RPC metrics, load shedding, auth).
 //! - [`backoff`] — retry delays, in one place.
 //! - [`push`] — push delivery: subscriptions stored in Redis, a runner per
@@ -50,6 +53,7 @@ pub mod config;
 pub mod console;
 pub mod embedded;
 pub mod error;
+pub mod http;
 pub mod layers;
 pub mod listen;
 pub mod observe;

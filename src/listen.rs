@@ -289,6 +289,84 @@ pub fn tls(
     })
 }
 
+/// Plaintext HTTP/1.1 or HTTP/2 (the HTTP ingress): connections under the
+/// caps that sent their first byte within the handshake timeout.
+pub fn http_plaintext(
+    listener: TcpListener,
+    limits: Limits,
+    drain: &Drain,
+) -> ReceiverStream<io::Result<Conn<TcpStream>>> {
+    accept(listener, limits, drain, |tcp, info, place| async move {
+        tcp.peek(&mut [0u8; 1]).await?;
+        Ok(Conn {
+            io: tcp,
+            info,
+            _place: place,
+        })
+    })
+}
+
+/// TLS for the HTTP ingress: connections under the caps whose handshake
+/// completed within the timeout (ALPN offers h2 and http/1.1).
+pub fn http_tls(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Arc<Tls>,
+    drain: &Drain,
+) -> ReceiverStream<io::Result<Conn<tokio_rustls::server::TlsStream<TcpStream>>>> {
+    accept(listener, limits, drain, move |tcp, info, place| {
+        let acceptor = tls.acceptor();
+        async move {
+            let acceptor =
+                acceptor.ok_or_else(|| io::Error::other("TLS configuration unavailable"))?;
+            Ok(Conn {
+                io: acceptor.accept(tcp).await?,
+                info,
+                _place: place,
+            })
+        }
+    })
+}
+
+/// Accepted connections as an axum listener (the HTTP ingress).
+pub struct Accepted<IO> {
+    conns: ReceiverStream<io::Result<Conn<IO>>>,
+    addr: SocketAddr,
+}
+
+impl<IO> Accepted<IO> {
+    pub fn new(conns: ReceiverStream<io::Result<Conn<IO>>>, addr: SocketAddr) -> Self {
+        Accepted { conns, addr }
+    }
+}
+
+impl<IO> axum::serve::Listener for Accepted<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = Conn<IO>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt as _;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(c)) => {
+                    let peer = c.info.remote_addr.unwrap_or(self.addr);
+                    return (c, peer);
+                }
+                Some(Err(e)) => tracing::debug!("accept: {e}"),
+                // The accept loop ended (only at the drain): accept nothing more.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
 /// The accept loop: take a place, then run `handshake` under the timeout
 /// in a task of its own and hand over what completes. Ends when the
 /// receiver (the gRPC server) is gone.

@@ -31,6 +31,7 @@
 //! | `leanmq_push_duration_seconds` | subscription | push POST time, to the end of the (capped) body |
 //! | `leanmq_push_backlog` | subscription | entries of a path subscription's group not yet acked (lag + pending), sampled every 15 s |
 //! | `leanmq_push_consumers` | | push subscriptions this replica runs |
+//! | `leanmq_http_request_duration_seconds` | route (`/v1/send/{path}`, `/v1/send-batch`, `other`), status | HTTP ingress requests, by route template and status |
 //! | `leanmq_connections_refused_total` | limit (`--max-connections`, `--max-connections-per-source`, `--handshake-timeout`) | client connections closed by a connection limit |
 //!
 //! Apart from Prometheus, [`tally`] keeps per-queue running totals of sends,
@@ -286,6 +287,17 @@ pub fn wait_timeout() {
 /// A call refused by load shedding (`--max-concurrent-rpcs`).
 pub fn shed() {
     counter!("leanmq_load_shed_total").increment(1);
+}
+
+/// One HTTP ingress request (`crate::http`), labelled by its route's
+/// template (never the raw path) and its status.
+pub fn http(route: &'static str, status: u16, took: Duration) {
+    histogram!(
+        "leanmq_http_request_duration_seconds",
+        "route" => route,
+        "status" => status.to_string()
+    )
+    .record(took.as_secs_f64());
 }
 
 /// A client connection closed by a limit of `listen` (the flag's name).

@@ -46,6 +46,8 @@ pub struct Running {
     pub health_addr: Option<SocketAddr>,
     /// Where `--console-listen` bound, when set.
     pub console_addr: Option<SocketAddr>,
+    /// Where `--http-listen` bound, when set.
+    pub http_addr: Option<SocketAddr>,
     drain: Drain,
     task: tokio::task::JoinHandle<Result<(), String>>,
     /// How long the drain may take, server and tasks together.
@@ -160,7 +162,9 @@ pub async fn serve(
         None => None,
     };
     let unary = UnaryBudget::new(cfg.max_concurrent_rpcs);
-    let routes = services(cfg, prefixed, receipts, &push_policy, &unary)?.add_service(health_svc);
+    let (routes, multi) = services(cfg, prefixed, receipts, &push_policy, &unary)?;
+    let routes = routes.add_service(health_svc);
+    let http_addr = start_http(cfg, multi, &auth, &tls, &unary, &drain).await?;
     let shed = crate::layers::ShedLayer::new(unary);
     let serving = serving(
         cfg,
@@ -178,6 +182,7 @@ pub async fn serve(
         addr,
         health_addr,
         console_addr,
+        http_addr,
         drain,
         task,
         grace: cfg.shutdown_grace,
@@ -227,6 +232,48 @@ async fn start_console(
         drain,
     )
     .await
+}
+
+/// `--http-listen`: the HTTP JSON ingress, over the same Broker service.
+async fn start_http(
+    cfg: &Config,
+    broker: Arc<MultiBroker>,
+    auth: &Arc<Auth>,
+    tls: &Option<Arc<Tls>>,
+    unary: &UnaryBudget,
+    drain: &Drain,
+) -> Result<Option<SocketAddr>, String> {
+    let Some(listen) = cfg.http_listen else {
+        return Ok(None);
+    };
+    crate::http::start(
+        crate::http::Ingress {
+            listen,
+            broker,
+            auth: auth.clone(),
+            tls: tls.clone(),
+            limits: listen_limits(cfg),
+            unary: unary.clone(),
+            max_payload_bytes: cfg.max_payload_bytes,
+            max_batch_body_bytes: max_message_bytes(cfg),
+            max_batch: cfg.max_batch,
+            request_timeout: cfg.http_request_timeout,
+            signed: cfg.signed_routes()?,
+        },
+        drain,
+    )
+    .await
+    .map(Some)
+}
+
+/// Handshake timeout and connection caps, for each listener.
+fn listen_limits(cfg: &Config) -> crate::listen::Limits {
+    crate::listen::Limits::fitted(
+        cfg.handshake_timeout,
+        cfg.max_connections,
+        cfg.max_connections_per_source,
+        crate::listen::soft_nofile(),
+    )
 }
 
 fn load_auth(cfg: &Config) -> Result<Auth, String> {
@@ -314,7 +361,7 @@ fn services(
     receipts: Arc<KeySource>,
     push_policy: &Arc<crate::push::ssrf::Policy>,
     unary: &UnaryBudget,
-) -> Result<Routes, String> {
+) -> Result<(Routes, Arc<MultiBroker>), String> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -338,13 +385,15 @@ fn services(
         }
     }
     brokers.insert(0, (default_prefix, first));
-    let broker_svc = BrokerServer::new(MultiBroker::new(Served::new(brokers)))
+    let multi = Arc::new(MultiBroker::new(Served::new(brokers)));
+    let broker_svc = BrokerServer::from_arc(multi.clone())
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(max_request);
-    Ok(Routes::new(broker_svc)
+    let routes = Routes::new(broker_svc)
         .add_service(AdminServer::new(MultiAdmin::new(Served::new(admins))))
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha))
+        .add_service(reflection_v1alpha);
+    Ok((routes, multi))
 }
 
 /// The gRPC message limit, both ways: room for the largest payload.
@@ -392,8 +441,14 @@ fn serving(
         tracing::info!("draining: health NOT_SERVING, streams ending");
     };
     let router = tonic::transport::Server::builder()
+        // gRPC-Web (HTTP/1.1 and HTTP/2), so a browser can call Broker and
+        // Admin: translated to gRPC before metrics, shedding and auth.
+        .accept_http1(true)
         .layer(
             tower::ServiceBuilder::new()
+                .option_layer(crate::layers::grpc_web_cors(&cfg.grpc_web_allow_origin))
+                .layer(crate::layers::GrpcWebOnlyOnHttp1Layer)
+                .layer(tonic_web::GrpcWebLayer::new())
                 .layer(crate::layers::RpcMetricsLayer)
                 .layer(shed)
                 .layer(crate::layers::AuthLayer { auth: auth.clone() }),
@@ -418,12 +473,7 @@ fn serving(
         .add_routes(routes);
     // Handshake timeout and connection caps (`listen`), which also sets
     // TCP_NODELAY: builder options apply only to listeners tonic binds.
-    let limits = crate::listen::Limits::fitted(
-        cfg.handshake_timeout,
-        cfg.max_connections,
-        cfg.max_connections_per_source,
-        crate::listen::soft_nofile(),
-    );
+    let limits = listen_limits(cfg);
     match tls {
         None => Box::pin(router.serve_with_incoming_shutdown(
             crate::listen::plaintext(listener, limits, drain),

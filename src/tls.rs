@@ -74,7 +74,8 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
     let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("--tls-cert/--tls-key do not make a usable pair: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 for gRPC; http/1.1 for gRPC-Web and the HTTP ingress (console too).
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
 

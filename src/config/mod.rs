@@ -292,6 +292,35 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_CONSOLE_ALLOW_ANONYMOUS")]
     pub console_allow_anonymous: bool,
 
+    /// Serve the HTTP JSON ingress (`POST /v1/send/<path>`,
+    /// `POST /v1/send-batch`; docs/http.md) on this address (off when
+    /// unset), with the gRPC listener's TLS, tokens and limits.
+    #[arg(long, env = "LEANMQ_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// An ingress path that takes only Standard Webhooks signed requests
+    /// (a third party's webhooks), as PATH=SECRET: SECRET is a `whsec_`
+    /// secret, or the path of a file holding one (keeps it out of the
+    /// process list). Repeat, or comma-separate, for several (at most 64).
+    #[arg(
+        long,
+        env = "LEANMQ_HTTP_SIGNED_ROUTE",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub http_signed_route: Vec<String>,
+
+    /// Longest an ingress request may take, its body's upload included
+    /// (slower is 408).
+    #[arg(long, env = "LEANMQ_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
+
+    /// A web origin (`https://app.example.com`) whose pages may call the
+    /// gRPC port over gRPC-Web (CORS); `*` for any. Repeat, or
+    /// comma-separate, for several (at most 64). None: same-origin only.
+    #[arg(long, env = "LEANMQ_GRPC_WEB_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub grpc_web_allow_origin: Vec<String>,
+
     /// Log format: "text" or "json". Filter with RUST_LOG (default "info").
     #[arg(long, env = "LEANMQ_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -420,6 +449,58 @@ mod tests {
                 "{waits:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn signed_routes_from_flags_and_files() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["leanmqd"], args].concat()).map_err(|e| e.to_string())
+        };
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("stripe.secret");
+        std::fs::write(&file, format!("{secret}\n")).expect("write");
+        let two = parse(&[
+            "--http-signed-route",
+            &format!("/stripe/events/={secret}"),
+            "--http-signed-route",
+            &format!("/github={}", file.display()),
+        ])
+        .expect("parses");
+        let routes = two.signed_routes().expect("two routes");
+        let paths: Vec<&str> = routes.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/stripe/events", "/github"], "normalized");
+        for (bad, says) in [
+            ("/a", "PATH=SECRET"),
+            ("/a*=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "wildcard"),
+            ("/a=whsec_short", "secret"),
+            ("/a=/no/such/file", "cannot read"),
+        ] {
+            let c = parse(&["--http-signed-route", bad]).expect("parses");
+            assert!(
+                matches!(c.validate(), Err(StartupError::Invalid(m)) if m.contains(says)),
+                "{bad}"
+            );
+        }
+        let twice =
+            parse(&["--http-signed-route", &format!("/a={secret},/a/={secret}")]).expect("parses");
+        assert!(twice.signed_routes().is_err(), "one secret per path");
+        let many: Vec<String> = (0..65).map(|i| format!("/r{i}={secret}")).collect();
+        let c = parse(&["--http-signed-route", &many.join(",")]).expect("parses");
+        assert!(c.signed_routes().is_err(), "at most 64");
+        for bad in [
+            "app.example",
+            "https://app.example/path",
+            "ftp://x",
+            "https://",
+        ] {
+            let c = parse(&["--grpc-web-allow-origin", bad]).expect("parses");
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let ok = parse(&["--grpc-web-allow-origin", "https://app.example:8443,*"]).expect("parses");
+        assert!(ok.validate().is_ok());
+        let slow = parse(&["--http-request-timeout", "2h"]).expect("parses");
+        assert!(slow.validate().is_err());
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Config {
         self.validate_files()?;
         self.validate_console()?;
         self.validate_push()?;
+        self.validate_http()?;
         self.validate_telemetry()
     }
 
@@ -117,6 +118,29 @@ impl Config {
             return Err(invalid(format!(
                 "--push-poll-interval {:?} is out of range: 100ms to 60s",
                 self.push_poll_interval
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ingress: its signed routes parse (and their files read), a sane timeout.
+    fn validate_http(&self) -> Result<(), StartupError> {
+        self.signed_routes().map_err(invalid)?;
+        if self.grpc_web_allow_origin.len() > 64 {
+            return Err(invalid("--grpc-web-allow-origin: at most 64 origins"));
+        }
+        for o in &self.grpc_web_allow_origin {
+            if !crate::layers::is_origin(o) {
+                return Err(invalid(format!(
+                    "--grpc-web-allow-origin {o:?} is not an origin (scheme://host[:port], no path) or *"
+                )));
+            }
+        }
+        let (lo, hi) = (Duration::from_millis(100), Duration::from_secs(3600));
+        if self.http_request_timeout < lo || self.http_request_timeout > hi {
+            return Err(invalid(format!(
+                "--http-request-timeout {:?} is out of range: 100ms to 1h",
+                self.http_request_timeout
             )));
         }
         Ok(())
@@ -385,5 +409,47 @@ impl Config {
             .iter()
             .map(|s| WaitRule::parse(s))
             .collect()
+    }
+
+    /// `--http-signed-route`: each PATH=SECRET as (the normalized path, its
+    /// signing key), the secret read from its file when not given inline.
+    pub fn signed_routes(&self) -> Result<Vec<(String, crate::push::signature::Key)>, String> {
+        use crate::push::signature::{key, SECRET_PREFIX};
+        const MAX_SIGNED_ROUTES: usize = 64;
+        if self.http_signed_route.len() > MAX_SIGNED_ROUTES {
+            return Err(format!(
+                "--http-signed-route: at most {MAX_SIGNED_ROUTES} routes"
+            ));
+        }
+        let mut out: Vec<(String, crate::push::signature::Key)> = Vec::new();
+        for spec in &self.http_signed_route {
+            let Some((path, secret)) = spec.split_once('=') else {
+                return Err(format!(
+                    "--http-signed-route {:?} is not PATH=SECRET (a whsec_ secret or a file holding one)",
+                    spec.split('=').next().unwrap_or_default()
+                ));
+            };
+            let route = crate::routing::send_route(path)
+                .map_err(|e| format!("--http-signed-route {path:?}: {e}"))?;
+            let secret = if secret.starts_with(SECRET_PREFIX) {
+                secret.to_string()
+            } else {
+                std::fs::read_to_string(secret)
+                    .map_err(|e| {
+                        format!(
+                            "--http-signed-route {path:?}: cannot read secret file {secret:?}: {e}"
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            };
+            let k = key(&secret)
+                .map_err(|e| format!("--http-signed-route {path:?}: the secret {e}"))?;
+            if out.iter().any(|(p, _)| *p == route.path) {
+                return Err(format!("--http-signed-route {path:?} is given twice"));
+            }
+            out.push((route.path, k));
+        }
+        Ok(out)
     }
 }

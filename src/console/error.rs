@@ -6,7 +6,6 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tonic::Code;
 
 /// A page that could not be served.
 #[derive(Debug, Clone)]
@@ -67,18 +66,22 @@ impl Failure {
 
 impl From<&tonic::Status> for Failure {
     fn from(s: &tonic::Status) -> Self {
-        let (status, title) = match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "Bad request"),
-            Code::NotFound => (StatusCode::NOT_FOUND, "Not found"),
-            Code::PermissionDenied => (StatusCode::FORBIDDEN, "Not allowed"),
-            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "Sign in"),
-            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
-            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => {
-                (StatusCode::CONFLICT, "Cannot do that here")
-            }
-            Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Redis is unreachable"),
-            Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "Redis is unreachable"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+        let status = crate::error::http_status_of(s.code());
+        let title = match status {
+            StatusCode::BAD_REQUEST => "Bad request",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::UNAUTHORIZED => "Sign in",
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
+            StatusCode::CONFLICT => "Cannot do that here",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => "Redis is unreachable",
+            _ => "Internal error",
+        };
+        // Statuses the console has no page for read as internal errors.
+        let status = if title == "Internal error" {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            status
         };
         let detail = match status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {

@@ -65,6 +65,72 @@ pub fn header(keys: &[Key], msg_id: &str, timestamp: i64, body: &[u8]) -> String
         .join(" ")
 }
 
+/// How far a signed request's `webhook-timestamp` may be from now, either
+/// way (the spec's replay window).
+pub const TOLERANCE_SECS: i64 = 5 * 60;
+/// Most signatures one `webhook-signature` header may carry, and its
+/// longest accepted form: room for key rotation, no more.
+pub const MAX_SIGNATURES: usize = 8;
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 1024;
+
+/// Why a signed request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A header missing or malformed (names it).
+    Malformed(String),
+    /// The timestamp is outside [`TOLERANCE_SECS`] of `now`.
+    Stale,
+    /// No `v1` signature matches.
+    Mismatch,
+}
+
+/// Check a request signed per Standard Webhooks: `signatures` (the
+/// `webhook-signature` header) must hold a `v1,<base64>` signature of
+/// `msg_id.timestamp.body` under `key`, compared in constant time, and
+/// `timestamp` must be within [`TOLERANCE_SECS`] of `now` (Unix seconds).
+pub fn verify(
+    key: &Key,
+    msg_id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), Refused> {
+    let ts: i64 = timestamp
+        .parse()
+        .map_err(|_| Refused::Malformed("webhook-timestamp is not Unix seconds".into()))?;
+    if signatures.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(Refused::Malformed(format!(
+            "webhook-signature is longer than {MAX_SIGNATURE_HEADER_BYTES} bytes"
+        )));
+    }
+    if ts.abs_diff(now) > TOLERANCE_SECS as u64 {
+        return Err(Refused::Stale);
+    }
+    let mut mac = key.clone();
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(ts.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let candidates: Vec<Vec<u8>> = signatures
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .take(MAX_SIGNATURES)
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|b64| STANDARD.decode(b64).ok())
+        .collect();
+    // Every candidate is checked, so the time taken does not say which matched.
+    let matched = candidates.iter().fold(false, |any, sig| {
+        mac.clone().verify_slice(sig).is_ok() | any
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(Refused::Mismatch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +160,48 @@ mod tests {
         assert!(decode_secret(&long).is_err());
         let ok = format!("whsec_{}", STANDARD.encode([7u8; 32]));
         assert_eq!(decode_secret(&ok).map(|k| k.len()), Ok(32));
+    }
+
+    #[test]
+    fn verifies_what_it_signs_and_nothing_else() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let k = key(secret).expect("key");
+        let body = br#"{"test": 2432232314}"#;
+        let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let ts = 1614265330;
+        let ok = |sigs: &str, now: i64| {
+            verify(
+                &k,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                "1614265330",
+                sigs,
+                body,
+                now,
+            )
+        };
+        assert_eq!(ok(good, ts), Ok(()));
+        assert_eq!(
+            ok(&format!("v1,AAAA {good}"), ts + 299),
+            Ok(()),
+            "any of several"
+        );
+        assert_eq!(ok(good, ts + TOLERANCE_SECS + 1), Err(Refused::Stale));
+        assert_eq!(ok(good, ts - TOLERANCE_SECS - 1), Err(Refused::Stale));
+        assert_eq!(
+            ok("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE", ts),
+            Err(Refused::Mismatch)
+        );
+        assert_eq!(ok(&good.replace("v1,", "v2,"), ts), Err(Refused::Mismatch));
+        assert_eq!(
+            ok(&"v1,AAAA ".repeat(200), ts).map_err(|e| matches!(e, Refused::Malformed(_))),
+            Err(true)
+        );
+        let other = verify(&k, "msg_other", "1614265330", good, body, ts);
+        assert_eq!(other, Err(Refused::Mismatch));
+        assert!(matches!(
+            verify(&k, "m", "soon", good, body, ts),
+            Err(Refused::Malformed(_))
+        ));
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Caller {
 }
 
 /// A well-formed W3C `traceparent` (version-traceid-parentid-flags).
-fn is_traceparent(v: &str) -> bool {
+pub(crate) fn is_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
     parts.len() == 4
         && [2, 32, 16, 2]

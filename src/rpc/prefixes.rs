@@ -182,6 +182,41 @@ impl MultiBroker {
     pub fn new(served: Served<BrokerService>) -> Self {
         MultiBroker { served }
     }
+
+    /// Send for an edge other than gRPC (the HTTP ingress, `crate::http`):
+    /// the same prefix selection and handler as the RPC, its error kept
+    /// as the domain [`Error`] for the edge to map.
+    pub async fn send_as(
+        &self,
+        caller: &super::Caller,
+        req: proto::SendRequest,
+    ) -> Result<proto::SendResponse> {
+        let (_, _, svc) = self.served.select(&req.prefix, &caller.grant)?;
+        super::send::handle(svc, caller, req).await
+    }
+
+    /// SendBatch for an edge other than gRPC, as [`MultiBroker::send_as`].
+    pub async fn send_batch_as(
+        &self,
+        caller: &super::Caller,
+        req: proto::SendBatchRequest,
+    ) -> Result<proto::SendBatchResponse> {
+        let prefix = batch_prefix(&req.messages)?;
+        let (_, _, svc) = self.served.select(prefix, &caller.grant)?;
+        super::send_batch::handle(svc, caller, req).await
+    }
+}
+
+/// The one prefix of a batch's messages (a batch is atomic within one).
+fn batch_prefix(msgs: &[proto::SendRequest]) -> Result<&str> {
+    let prefix = msgs.first().map(|m| m.prefix.as_str()).unwrap_or("");
+    if let Some(i) = msgs.iter().position(|m| m.prefix != prefix) {
+        return Err(Error::invalid(format!(
+            "messages[{i}]: prefix {:?} differs from messages[0]'s {prefix:?}; a batch is atomic within one prefix, send one batch per prefix",
+            msgs[i].prefix
+        )));
+    }
+    Ok(prefix)
 }
 
 fn wrap_delivery(i: usize, prefix: &str, mut d: proto::Delivery) -> proto::Delivery {
@@ -203,15 +238,7 @@ impl proto::broker_server::Broker for MultiBroker {
         &self,
         req: Request<proto::SendBatchRequest>,
     ) -> std::result::Result<Response<proto::SendBatchResponse>, Status> {
-        let msgs = &req.get_ref().messages;
-        let prefix = msgs.first().map(|m| m.prefix.as_str()).unwrap_or("");
-        if let Some(i) = msgs.iter().position(|m| m.prefix != prefix) {
-            return Err(Error::invalid(format!(
-                "messages[{i}]: prefix {:?} differs from messages[0]'s {prefix:?}; a batch is atomic within one prefix, send one batch per prefix",
-                msgs[i].prefix
-            ))
-            .into());
-        }
+        let prefix = batch_prefix(&req.get_ref().messages)?;
         let (_, _, svc) = self.served.select(prefix, &*grant(&req)?)?;
         proto::broker_server::Broker::send_batch(svc, req).await
     }
