@@ -45,9 +45,11 @@ class PyReceiver:
     """Test code: a ThreadingHTTPServer verifying each POST with PyPI's
     standardwebhooks; records verified deliveries, answers per `answer`."""
 
-    def __init__(self, secrets: List[str], delay: float = 0.0) -> None:
+    def __init__(self, secrets: List[str], delay: float = 0.0, answers=()) -> None:
         self.hooks = [StandardWebhook(s) for s in secrets]
         self.delay = delay
+        #: (status, headers) to give to the first verified POSTs, in order; then 204.
+        self.answers = list(answers)
         self.got: List[Dict] = []
         self.refused: List[str] = []
         self.lock = threading.Lock()
@@ -69,9 +71,12 @@ class PyReceiver:
                 if me.delay:
                     time.sleep(me.delay)
                 with me.lock:
+                    status, extra = me.answers.pop(0) if me.answers else (204, {})
                     me.got.append({"id": headers["webhook-id"], "attempt": headers.get("leanmq-attempt"),
-                                   "body": body})
-                self.send_response(204)
+                                   "body": body, "status": status, "at": time.monotonic()})
+                self.send_response(status)
+                for k, v in extra.items():
+                    self.send_header(k, v)
                 self.end_headers()
 
             def log_message(self, *_args) -> None:
@@ -119,9 +124,11 @@ def test_python_standardwebhooks_verifies_a_rotation(pushing):
         rx.stop()
 
 
-def test_node_standardwebhooks_verifies(pushing):
-    node = subprocess.Popen(["node", str(E2E / "push-receiver" / "receiver.js"), SECRET_A],
-                            stdout=subprocess.PIPE, text=True)
+def test_node_standardwebhooks_verifies_a_rotation_and_a_retry(pushing):
+    # The first POST is answered 500: its retry carries the same webhook-id,
+    # and both verify under either secret with the npm package.
+    node = subprocess.Popen(["node", str(E2E / "push-receiver" / "receiver.js"), SECRET_A, SECRET_B],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "ANSWERS": "500"})
     lines: List[Dict] = []
     try:
         assert node.stdout is not None
@@ -129,13 +136,17 @@ def test_node_standardwebhooks_verifies(pushing):
         reader = threading.Thread(target=lambda: [lines.append(json.loads(l)) for l in node.stdout], daemon=True)
         reader.start()
         path = unique_path("push-node")
-        push_create(pushing, "node", path, f"http://127.0.0.1:{port}/hook", SECRET_A)
+        push_create(pushing, "node", path, f"http://127.0.0.1:{port}/hook", SECRET_A, SECRET_B)
         with LeanmqWebhook(pushing.target) as wh:
             sent = [wh.send(path, {"n": i, "text": "grüße ✓"}) for i in range(5)]
-        wait_until(lambda: len({l.get("id") for l in lines if "id" in l}) >= 5, 30, "5 pushes verified by node")
+        wait_until(lambda: len([l for l in lines if l.get("status") == 204]) >= 5, 60, "5 pushes verified by node")
         assert [l for l in lines if "refused" in l] == []
         assert {l["id"] for l in lines} == set(sent)
         assert json.loads(lines[0]["body"])["text"] == "grüße ✓"
+        first = lines[0]
+        assert first["status"] == 500 and first["attempt"] == "1"
+        again = [l for l in lines[1:] if l["id"] == first["id"]]
+        assert again and again[0]["attempt"] == "2" and again[0]["status"] == 204, lines
     finally:
         node.terminate()
         node.wait(timeout=10)
@@ -182,3 +193,71 @@ def test_a_replica_killed_mid_push_loses_nothing(leanmqd_bin, redis_server, work
         rx.stop()
         a.kill()
         b.stop()
+
+
+def admin_stub(broker: Leanmqd):
+    import grpc
+    from leanmq_grpc._proto.leanmq.v1 import admin_pb2, admin_pb2_grpc
+    return admin_pb2, admin_pb2_grpc.AdminStub(grpc.insecure_channel(broker.target))
+
+
+def create_fast(broker: Leanmqd, name: str, path: str, endpoint: str) -> None:
+    """A subscription retrying after 0.2 s (the default schedule waits 5 s)."""
+    from google.protobuf import duration_pb2
+    pb2, stub = admin_stub(broker)
+    stub.CreatePushSubscription(pb2.CreatePushSubscriptionRequest(subscription=pb2.PushSubscription(
+        name=name, path=path, endpoint=endpoint, secrets=[SECRET_A],
+        retry_schedule=[duration_pb2.Duration(nanos=200_000_000)], max_in_flight=1)), timeout=10)
+
+
+def test_a_500_then_a_200_is_retried_under_the_same_id(pushing):
+    rx = PyReceiver([SECRET_A], answers=[(500, {})])
+    try:
+        path = unique_path("push-500")
+        create_fast(pushing, "py500", path, rx.endpoint)
+        with LeanmqWebhook(pushing.target) as wh:
+            sent = wh.send(path, {"n": 1})
+        wait_until(lambda: len(rx.got) >= 2, 30, "the retry")
+        first, second = rx.got[0], rx.got[1]
+        assert (first["id"], first["status"], first["attempt"]) == (sent, 500, "1")
+        assert (second["id"], second["status"], second["attempt"]) == (sent, 204, "2")
+        assert rx.refused == []
+    finally:
+        rx.stop()
+
+
+def test_retry_after_is_honoured(pushing):
+    rx = PyReceiver([SECRET_A], answers=[(503, {"Retry-After": "2"})])
+    try:
+        path = unique_path("push-429")
+        create_fast(pushing, "pyra", path, rx.endpoint)
+        with LeanmqWebhook(pushing.target) as wh:
+            wh.send(path, {"n": 1})
+        wait_until(lambda: len(rx.got) >= 2, 30, "the retry")
+        # The schedule says 0.2 s; the endpoint said 2 s, and that wins.
+        gap = rx.got[1]["at"] - rx.got[0]["at"]
+        assert gap >= 1.9, f"retried after {gap:.2f} s despite Retry-After: 2"
+        assert rx.got[1]["status"] == 204
+    finally:
+        rx.stop()
+
+
+def test_a_410_pauses_the_subscription_and_keeps_the_message(pushing, redis_server):
+    import redis as redis_py
+    rx = PyReceiver([SECRET_A], answers=[(410, {})])
+    try:
+        path = unique_path("push-410")
+        create_fast(pushing, "py410", path, rx.endpoint)
+        with LeanmqWebhook(pushing.target) as wh:
+            wh.send(path, {"n": 1})
+        pb2, stub = admin_stub(pushing)
+        get = lambda: stub.GetPushSubscription(pb2.GetPushSubscriptionRequest(name="py410"), timeout=10)
+        paused = wait_until(lambda: get().state == pb2.PUSH_STATE_PAUSED and get(), 30, "paused")
+        assert "410" in paused.state_reason
+        r = redis_py.Redis.from_url(redis_server.url)
+        q = queue_name(path)
+        assert pending_count(r, f"webhook:{q}", "push-py410") == 1
+        assert r.xlen(f"webhook:{q}:dlq") == 0
+        assert [g["status"] for g in rx.got] == [410]
+    finally:
+        rx.stop()

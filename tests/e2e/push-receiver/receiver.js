@@ -1,7 +1,7 @@
 // Test code: an HTTP receiver for leanmqd's push delivery. Every POST is
 // verified with the npm `standardwebhooks` package (the verifier is not
 // ours); each verified one is printed as a JSON line
-// {"id", "attempt", "body"} on stdout, a refused one as {"refused": why}.
+// {"id", "attempt", "body", "status"} on stdout, a refused one as {"refused": why}.
 //
 //   node receiver.js SECRET [SECRET...]
 // Prints {"port": N} first, once listening on 127.0.0.1:0.
@@ -10,6 +10,8 @@ const http = require("node:http");
 const { Webhook } = require("standardwebhooks");
 
 const hooks = process.argv.slice(2).map((s) => new Webhook(s));
+// ANSWERS="500,410": the statuses of the first verified POSTs, in order; then 204.
+const answers = (process.env.ANSWERS || "").split(",").filter(Boolean).map(Number);
 if (hooks.length === 0) {
   console.error("usage: node receiver.js SECRET [SECRET...]");
   process.exit(2);
@@ -25,7 +27,7 @@ const server = http.createServer((req, res) => {
       "webhook-timestamp": req.headers["webhook-timestamp"] || "",
       "webhook-signature": req.headers["webhook-signature"] || "",
     };
-    // Each secret on its own: a rotation must verify under either.
+    // Each secret on its own: a rotation must verify under every one.
     const errors = [];
     for (const wh of hooks) {
       try {
@@ -39,10 +41,11 @@ const server = http.createServer((req, res) => {
       res.writeHead(400).end("bad signature");
       return;
     }
+    const status = answers.length > 0 ? answers.shift() : 204;
     process.stdout.write(
-      JSON.stringify({ id: headers["webhook-id"], attempt: req.headers["leanmq-attempt"], body }) + "\n",
+      JSON.stringify({ id: headers["webhook-id"], attempt: req.headers["leanmq-attempt"], body, status }) + "\n",
     );
-    res.writeHead(204).end();
+    res.writeHead(status).end();
   });
 });
 
