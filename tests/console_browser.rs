@@ -374,3 +374,140 @@ async fn requeue_from_the_browser_is_delivered_again() {
 
     b.close().await.expect("close");
 }
+
+/// Calls `method` with `msg` from the page loaded in `b`, through the
+/// browser's own `fetch` (so CORS and the browser's HTTP stack apply), and
+/// returns the reply's message and trailer text.
+async fn grpc_web_from<T: prost::Message + Default>(
+    b: &Driver,
+    url: &str,
+    msg: &impl prost::Message,
+) -> (Option<T>, String) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let script = r#"
+        const [url, body64, done] = arguments;
+        const body = Uint8Array.from(atob(body64), (c) => c.charCodeAt(0));
+        fetch(url, {
+            method: "POST",
+            headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" },
+            body,
+        })
+            .then((r) => r.arrayBuffer().then((buf) => {
+                let s = "";
+                for (const x of new Uint8Array(buf)) s += String.fromCharCode(x);
+                done({ status: r.status, body: btoa(s), grpcStatus: r.headers.get("grpc-status") });
+            }))
+            .catch((e) => done({ error: String(e) }));
+    "#;
+    let got = b
+        .execute_async(
+            script,
+            vec![url.into(), b64.encode(grpc_web_body(msg)).into()],
+        )
+        .await
+        .expect("the script ran");
+    assert!(
+        got.get("error").is_none(),
+        "fetch failed in the browser: {got}"
+    );
+    assert_eq!(got["status"], 200, "{got}");
+    let raw = b64
+        .decode(got["body"].as_str().expect("a body"))
+        .expect("base64");
+    let (reply, mut trailers) = grpc_web_reply(&raw);
+    // A refusal may come "trailers-only": its status in the headers, which
+    // the page reads only if leanmqd's CORS answer exposes them.
+    if let (true, Some(code)) = (trailers.is_empty(), got["grpcStatus"].as_str()) {
+        trailers = format!("grpc-status:{code}");
+    }
+    (reply, trailers)
+}
+
+/// gRPC-Web from a page in headless Chromium on another origin (listed in
+/// --grpc-web-allow-origin): a Send is stored and delivered over gRPC, an
+/// Admin call answers, a refusal arrives as its status; a page on an
+/// origin not listed is stopped by the browser's CORS check.
+#[tokio::test]
+#[ignore = "needs chromium and chromedriver: run by `make test-console`"]
+async fn a_browser_page_calls_broker_and_admin_over_grpc_web() {
+    let page = |name: &'static str| async move {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move {
+                axum::response::Html(format!("<!doctype html><title>{name}</title><p>{name}</p>"))
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let origin = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(l, app).await });
+        origin
+    };
+    let (app, other) = (page("app").await, page("other").await);
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.grpc_web_allow_origin = vec![app.clone()];
+    })
+    .await;
+    let grpc = format!("http://{}", d.addr);
+    let driver = ChromeDriver::start().await;
+    let b = driver.browser().await;
+    b.goto(&app).await.expect("goto");
+
+    let (sent, trailers) = grpc_web_from::<proto::SendResponse>(
+        &b,
+        &format!("{grpc}/leanmq.v1.Broker/Send"),
+        &json_send("/web/orders/", r#"{"from":"a browser"}"#),
+    )
+    .await;
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    let id = sent.expect("a SendResponse").message_id;
+    let mut c = d.client().await;
+    let got = receive(&mut c, "/web/orders/", "", 10, 5_000).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id, id);
+    assert_eq!(&got[0].payload[..], br#"{"from":"a browser"}"#);
+
+    let (info, trailers) = grpc_web_from::<proto::QueueInfo>(
+        &b,
+        &format!("{grpc}/leanmq.v1.Admin/GetQueue"),
+        &proto::GetQueueRequest {
+            path: "/web/orders/".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    let info = info.expect("a QueueInfo");
+    assert_eq!((info.queue.as_str(), info.length), ("web_orders", 1));
+
+    let (_, trailers) = grpc_web_from::<proto::SendResponse>(
+        &b,
+        &format!("{grpc}/leanmq.v1.Broker/Send"),
+        &json_send("/web/*", "{}"),
+    )
+    .await;
+    assert!(
+        trailers.contains("grpc-status:3"),
+        "INVALID_ARGUMENT: {trailers}"
+    );
+
+    // From an origin that is not listed the browser refuses the answer.
+    b.goto(&other).await.expect("goto");
+    let got = b
+        .execute_async(
+            r#"const [url, done] = arguments;
+               fetch(url, { method: "POST", headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" }, body: new Uint8Array(5) })
+                 .then((r) => done({ status: r.status }))
+                 .catch((e) => done({ error: String(e) }));"#,
+            vec![format!("{grpc}/leanmq.v1.Admin/ListQueues").into()],
+        )
+        .await
+        .expect("the script ran");
+    assert!(
+        got.get("error").is_some(),
+        "a page on {other} must not read leanmqd's answers: {got}"
+    );
+}

@@ -548,10 +548,7 @@ async fn grpc_web<T: prost::Message + Default>(
     method: &str,
     msg: &impl prost::Message,
 ) -> (T, String) {
-    let bytes = msg.encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    body.extend_from_slice(&bytes);
+    let body = grpc_web_body(msg);
     let r = reqwest::Client::builder()
         .http1_only()
         .build()
@@ -572,18 +569,9 @@ async fn grpc_web<T: prost::Message + Default>(
         .map(|c| format!("grpc-status:{c}"))
         .unwrap_or_default();
     let raw = r.bytes().await.expect("body");
-    let mut reply = None;
-    let mut at = 0;
-    while at + 5 <= raw.len() {
-        let flag = raw[at];
-        let len = u32::from_be_bytes([raw[at + 1], raw[at + 2], raw[at + 3], raw[at + 4]]) as usize;
-        let frame = &raw[at + 5..at + 5 + len];
-        if flag & 0x80 == 0 {
-            reply = Some(T::decode(frame).expect("a reply message"));
-        } else {
-            trailers = String::from_utf8_lossy(frame).into_owned();
-        }
-        at += 5 + len;
+    let (reply, framed) = grpc_web_reply::<T>(&raw);
+    if !framed.is_empty() {
+        trailers = framed;
     }
     (reply.unwrap_or_default(), trailers)
 }

@@ -420,3 +420,30 @@ pub fn receipt_keys(r: &RedisProc) -> leanmq_grpc::broker::receipt::Keys {
         .expect("the shared receipt key");
     leanmq_grpc::broker::receipt::Keys::new([key], false).expect("a usable key")
 }
+
+/// A gRPC-Web request body: `msg` in one uncompressed message frame.
+pub fn grpc_web_body(msg: &impl prost::Message) -> Vec<u8> {
+    let bytes = msg.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    body.extend_from_slice(&bytes);
+    body
+}
+
+/// A gRPC-Web reply body: its message frame, if any, and its trailer
+/// frame's text (`grpc-status:0\r\n…`).
+pub fn grpc_web_reply<T: prost::Message + Default>(raw: &[u8]) -> (Option<T>, String) {
+    let (mut reply, mut trailers, mut at) = (None, String::new(), 0);
+    while at + 5 <= raw.len() {
+        let flag = raw[at];
+        let len = u32::from_be_bytes([raw[at + 1], raw[at + 2], raw[at + 3], raw[at + 4]]) as usize;
+        let frame = &raw[at + 5..(at + 5 + len).min(raw.len())];
+        if flag & 0x80 == 0 {
+            reply = Some(T::decode(frame).expect("a reply message"));
+        } else {
+            trailers = String::from_utf8_lossy(frame).into_owned();
+        }
+        at += 5 + len;
+    }
+    (reply, trailers)
+}
