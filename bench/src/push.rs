@@ -276,7 +276,7 @@ async fn latencies(env: &Env, rate_hz: u64, window: Duration) -> Res<((f64, f64)
     let seen = Arc::new(AtomicU64::new(0));
     let reader = {
         let (ledger, hist, seen) = (ledger.clone(), sub_hist.clone(), seen.clone());
-        let mut c = c.clone();
+        let c = c.clone();
         tokio::spawn(async move {
             while let Some(Ok(d)) = s.next().await {
                 let t = std::str::from_utf8(&d.payload)
@@ -286,11 +286,16 @@ async fn latencies(env: &Env, rate_hz: u64, window: Duration) -> Res<((f64, f64)
                 if let (Some(t), Ok(mut h)) = (t, hist.lock()) {
                     let _ = h.record(ledger.now_us().saturating_sub(t).max(1));
                 }
-                let _ = c
-                    .ack(proto::AckRequest {
-                        receipts: vec![d.receipt],
-                    })
-                    .await;
+                // Acked off the read loop, so that an ack's round trip is
+                // not in the next delivery's latency.
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    let _ = c
+                        .ack(proto::AckRequest {
+                            receipts: vec![d.receipt],
+                        })
+                        .await;
+                });
                 seen.fetch_add(1, Ordering::Relaxed);
             }
         })
