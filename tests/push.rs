@@ -443,6 +443,67 @@ async fn max_attempts_dead_letters_with_the_answer() {
     s.d.stop().await;
 }
 
+/// A redirect is an answer, never followed; and an endless answer is read
+/// only as far as the 64 KiB cap: with an unbounded read, each attempt would
+/// run to the subscription's 30 s timeout, past this test's wait.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_an_endless_body_is_cut() {
+    let mut s = setup().await;
+    // Where the redirect points: it must never be asked.
+    let elsewhere = s.endpoint.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let location = elsewhere.clone();
+            async move {
+                let endless = futures::stream::repeat_with(|| {
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 16 * 1024]))
+                });
+                axum::response::Response::builder()
+                    .status(StatusCode::FOUND)
+                    .header("location", location)
+                    .body(axum::body::Body::from_stream(endless))
+                    .expect("response")
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let redirecting = format!("http://{}/hook", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let mut two = sub("moved", "/moved/", &redirecting);
+    two.max_attempts = 2;
+    two.timeout = dur(Duration::from_secs(30));
+    create(&mut s.admin, two).await.expect("created");
+    let id = send(&mut s.client, "/moved/", "{}").await;
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let page = s
+            .admin
+            .list_dead_letters(proto::ListDeadLettersRequest {
+                path: "/moved/".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("dlq")
+            .into_inner();
+        if let Some(d) = page.dead_letters.into_iter().next() {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never dead-lettered: the endless body was read past its cap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.original_message_id, id);
+    assert_eq!(dead.last_reason, format!("HTTP 302: {}", "x".repeat(256)));
+    assert!(s.rx.hits().is_empty(), "the redirect was followed");
+    s.d.stop().await;
+}
+
 #[tokio::test]
 async fn ssrf_targets_are_refused_at_creation() {
     let mut s = setup_with(false).await;
