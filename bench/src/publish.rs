@@ -84,10 +84,13 @@ async fn publish_for(env: &Env, window: Duration) -> Res<(u64, u64, Duration)> {
     ))
 }
 
+/// An entry's fields, as Redis stores them.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// One entry leanmqd wrote: its fields, to XADD as they are.
-async fn written_entry(env: &Env) -> Res<Vec<(String, Vec<u8>)>> {
+async fn written_entry(env: &Env) -> Res<Fields> {
     let mut c = redis_conns(&env.redis_url, 1).await?.remove(0);
-    let v: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let v: Vec<(String, Fields)> = redis::cmd("XRANGE")
         .arg(KEY)
         .arg("-")
         .arg("+")
