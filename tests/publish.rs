@@ -330,3 +330,34 @@ async fn on_drain_the_stream_answers_what_it_read_then_ends_unavailable() {
     assert!(ok.iter().all(|id| stored.contains(id)));
     drop(tx);
 }
+
+#[tokio::test]
+async fn each_message_picks_its_own_prefix() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start_with(&redis.url(), |c| {
+        c.prefix = vec!["webhook:".into(), "mq:".into()]
+    })
+    .await;
+    let mut c = d.client().await;
+    let with_prefix = |i: u64, prefix: &str| {
+        let mut m = bytes_send("/pub/prefixed", b"p");
+        m.prefix = prefix.into();
+        msg(i, m)
+    };
+    let reqs = vec![
+        with_prefix(0, ""),
+        with_prefix(1, "mq:"),
+        with_prefix(2, "nope:"),
+    ];
+    let (_, mut got, end) = publish_all(&mut c, reqs).await;
+    end.expect("ends OK");
+    got.sort_by_key(|r| r.sequence);
+    let codes: Vec<i32> = got.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        vec![0, 0, Code::FailedPrecondition as i32],
+        "{got:?}"
+    );
+    assert_eq!(xlen(&redis, "webhook:pub_prefixed"), 1);
+    assert_eq!(xlen(&redis, "mq:pub_prefixed"), 1);
+}
