@@ -71,7 +71,9 @@ fn is_health(path: &str) -> bool {
 /// A Subscribe stream lives as long as its subscriber, so it is bounded by
 /// stream limits, not by the in-flight call limit.
 fn is_long_lived(path: &str) -> bool {
-    path == "/leanmq.v1.Broker/Subscribe" || path == "/grpc.health.v1.Health/Watch"
+    path == "/leanmq.v1.Broker/Subscribe"
+        || path == "/leanmq.v1.Broker/Publish"
+        || path == "/grpc.health.v1.Health/Watch"
 }
 
 /// Receive is a unary call or a long poll depending on its `wait`, which
@@ -303,7 +305,7 @@ impl UnaryBudget {
 /// Load shedding: at most `limit` unary calls in flight on this replica;
 /// one more is answered RESOURCE_EXHAUSTED at once instead of queueing, so
 /// an overloaded replica stays responsive and clients back off or go to
-/// another replica. Long-lived streams (Subscribe, health Watch) are
+/// another replica. Long-lived streams (Subscribe, Publish, health Watch) are
 /// bounded separately and pass by, and so does Receive, whose edge counts
 /// it (see `counted_by_its_edge`).
 ///

@@ -17,6 +17,7 @@
 //! - [`shutdown`] — SIGINT/SIGTERM, and the drain: one cancellation token and one task tracker for every task.
 //! - [`embedded`] — the supervised `redis-server` child used when no Redis URL is given.
 //! - [`rpc`] — the gRPC edge: convert → one call into [`queues`] → convert (`rpc::convert`); Admin in `rpc::admin`;
+//!   `rpc::publish` — the Publish stream: a bounded pump running each message as a Send;
 //!   `rpc::prefixes` picks the served key prefix (one broker and façade each) for every request.
 //! - [`queues`] — the domain façade: one method per operation; ensure-on-first-use and credit release live here.
 //! - [`routing`] — path → queue name → Redis keys, exactly as LeanMQ maps them.

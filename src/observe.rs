@@ -12,7 +12,7 @@
 //!
 //! | metric | labels | what |
 //! | --- | --- | --- |
-//! | `leanmq_messages_sent_total` | queue | appended (or scheduled) by Send/SendBatch |
+//! | `leanmq_messages_sent_total` | queue | appended (or scheduled) by Send/SendBatch/Publish |
 //! | `leanmq_deliveries_total` | queue, group | deliveries made |
 //! | `leanmq_redeliveries_total` | queue, group | deliveries with attempt > 1 |
 //! | `leanmq_acks_total` | queue, group | receipts acked |
@@ -209,6 +209,7 @@ pub fn method_label(path: &str) -> RpcLabels {
     const KNOWN: &[(&str, &str, &str)] = &[
         ("leanmq.v1.Broker", "Send", UNARY),
         ("leanmq.v1.Broker", "SendBatch", UNARY),
+        ("leanmq.v1.Broker", "Publish", "bidi_stream"),
         ("leanmq.v1.Broker", "Subscribe", "server_stream"),
         ("leanmq.v1.Broker", "Receive", UNARY),
         ("leanmq.v1.Broker", "Ack", UNARY),

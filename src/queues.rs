@@ -48,6 +48,7 @@ pub struct Queues {
     broker: Arc<Broker>,
     dispatcher: Arc<Dispatcher>,
     coalescer: Coalescer,
+    drain: Drain,
 }
 
 impl Queues {
@@ -58,6 +59,7 @@ impl Queues {
             dispatcher: Dispatcher::new(broker.clone(), budget, drain.clone()),
             coalescer: Coalescer::start(broker.clone(), drain),
             broker,
+            drain: drain.clone(),
         })
     }
 
@@ -106,6 +108,11 @@ impl Queues {
     /// Append one message, sharing a Redis call with concurrent Sends.
     pub async fn send(&self, msg: Outgoing) -> Result<Sent> {
         self.coalescer.send(msg).await
+    }
+
+    /// The drain, for streams that must end when it starts (Publish).
+    pub fn drain(&self) -> &Drain {
+        &self.drain
     }
 
     /// Append messages atomically, all or none.

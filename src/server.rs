@@ -408,6 +408,7 @@ fn edge_settings(cfg: &Config, unary: &UnaryBudget) -> EdgeSettings {
         max_streams_per_connection: cfg.max_streams_per_connection,
         max_subscriptions: cfg.max_subscriptions,
         max_batch: cfg.max_batch,
+        publish_window: cfg.publish_window,
         default_lease: cfg.ack_deadline,
         // Leave room for the reply's framing beyond the deliveries' own bytes.
         max_reply_bytes: max_message_bytes(cfg) - (256 << 10),

@@ -43,6 +43,8 @@ fn bad_configuration_exits_64_before_binding() {
         vec!["--tls-cert", "/nonexistent.crt"],
         vec!["--auth-tokens", "/nonexistent.toml"],
         vec!["--max-concurrent-rpcs", "0"],
+        vec!["--publish-window", "0"],
+        vec!["--publish-window", "10001"],
         vec!["--max-queues", "0"],
         vec!["--max-groups-per-queue", "0"],
         vec!["--max-groups-per-queue", "10001"],

@@ -6,11 +6,12 @@
 //! figure next to a baseline measured moments before, as a ratio, because the
 //! machine is shared and noisy; absolute numbers are for context only.
 //!
-//! Usage: leanmq-bench [--short] [--only unary,batch,drain,ordered,push,ack,e2e,idle] [--out DIR]
+//! Usage: leanmq-bench [--short] [--only unary,batch,publish,drain,ordered,push,ack,e2e,idle] [--out DIR]
 //! (LEANMQD=path to the server binary)
 
 mod ordered;
 mod procs;
+mod publish;
 mod push;
 mod scenarios;
 
@@ -36,6 +37,13 @@ impl proto::broker_server::Broker for Noop {
         _r: Request<proto::SendBatchRequest>,
     ) -> Result<Response<proto::SendBatchResponse>, Status> {
         Ok(Response::new(proto::SendBatchResponse::default()))
+    }
+    type PublishStream = futures::stream::Empty<Result<proto::PublishResponse, Status>>;
+    async fn publish(
+        &self,
+        _r: Request<tonic::Streaming<proto::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        Ok(Response::new(futures::stream::empty()))
     }
     type SubscribeStream = futures::stream::Empty<Result<proto::Delivery, Status>>;
     async fn subscribe(
@@ -88,20 +96,20 @@ async fn noop_server(listen: &str) -> Result<(), String> {
 #[derive(Clone, Copy)]
 pub struct Mode {
     pub short: bool,
-    /// Run only these scenario groups (unary, batch, drain, ordered, push, ack, e2e, idle); empty: all.
+    /// Run only these scenario groups (unary, batch, publish, drain, ordered, push, ack, e2e, idle); empty: all.
     pub only: &'static [String],
     /// Length of one throughput measurement.
     pub window: Duration,
 }
 
 const USAGE: &str =
-    "usage: leanmq-bench [--short] [--only unary,batch,drain,ordered,push,ack,e2e,idle] [--out DIR]
+    "usage: leanmq-bench [--short] [--only unary,batch,publish,drain,ordered,push,ack,e2e,idle] [--out DIR]
        leanmq-bench noop-server [ADDR]
 env:   LEANMQD=path to the leanmqd binary (default: target/release/leanmqd)";
 
 /// The scenario groups `--only` accepts.
-const GROUPS: [&str; 8] = [
-    "unary", "batch", "drain", "ordered", "push", "ack", "e2e", "idle",
+const GROUPS: [&str; 9] = [
+    "unary", "batch", "publish", "drain", "ordered", "push", "ack", "e2e", "idle",
 ];
 
 /// Rejects what the benchmark would otherwise ignore, so that a typo (or

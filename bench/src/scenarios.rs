@@ -1149,6 +1149,10 @@ pub async fn run_all(mode: Mode, out: &Path) -> Res<Vec<String>> {
         println!("== SendBatch");
         batch_sweep(&env, mode, &mut rows).await?;
     }
+    if want("publish") {
+        println!("== Publish streams");
+        failures.extend(crate::publish::publish(&env, mode, &mut rows).await?);
+    }
     if want("drain") {
         println!("== delivery + ack");
         failures.extend(delivery_and_ack(&env, mode, &mut rows).await?);

@@ -16,6 +16,8 @@ pub const MAX_IN_FLIGHT: u32 = 10_000;
 /// Default and largest `max_messages` of a Receive.
 pub const DEFAULT_MAX_MESSAGES: u32 = 10;
 pub const MAX_MESSAGES: u32 = 1000;
+/// Largest `--publish-window`: unanswered messages on one Publish stream.
+pub const MAX_PUBLISH_WINDOW: usize = 10_000;
 /// Most receipts in one Ack.
 pub const MAX_ACK_RECEIPTS: usize = 1000;
 /// Most headers on a message, and their total size (keys plus values).

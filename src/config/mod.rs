@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "LEANMQ_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
 
+    /// Most messages a Publish stream may have unanswered; past it the
+    /// stream is not read (HTTP/2 flow control holds the client).
+    #[arg(long, env = "LEANMQ_PUBLISH_WINDOW", default_value_t = 1000)]
+    pub publish_window: usize,
+
     /// Deliveries per message before it moves to the DLQ.
     #[arg(long, env = "LEANMQ_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,

@@ -207,6 +207,13 @@ impl Config {
             "--max-batch must be between 1 and 100000",
         )?;
         ensure(
+            between(
+                self.publish_window,
+                crate::broker::limits::MAX_PUBLISH_WINDOW,
+            ),
+            "--publish-window must be between 1 and 10000",
+        )?;
+        ensure(
             (1..=1000).contains(&self.max_attempts),
             "--max-attempts must be between 1 and 1000",
         )?;

@@ -437,6 +437,7 @@ pub(crate) fn edge(max_payload_bytes: usize) -> super::EdgeSettings {
         max_streams_per_connection: 10,
         max_subscriptions: 10,
         max_batch: 10,
+        publish_window: 10,
         default_lease: std::time::Duration::from_secs(30),
         max_reply_bytes: 32 << 20,
         max_long_polls_per_connection: 10,

@@ -11,6 +11,7 @@ mod extend;
 mod long_poll;
 mod nack;
 pub mod prefixes;
+mod publish;
 mod receive;
 mod send;
 mod send_batch;
@@ -36,6 +37,8 @@ pub struct EdgeSettings {
     pub max_streams_per_connection: usize,
     pub max_subscriptions: usize,
     pub max_batch: usize,
+    /// Most unanswered messages on one Publish stream (`--publish-window`).
+    pub publish_window: usize,
     /// Lease when a request gives none.
     pub default_lease: Duration,
     /// Most bytes of deliveries in one Receive reply: under the gRPC
@@ -146,6 +149,26 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::SendBatchResponse>, Status> {
         Ok(Response::new(
             send_batch::handle(self, &Caller::of(&req)?, req.into_inner()).await?,
+        ))
+    }
+
+    type PublishStream = publish::PublishStream;
+
+    async fn publish(
+        &self,
+        req: Request<tonic::Streaming<proto::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        let caller = Arc::new(Caller::of(&req)?);
+        let svc = Arc::new(self.sibling(self.queues.clone()));
+        let window = self.settings.publish_window;
+        Ok(publish::handle(
+            window,
+            self.queues.drain(),
+            req.into_inner(),
+            move |m| {
+                let (svc, caller) = (svc.clone(), caller.clone());
+                async move { send::handle(&svc, &caller, m).await }
+            },
         ))
     }
 

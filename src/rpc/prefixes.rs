@@ -175,12 +175,14 @@ fn grant<T>(req: &Request<T>) -> Result<Arc<Grant>> {
 
 /// The `leanmq.v1.Broker` service over every served prefix.
 pub struct MultiBroker {
-    served: Served<BrokerService>,
+    served: Arc<Served<BrokerService>>,
 }
 
 impl MultiBroker {
     pub fn new(served: Served<BrokerService>) -> Self {
-        MultiBroker { served }
+        MultiBroker {
+            served: Arc::new(served),
+        }
     }
 
     /// Send for an edge other than gRPC (the HTTP ingress, `crate::http`):
@@ -241,6 +243,31 @@ impl proto::broker_server::Broker for MultiBroker {
         let prefix = batch_prefix(&req.get_ref().messages)?;
         let (_, _, svc) = self.served.select(prefix, &*grant(&req)?)?;
         proto::broker_server::Broker::send_batch(svc, req).await
+    }
+
+    type PublishStream = super::publish::PublishStream;
+
+    /// Each message picks its own prefix, as a Send does.
+    async fn publish(
+        &self,
+        req: Request<tonic::Streaming<proto::PublishRequest>>,
+    ) -> std::result::Result<Response<Self::PublishStream>, Status> {
+        let caller = Arc::new(super::Caller::of(&req)?);
+        let (_, first) = self.served.default_entry()?;
+        let window = first.settings.publish_window;
+        let served = self.served.clone();
+        Ok(super::publish::handle(
+            window,
+            first.queues.drain(),
+            req.into_inner(),
+            move |m| {
+                let (served, caller) = (served.clone(), caller.clone());
+                async move {
+                    let (_, _, svc) = served.select(&m.prefix, &caller.grant)?;
+                    super::send::handle(svc, &caller, m).await
+                }
+            },
+        ))
     }
 
     type SubscribeStream = DeliveryStream;

@@ -494,6 +494,150 @@ func (x *SendBatchResponse) GetResults() []*SendResponse {
 	return nil
 }
 
+type PublishRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's number for this message, echoed in its response. Any
+	// value; the server does not check that sequences are distinct.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The message, with every Send option and Send's rules. Required.
+	Message       *SendRequest `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishRequest) Reset() {
+	*x = PublishRequest{}
+	mi := &file_leanmq_v1_broker_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishRequest) ProtoMessage() {}
+
+func (x *PublishRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_broker_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishRequest.ProtoReflect.Descriptor instead.
+func (*PublishRequest) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PublishRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *PublishRequest) GetMessage() *SendRequest {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+type PublishResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The `sequence` of the request this answers.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// As SendResponse's, set when `code` is 0 (OK).
+	MessageId  string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Duplicate  bool   `protobuf:"varint,3,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	ScheduleId string `protobuf:"bytes,4,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	// 0 (OK) when the message is stored; else the google.rpc.Code a Send of
+	// it would have failed with (INVALID_ARGUMENT, PERMISSION_DENIED,
+	// UNAVAILABLE ...), and `error` says why. Nothing was stored then.
+	Code          int32  `protobuf:"varint,5,opt,name=code,proto3" json:"code,omitempty"`
+	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishResponse) Reset() {
+	*x = PublishResponse{}
+	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishResponse) ProtoMessage() {}
+
+func (x *PublishResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishResponse.ProtoReflect.Descriptor instead.
+func (*PublishResponse) Descriptor() ([]byte, []int) {
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PublishResponse) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *PublishResponse) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *PublishResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+func (x *PublishResponse) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+func (x *PublishResponse) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *PublishResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Webhook path to consume. Same rules as SendRequest.path. The queue, DLQ
@@ -556,7 +700,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[4]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +712,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[4]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +725,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SubscribeRequest) GetPath() string {
@@ -656,7 +800,7 @@ type StartPosition struct {
 
 func (x *StartPosition) Reset() {
 	*x = StartPosition{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +812,7 @@ func (x *StartPosition) String() string {
 func (*StartPosition) ProtoMessage() {}
 
 func (x *StartPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[5]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +825,7 @@ func (x *StartPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
 func (*StartPosition) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StartPosition) GetPosition() isStartPosition_Position {
@@ -806,7 +950,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +962,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[6]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +975,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Delivery) GetReceipt() string {
@@ -939,7 +1083,7 @@ type ReceiveRequest struct {
 
 func (x *ReceiveRequest) Reset() {
 	*x = ReceiveRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1095,7 @@ func (x *ReceiveRequest) String() string {
 func (*ReceiveRequest) ProtoMessage() {}
 
 func (x *ReceiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[7]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1108,7 @@ func (x *ReceiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiveRequest.ProtoReflect.Descriptor instead.
 func (*ReceiveRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReceiveRequest) GetPath() string {
@@ -1040,7 +1184,7 @@ type ReceiveResponse struct {
 
 func (x *ReceiveResponse) Reset() {
 	*x = ReceiveResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1196,7 @@ func (x *ReceiveResponse) String() string {
 func (*ReceiveResponse) ProtoMessage() {}
 
 func (x *ReceiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[8]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1209,7 @@ func (x *ReceiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiveResponse.ProtoReflect.Descriptor instead.
 func (*ReceiveResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReceiveResponse) GetDeliveries() []*Delivery {
@@ -1086,7 +1230,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1242,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[9]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1255,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AckRequest) GetReceipts() []string {
@@ -1132,7 +1276,7 @@ type AckResult struct {
 
 func (x *AckResult) Reset() {
 	*x = AckResult{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1288,7 @@ func (x *AckResult) String() string {
 func (*AckResult) ProtoMessage() {}
 
 func (x *AckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[10]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1301,7 @@ func (x *AckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
 func (*AckResult) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AckResult) GetReceipt() string {
@@ -1184,7 +1328,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1340,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[11]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1353,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AckResponse) GetResults() []*AckResult {
@@ -1239,7 +1383,7 @@ type NackRequest struct {
 
 func (x *NackRequest) Reset() {
 	*x = NackRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1395,7 @@ func (x *NackRequest) String() string {
 func (*NackRequest) ProtoMessage() {}
 
 func (x *NackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[12]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1408,7 @@ func (x *NackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
 func (*NackRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NackRequest) GetReceipt() string {
@@ -1308,7 +1452,7 @@ type NackResponse struct {
 
 func (x *NackResponse) Reset() {
 	*x = NackResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1464,7 @@ func (x *NackResponse) String() string {
 func (*NackResponse) ProtoMessage() {}
 
 func (x *NackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[13]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1477,7 @@ func (x *NackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
 func (*NackResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NackResponse) GetOutcome() NackOutcome {
@@ -1371,7 +1515,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1527,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[14]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1540,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExtendRequest) GetReceipt() string {
@@ -1423,7 +1567,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_leanmq_v1_broker_proto_msgTypes[15]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1579,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leanmq_v1_broker_proto_msgTypes[15]
+	mi := &file_leanmq_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1592,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_leanmq_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExtendResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
@@ -1489,7 +1633,19 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\x10SendBatchRequest\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.leanmq.v1.SendRequestR\bmessages\"F\n" +
 	"\x11SendBatchResponse\x121\n" +
-	"\aresults\x18\x01 \x03(\v2\x17.leanmq.v1.SendResponseR\aresults\"\x98\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.leanmq.v1.SendResponseR\aresults\"^\n" +
+	"\x0ePublishRequest\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x120\n" +
+	"\amessage\x18\x02 \x01(\v2\x16.leanmq.v1.SendRequestR\amessage\"\xb5\x01\n" +
+	"\x0fPublishResponse\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\x12\x1c\n" +
+	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12\x1f\n" +
+	"\vschedule_id\x18\x04 \x01(\tR\n" +
+	"scheduleId\x12\x12\n" +
+	"\x04code\x18\x05 \x01(\x05R\x04code\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\x98\x02\n" +
 	"\x10SubscribeRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1a\n" +
@@ -1569,10 +1725,11 @@ const file_leanmq_v1_broker_proto_rawDesc = "" +
 	"\vNackOutcome\x12\x1c\n" +
 	"\x18NACK_OUTCOME_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cNACK_OUTCOME_RETRY_SCHEDULED\x10\x01\x12\x1e\n" +
-	"\x1aNACK_OUTCOME_DEAD_LETTERED\x10\x022\xba\x03\n" +
+	"\x1aNACK_OUTCOME_DEAD_LETTERED\x10\x022\x80\x04\n" +
 	"\x06Broker\x127\n" +
 	"\x04Send\x12\x16.leanmq.v1.SendRequest\x1a\x17.leanmq.v1.SendResponse\x12F\n" +
-	"\tSendBatch\x12\x1b.leanmq.v1.SendBatchRequest\x1a\x1c.leanmq.v1.SendBatchResponse\x12?\n" +
+	"\tSendBatch\x12\x1b.leanmq.v1.SendBatchRequest\x1a\x1c.leanmq.v1.SendBatchResponse\x12D\n" +
+	"\aPublish\x12\x19.leanmq.v1.PublishRequest\x1a\x1a.leanmq.v1.PublishResponse(\x010\x01\x12?\n" +
 	"\tSubscribe\x12\x1b.leanmq.v1.SubscribeRequest\x1a\x13.leanmq.v1.Delivery0\x01\x12@\n" +
 	"\aReceive\x12\x19.leanmq.v1.ReceiveRequest\x1a\x1a.leanmq.v1.ReceiveResponse\x124\n" +
 	"\x03Ack\x12\x15.leanmq.v1.AckRequest\x1a\x16.leanmq.v1.AckResponse\x127\n" +
@@ -1593,7 +1750,7 @@ func file_leanmq_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_leanmq_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_leanmq_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_leanmq_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_leanmq_v1_broker_proto_goTypes = []any{
 	(AckOutcome)(0),               // 0: leanmq.v1.AckOutcome
 	(NackOutcome)(0),              // 1: leanmq.v1.NackOutcome
@@ -1601,66 +1758,71 @@ var file_leanmq_v1_broker_proto_goTypes = []any{
 	(*SendResponse)(nil),          // 3: leanmq.v1.SendResponse
 	(*SendBatchRequest)(nil),      // 4: leanmq.v1.SendBatchRequest
 	(*SendBatchResponse)(nil),     // 5: leanmq.v1.SendBatchResponse
-	(*SubscribeRequest)(nil),      // 6: leanmq.v1.SubscribeRequest
-	(*StartPosition)(nil),         // 7: leanmq.v1.StartPosition
-	(*Delivery)(nil),              // 8: leanmq.v1.Delivery
-	(*ReceiveRequest)(nil),        // 9: leanmq.v1.ReceiveRequest
-	(*ReceiveResponse)(nil),       // 10: leanmq.v1.ReceiveResponse
-	(*AckRequest)(nil),            // 11: leanmq.v1.AckRequest
-	(*AckResult)(nil),             // 12: leanmq.v1.AckResult
-	(*AckResponse)(nil),           // 13: leanmq.v1.AckResponse
-	(*NackRequest)(nil),           // 14: leanmq.v1.NackRequest
-	(*NackResponse)(nil),          // 15: leanmq.v1.NackResponse
-	(*ExtendRequest)(nil),         // 16: leanmq.v1.ExtendRequest
-	(*ExtendResponse)(nil),        // 17: leanmq.v1.ExtendResponse
-	nil,                           // 18: leanmq.v1.SendRequest.HeadersEntry
-	nil,                           // 19: leanmq.v1.Delivery.HeadersEntry
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*PublishRequest)(nil),        // 6: leanmq.v1.PublishRequest
+	(*PublishResponse)(nil),       // 7: leanmq.v1.PublishResponse
+	(*SubscribeRequest)(nil),      // 8: leanmq.v1.SubscribeRequest
+	(*StartPosition)(nil),         // 9: leanmq.v1.StartPosition
+	(*Delivery)(nil),              // 10: leanmq.v1.Delivery
+	(*ReceiveRequest)(nil),        // 11: leanmq.v1.ReceiveRequest
+	(*ReceiveResponse)(nil),       // 12: leanmq.v1.ReceiveResponse
+	(*AckRequest)(nil),            // 13: leanmq.v1.AckRequest
+	(*AckResult)(nil),             // 14: leanmq.v1.AckResult
+	(*AckResponse)(nil),           // 15: leanmq.v1.AckResponse
+	(*NackRequest)(nil),           // 16: leanmq.v1.NackRequest
+	(*NackResponse)(nil),          // 17: leanmq.v1.NackResponse
+	(*ExtendRequest)(nil),         // 18: leanmq.v1.ExtendRequest
+	(*ExtendResponse)(nil),        // 19: leanmq.v1.ExtendResponse
+	nil,                           // 20: leanmq.v1.SendRequest.HeadersEntry
+	nil,                           // 21: leanmq.v1.Delivery.HeadersEntry
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
 }
 var file_leanmq_v1_broker_proto_depIdxs = []int32{
-	18, // 0: leanmq.v1.SendRequest.headers:type_name -> leanmq.v1.SendRequest.HeadersEntry
-	20, // 1: leanmq.v1.SendRequest.ttl:type_name -> google.protobuf.Duration
-	20, // 2: leanmq.v1.SendRequest.delay:type_name -> google.protobuf.Duration
-	21, // 3: leanmq.v1.SendRequest.deliver_at:type_name -> google.protobuf.Timestamp
+	20, // 0: leanmq.v1.SendRequest.headers:type_name -> leanmq.v1.SendRequest.HeadersEntry
+	22, // 1: leanmq.v1.SendRequest.ttl:type_name -> google.protobuf.Duration
+	22, // 2: leanmq.v1.SendRequest.delay:type_name -> google.protobuf.Duration
+	23, // 3: leanmq.v1.SendRequest.deliver_at:type_name -> google.protobuf.Timestamp
 	2,  // 4: leanmq.v1.SendBatchRequest.messages:type_name -> leanmq.v1.SendRequest
 	3,  // 5: leanmq.v1.SendBatchResponse.results:type_name -> leanmq.v1.SendResponse
-	20, // 6: leanmq.v1.SubscribeRequest.ack_deadline:type_name -> google.protobuf.Duration
-	7,  // 7: leanmq.v1.SubscribeRequest.start:type_name -> leanmq.v1.StartPosition
-	21, // 8: leanmq.v1.StartPosition.at_time:type_name -> google.protobuf.Timestamp
-	19, // 9: leanmq.v1.Delivery.headers:type_name -> leanmq.v1.Delivery.HeadersEntry
-	21, // 10: leanmq.v1.Delivery.published_at:type_name -> google.protobuf.Timestamp
-	21, // 11: leanmq.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
-	20, // 12: leanmq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
-	20, // 13: leanmq.v1.ReceiveRequest.ack_deadline:type_name -> google.protobuf.Duration
-	7,  // 14: leanmq.v1.ReceiveRequest.start:type_name -> leanmq.v1.StartPosition
-	8,  // 15: leanmq.v1.ReceiveResponse.deliveries:type_name -> leanmq.v1.Delivery
-	0,  // 16: leanmq.v1.AckResult.outcome:type_name -> leanmq.v1.AckOutcome
-	12, // 17: leanmq.v1.AckResponse.results:type_name -> leanmq.v1.AckResult
-	20, // 18: leanmq.v1.NackRequest.delay:type_name -> google.protobuf.Duration
-	1,  // 19: leanmq.v1.NackResponse.outcome:type_name -> leanmq.v1.NackOutcome
-	21, // 20: leanmq.v1.NackResponse.retry_at:type_name -> google.protobuf.Timestamp
-	20, // 21: leanmq.v1.ExtendRequest.extension:type_name -> google.protobuf.Duration
-	21, // 22: leanmq.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 23: leanmq.v1.Broker.Send:input_type -> leanmq.v1.SendRequest
-	4,  // 24: leanmq.v1.Broker.SendBatch:input_type -> leanmq.v1.SendBatchRequest
-	6,  // 25: leanmq.v1.Broker.Subscribe:input_type -> leanmq.v1.SubscribeRequest
-	9,  // 26: leanmq.v1.Broker.Receive:input_type -> leanmq.v1.ReceiveRequest
-	11, // 27: leanmq.v1.Broker.Ack:input_type -> leanmq.v1.AckRequest
-	14, // 28: leanmq.v1.Broker.Nack:input_type -> leanmq.v1.NackRequest
-	16, // 29: leanmq.v1.Broker.Extend:input_type -> leanmq.v1.ExtendRequest
-	3,  // 30: leanmq.v1.Broker.Send:output_type -> leanmq.v1.SendResponse
-	5,  // 31: leanmq.v1.Broker.SendBatch:output_type -> leanmq.v1.SendBatchResponse
-	8,  // 32: leanmq.v1.Broker.Subscribe:output_type -> leanmq.v1.Delivery
-	10, // 33: leanmq.v1.Broker.Receive:output_type -> leanmq.v1.ReceiveResponse
-	13, // 34: leanmq.v1.Broker.Ack:output_type -> leanmq.v1.AckResponse
-	15, // 35: leanmq.v1.Broker.Nack:output_type -> leanmq.v1.NackResponse
-	17, // 36: leanmq.v1.Broker.Extend:output_type -> leanmq.v1.ExtendResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	2,  // 6: leanmq.v1.PublishRequest.message:type_name -> leanmq.v1.SendRequest
+	22, // 7: leanmq.v1.SubscribeRequest.ack_deadline:type_name -> google.protobuf.Duration
+	9,  // 8: leanmq.v1.SubscribeRequest.start:type_name -> leanmq.v1.StartPosition
+	23, // 9: leanmq.v1.StartPosition.at_time:type_name -> google.protobuf.Timestamp
+	21, // 10: leanmq.v1.Delivery.headers:type_name -> leanmq.v1.Delivery.HeadersEntry
+	23, // 11: leanmq.v1.Delivery.published_at:type_name -> google.protobuf.Timestamp
+	23, // 12: leanmq.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	22, // 13: leanmq.v1.ReceiveRequest.wait:type_name -> google.protobuf.Duration
+	22, // 14: leanmq.v1.ReceiveRequest.ack_deadline:type_name -> google.protobuf.Duration
+	9,  // 15: leanmq.v1.ReceiveRequest.start:type_name -> leanmq.v1.StartPosition
+	10, // 16: leanmq.v1.ReceiveResponse.deliveries:type_name -> leanmq.v1.Delivery
+	0,  // 17: leanmq.v1.AckResult.outcome:type_name -> leanmq.v1.AckOutcome
+	14, // 18: leanmq.v1.AckResponse.results:type_name -> leanmq.v1.AckResult
+	22, // 19: leanmq.v1.NackRequest.delay:type_name -> google.protobuf.Duration
+	1,  // 20: leanmq.v1.NackResponse.outcome:type_name -> leanmq.v1.NackOutcome
+	23, // 21: leanmq.v1.NackResponse.retry_at:type_name -> google.protobuf.Timestamp
+	22, // 22: leanmq.v1.ExtendRequest.extension:type_name -> google.protobuf.Duration
+	23, // 23: leanmq.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 24: leanmq.v1.Broker.Send:input_type -> leanmq.v1.SendRequest
+	4,  // 25: leanmq.v1.Broker.SendBatch:input_type -> leanmq.v1.SendBatchRequest
+	6,  // 26: leanmq.v1.Broker.Publish:input_type -> leanmq.v1.PublishRequest
+	8,  // 27: leanmq.v1.Broker.Subscribe:input_type -> leanmq.v1.SubscribeRequest
+	11, // 28: leanmq.v1.Broker.Receive:input_type -> leanmq.v1.ReceiveRequest
+	13, // 29: leanmq.v1.Broker.Ack:input_type -> leanmq.v1.AckRequest
+	16, // 30: leanmq.v1.Broker.Nack:input_type -> leanmq.v1.NackRequest
+	18, // 31: leanmq.v1.Broker.Extend:input_type -> leanmq.v1.ExtendRequest
+	3,  // 32: leanmq.v1.Broker.Send:output_type -> leanmq.v1.SendResponse
+	5,  // 33: leanmq.v1.Broker.SendBatch:output_type -> leanmq.v1.SendBatchResponse
+	7,  // 34: leanmq.v1.Broker.Publish:output_type -> leanmq.v1.PublishResponse
+	10, // 35: leanmq.v1.Broker.Subscribe:output_type -> leanmq.v1.Delivery
+	12, // 36: leanmq.v1.Broker.Receive:output_type -> leanmq.v1.ReceiveResponse
+	15, // 37: leanmq.v1.Broker.Ack:output_type -> leanmq.v1.AckResponse
+	17, // 38: leanmq.v1.Broker.Nack:output_type -> leanmq.v1.NackResponse
+	19, // 39: leanmq.v1.Broker.Extend:output_type -> leanmq.v1.ExtendResponse
+	32, // [32:40] is the sub-list for method output_type
+	24, // [24:32] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_leanmq_v1_broker_proto_init() }
@@ -1668,7 +1830,7 @@ func file_leanmq_v1_broker_proto_init() {
 	if File_leanmq_v1_broker_proto != nil {
 		return
 	}
-	file_leanmq_v1_broker_proto_msgTypes[5].OneofWrappers = []any{
+	file_leanmq_v1_broker_proto_msgTypes[7].OneofWrappers = []any{
 		(*StartPosition_Beginning)(nil),
 		(*StartPosition_Now)(nil),
 		(*StartPosition_AfterId)(nil),
@@ -1680,7 +1842,7 @@ func file_leanmq_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leanmq_v1_broker_proto_rawDesc), len(file_leanmq_v1_broker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Broker_Send_FullMethodName      = "/leanmq.v1.Broker/Send"
 	Broker_SendBatch_FullMethodName = "/leanmq.v1.Broker/SendBatch"
+	Broker_Publish_FullMethodName   = "/leanmq.v1.Broker/Publish"
 	Broker_Subscribe_FullMethodName = "/leanmq.v1.Broker/Subscribe"
 	Broker_Receive_FullMethodName   = "/leanmq.v1.Broker/Receive"
 	Broker_Ack_FullMethodName       = "/leanmq.v1.Broker/Ack"
@@ -57,6 +58,18 @@ type BrokerClient interface {
 	// Append several messages, possibly to different paths, atomically: either
 	// every message is appended or none is. Results come back in request order.
 	SendBatch(ctx context.Context, in *SendBatchRequest, opts ...grpc.CallOption) (*SendBatchResponse, error)
+	// A stream of messages, each answered on its own: the client gives every
+	// message a `sequence`, and each response names the sequence it answers,
+	// in any order. Each message is validated, checked and appended exactly as
+	// a Send (OK only once it is in Redis); one that fails gets its own error
+	// in its response and the stream goes on. The server reads at most
+	// `--publish-window` messages ahead of its answers (announced in the
+	// response header `leanmq-publish-window`); beyond that it stops reading
+	// and HTTP/2 flow control holds the client back. When the server shuts
+	// down it stops reading, answers what it has read, and ends the stream
+	// with UNAVAILABLE: resend the unanswered messages, with their
+	// idempotency keys, to this or another replica.
+	Publish(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
 	// A long-lived stream of deliveries from one path and group. Subscribers of
 	// the same group compete (each message goes to one of them); different
 	// groups each get every message (fan-out). The server never holds more
@@ -112,9 +125,22 @@ func (c *brokerClient) SendBatch(ctx context.Context, in *SendBatchRequest, opts
 	return out, nil
 }
 
+func (c *brokerClient) Publish(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Broker_ServiceDesc.Streams[0], Broker_Publish_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PublishRequest, PublishResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Broker_PublishClient = grpc.BidiStreamingClient[PublishRequest, PublishResponse]
+
 func (c *brokerClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Delivery], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Broker_ServiceDesc.Streams[0], Broker_Subscribe_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Broker_ServiceDesc.Streams[1], Broker_Subscribe_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +211,18 @@ type BrokerServer interface {
 	// Append several messages, possibly to different paths, atomically: either
 	// every message is appended or none is. Results come back in request order.
 	SendBatch(context.Context, *SendBatchRequest) (*SendBatchResponse, error)
+	// A stream of messages, each answered on its own: the client gives every
+	// message a `sequence`, and each response names the sequence it answers,
+	// in any order. Each message is validated, checked and appended exactly as
+	// a Send (OK only once it is in Redis); one that fails gets its own error
+	// in its response and the stream goes on. The server reads at most
+	// `--publish-window` messages ahead of its answers (announced in the
+	// response header `leanmq-publish-window`); beyond that it stops reading
+	// and HTTP/2 flow control holds the client back. When the server shuts
+	// down it stops reading, answers what it has read, and ends the stream
+	// with UNAVAILABLE: resend the unanswered messages, with their
+	// idempotency keys, to this or another replica.
+	Publish(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
 	// A long-lived stream of deliveries from one path and group. Subscribers of
 	// the same group compete (each message goes to one of them); different
 	// groups each get every message (fan-out). The server never holds more
@@ -225,6 +263,9 @@ func (UnimplementedBrokerServer) Send(context.Context, *SendRequest) (*SendRespo
 }
 func (UnimplementedBrokerServer) SendBatch(context.Context, *SendBatchRequest) (*SendBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SendBatch not implemented")
+}
+func (UnimplementedBrokerServer) Publish(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error {
+	return status.Error(codes.Unimplemented, "method Publish not implemented")
 }
 func (UnimplementedBrokerServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[Delivery]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
@@ -297,6 +338,13 @@ func _Broker_SendBatch_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Broker_Publish_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BrokerServer).Publish(&grpc.GenericServerStream[PublishRequest, PublishResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Broker_PublishServer = grpc.BidiStreamingServer[PublishRequest, PublishResponse]
 
 func _Broker_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(SubscribeRequest)
@@ -414,6 +462,12 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Publish",
+			Handler:       _Broker_Publish_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Subscribe",
 			Handler:       _Broker_Subscribe_Handler,

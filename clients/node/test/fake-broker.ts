@@ -88,6 +88,10 @@ export class FakeBroker extends EventEmitter {
         cb(null, { results });
       },
       subscribe: (call) => this.subscribe(call),
+      // The Node SDK does not publish over a stream yet.
+      publish: (call) => {
+        call.emit("error", { code: grpc.status.UNIMPLEMENTED, details: "the fake broker has no Publish" });
+      },
       receive: (call, cb) => {
         const path = normalizePath(call.request.path);
         const max = call.request.maxMessages || 10;

@@ -44,6 +44,7 @@ from ._proto.leanmq.v1 import admin_pb2_grpc as apb_grpc
 from . import tracing
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
+from ._publish import AsyncPublisher, build_publish_message
 from .admin import (
     DEFAULT_PAGE_SIZE,
     QUEUE_PAGE,
@@ -136,6 +137,7 @@ class AsyncWebhook:
         self._stop_event: Optional[asyncio.Event] = None
         self._stop_requested = False
         self._ready: Dict[str, asyncio.Event] = {}
+        self._publisher: Optional[AsyncPublisher] = None
         self._closed = False
 
     # ------------------------------------------------------------ registration
@@ -198,6 +200,41 @@ class AsyncWebhook:
         except grpc.RpcError as e:
             raise error_for(e) from e
         return str(resp.message_id)
+
+    async def publish(
+        self,
+        path: str,
+        data: Any,
+        *,
+        headers: Optional[Mapping[str, str]] = None,
+        content_type: Optional[str] = None,
+        ordering_key: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        delay: Optional[float] = None,
+        ttl: Optional[float] = None,
+    ) -> str:
+        """As :meth:`Webhook.publish`, awaiting the message id (docs/publish.md)."""
+        msg = build_publish_message(
+            path,
+            data,
+            headers=headers,
+            content_type=content_type,
+            ordering_key=ordering_key,
+            idempotency_key=idempotency_key,
+            delay=delay,
+            ttl=ttl,
+        )
+        if self._publisher is None:
+            stub = self._get_stub()
+            self._publisher = AsyncPublisher(
+                lambda: stub.Publish(metadata=tracing.with_trace(self._metadata))
+            )
+        return await self._publisher.publish(msg)
+
+    async def flush(self) -> None:
+        """Wait until every :meth:`publish` is answered."""
+        if self._publisher is not None:
+            await self._publisher.flush()
 
     async def send_batch(self, messages: Iterable[BatchItem]) -> List[str]:
         req = build_batch_request(messages)
@@ -412,6 +449,9 @@ class AsyncWebhook:
     # ------------------------------------------------------------ lifecycle
 
     async def close(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
         self.stop()
         self._closed = True
         if self._channel is not None and self._owns_channel:

@@ -208,3 +208,14 @@ def error_for(err: BaseException) -> BaseException:
     typed = cls(details or str(err) or code.name, code)
     typed.__cause__ = err
     return typed
+
+
+_STATUS_BY_NUMBER: Dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def error_for_code(code: int, details: str) -> LeanMQError:
+    """The typed error for a numeric google.rpc code and its message (a
+    Publish response's ``code`` and ``error``)."""
+    status = _STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    cls = _BY_CODE.get(status, LeanMQError)
+    return cls(details or status.name, status)

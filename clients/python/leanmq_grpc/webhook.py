@@ -43,6 +43,7 @@ from ._common import (
 from . import tracing
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
+from ._publish import Publisher, build_publish_message, stream_opener
 from .admin import Admin
 from .errors import error_for
 
@@ -325,6 +326,7 @@ class Webhook:
         self._acker = _AckBatcher(self)
         self._services: List["WebhookService"] = []
         self._admin: Optional[Admin] = None
+        self._publisher: Optional[Publisher] = None
         self._closed = False
 
     # ------------------------------------------------------------ registration
@@ -396,6 +398,46 @@ class Webhook:
         except grpc.RpcError as e:
             raise error_for(e) from e
         return [r.message_id for r in resp.results]
+
+    def publish(
+        self,
+        path: str,
+        data: Any,
+        *,
+        headers: Optional[Mapping[str, str]] = None,
+        content_type: Optional[str] = None,
+        ordering_key: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        delay: Optional[float] = None,
+        ttl: Optional[float] = None,
+    ) -> "Future[str]":
+        """Publish ``data`` to ``path`` over one shared ``Publish`` stream; a
+        future of the message id (docs/publish.md).
+
+        Takes ``send``'s options plus ``idempotency_key``, ``delay`` and
+        ``ttl`` (seconds). Without ``idempotency_key`` the SDK sets one, so
+        the resend after a broken stream never stores a message twice. Blocks
+        while the server's window of unanswered messages is full. A refusal
+        arrives on the future as a :class:`~leanmq_grpc.LeanMQError`
+        subclass. :meth:`flush` and :meth:`close` wait for every future.
+        """
+        msg = build_publish_message(
+            path,
+            data,
+            headers=headers,
+            content_type=content_type,
+            ordering_key=ordering_key,
+            idempotency_key=idempotency_key,
+            delay=delay,
+            ttl=ttl,
+        )
+        if self._publisher is None:
+            self._publisher = Publisher(stream_opener(self._stub, self._metadata))
+        return self._publisher.publish(msg)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every :meth:`publish` is answered; False on timeout."""
+        return self._publisher is None or self._publisher.flush(timeout)
 
     # ------------------------------------------------------------ pull processing
 
@@ -493,6 +535,8 @@ class Webhook:
         if self._closed:
             return
         self._closed = True
+        if self._publisher is not None:
+            self._publisher.close()
         for service in list(self._services):
             service.stop()
         self._acker.close(timeout=SETTLE_RETRY_FOR + self.rpc_timeout)

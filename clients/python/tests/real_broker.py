@@ -166,7 +166,9 @@ class Leanmqd:
         redis_url: str,
         args: Sequence[str] = (),
         credentials: Optional[grpc.ChannelCredentials] = None,
+        port: Optional[int] = None,
     ) -> None:
+        """``port``: listen there (a restart on the same address) instead of a free one."""
         binary = leanmqd_binary()
         assert binary is not None
         self.log = workdir / "leanmqd.log"
@@ -174,7 +176,7 @@ class Leanmqd:
         self.port = 0
         last = ""
         for _ in range(5):
-            self.port = free_port()
+            self.port = port or free_port()
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
                     [binary, "--listen", self.target, "--redis-url", redis_url, *args],

@@ -10,9 +10,11 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -282,6 +284,32 @@ export interface SendBatchRequest {
 export interface SendBatchResponse {
   /** One result per request message, in request order. */
   results: SendResponse[];
+}
+
+export interface PublishRequest {
+  /**
+   * The client's number for this message, echoed in its response. Any
+   * value; the server does not check that sequences are distinct.
+   */
+  sequence: number;
+  /** The message, with every Send option and Send's rules. Required. */
+  message?: SendRequest | undefined;
+}
+
+export interface PublishResponse {
+  /** The `sequence` of the request this answers. */
+  sequence: number;
+  /** As SendResponse's, set when `code` is 0 (OK). */
+  messageId: string;
+  duplicate: boolean;
+  scheduleId: string;
+  /**
+   * 0 (OK) when the message is stored; else the google.rpc.Code a Send of
+   * it would have failed with (INVALID_ARGUMENT, PERMISSION_DENIED,
+   * UNAVAILABLE ...), and `error` says why. Nothing was stored then.
+   */
+  code: number;
+  error: string;
 }
 
 export interface SubscribeRequest {
@@ -1166,6 +1194,250 @@ export const SendBatchResponse: MessageFns<SendBatchResponse> = {
   fromPartial<I extends Exact<DeepPartial<SendBatchResponse>, I>>(object: I): SendBatchResponse {
     const message = createBaseSendBatchResponse();
     message.results = object.results?.map((e) => SendResponse.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePublishRequest(): PublishRequest {
+  return { sequence: 0, message: undefined };
+}
+
+export const PublishRequest: MessageFns<PublishRequest> = {
+  encode(message: PublishRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sequence !== 0) {
+      writer.uint32(8).uint64(message.sequence);
+    }
+    if (message.message !== undefined) {
+      SendRequest.encode(message.message, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PublishRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePublishRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sequence = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = SendRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PublishRequest {
+    return {
+      sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
+      message: isSet(object.message) ? SendRequest.fromJSON(object.message) : undefined,
+    };
+  },
+
+  toJSON(message: PublishRequest): unknown {
+    const obj: any = {};
+    if (message.sequence !== 0) {
+      obj.sequence = Math.round(message.sequence);
+    }
+    if (message.message !== undefined) {
+      obj.message = SendRequest.toJSON(message.message);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PublishRequest>, I>>(base?: I): PublishRequest {
+    return PublishRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PublishRequest>, I>>(object: I): PublishRequest {
+    const message = createBasePublishRequest();
+    message.sequence = object.sequence ?? 0;
+    message.message = (object.message !== undefined && object.message !== null)
+      ? SendRequest.fromPartial(object.message)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePublishResponse(): PublishResponse {
+  return { sequence: 0, messageId: "", duplicate: false, scheduleId: "", code: 0, error: "" };
+}
+
+export const PublishResponse: MessageFns<PublishResponse> = {
+  encode(message: PublishResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sequence !== 0) {
+      writer.uint32(8).uint64(message.sequence);
+    }
+    if (message.messageId !== "") {
+      writer.uint32(18).string(message.messageId);
+    }
+    if (message.duplicate !== false) {
+      writer.uint32(24).bool(message.duplicate);
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(34).string(message.scheduleId);
+    }
+    if (message.code !== 0) {
+      writer.uint32(40).int32(message.code);
+    }
+    if (message.error !== "") {
+      writer.uint32(50).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PublishResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePublishResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sequence = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.messageId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.duplicate = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PublishResponse {
+    return {
+      sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
+      messageId: isSet(object.messageId)
+        ? globalThis.String(object.messageId)
+        : isSet(object.message_id)
+        ? globalThis.String(object.message_id)
+        : "",
+      duplicate: isSet(object.duplicate) ? globalThis.Boolean(object.duplicate) : false,
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: PublishResponse): unknown {
+    const obj: any = {};
+    if (message.sequence !== 0) {
+      obj.sequence = Math.round(message.sequence);
+    }
+    if (message.messageId !== "") {
+      obj.messageId = message.messageId;
+    }
+    if (message.duplicate !== false) {
+      obj.duplicate = message.duplicate;
+    }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PublishResponse>, I>>(base?: I): PublishResponse {
+    return PublishResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PublishResponse>, I>>(object: I): PublishResponse {
+    const message = createBasePublishResponse();
+    message.sequence = object.sequence ?? 0;
+    message.messageId = object.messageId ?? "";
+    message.duplicate = object.duplicate ?? false;
+    message.scheduleId = object.scheduleId ?? "";
+    message.code = object.code ?? 0;
+    message.error = object.error ?? "";
     return message;
   },
 };
@@ -2810,6 +3082,28 @@ export const BrokerService = {
     responseDeserialize: (value: Buffer): SendBatchResponse => SendBatchResponse.decode(value),
   },
   /**
+   * A stream of messages, each answered on its own: the client gives every
+   * message a `sequence`, and each response names the sequence it answers,
+   * in any order. Each message is validated, checked and appended exactly as
+   * a Send (OK only once it is in Redis); one that fails gets its own error
+   * in its response and the stream goes on. The server reads at most
+   * `--publish-window` messages ahead of its answers (announced in the
+   * response header `leanmq-publish-window`); beyond that it stops reading
+   * and HTTP/2 flow control holds the client back. When the server shuts
+   * down it stops reading, answers what it has read, and ends the stream
+   * with UNAVAILABLE: resend the unanswered messages, with their
+   * idempotency keys, to this or another replica.
+   */
+  publish: {
+    path: "/leanmq.v1.Broker/Publish" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: PublishRequest): Buffer => Buffer.from(PublishRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PublishRequest => PublishRequest.decode(value),
+    responseSerialize: (value: PublishResponse): Buffer => Buffer.from(PublishResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PublishResponse => PublishResponse.decode(value),
+  },
+  /**
    * A long-lived stream of deliveries from one path and group. Subscribers of
    * the same group compete (each message goes to one of them); different
    * groups each get every message (fan-out). The server never holds more
@@ -2900,6 +3194,20 @@ export interface BrokerServer extends UntypedServiceImplementation {
    */
   sendBatch: handleUnaryCall<SendBatchRequest, SendBatchResponse>;
   /**
+   * A stream of messages, each answered on its own: the client gives every
+   * message a `sequence`, and each response names the sequence it answers,
+   * in any order. Each message is validated, checked and appended exactly as
+   * a Send (OK only once it is in Redis); one that fails gets its own error
+   * in its response and the stream goes on. The server reads at most
+   * `--publish-window` messages ahead of its answers (announced in the
+   * response header `leanmq-publish-window`); beyond that it stops reading
+   * and HTTP/2 flow control holds the client back. When the server shuts
+   * down it stops reading, answers what it has read, and ends the stream
+   * with UNAVAILABLE: resend the unanswered messages, with their
+   * idempotency keys, to this or another replica.
+   */
+  publish: handleBidiStreamingCall<PublishRequest, PublishResponse>;
+  /**
    * A long-lived stream of deliveries from one path and group. Subscribers of
    * the same group compete (each message goes to one of them); different
    * groups each get every message (fan-out). The server never holds more
@@ -2974,6 +3282,22 @@ export interface BrokerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SendBatchResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * A stream of messages, each answered on its own: the client gives every
+   * message a `sequence`, and each response names the sequence it answers,
+   * in any order. Each message is validated, checked and appended exactly as
+   * a Send (OK only once it is in Redis); one that fails gets its own error
+   * in its response and the stream goes on. The server reads at most
+   * `--publish-window` messages ahead of its answers (announced in the
+   * response header `leanmq-publish-window`); beyond that it stops reading
+   * and HTTP/2 flow control holds the client back. When the server shuts
+   * down it stops reading, answers what it has read, and ends the stream
+   * with UNAVAILABLE: resend the unanswered messages, with their
+   * idempotency keys, to this or another replica.
+   */
+  publish(): ClientDuplexStream<PublishRequest, PublishResponse>;
+  publish(options: Partial<CallOptions>): ClientDuplexStream<PublishRequest, PublishResponse>;
+  publish(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<PublishRequest, PublishResponse>;
   /**
    * A long-lived stream of deliveries from one path and group. Subscribers of
    * the same group compete (each message goes to one of them); different
@@ -3112,6 +3436,17 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
 }
 
 function isObject(value: any): boolean {

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\x0bSendRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x34\n\x07headers\x18\x04 \x03(\x0b\x32#.leanmq.v1.SendRequest.HeadersEntry\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05\x64\x65lay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\ndeliver_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\r\n\x05queue\x18\t \x01(\t\x12\x0e\n\x06prefix\x18\n \x01(\t\x12\x14\n\x0cordering_key\x18\x0b \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x13\n\x0bschedule_id\x18\x03 \x01(\t\"<\n\x10SendBatchRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.leanmq.v1.SendRequest\"=\n\x11SendBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.leanmq.v1.SendResponse\"\xd1\x01\n\x10SubscribeRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12/\n\x0c\x61\x63k_deadline\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05start\x18\x06 \x01(\x0b\x32\x18.leanmq.v1.StartPosition\x12\r\n\x05queue\x18\x07 \x01(\t\x12\x0e\n\x06prefix\x18\x08 \x01(\t\"\x82\x01\n\rStartPosition\x12\x13\n\tbeginning\x18\x01 \x01(\x08H\x00\x12\r\n\x03now\x18\x02 \x01(\x08H\x00\x12\x12\n\x08\x61\x66ter_id\x18\x03 \x01(\tH\x00\x12-\n\x07\x61t_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08position\"\xe5\x02\n\x08\x44\x65livery\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x31\n\x07headers\x18\x06 \x03(\x0b\x32 .leanmq.v1.Delivery.HeadersEntry\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x30\n\x0cpublished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05group\x18\t \x01(\t\x12\x34\n\x10lease_expires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cordering_key\x18\x0b \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x01\n\x0eReceiveRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x14\n\x0cmax_messages\x18\x04 \x01(\r\x12\'\n\x04wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0c\x61\x63k_deadline\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05start\x18\x07 \x01(\x0b\x32\x18.leanmq.v1.StartPosition\x12\r\n\x05queue\x18\x08 \x01(\t\x12\x0e\n\x06prefix\x18\t \x01(\t\":\n\x0fReceiveResponse\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.leanmq.v1.Delivery\"\x1e\n\nAckRequest\x12\x10\n\x08receipts\x18\x01 \x03(\t\"D\n\tAckResult\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.leanmq.v1.AckOutcome\"4\n\x0b\x41\x63kResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.leanmq.v1.AckResult\"m\n\x0bNackRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"}\n\x0cNackResponse\x12\'\n\x07outcome\x18\x01 \x01(\x0e\x32\x16.leanmq.v1.NackOutcome\x12,\n\x08retry_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x03 \x01(\t\"N\n\rExtendRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12,\n\textension\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x0e\x45xtendResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*t\n\nAckOutcome\x12\x1b\n\x17\x41\x43K_OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43K_OUTCOME_ACKED\x10\x01\x12\x1b\n\x17\x41\x43K_OUTCOME_NOT_PENDING\x10\x02\x12\x15\n\x11\x41\x43K_OUTCOME_STALE\x10\x03*m\n\x0bNackOutcome\x12\x1c\n\x18NACK_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cNACK_OUTCOME_RETRY_SCHEDULED\x10\x01\x12\x1e\n\x1aNACK_OUTCOME_DEAD_LETTERED\x10\x02\x32\xba\x03\n\x06\x42roker\x12\x37\n\x04Send\x12\x16.leanmq.v1.SendRequest\x1a\x17.leanmq.v1.SendResponse\x12\x46\n\tSendBatch\x12\x1b.leanmq.v1.SendBatchRequest\x1a\x1c.leanmq.v1.SendBatchResponse\x12?\n\tSubscribe\x12\x1b.leanmq.v1.SubscribeRequest\x1a\x13.leanmq.v1.Delivery0\x01\x12@\n\x07Receive\x12\x19.leanmq.v1.ReceiveRequest\x1a\x1a.leanmq.v1.ReceiveResponse\x12\x34\n\x03\x41\x63k\x12\x15.leanmq.v1.AckRequest\x1a\x16.leanmq.v1.AckResponse\x12\x37\n\x04Nack\x12\x16.leanmq.v1.NackRequest\x1a\x17.leanmq.v1.NackResponse\x12=\n\x06\x45xtend\x12\x18.leanmq.v1.ExtendRequest\x1a\x19.leanmq.v1.ExtendResponseBM\n\rdev.leanmq.v1P\x01Z:github.com/leanmq/leanmq-grpc/clients/go/leanmqv1;leanmqv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leanmq/v1/broker.proto\x12\tleanmq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\x0bSendRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x34\n\x07headers\x18\x04 \x03(\x0b\x32#.leanmq.v1.SendRequest.HeadersEntry\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05\x64\x65lay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\ndeliver_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\r\n\x05queue\x18\t \x01(\t\x12\x0e\n\x06prefix\x18\n \x01(\t\x12\x14\n\x0cordering_key\x18\x0b \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x13\n\x0bschedule_id\x18\x03 \x01(\t\"<\n\x10SendBatchRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.leanmq.v1.SendRequest\"=\n\x11SendBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.leanmq.v1.SendResponse\"K\n\x0ePublishRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\'\n\x07message\x18\x02 \x01(\x0b\x32\x16.leanmq.v1.SendRequest\"|\n\x0fPublishResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x13\n\x0bschedule_id\x18\x04 \x01(\t\x12\x0c\n\x04\x63ode\x18\x05 \x01(\x05\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xd1\x01\n\x10SubscribeRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12/\n\x0c\x61\x63k_deadline\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05start\x18\x06 \x01(\x0b\x32\x18.leanmq.v1.StartPosition\x12\r\n\x05queue\x18\x07 \x01(\t\x12\x0e\n\x06prefix\x18\x08 \x01(\t\"\x82\x01\n\rStartPosition\x12\x13\n\tbeginning\x18\x01 \x01(\x08H\x00\x12\r\n\x03now\x18\x02 \x01(\x08H\x00\x12\x12\n\x08\x61\x66ter_id\x18\x03 \x01(\tH\x00\x12-\n\x07\x61t_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08position\"\xe5\x02\n\x08\x44\x65livery\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x31\n\x07headers\x18\x06 \x03(\x0b\x32 .leanmq.v1.Delivery.HeadersEntry\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x30\n\x0cpublished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05group\x18\t \x01(\t\x12\x34\n\x10lease_expires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cordering_key\x18\x0b \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x01\n\x0eReceiveRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x14\n\x0cmax_messages\x18\x04 \x01(\r\x12\'\n\x04wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0c\x61\x63k_deadline\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x05start\x18\x07 \x01(\x0b\x32\x18.leanmq.v1.StartPosition\x12\r\n\x05queue\x18\x08 \x01(\t\x12\x0e\n\x06prefix\x18\t \x01(\t\":\n\x0fReceiveResponse\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.leanmq.v1.Delivery\"\x1e\n\nAckRequest\x12\x10\n\x08receipts\x18\x01 \x03(\t\"D\n\tAckResult\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.leanmq.v1.AckOutcome\"4\n\x0b\x41\x63kResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.leanmq.v1.AckResult\"m\n\x0bNackRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"}\n\x0cNackResponse\x12\'\n\x07outcome\x18\x01 \x01(\x0e\x32\x16.leanmq.v1.NackOutcome\x12,\n\x08retry_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x03 \x01(\t\"N\n\rExtendRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\t\x12,\n\textension\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x0e\x45xtendResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*t\n\nAckOutcome\x12\x1b\n\x17\x41\x43K_OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43K_OUTCOME_ACKED\x10\x01\x12\x1b\n\x17\x41\x43K_OUTCOME_NOT_PENDING\x10\x02\x12\x15\n\x11\x41\x43K_OUTCOME_STALE\x10\x03*m\n\x0bNackOutcome\x12\x1c\n\x18NACK_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cNACK_OUTCOME_RETRY_SCHEDULED\x10\x01\x12\x1e\n\x1aNACK_OUTCOME_DEAD_LETTERED\x10\x02\x32\x80\x04\n\x06\x42roker\x12\x37\n\x04Send\x12\x16.leanmq.v1.SendRequest\x1a\x17.leanmq.v1.SendResponse\x12\x46\n\tSendBatch\x12\x1b.leanmq.v1.SendBatchRequest\x1a\x1c.leanmq.v1.SendBatchResponse\x12\x44\n\x07Publish\x12\x19.leanmq.v1.PublishRequest\x1a\x1a.leanmq.v1.PublishResponse(\x01\x30\x01\x12?\n\tSubscribe\x12\x1b.leanmq.v1.SubscribeRequest\x1a\x13.leanmq.v1.Delivery0\x01\x12@\n\x07Receive\x12\x19.leanmq.v1.ReceiveRequest\x1a\x1a.leanmq.v1.ReceiveResponse\x12\x34\n\x03\x41\x63k\x12\x15.leanmq.v1.AckRequest\x1a\x16.leanmq.v1.AckResponse\x12\x37\n\x04Nack\x12\x16.leanmq.v1.NackRequest\x1a\x17.leanmq.v1.NackResponse\x12=\n\x06\x45xtend\x12\x18.leanmq.v1.ExtendRequest\x1a\x19.leanmq.v1.ExtendResponseBM\n\rdev.leanmq.v1P\x01Z:github.com/leanmq/leanmq-grpc/clients/go/leanmqv1;leanmqv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_DELIVERY_HEADERSENTRY']._loaded_options = None
   _globals['_DELIVERY_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_ACKOUTCOME']._serialized_start=2243
-  _globals['_ACKOUTCOME']._serialized_end=2359
-  _globals['_NACKOUTCOME']._serialized_start=2361
-  _globals['_NACKOUTCOME']._serialized_end=2470
+  _globals['_ACKOUTCOME']._serialized_start=2446
+  _globals['_ACKOUTCOME']._serialized_end=2562
+  _globals['_NACKOUTCOME']._serialized_start=2564
+  _globals['_NACKOUTCOME']._serialized_end=2673
   _globals['_SENDREQUEST']._serialized_start=103
   _globals['_SENDREQUEST']._serialized_end=479
   _globals['_SENDREQUEST_HEADERSENTRY']._serialized_start=433
@@ -52,32 +52,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDBATCHREQUEST']._serialized_end=617
   _globals['_SENDBATCHRESPONSE']._serialized_start=619
   _globals['_SENDBATCHRESPONSE']._serialized_end=680
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=683
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=892
-  _globals['_STARTPOSITION']._serialized_start=895
-  _globals['_STARTPOSITION']._serialized_end=1025
-  _globals['_DELIVERY']._serialized_start=1028
-  _globals['_DELIVERY']._serialized_end=1385
+  _globals['_PUBLISHREQUEST']._serialized_start=682
+  _globals['_PUBLISHREQUEST']._serialized_end=757
+  _globals['_PUBLISHRESPONSE']._serialized_start=759
+  _globals['_PUBLISHRESPONSE']._serialized_end=883
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=886
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1095
+  _globals['_STARTPOSITION']._serialized_start=1098
+  _globals['_STARTPOSITION']._serialized_end=1228
+  _globals['_DELIVERY']._serialized_start=1231
+  _globals['_DELIVERY']._serialized_end=1588
   _globals['_DELIVERY_HEADERSENTRY']._serialized_start=433
   _globals['_DELIVERY_HEADERSENTRY']._serialized_end=479
-  _globals['_RECEIVEREQUEST']._serialized_start=1388
-  _globals['_RECEIVEREQUEST']._serialized_end=1635
-  _globals['_RECEIVERESPONSE']._serialized_start=1637
-  _globals['_RECEIVERESPONSE']._serialized_end=1695
-  _globals['_ACKREQUEST']._serialized_start=1697
-  _globals['_ACKREQUEST']._serialized_end=1727
-  _globals['_ACKRESULT']._serialized_start=1729
-  _globals['_ACKRESULT']._serialized_end=1797
-  _globals['_ACKRESPONSE']._serialized_start=1799
-  _globals['_ACKRESPONSE']._serialized_end=1851
-  _globals['_NACKREQUEST']._serialized_start=1853
-  _globals['_NACKREQUEST']._serialized_end=1962
-  _globals['_NACKRESPONSE']._serialized_start=1964
-  _globals['_NACKRESPONSE']._serialized_end=2089
-  _globals['_EXTENDREQUEST']._serialized_start=2091
-  _globals['_EXTENDREQUEST']._serialized_end=2169
-  _globals['_EXTENDRESPONSE']._serialized_start=2171
-  _globals['_EXTENDRESPONSE']._serialized_end=2241
-  _globals['_BROKER']._serialized_start=2473
-  _globals['_BROKER']._serialized_end=2915
+  _globals['_RECEIVEREQUEST']._serialized_start=1591
+  _globals['_RECEIVEREQUEST']._serialized_end=1838
+  _globals['_RECEIVERESPONSE']._serialized_start=1840
+  _globals['_RECEIVERESPONSE']._serialized_end=1898
+  _globals['_ACKREQUEST']._serialized_start=1900
+  _globals['_ACKREQUEST']._serialized_end=1930
+  _globals['_ACKRESULT']._serialized_start=1932
+  _globals['_ACKRESULT']._serialized_end=2000
+  _globals['_ACKRESPONSE']._serialized_start=2002
+  _globals['_ACKRESPONSE']._serialized_end=2054
+  _globals['_NACKREQUEST']._serialized_start=2056
+  _globals['_NACKREQUEST']._serialized_end=2165
+  _globals['_NACKRESPONSE']._serialized_start=2167
+  _globals['_NACKRESPONSE']._serialized_end=2292
+  _globals['_EXTENDREQUEST']._serialized_start=2294
+  _globals['_EXTENDREQUEST']._serialized_end=2372
+  _globals['_EXTENDRESPONSE']._serialized_start=2374
+  _globals['_EXTENDRESPONSE']._serialized_end=2444
+  _globals['_BROKER']._serialized_start=2676
+  _globals['_BROKER']._serialized_end=3188
 # @@protoc_insertion_point(module_scope)

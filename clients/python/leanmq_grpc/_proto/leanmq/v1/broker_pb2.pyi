@@ -311,6 +311,67 @@ class SendBatchResponse(google.protobuf.message.Message):
 global___SendBatchResponse = SendBatchResponse
 
 @typing.final
+class PublishRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: builtins.int
+    MESSAGE_FIELD_NUMBER: builtins.int
+    sequence: builtins.int
+    """The client's number for this message, echoed in its response. Any
+    value; the server does not check that sequences are distinct.
+    """
+    @property
+    def message(self) -> global___SendRequest:
+        """The message, with every Send option and Send's rules. Required."""
+
+    def __init__(
+        self,
+        *,
+        sequence: builtins.int = ...,
+        message: global___SendRequest | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["message", b"message"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["message", b"message", "sequence", b"sequence"]) -> None: ...
+
+global___PublishRequest = PublishRequest
+
+@typing.final
+class PublishResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: builtins.int
+    MESSAGE_ID_FIELD_NUMBER: builtins.int
+    DUPLICATE_FIELD_NUMBER: builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: builtins.int
+    CODE_FIELD_NUMBER: builtins.int
+    ERROR_FIELD_NUMBER: builtins.int
+    sequence: builtins.int
+    """The `sequence` of the request this answers."""
+    message_id: builtins.str
+    """As SendResponse's, set when `code` is 0 (OK)."""
+    duplicate: builtins.bool
+    schedule_id: builtins.str
+    code: builtins.int
+    """0 (OK) when the message is stored; else the google.rpc.Code a Send of
+    it would have failed with (INVALID_ARGUMENT, PERMISSION_DENIED,
+    UNAVAILABLE ...), and `error` says why. Nothing was stored then.
+    """
+    error: builtins.str
+    def __init__(
+        self,
+        *,
+        sequence: builtins.int = ...,
+        message_id: builtins.str = ...,
+        duplicate: builtins.bool = ...,
+        schedule_id: builtins.str = ...,
+        code: builtins.int = ...,
+        error: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["code", b"code", "duplicate", b"duplicate", "error", b"error", "message_id", b"message_id", "schedule_id", b"schedule_id", "sequence", b"sequence"]) -> None: ...
+
+global___PublishResponse = PublishResponse
+
+@typing.final
 class SubscribeRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 

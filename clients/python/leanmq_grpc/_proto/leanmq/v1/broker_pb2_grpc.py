@@ -45,6 +45,11 @@ class BrokerStub(object):
                 request_serializer=leanmq_dot_v1_dot_broker__pb2.SendBatchRequest.SerializeToString,
                 response_deserializer=leanmq_dot_v1_dot_broker__pb2.SendBatchResponse.FromString,
                 _registered_method=True)
+        self.Publish = channel.stream_stream(
+                '/leanmq.v1.Broker/Publish',
+                request_serializer=leanmq_dot_v1_dot_broker__pb2.PublishRequest.SerializeToString,
+                response_deserializer=leanmq_dot_v1_dot_broker__pb2.PublishResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/leanmq.v1.Broker/Subscribe',
                 request_serializer=leanmq_dot_v1_dot_broker__pb2.SubscribeRequest.SerializeToString,
@@ -89,6 +94,23 @@ class BrokerServicer(object):
     def SendBatch(self, request, context):
         """Append several messages, possibly to different paths, atomically: either
         every message is appended or none is. Results come back in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Publish(self, request_iterator, context):
+        """A stream of messages, each answered on its own: the client gives every
+        message a `sequence`, and each response names the sequence it answers,
+        in any order. Each message is validated, checked and appended exactly as
+        a Send (OK only once it is in Redis); one that fails gets its own error
+        in its response and the stream goes on. The server reads at most
+        `--publish-window` messages ahead of its answers (announced in the
+        response header `leanmq-publish-window`); beyond that it stops reading
+        and HTTP/2 flow control holds the client back. When the server shuts
+        down it stops reading, answers what it has read, and ends the stream
+        with UNAVAILABLE: resend the unanswered messages, with their
+        idempotency keys, to this or another replica.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +178,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.SendBatch,
                     request_deserializer=leanmq_dot_v1_dot_broker__pb2.SendBatchRequest.FromString,
                     response_serializer=leanmq_dot_v1_dot_broker__pb2.SendBatchResponse.SerializeToString,
+            ),
+            'Publish': grpc.stream_stream_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=leanmq_dot_v1_dot_broker__pb2.PublishRequest.FromString,
+                    response_serializer=leanmq_dot_v1_dot_broker__pb2.PublishResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -238,6 +265,33 @@ class Broker(object):
             '/leanmq.v1.Broker/SendBatch',
             leanmq_dot_v1_dot_broker__pb2.SendBatchRequest.SerializeToString,
             leanmq_dot_v1_dot_broker__pb2.SendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Publish(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/leanmq.v1.Broker/Publish',
+            leanmq_dot_v1_dot_broker__pb2.PublishRequest.SerializeToString,
+            leanmq_dot_v1_dot_broker__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,

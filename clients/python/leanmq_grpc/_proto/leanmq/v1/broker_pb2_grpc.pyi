@@ -53,6 +53,23 @@ class BrokerStub:
     every message is appended or none is. Results come back in request order.
     """
 
+    Publish: grpc.StreamStreamMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.broker_pb2.PublishRequest,
+        leanmq_grpc._proto.leanmq.v1.broker_pb2.PublishResponse,
+    ]
+    """A stream of messages, each answered on its own: the client gives every
+    message a `sequence`, and each response names the sequence it answers,
+    in any order. Each message is validated, checked and appended exactly as
+    a Send (OK only once it is in Redis); one that fails gets its own error
+    in its response and the stream goes on. The server reads at most
+    `--publish-window` messages ahead of its answers (announced in the
+    response header `leanmq-publish-window`); beyond that it stops reading
+    and HTTP/2 flow control holds the client back. When the server shuts
+    down it stops reading, answers what it has read, and ends the stream
+    with UNAVAILABLE: resend the unanswered messages, with their
+    idempotency keys, to this or another replica.
+    """
+
     Subscribe: grpc.UnaryStreamMultiCallable[
         leanmq_grpc._proto.leanmq.v1.broker_pb2.SubscribeRequest,
         leanmq_grpc._proto.leanmq.v1.broker_pb2.Delivery,
@@ -122,6 +139,23 @@ class BrokerAsyncStub:
     ]
     """Append several messages, possibly to different paths, atomically: either
     every message is appended or none is. Results come back in request order.
+    """
+
+    Publish: grpc.aio.StreamStreamMultiCallable[
+        leanmq_grpc._proto.leanmq.v1.broker_pb2.PublishRequest,
+        leanmq_grpc._proto.leanmq.v1.broker_pb2.PublishResponse,
+    ]
+    """A stream of messages, each answered on its own: the client gives every
+    message a `sequence`, and each response names the sequence it answers,
+    in any order. Each message is validated, checked and appended exactly as
+    a Send (OK only once it is in Redis); one that fails gets its own error
+    in its response and the stream goes on. The server reads at most
+    `--publish-window` messages ahead of its answers (announced in the
+    response header `leanmq-publish-window`); beyond that it stops reading
+    and HTTP/2 flow control holds the client back. When the server shuts
+    down it stops reading, answers what it has read, and ends the stream
+    with UNAVAILABLE: resend the unanswered messages, with their
+    idempotency keys, to this or another replica.
     """
 
     Subscribe: grpc.aio.UnaryStreamMultiCallable[
@@ -197,6 +231,25 @@ class BrokerServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[leanmq_grpc._proto.leanmq.v1.broker_pb2.SendBatchResponse, collections.abc.Awaitable[leanmq_grpc._proto.leanmq.v1.broker_pb2.SendBatchResponse]]:
         """Append several messages, possibly to different paths, atomically: either
         every message is appended or none is. Results come back in request order.
+        """
+
+    @abc.abstractmethod
+    def Publish(
+        self,
+        request_iterator: _MaybeAsyncIterator[leanmq_grpc._proto.leanmq.v1.broker_pb2.PublishRequest],
+        context: _ServicerContext,
+    ) -> typing.Union[collections.abc.Iterator[leanmq_grpc._proto.leanmq.v1.broker_pb2.PublishResponse], collections.abc.AsyncIterator[leanmq_grpc._proto.leanmq.v1.broker_pb2.PublishResponse]]:
+        """A stream of messages, each answered on its own: the client gives every
+        message a `sequence`, and each response names the sequence it answers,
+        in any order. Each message is validated, checked and appended exactly as
+        a Send (OK only once it is in Redis); one that fails gets its own error
+        in its response and the stream goes on. The server reads at most
+        `--publish-window` messages ahead of its answers (announced in the
+        response header `leanmq-publish-window`); beyond that it stops reading
+        and HTTP/2 flow control holds the client back. When the server shuts
+        down it stops reading, answers what it has read, and ends the stream
+        with UNAVAILABLE: resend the unanswered messages, with their
+        idempotency keys, to this or another replica.
         """
 
     @abc.abstractmethod

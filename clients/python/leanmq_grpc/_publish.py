@@ -1,0 +1,328 @@
+"""Publish: messages over one long-lived ``Publish`` stream, each answered on
+its own future.
+
+One stream is opened on the first :meth:`Publisher.publish` and kept. Every
+message gets a sequence number and, unless the caller gave one, an
+idempotency key; it stays in ``pending`` until its answer arrives. At most
+the server's window (the ``leanmq-publish-window`` response header) is
+unanswered at once: ``publish`` blocks while it is full. When the stream
+breaks, a new one is opened and every unanswered message is sent again
+under its idempotency key, so a message the broker had stored before the
+break is answered with its first id (``duplicate``) instead of being stored
+twice. Messages are written as they come; gRPC packs them into frames.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+import grpc
+
+from . import tracing
+from ._common import RETRYABLE_CODES, Backoff, build_send_request, logger, rpc_code, to_duration
+from ._proto.leanmq.v1 import broker_pb2 as pb
+from .errors import Unavailable, error_for, error_for_code
+
+#: The window assumed until the server announces its own.
+DEFAULT_WINDOW = 1000
+#: How long a broken stream is reopened before its messages fail.
+RECONNECT_FOR = 30.0
+_END = object()
+
+
+def _window_of(metadata: Any) -> Optional[str]:
+    """The ``leanmq-publish-window`` header among ``metadata``'s (key, value) pairs."""
+    for key, value in metadata or ():
+        if key == "leanmq-publish-window":
+            return str(value)
+    return None
+
+
+def build_publish_message(
+    path: str,
+    data: Any,
+    *,
+    headers: Optional[Mapping[str, str]] = None,
+    content_type: Optional[str] = None,
+    ordering_key: Optional[str] = None,
+    idempotency_key: Optional[str] = None,
+    delay: Optional[float] = None,
+    ttl: Optional[float] = None,
+) -> pb.SendRequest:
+    """A SendRequest with every Send option; an idempotency key is always set."""
+    req = build_send_request(path, data, headers, content_type, ordering_key)
+    req.idempotency_key = idempotency_key or f"py-{uuid.uuid4().hex}"
+    if delay:
+        req.delay.CopyFrom(to_duration(delay))
+    if ttl:
+        req.ttl.CopyFrom(to_duration(ttl))
+    return req
+
+
+class Publisher:
+    """The one Publish stream of a :class:`~leanmq_grpc.Webhook`."""
+
+    def __init__(self, open_stream: Callable[[Iterator[pb.PublishRequest]], Any]) -> None:
+        self._open = open_stream
+        self._lock = threading.Condition()
+        self._pending: Dict[int, Tuple[pb.PublishRequest, "Future[str]"]] = {}
+        self._seq = 0
+        self._window = DEFAULT_WINDOW
+        self._outbox: Optional["queue.Queue[Any]"] = None
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+
+    def publish(self, message: pb.SendRequest) -> "Future[str]":
+        fut: "Future[str]" = Future()
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("publish after close()")
+            while len(self._pending) >= self._window and not self._closing:
+                self._lock.wait()
+            self._seq += 1
+            req = pb.PublishRequest(sequence=self._seq, message=message)
+            self._pending[self._seq] = (req, fut)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="leanmq-publish", daemon=True)
+                self._thread.start()
+            elif self._outbox is not None:
+                self._outbox.put(req)
+        return fut
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every published message is answered; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Wait for every outstanding future, then end the stream."""
+        done = self.flush(timeout)
+        with self._lock:
+            self._closing = True
+            if self._outbox is not None:
+                self._outbox.put(_END)
+            self._lock.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return done
+
+    # ------------------------------------------------------------ the stream
+
+    def _requests(self, outbox: "queue.Queue[Any]") -> Iterator[pb.PublishRequest]:
+        while True:
+            item = outbox.get()
+            if item is _END:
+                return
+            yield item
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        broken_since: Optional[float] = None
+        while True:
+            with self._lock:
+                if self._closing and not self._pending:
+                    return
+                outbox: "queue.Queue[Any]" = queue.Queue()
+                for seq in sorted(self._pending):  # unanswered: sent again, same keys
+                    outbox.put(self._pending[seq][0])
+                self._outbox = outbox
+            answered = 0
+            try:
+                call = self._open(self._requests(outbox))
+                answered = self._read(call)
+                if self._closing:
+                    return
+                err: BaseException = Unavailable("the Publish stream ended")
+            except Exception as e:  # noqa: BLE001 - any failure fails or retries the futures, never strands them
+                err = e
+            outbox.put(_END)  # the old stream's writer stops
+            if answered:
+                backoff.reset()
+                broken_since = None
+            now = time.monotonic()
+            broken_since = broken_since or now
+            code = rpc_code(err)
+            if code not in RETRYABLE_CODES or now - broken_since > RECONNECT_FOR:
+                self._fail_all(error_for(err))
+                broken_since = None
+                if self._closing:
+                    return
+            else:
+                logger.info("Publish stream broke (%s); reopening, resending unanswered messages", code)
+            time.sleep(backoff.next())
+
+    def _read(self, call: Any) -> int:
+        """Resolve futures from ``call``'s answers; how many were answered."""
+        answered = 0
+        window = _window_of(call.initial_metadata())
+        if window and str(window).isdigit():
+            with self._lock:
+                self._window = max(1, int(window))
+                self._lock.notify_all()
+        for resp in call:
+            with self._lock:
+                entry = self._pending.pop(resp.sequence, None)
+                self._lock.notify_all()
+            if entry is None:
+                continue
+            answered += 1
+            fut = entry[1]
+            if resp.code == 0:
+                fut.set_result(resp.message_id)
+            else:
+                fut.set_exception(error_for_code(resp.code, resp.error))
+        return answered
+
+    def _fail_all(self, err: BaseException) -> None:
+        with self._lock:
+            failed = list(self._pending.values())
+            self._pending.clear()
+            self._lock.notify_all()
+        for _, fut in failed:
+            fut.set_exception(err)
+
+
+def stream_opener(stub: Any, metadata: Any) -> Callable[[Iterator[pb.PublishRequest]], Any]:
+    def open_stream(requests: Iterator[pb.PublishRequest]) -> Any:
+        return stub.Publish(requests, metadata=tracing.with_trace(metadata))
+
+    return open_stream
+
+
+class AsyncPublisher:
+    """:class:`Publisher` for asyncio: the one Publish stream of an
+    :class:`~leanmq_grpc.AsyncWebhook`, run by one task."""
+
+    def __init__(self, open_stream: Callable[[], Any]) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self._open = open_stream
+        self._cond = asyncio.Condition()
+        self._pending: Dict[int, Tuple[pb.PublishRequest, "asyncio.Future[str]"]] = {}
+        self._seq = 0
+        self._window = DEFAULT_WINDOW
+        self._outbox: Optional["asyncio.Queue[Any]"] = None
+        self._task: Optional["asyncio.Task[None]"] = None
+        self._closing = False
+
+    async def publish(self, message: pb.SendRequest) -> str:
+        async with self._cond:
+            if self._closing:
+                raise RuntimeError("publish after close()")
+            await self._cond.wait_for(lambda: len(self._pending) < self._window or self._closing)
+            self._seq += 1
+            req = pb.PublishRequest(sequence=self._seq, message=message)
+            fut: "Any" = self._asyncio.get_running_loop().create_future()
+            self._pending[self._seq] = (req, fut)
+            if self._task is None:
+                self._task = self._asyncio.create_task(self._run())
+            elif self._outbox is not None:
+                self._outbox.put_nowait(req)
+        return str(await fut)
+
+    async def flush(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._pending)
+
+    async def close(self) -> None:
+        await self.flush()
+        async with self._cond:
+            self._closing = True
+            if self._outbox is not None:
+                self._outbox.put_nowait(_END)
+            self._cond.notify_all()
+        if self._task is not None:
+            await self._task
+
+    async def _write(self, call: Any, outbox: Any) -> None:
+        """Feed ``call`` from ``outbox`` until ``_END`` (its writes, not a
+        request iterator, which grpc.aio did not start reading answers for)."""
+        try:
+            while True:
+                item = await outbox.get()
+                if item is _END:
+                    await call.done_writing()
+                    return
+                await call.write(item)
+        except (grpc.RpcError, self._asyncio.InvalidStateError):
+            return  # the stream broke; the reader reconnects
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        broken_since: Optional[float] = None
+        while True:
+            async with self._cond:
+                if self._closing and not self._pending:
+                    return
+                outbox: Any = self._asyncio.Queue()
+                for seq in sorted(self._pending):
+                    outbox.put_nowait(self._pending[seq][0])
+                self._outbox = outbox
+            answered = 0
+            call = self._open()
+            writer = self._asyncio.create_task(self._write(call, outbox))
+            try:
+                answered = await self._read(call)
+                if self._closing:
+                    await writer
+                    return
+                err: BaseException = Unavailable("the Publish stream ended")
+            except Exception as e:  # noqa: BLE001 - any failure fails or retries the futures, never strands them
+                err = e
+            outbox.put_nowait(_END)
+            writer.cancel()
+            if answered:
+                backoff.reset()
+                broken_since = None
+            now = time.monotonic()
+            broken_since = broken_since or now
+            code = rpc_code(err)
+            if code not in RETRYABLE_CODES or now - broken_since > RECONNECT_FOR:
+                await self._fail_all(error_for(err))
+                broken_since = None
+                if self._closing:
+                    return
+            else:
+                logger.info("Publish stream broke (%s); reopening, resending unanswered messages", code)
+            await self._asyncio.sleep(backoff.next())
+
+    async def _read(self, call: Any) -> int:
+        answered = 0
+        window = _window_of(await call.initial_metadata())
+        if window and str(window).isdigit():
+            async with self._cond:
+                self._window = max(1, int(window))
+                self._cond.notify_all()
+        async for resp in call:
+            async with self._cond:
+                entry = self._pending.pop(resp.sequence, None)
+                self._cond.notify_all()
+            if entry is None or entry[1].done():
+                continue
+            answered += 1
+            if resp.code == 0:
+                entry[1].set_result(resp.message_id)
+            else:
+                entry[1].set_exception(error_for_code(resp.code, resp.error))
+        return answered
+
+    async def _fail_all(self, err: BaseException) -> None:
+        async with self._cond:
+            failed = list(self._pending.values())
+            self._pending.clear()
+            self._cond.notify_all()
+        for _, fut in failed:
+            if not fut.done():
+                fut.set_exception(err)
