@@ -1,6 +1,7 @@
 //! A bounded, structure-aware fuzz run against a real leanmqd and Redis.
 //!
-//! Workers send random and mutated requests to every RPC (hostile names,
+//! Workers send random and mutated requests to every RPC, the Publish stream
+//! and the push-subscription RPCs included (hostile names,
 //! counts, sizes, durations, start positions, forged and altered receipts),
 //! mutated protobuf bodies straight to each method, and raw bytes on the
 //! socket. Afterwards:
@@ -69,6 +70,8 @@ const HOSTILE: &[&str] = &[
     "/fz/a\n",
 ];
 
+#[path = "fuzz/publish.rs"]
+mod publish;
 #[path = "fuzz/push.rs"]
 mod push;
 
@@ -518,7 +521,8 @@ async fn step(ctx: &Ctx, rng: &mut StdRng) {
             }
             t.record("Receive", code_of(&r), false);
         }
-        45..=49 => subscribe(ctx, rng, clean, &mut b).await,
+        45..=47 => subscribe(ctx, rng, clean, &mut b).await,
+        48..=49 => publish::publish(ctx, rng, clean, &mut b).await,
         50..=61 => {
             let n = rng.random_range(0..5);
             let receipts = (0..n).map(|_| ctx.receipts.pick(rng)).collect();
