@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import {
   credentials as grpcCredentials,
@@ -20,6 +21,7 @@ import { Delivery, type DeliveryHooks } from "./delivery";
 import { DeadLetterError, RetryAfterError } from "./errors";
 import { bearerInterceptor, deferred, errorMessage, msToDuration, type Deferred } from "./internal";
 import { encodePayload } from "./payload";
+import { Publisher } from "./publish";
 import { Rpc } from "./rpc";
 import { SubscribeLoop } from "./stream";
 import { inHandlerSpan } from "./tracing";
@@ -160,6 +162,7 @@ interface Route {
  *
  * Events: "subscribed" (path) once a Subscribe stream is open;
  * "reconnecting" ({ path, error, delayMs }) when one broke;
+ * "publishReconnecting" ({ error, delayMs }) when the Publish stream broke;
  * "settled" (delivery, outcome) after a handler's delivery was settled;
  * "warning" (Error) for problems the SDK handled (failed settle calls, lost
  * leases, stale acks). Without a "warning" listener they go to console.warn.
@@ -169,6 +172,7 @@ export class Webhook extends EventEmitter {
   private readonly target: string;
   private readonly channelOptions: ChannelOptions;
   private adminClient: Admin | undefined;
+  private publisher: Publisher | undefined;
   private readonly rpc: Rpc;
   private readonly routes = new Map<string, Route>();
   private readonly iterators = new Set<SubscribeLoop>();
@@ -228,6 +232,32 @@ export class Webhook extends EventEmitter {
   /** As `send()`, resolving with the broker's whole answer (duplicate flag, schedule id). */
   async publish(path: string, data: unknown, options: SendOptions = {}): Promise<SendResult> {
     return toResult(await this.rpc.call("send", this.sendRequest(path, data, options)));
+  }
+
+  /**
+   * Send `data` to `path` over the webhook's one Publish stream (opened on
+   * first use): no round trip per message. Resolves with the message id;
+   * rejects with the error a `send()` of it would have (same `code`,
+   * `details`). At most the broker's window (`leanmq-publish-window`) is
+   * unanswered at once; beyond it this waits. Each message has an idempotency
+   * key (`node-<uuid>` unless given): on a broken stream the unanswered ones
+   * are resent, never stored twice. `flush()`/`close()` wait for them all.
+   */
+  async publishOnStream(path: string, data: unknown, options: SendOptions = {}): Promise<string> {
+    if (this.closed) throw new Error("leanmq-grpc: webhook is closed");
+    const request = this.sendRequest(path, data, options);
+    if (request.idempotencyKey === "") request.idempotencyKey = `node-${randomUUID()}`;
+    this.publisher ??= new Publisher(
+      this.client,
+      { initialMs: this.options.reconnect?.initialMs ?? 100, maxMs: this.options.reconnect?.maxMs ?? 5000 },
+      (error, delayMs) => this.emit("publishReconnecting", { error, delayMs }),
+    );
+    return this.publisher.publish(request);
+  }
+
+  /** Resolves once every `publishOnStream()` promise so far is settled (it never rejects). */
+  async flush(): Promise<void> {
+    await this.publisher?.flush();
   }
 
   /** Send several messages atomically (all or none). Resolves with their ids, in order. */
@@ -322,10 +352,11 @@ export class Webhook extends EventEmitter {
     return results.reduce((a, b) => a + b, 0);
   }
 
-  /** Stop everything (running handlers, open iterators) and close the channel. */
+  /** Wait for outstanding `publishOnStream()`s, stop everything (handlers, iterators), close the channel. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.publisher?.close();
     await this.stop();
     for (const loop of this.iterators) loop.stop();
     this.client.close();
