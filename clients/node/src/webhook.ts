@@ -247,13 +247,13 @@ export class Webhook extends EventEmitter {
     if (this.closed) throw new Error("leanmq-grpc: webhook is closed");
     const request = this.sendRequest(path, data, options);
     if (request.idempotencyKey === "") request.idempotencyKey = `node-${randomUUID()}`;
-    this.publisher ??= new Publisher(
-      this.client,
-      { initialMs: this.options.reconnect?.initialMs ?? 100, maxMs: this.options.reconnect?.maxMs ?? 5000 },
-      (error, delayMs) => this.emit("publishReconnecting", { error, delayMs }),
-    );
+    const reconnect = { initialMs: this.options.reconnect?.initialMs ?? 100, maxMs: this.options.reconnect?.maxMs ?? 5000 };
+    this.publisher ??= new Publisher(this.client, reconnect, (error, ms) => this.emit("publishReconnecting", { error, delayMs: ms }));
     return this.publisher.publish(request);
   }
+
+  /** `publishOnStream()` messages not answered yet (at most the broker's window). */
+  get publishing(): number { return this.publisher?.outstanding ?? 0; }
 
   /** Resolves once every `publishOnStream()` promise so far is settled (it never rejects). */
   async flush(): Promise<void> {

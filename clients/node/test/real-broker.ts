@@ -108,11 +108,11 @@ export function freePort(): Promise<number> {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** SIGTERM, then SIGKILL if it has not exited within 10 s. */
-async function stopChild(child: ChildProcess): Promise<void> {
+/** `signal` (SIGTERM), then SIGKILL if it has not exited within 10 s. */
+async function stopChild(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once("exit", resolve));
-  child.kill("SIGTERM");
+  child.kill(signal);
   const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
   await exited;
   clearTimeout(timer);
@@ -182,31 +182,41 @@ function serving(target: string, creds: ChannelCredentials): Promise<boolean> {
 
 export class Leanmqd {
   private log = "";
+  private child!: ChildProcess;
 
   private constructor(
     readonly target: string,
-    private readonly child: ChildProcess,
-  ) {
-    child.stdout?.on("data", (b: Buffer) => (this.log += b.toString()));
-    child.stderr?.on("data", (b: Buffer) => (this.log += b.toString()));
-  }
+    private readonly argv: string[],
+    private readonly creds: ChannelCredentials,
+  ) {}
 
   /** Starts leanmqd with `args` and waits until health (over `creds`) says SERVING. */
   static async start(redisUrl: string, args: string[], creds = grpcCredentials.createInsecure()): Promise<Leanmqd> {
     const target = `127.0.0.1:${await freePort()}`;
-    const child = spawn(leanmqdBinary()!, ["--listen", target, "--redis-url", redisUrl, ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const d = new Leanmqd(target, child);
+    const d = new Leanmqd(target, ["--listen", target, "--redis-url", redisUrl, ...args], creds);
+    await d.spawn();
+    return d;
+  }
+
+  private async spawn(): Promise<void> {
+    const child = spawn(leanmqdBinary()!, this.argv, { stdio: ["ignore", "pipe", "pipe"] });
+    this.child = child;
+    child.stdout?.on("data", (b: Buffer) => (this.log += b.toString()));
+    child.stderr?.on("data", (b: Buffer) => (this.log += b.toString()));
     const deadline = Date.now() + 20_000;
-    while (!(await serving(target, creds))) {
+    while (!(await serving(this.target, this.creds))) {
       if (child.exitCode !== null || Date.now() > deadline) {
         await stopChild(child);
-        throw new Error(`leanmqd did not start serving:\n${d.log.slice(-2000)}`);
+        throw new Error(`leanmqd did not start serving:\n${this.log.slice(-2000)}`);
       }
       await sleep(50);
     }
-    return d;
+  }
+
+  /** Stops leanmqd with `signal` and starts it again on the same address and arguments. */
+  async restart(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    await stopChild(this.child, signal);
+    await this.spawn();
   }
 
   stop(): Promise<void> {
