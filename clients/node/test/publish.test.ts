@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { status, type ServiceError } from "@grpc/grpc-js";
 import { Webhook } from "leanmq-grpc";
-import { Leanmqd, Redis, skipReason, tempDir } from "./real-broker";
+import { Leanmqd, Redis, SEND_ONLY_TOKEN, skipReason, tempDir, writeTokensFile } from "./real-broker";
 
 const T = { timeout: 120_000 };
 const WINDOW = 8;
@@ -31,6 +31,7 @@ describe("publishOnStream() against leanmqd", { skip: skipReason() }, () => {
   let redis: Redis;
   let broker: Leanmqd;
   let small: Leanmqd;
+  let authed: Leanmqd;
 
   /** The ids of `stream`'s entries, from XRANGE. */
   const storedIds = (stream: string) =>
@@ -44,11 +45,13 @@ describe("publishOnStream() against leanmqd", { skip: skipReason() }, () => {
     redis = await Redis.start(tmp.dir);
     broker = await Leanmqd.start(redis.url, []);
     small = await Leanmqd.start(redis.url, ["--publish-window", String(WINDOW)]);
+    authed = await Leanmqd.start(redis.url, ["--auth-tokens", writeTokensFile(tmp.dir)]);
   });
 
   after(async () => {
     await broker?.stop();
     await small?.stop();
+    await authed?.stop();
     await redis?.stop();
     tmp?.remove();
   });
@@ -135,6 +138,32 @@ describe("publishOnStream() against leanmqd", { skip: skipReason() }, () => {
     assert.equal(settled, 200);
     assert.equal(new Set(await Promise.all(all)).size, 200);
     await assert.rejects(w.publishOnStream(path, 1), /webhook is closed/);
+  });
+
+  test("no token: every promise rejects UNAUTHENTICATED; a path outside the grant: PERMISSION_DENIED for that message", T, async () => {
+    const anon = new Webhook(authed.target);
+    const path = newPath("anon");
+    try {
+      const results = await Promise.allSettled([anon.publishOnStream(path, 1), anon.publishOnStream(path, 2)]);
+      for (const r of results) {
+        assert.equal(r.status, "rejected");
+        assert.equal(((r as PromiseRejectedResult).reason as ServiceError).code, status.UNAUTHENTICATED);
+      }
+      assert.equal(anon.publishing, 0);
+    } finally {
+      await anon.close();
+    }
+    const w = new Webhook(authed.target, { token: SEND_ONLY_TOKEN });
+    const allowed = `/other/${randomBytes(4).toString("hex")}`;
+    try {
+      const [denied, ok] = await Promise.allSettled([w.publishOnStream("/sdk/x", 1), w.publishOnStream(allowed, 2)]);
+      assert.equal(denied.status, "rejected");
+      assert.equal(((denied as PromiseRejectedResult).reason as ServiceError).code, status.PERMISSION_DENIED);
+      assert.equal(ok.status, "fulfilled");
+      assert.equal(storedIds(streamOf(allowed)).length, 1);
+    } finally {
+      await w.close();
+    }
   });
 
   for (const signal of ["SIGTERM", "SIGKILL"] as const) {
