@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leanmq/leanmq-grpc/clients/go/leanmqv1"
 )
@@ -23,6 +26,16 @@ type Message struct {
 	// one with the same key: within each consumer group they are delivered
 	// one at a time, in send order (see WithOrderingKey).
 	OrderingKey string
+	// IdempotencyKey, when not empty, deduplicates the message: a second
+	// message with the same key on the same queue within the broker's dedup
+	// window (default 24 h) stores nothing and gets the first one's id
+	// (see WithIdempotencyKey).
+	IdempotencyKey string
+	// Delay, when positive, makes the message visible only after it (see
+	// WithDelay).
+	Delay time.Duration
+	// TTL, when positive, is the message's time to live (see WithTTL).
+	TTL time.Duration
 }
 
 // SendOption configures one Send.
@@ -56,6 +69,23 @@ func WithContentType(ct string) SendOption { return func(m *Message) { m.Content
 // (codes.InvalidArgument). See docs/ordering.md.
 func WithOrderingKey(key string) SendOption { return func(m *Message) { m.OrderingKey = key } }
 
+// WithIdempotencyKey deduplicates the message: a message sent with a key
+// already used on the same queue within the broker's dedup window
+// (--dedup-window, default 24 h) stores nothing and gets the first
+// message's id. At most 256 bytes, no control characters. Publish sets a
+// random one when none is given.
+func WithIdempotencyKey(key string) SendOption { return func(m *Message) { m.IdempotencyKey = key } }
+
+// WithDelay makes the message visible only after d (at most 365 days). The
+// schedule lives in Redis; until the message is due Send and Publish return
+// an empty message id.
+func WithDelay(d time.Duration) SendOption { return func(m *Message) { m.Delay = d } }
+
+// WithTTL gives the message a time to live, counted from now: an expired
+// message is never delivered but moved to the dead-letter queue with reason
+// "expired". At most 365 days.
+func WithTTL(d time.Duration) SendOption { return func(m *Message) { m.TTL = d } }
+
 // Send appends one message to path's queue and returns its message id once
 // the broker has stored it.
 //
@@ -75,7 +105,7 @@ func (c *Client) Send(ctx context.Context, path string, payload any, opts ...Sen
 	}
 	resp, err := c.rpc.Send(withTraceparent(ctx), req)
 	if err != nil {
-		return "", fmt.Errorf("leanmq: send to %s: %w", path, err)
+		return "", sendError(path, err)
 	}
 	return resp.GetMessageId(), nil
 }
@@ -110,9 +140,17 @@ func (m Message) request() (*pb.SendRequest, error) {
 	if m.ContentType != "" {
 		ct = m.ContentType
 	}
-	return &pb.SendRequest{
+	req := &pb.SendRequest{
 		Path: m.Path, Payload: payload, ContentType: ct, Headers: m.Headers, OrderingKey: m.OrderingKey,
-	}, nil
+		IdempotencyKey: m.IdempotencyKey,
+	}
+	if m.Delay > 0 {
+		req.Delay = durationpb.New(m.Delay)
+	}
+	if m.TTL > 0 {
+		req.Ttl = durationpb.New(m.TTL)
+	}
+	return req, nil
 }
 
 // encodePayload applies the payload rules: bytes as is, everything else as JSON.
