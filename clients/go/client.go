@@ -53,6 +53,7 @@ type config struct {
 	token         string
 	logger        *slog.Logger
 	onSubscribed  func(path string)
+	publish       PublishSettings
 }
 
 // WithGroup sets the consumer group for Run, Receive and ProcessMessages.
@@ -137,6 +138,7 @@ type Client struct {
 	mu      sync.Mutex
 	routes  []*route
 	running bool
+	pub     *publisher // the Publish stream, made by the first Publish
 }
 
 // Dial creates a client for the leanmqd at target ("host:port" or any gRPC
@@ -235,9 +237,21 @@ func (b *bearerConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, metho
 // not wrap.
 func (c *Client) Broker() pb.BrokerClient { return c.rpc }
 
-// Close closes the connection made by Dial. Cancel Run's context (and let
-// Run return) before closing, or in-flight settles fail.
+// Close waits for outstanding publishes (up to PublishSettings.CloseTimeout,
+// default 10 s; those still unanswered then fail with ErrClosed), ends the
+// Publish stream and closes the connection made by Dial. Publish after
+// Close fails with ErrClosed. Cancel Run's context (and let Run return)
+// before closing, or in-flight settles fail.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	p := c.pub
+	if p == nil {
+		// A Publish after Close gets a closed publisher.
+		p = newPublisher(c)
+		c.pub = p
+	}
+	c.mu.Unlock()
+	p.close()
 	if c.conn == nil {
 		return nil
 	}
