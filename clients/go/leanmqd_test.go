@@ -201,15 +201,57 @@ func (r *redisServer) pending(t *testing.T, stream, group string) int {
 // health (which needs no token) says SERVING, over creds.
 func startLeanmqd(t *testing.T, bin, redisURL string, creds credentials.TransportCredentials, args ...string) string {
 	t.Helper()
+	return launchLeanmqd(t, bin, redisURL, creds, args...).addr
+}
+
+// leanmqd is a running leanmqd that can be restarted on its address.
+type leanmqd struct {
+	t     *testing.T
+	bin   string
+	addr  string
+	argv  []string
+	creds credentials.TransportCredentials
+	cmd   *exec.Cmd
+	done  <-chan struct{}
+}
+
+// launchLeanmqd is startLeanmqd, returning the process for restart.
+func launchLeanmqd(t *testing.T, bin, redisURL string, creds credentials.TransportCredentials, args ...string) *leanmqd {
+	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	var log bytes.Buffer
-	cmd := exec.Command(bin, append([]string{"--listen", addr, "--redis-url", redisURL}, args...)...)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	done := startProcess(t, cmd)
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	d := &leanmqd{t: t, bin: bin, addr: addr, creds: creds,
+		argv: append([]string{"--listen", addr, "--redis-url", redisURL}, args...)}
+	d.spawn()
+	return d
+}
+
+// restart stops leanmqd with sig (SIGTERM: its graceful drain, killed after
+// 10 s; SIGKILL: at once) and starts it again on the same address and
+// arguments, returning once it serves.
+func (d *leanmqd) restart(sig syscall.Signal) {
+	d.t.Helper()
+	_ = d.cmd.Process.Signal(sig)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
+	d.spawn()
+}
+
+func (d *leanmqd) spawn() {
+	t := d.t
+	t.Helper()
+	var log bytes.Buffer
+	cmd := exec.Command(d.bin, d.argv...)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	done := startProcess(t, cmd)
+	d.cmd, d.done = cmd, done
+	conn, err := grpc.NewClient(d.addr, grpc.WithTransportCredentials(d.creds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +263,7 @@ func startLeanmqd(t *testing.T, bin, redisURL string, creds credentials.Transpor
 		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
 		cancel()
 		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return addr
+			return
 		}
 		select {
 		case <-done:
