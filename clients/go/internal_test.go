@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"google.golang.org/grpc/metadata"
 )
 
 func TestBackoffDoublesWithJitterAndCaps(t *testing.T) {
@@ -111,5 +113,43 @@ func TestEncodePayload(t *testing.T) {
 	}
 	if b, ct, _ := encodePayload(nil); ct != ContentTypeJSON || string(b) != "null" {
 		t.Errorf("nil: %s %s", b, ct)
+	}
+}
+
+func TestPublishWindowHeader(t *testing.T) {
+	cases := []struct {
+		values []string
+		want   int
+		ok     bool
+	}{
+		{nil, 0, false},
+		{[]string{"8"}, 8, true},
+		{[]string{" 1000 "}, 1000, true},
+		{[]string{"0"}, 1, true},
+		{[]string{"99999"}, maxPublishWindow, true},
+		{[]string{"many"}, 0, false},
+	}
+	for _, tc := range cases {
+		md := metadata.MD{}
+		if tc.values != nil {
+			md.Set(publishWindowHeader, tc.values...)
+		}
+		if got, ok := windowOf(md); got != tc.want || ok != tc.ok {
+			t.Errorf("windowOf(%v) = %d, %v; want %d, %v", tc.values, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestPublishSettingsDefaults(t *testing.T) {
+	got := PublishSettings{CountThreshold: 7}.withDefaults()
+	want := PublishSettings{
+		DelayThreshold: 5 * time.Millisecond, CountThreshold: 7, ByteThreshold: 1 << 20,
+		ReconnectTimeout: 30 * time.Second, CloseTimeout: 10 * time.Second,
+	}
+	if got != want {
+		t.Fatalf("%+v, want %+v", got, want)
+	}
+	if k := newIdempotencyKey(); !strings.HasPrefix(k, "go-") || len(k) != 3+32 || k == newIdempotencyKey() {
+		t.Fatalf("idempotency key %q", k)
 	}
 }

@@ -233,6 +233,12 @@ func launchLeanmqd(t *testing.T, bin, redisURL string, creds credentials.Transpo
 // arguments, returning once it serves.
 func (d *leanmqd) restart(sig syscall.Signal) {
 	d.t.Helper()
+	d.stop(sig)
+	d.spawn()
+}
+
+// stop stops leanmqd with sig (killed after 10 s) and waits for it to exit.
+func (d *leanmqd) stop(sig syscall.Signal) {
 	_ = d.cmd.Process.Signal(sig)
 	select {
 	case <-d.done:
@@ -240,7 +246,6 @@ func (d *leanmqd) restart(sig syscall.Signal) {
 		_ = d.cmd.Process.Kill()
 		<-d.done
 	}
-	d.spawn()
 }
 
 func (d *leanmqd) spawn() {

@@ -487,7 +487,7 @@ func (p *publisher) stream() (int, error) {
 	// Every unanswered message is written again, in sequence order, under
 	// its idempotency key.
 	p.mu.Lock()
-	p.buf = p.buf[:0]
+	p.buf = make([]*pubEntry, 0, len(p.pending))
 	p.bufBytes = 0
 	for _, seq := range slices.Sorted(maps.Keys(p.pending)) {
 		e := p.pending[seq]
