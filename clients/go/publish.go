@@ -372,6 +372,11 @@ func (p *publisher) flush(ctx context.Context) error {
 	for _, r := range results {
 		select {
 		case <-r.ready:
+			continue
+		default:
+		}
+		select {
+		case <-r.ready:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -286,12 +286,27 @@ func TestPublishAgainstLeanmqd(t *testing.T) {
 			}
 		}
 		sameIDs(t, redis, path, mustIDs(t, results))
-		// A Flush whose ctx ends first says so.
-		c.Publish(ctx, path, "held")
-		cctx, cancelNow := context.WithCancel(ctx)
-		cancelNow()
-		if err := c.Flush(cctx); !errors.Is(err, context.Canceled) {
-			t.Fatalf("Flush with a cancelled ctx: %v", err)
+		// A Flush whose ctx ends first says so: Redis holds every write.
+		redis.cli(t, "CLIENT", "PAUSE", "20000", "WRITE")
+		paused := true
+		defer func() {
+			if paused {
+				redis.cli(t, "CLIENT", "UNPAUSE")
+			}
+		}()
+		last := c.Publish(ctx, path, "held")
+		tctx, cancelSoon := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancelSoon()
+		if err := c.Flush(tctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Flush past its ctx: %v, want DeadlineExceeded", err)
+		}
+		if ready(last) {
+			t.Fatal("answered while Redis was paused")
+		}
+		redis.cli(t, "CLIENT", "UNPAUSE")
+		paused = false
+		if err := c.Flush(fctx); err != nil || !ready(last) {
+			t.Fatalf("Flush: %v, ready %v", err, ready(last))
 		}
 	})
 
