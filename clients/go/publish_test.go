@@ -331,6 +331,42 @@ func TestPublishAgainstLeanmqd(t *testing.T) {
 		}
 	})
 
+	t.Run("Close stops waiting after CloseTimeout; what is unanswered fails ErrClosed", func(t *testing.T) {
+		c := dialReal(t, addr, leanmq.WithPublishSettings(leanmq.PublishSettings{CloseTimeout: 200 * time.Millisecond}))
+		path := publishPath("close-timeout")
+		if _, err := c.Publish(ctx, path, "first").Get(ctx); err != nil {
+			t.Fatal(err)
+		}
+		redis.cli(t, "CLIENT", "PAUSE", "20000", "WRITE") // nothing is answered
+		paused := true
+		defer func() {
+			if paused {
+				redis.cli(t, "CLIENT", "UNPAUSE")
+			}
+		}()
+		var held []*leanmq.PublishResult
+		for i := range 3 {
+			held = append(held, c.Publish(ctx, path, i))
+		}
+		start := time.Now()
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if took := time.Since(start); took < 200*time.Millisecond || took > 5*time.Second {
+			t.Fatalf("Close took %v with a 200 ms CloseTimeout", took)
+		}
+		for i, r := range held {
+			if !ready(r) {
+				t.Fatalf("result %d not ready after Close", i)
+			}
+			if _, err := r.Get(ctx); !errors.Is(err, leanmq.ErrClosed) {
+				t.Fatalf("result %d: %v, want ErrClosed", i, err)
+			}
+		}
+		redis.cli(t, "CLIENT", "UNPAUSE")
+		paused = false
+	})
+
 	t.Run("ctx's span becomes the message's traceparent", func(t *testing.T) {
 		tp := sdktrace.NewTracerProvider()
 		t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
