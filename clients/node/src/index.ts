@@ -1,4 +1,6 @@
 export { Webhook } from "./webhook";
+export { DEFAULT_PUBLISH_SETTINGS } from "./publish";
+export type { PublishSettings } from "./publish";
 export { Admin, DeadLetterEntry, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./admin";
 export type {
   AdminOptions,

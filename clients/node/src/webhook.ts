@@ -21,7 +21,7 @@ import { Delivery, type DeliveryHooks } from "./delivery";
 import { DeadLetterError, RetryAfterError } from "./errors";
 import { bearerInterceptor, deferred, errorMessage, msToDuration, type Deferred } from "./internal";
 import { encodePayload } from "./payload";
-import { Publisher } from "./publish";
+import { Publisher, publishSettings, type PublishSettings } from "./publish";
 import { Rpc } from "./rpc";
 import { SubscribeLoop } from "./stream";
 import { inHandlerSpan } from "./tracing";
@@ -80,6 +80,14 @@ export interface WebhookOptions {
   callTimeoutMs?: number;
   /** Reconnect backoff of a broken Subscribe stream. Default 100 ms doubling to 5 s, with jitter. */
   reconnect?: { initialMs?: number; maxMs?: number };
+  /**
+   * How `publishOnStream()` batches messages onto the Publish stream: the
+   * buffer is written as one burst at `maxMessages` (default 100) or
+   * `maxBytes` (serialized requests, default 1 MiB), `maxDelayMs` after its
+   * first message (default 5), or on `flush()`/`close()`. Checked by the
+   * constructor (TypeError/RangeError).
+   */
+  publishSettings?: PublishSettings;
 }
 
 export interface SendOptions {
@@ -174,6 +182,7 @@ export class Webhook extends EventEmitter {
   private adminClient: Admin | undefined;
   private publisher: Publisher | undefined;
   private readonly rpc: Rpc;
+  private readonly publishSettings: Required<PublishSettings>;
   private readonly routes = new Map<string, Route>();
   private readonly iterators = new Set<SubscribeLoop>();
   private current: RunState | undefined;
@@ -185,6 +194,7 @@ export class Webhook extends EventEmitter {
     readonly options: WebhookOptions = {},
   ) {
     super();
+    this.publishSettings = publishSettings(options.publishSettings); // throws before a channel is made
     const channelOptions: ChannelOptions = {
       "grpc.keepalive_time_ms": 60_000,
       "grpc.keepalive_timeout_ms": 20_000,
@@ -241,21 +251,29 @@ export class Webhook extends EventEmitter {
    * `details`). At most the broker's window (`leanmq-publish-window`) is
    * unanswered at once; beyond it this waits. Each message has an idempotency
    * key (`node-<uuid>` unless given): on a broken stream the unanswered ones
-   * are resent, never stored twice. `flush()`/`close()` wait for them all.
+   * are resent, never stored twice. Messages are written in bursts
+   * (`publishSettings`: `maxMessages`, `maxBytes`, or `maxDelayMs` after the
+   * first of a burst, whichever comes first). `flush()`/`close()` write the
+   * burst at once and wait for them all.
    */
   async publishOnStream(path: string, data: unknown, options: SendOptions = {}): Promise<string> {
     if (this.closed) throw new Error("leanmq-grpc: webhook is closed");
     const request = this.sendRequest(path, data, options);
     if (request.idempotencyKey === "") request.idempotencyKey = `node-${randomUUID()}`;
     const reconnect = { initialMs: this.options.reconnect?.initialMs ?? 100, maxMs: this.options.reconnect?.maxMs ?? 5000 };
-    this.publisher ??= new Publisher(this.client, reconnect, (error, ms) => this.emit("publishReconnecting", { error, delayMs: ms }));
+    this.publisher ??= new Publisher(
+      this.client,
+      reconnect,
+      (error, ms) => this.emit("publishReconnecting", { error, delayMs: ms }),
+      this.publishSettings,
+    );
     return this.publisher.publish(request);
   }
 
   /** `publishOnStream()` messages not answered yet (at most the broker's window). */
   get publishing(): number { return this.publisher?.outstanding ?? 0; }
 
-  /** Resolves once every `publishOnStream()` promise so far is settled (it never rejects). */
+  /** Writes the waiting burst; resolves once every `publishOnStream()` promise so far is settled (it never rejects). */
   async flush(): Promise<void> {
     await this.publisher?.flush();
   }

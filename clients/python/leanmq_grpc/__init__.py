@@ -61,6 +61,7 @@ from .errors import (
     Unimplemented,
     Unknown,
 )
+from ._publish import PublishSettings
 from .webhook import Webhook, WebhookService
 
 __version__ = "0.1.0"
@@ -88,6 +89,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "PublishSettings",
     "QueueInfo",
     "QueueSummary",
     "Requeued",

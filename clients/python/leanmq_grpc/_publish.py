@@ -9,16 +9,26 @@ unanswered at once: ``publish`` blocks while it is full. When the stream
 breaks, a new one is opened and every unanswered message is sent again
 under its idempotency key, so a message the broker had stored before the
 break is answered with its first id (``duplicate``) instead of being stored
-twice. Messages are written as they come; gRPC packs them into frames.
+twice.
+
+Messages are batched (:class:`PublishSettings`, issue #18): they wait in a
+buffer, already counted against the window, and the buffer is written to the
+stream as one burst when it holds ``max_messages`` messages or
+``max_bytes`` of serialized requests, ``max_delay`` seconds after its first
+message, when the window is full (nothing more could join it), or on
+``flush()``/``close()``. A resend after a break writes what had been written
+and not answered; the buffer keeps waiting for its own burst.
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import grpc
 
@@ -29,6 +39,8 @@ from .errors import Unavailable, error_for, error_for_code
 
 #: The window assumed until the server announces its own.
 DEFAULT_WINDOW = 1000
+#: The largest window a leanmqd announces (``--publish-window`` is 1-10000).
+MAX_WINDOW = 10_000
 #: How long a broken stream is reopened before its messages fail.
 RECONNECT_FOR = 30.0
 _END = object()
@@ -40,6 +52,50 @@ def _window_of(metadata: Any) -> Optional[str]:
         if key == "leanmq-publish-window":
             return str(value)
     return None
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """How :meth:`Webhook.publish` batches messages onto the Publish stream
+    (the same settings in every SDK; like Pub/Sub's ``BatchSettings``).
+
+    The messages published so far are written as one burst when the first
+    of these holds:
+
+    Args:
+        max_delay: seconds since the buffer's first message (default 5 ms).
+        max_messages: messages in the buffer (default 100); at most
+            10000, leanmqd's largest window. When the server's window is
+            smaller, the buffer is also written once the window is full.
+        max_bytes: serialized size of the buffered requests (default 1 MiB);
+            a message that would take the buffer past it is written in the
+            next burst, so a burst exceeds ``max_bytes`` only when a single
+            message does.
+
+    ``flush()`` and ``close()`` write the buffer at once. Invalid values raise
+    ``ValueError`` (``TypeError`` for a value of the wrong type).
+    """
+
+    max_delay: float = 0.005
+    max_messages: int = 100
+    max_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        d = self.max_delay
+        if isinstance(d, bool) or not isinstance(d, (int, float)):
+            raise TypeError(f"PublishSettings.max_delay must be a number of seconds, not {type(d).__name__}")
+        if not (math.isfinite(d) and d > 0):
+            raise ValueError(f"PublishSettings.max_delay must be a positive, finite number of seconds, got {d!r}")
+        for name, limit in (("max_messages", MAX_WINDOW), ("max_bytes", None)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"PublishSettings.{name} must be an int, not {type(v).__name__}")
+            if v < 1:
+                raise ValueError(f"PublishSettings.{name} must be >= 1, got {v}")
+            if limit is not None and v > limit:
+                raise ValueError(
+                    f"PublishSettings.{name} must be <= {limit} (the largest publish window leanmqd allows), got {v}"
+                )
 
 
 def build_publish_message(
@@ -66,15 +122,25 @@ def build_publish_message(
 class Publisher:
     """The one Publish stream of a :class:`~leanmq_grpc.Webhook`."""
 
-    def __init__(self, open_stream: Callable[[Iterator[pb.PublishRequest]], Any]) -> None:
+    def __init__(
+        self,
+        open_stream: Callable[[Iterator[pb.PublishRequest]], Any],
+        settings: Optional[PublishSettings] = None,
+    ) -> None:
         self._open = open_stream
+        self._settings = settings or PublishSettings()
         self._lock = threading.Condition()
         self._pending: Dict[int, Tuple[pb.PublishRequest, "Future[str]"]] = {}
         self._seq = 0
         self._window = DEFAULT_WINDOW
         self._outbox: Optional["queue.Queue[Any]"] = None
         self._thread: Optional[threading.Thread] = None
+        self._timer: Optional[threading.Thread] = None
         self._closing = False
+        # The batch: published (in _pending) but not written yet.
+        self._buffer: Dict[int, pb.PublishRequest] = {}
+        self._buffer_bytes = 0
+        self._buffer_since = 0.0
 
     def publish(self, message: pb.SendRequest) -> "Future[str]":
         fut: "Future[str]" = Future()
@@ -86,17 +152,20 @@ class Publisher:
             self._seq += 1
             req = pb.PublishRequest(sequence=self._seq, message=message)
             self._pending[self._seq] = (req, fut)
+            self._add_to_buffer(req)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="leanmq-publish", daemon=True)
                 self._thread.start()
-            elif self._outbox is not None:
-                self._outbox.put(req)
+                self._timer = threading.Thread(target=self._time_bursts, name="leanmq-publish-batch", daemon=True)
+                self._timer.start()
         return fut
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every published message is answered; False on timeout."""
+        """Write the buffer now, then wait until every published message is
+        answered; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            self._write_buffer()
             while self._pending:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -112,10 +181,55 @@ class Publisher:
             if self._outbox is not None:
                 self._outbox.put(_END)
             self._lock.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+            threads = (self._thread, self._timer)
+        for thread in threads:
+            if thread is not None:
+                thread.join(timeout)
         return done
+
+    # ------------------------------------------------------------ the batch (under _lock)
+
+    def _add_to_buffer(self, req: pb.PublishRequest) -> None:
+        s = self._settings
+        size = req.ByteSize()
+        if self._buffer and self._buffer_bytes + size > s.max_bytes:
+            self._write_buffer()  # the burst so far stays within max_bytes
+        if not self._buffer:
+            self._buffer_since = time.monotonic()
+            self._lock.notify_all()  # the timer thread starts counting
+        self._buffer[req.sequence] = req
+        self._buffer_bytes += size
+        if (
+            len(self._buffer) >= s.max_messages
+            or self._buffer_bytes >= s.max_bytes
+            or len(self._pending) >= self._window  # nothing more can join it
+        ):
+            self._write_buffer()
+
+    def _write_buffer(self) -> None:
+        """The buffered messages, as one burst, onto the open stream (or, between
+        streams, left to the next one, which writes every unanswered written message)."""
+        if not self._buffer:
+            return
+        burst = list(self._buffer.values())
+        self._buffer.clear()
+        self._buffer_bytes = 0
+        if self._outbox is not None:
+            for req in burst:
+                self._outbox.put(req)
+
+    def _time_bursts(self) -> None:
+        """Writes the buffer ``max_delay`` after its first message."""
+        with self._lock:
+            while not self._closing:
+                if not self._buffer:
+                    self._lock.wait()
+                    continue
+                left = self._buffer_since + self._settings.max_delay - time.monotonic()
+                if left <= 0:
+                    self._write_buffer()
+                else:
+                    self._lock.wait(left)
 
     # ------------------------------------------------------------ the stream
 
@@ -135,7 +249,8 @@ class Publisher:
                     return
                 outbox: "queue.Queue[Any]" = queue.Queue()
                 for seq in sorted(self._pending):  # unanswered: sent again, same keys
-                    outbox.put(self._pending[seq][0])
+                    if seq not in self._buffer:  # the batch waits for its own burst
+                        outbox.put(self._pending[seq][0])
                 self._outbox = outbox
             answered = 0
             try:
@@ -169,6 +284,8 @@ class Publisher:
         if window and str(window).isdigit():
             with self._lock:
                 self._window = max(1, int(window))
+                if len(self._pending) >= self._window:
+                    self._write_buffer()
                 self._lock.notify_all()
         for resp in call:
             with self._lock:
@@ -188,6 +305,8 @@ class Publisher:
         with self._lock:
             failed = list(self._pending.values())
             self._pending.clear()
+            self._buffer.clear()
+            self._buffer_bytes = 0
             self._lock.notify_all()
         for _, fut in failed:
             fut.set_exception(err)
@@ -202,13 +321,14 @@ def stream_opener(stub: Any, metadata: Any) -> Callable[[Iterator[pb.PublishRequ
 
 class AsyncPublisher:
     """:class:`Publisher` for asyncio: the one Publish stream of an
-    :class:`~leanmq_grpc.AsyncWebhook`, run by one task."""
+    :class:`~leanmq_grpc.AsyncWebhook`, run by one task; the same batching."""
 
-    def __init__(self, open_stream: Callable[[], Any]) -> None:
+    def __init__(self, open_stream: Callable[[], Any], settings: Optional[PublishSettings] = None) -> None:
         import asyncio
 
         self._asyncio = asyncio
         self._open = open_stream
+        self._settings = settings or PublishSettings()
         self._cond = asyncio.Condition()
         self._pending: Dict[int, Tuple[pb.PublishRequest, "asyncio.Future[str]"]] = {}
         self._seq = 0
@@ -216,6 +336,10 @@ class AsyncPublisher:
         self._outbox: Optional["asyncio.Queue[Any]"] = None
         self._task: Optional["asyncio.Task[None]"] = None
         self._closing = False
+        # The batch: published (in _pending) but not written yet.
+        self._buffer: Dict[int, pb.PublishRequest] = {}
+        self._buffer_bytes = 0
+        self._timer: Optional["asyncio.TimerHandle"] = None
 
     async def publish(self, message: pb.SendRequest) -> str:
         async with self._cond:
@@ -226,14 +350,14 @@ class AsyncPublisher:
             req = pb.PublishRequest(sequence=self._seq, message=message)
             fut: "Any" = self._asyncio.get_running_loop().create_future()
             self._pending[self._seq] = (req, fut)
+            self._add_to_buffer(req)
             if self._task is None:
                 self._task = self._asyncio.create_task(self._run())
-            elif self._outbox is not None:
-                self._outbox.put_nowait(req)
         return str(await fut)
 
     async def flush(self) -> None:
         async with self._cond:
+            self._write_buffer()
             await self._cond.wait_for(lambda: not self._pending)
 
     async def close(self) -> None:
@@ -245,6 +369,38 @@ class AsyncPublisher:
             self._cond.notify_all()
         if self._task is not None:
             await self._task
+
+    # ------------------------------------------------------------ the batch (on the loop)
+
+    def _add_to_buffer(self, req: pb.PublishRequest) -> None:
+        s = self._settings
+        size = req.ByteSize()
+        if self._buffer and self._buffer_bytes + size > s.max_bytes:
+            self._write_buffer()
+        if not self._buffer:
+            self._timer = self._asyncio.get_running_loop().call_later(s.max_delay, self._write_buffer)
+        self._buffer[req.sequence] = req
+        self._buffer_bytes += size
+        if (
+            len(self._buffer) >= s.max_messages
+            or self._buffer_bytes >= s.max_bytes
+            or len(self._pending) >= self._window
+        ):
+            self._write_buffer()
+
+    def _write_buffer(self) -> None:
+        """As :meth:`Publisher._write_buffer`; also run by the ``max_delay`` timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffer:
+            return
+        burst = list(self._buffer.values())
+        self._buffer.clear()
+        self._buffer_bytes = 0
+        if self._outbox is not None:
+            for req in burst:
+                self._outbox.put_nowait(req)
 
     async def _write(self, call: Any, outbox: Any) -> None:
         """Feed ``call`` from ``outbox`` until ``_END`` (its writes, not a
@@ -268,7 +424,8 @@ class AsyncPublisher:
                     return
                 outbox: Any = self._asyncio.Queue()
                 for seq in sorted(self._pending):
-                    outbox.put_nowait(self._pending[seq][0])
+                    if seq not in self._buffer:  # the batch waits for its own burst
+                        outbox.put_nowait(self._pending[seq][0])
                 self._outbox = outbox
             answered = 0
             call = self._open()
@@ -304,6 +461,8 @@ class AsyncPublisher:
         if window and str(window).isdigit():
             async with self._cond:
                 self._window = max(1, int(window))
+                if len(self._pending) >= self._window:
+                    self._write_buffer()
                 self._cond.notify_all()
         async for resp in call:
             async with self._cond:
@@ -322,6 +481,8 @@ class AsyncPublisher:
         async with self._cond:
             failed = list(self._pending.values())
             self._pending.clear()
+            self._buffer.clear()
+            self._buffer_bytes = 0
             self._cond.notify_all()
         for _, fut in failed:
             if not fut.done():

@@ -44,7 +44,7 @@ from ._proto.leanmq.v1 import admin_pb2_grpc as apb_grpc
 from . import tracing
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
-from ._publish import AsyncPublisher, build_publish_message
+from ._publish import AsyncPublisher, PublishSettings, build_publish_message
 from .admin import (
     DEFAULT_PAGE_SIZE,
     QUEUE_PAGE,
@@ -89,7 +89,8 @@ class AsyncWebhook:
     """asyncio twin of :class:`leanmq_grpc.Webhook`.
 
     Same constructor arguments (``target`` is ``"host:port"`` or a
-    ``grpc.aio.Channel``; ``token`` is sent as ``authorization: Bearer
+    ``grpc.aio.Channel``; ``publish_settings`` batch :meth:`publish` as
+    :class:`~leanmq_grpc.PublishSettings` say; ``token`` is sent as ``authorization: Bearer
     <token>`` on every call, Subscribe streams included). Handlers may be
     ``async def`` (awaited on the loop) or plain functions (run in the loop's
     default executor).
@@ -112,11 +113,15 @@ class AsyncWebhook:
         options: Optional[Sequence[Any]] = None,
         rpc_timeout: float = 30.0,
         token: Optional[str] = None,
+        publish_settings: Optional[PublishSettings] = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if not 0.1 <= ack_deadline <= 12 * 3600:
             raise ValueError("ack_deadline must be between 0.1 s and 12 h")
+        if publish_settings is not None and not isinstance(publish_settings, PublishSettings):
+            raise TypeError("publish_settings must be a leanmq_grpc.PublishSettings")
+        self.publish_settings = publish_settings or PublishSettings()
         self.target = target
         self.group = group
         self.consumer = consumer or default_consumer()
@@ -227,12 +232,12 @@ class AsyncWebhook:
         if self._publisher is None:
             stub = self._get_stub()
             self._publisher = AsyncPublisher(
-                lambda: stub.Publish(metadata=tracing.with_trace(self._metadata))
+                lambda: stub.Publish(metadata=tracing.with_trace(self._metadata)), self.publish_settings
             )
         return await self._publisher.publish(msg)
 
     async def flush(self) -> None:
-        """Wait until every :meth:`publish` is answered."""
+        """Write the waiting burst, then wait until every :meth:`publish` is answered."""
         if self._publisher is not None:
             await self._publisher.flush()
 

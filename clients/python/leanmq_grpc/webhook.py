@@ -43,7 +43,7 @@ from ._common import (
 from . import tracing
 from ._proto.leanmq.v1 import broker_pb2 as pb
 from ._proto.leanmq.v1 import broker_pb2_grpc as pb_grpc
-from ._publish import Publisher, build_publish_message, stream_opener
+from ._publish import Publisher, PublishSettings, build_publish_message, stream_opener
 from .admin import Admin
 from .errors import error_for
 
@@ -286,6 +286,9 @@ class Webhook:
             ``PERMISSION_DENIED`` (``Unauthenticated`` / ``PermissionDenied``,
             both :class:`~leanmq_grpc.LeanMQError`; a service stops with it in
             ``service.error``).
+        publish_settings: how :meth:`publish` batches messages onto the
+            Publish stream (:class:`~leanmq_grpc.PublishSettings`; default
+            5 ms, 100 messages, 1 MiB).
     """
 
     def __init__(
@@ -301,11 +304,14 @@ class Webhook:
         options: Optional[Sequence[Any]] = None,
         rpc_timeout: float = 30.0,
         token: Optional[str] = None,
+        publish_settings: Optional[PublishSettings] = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if not 0.1 <= ack_deadline <= 12 * 3600:
             raise ValueError("ack_deadline must be between 0.1 s and 12 h")
+        if publish_settings is not None and not isinstance(publish_settings, PublishSettings):
+            raise TypeError("publish_settings must be a leanmq_grpc.PublishSettings")
         call_md = call_metadata(metadata, token)  # validates before a channel is made
         if isinstance(target, grpc.Channel):
             self._channel, self._owns_channel = target, False
@@ -326,6 +332,7 @@ class Webhook:
         self._acker = _AckBatcher(self)
         self._services: List["WebhookService"] = []
         self._admin: Optional[Admin] = None
+        self.publish_settings = publish_settings or PublishSettings()
         self._publisher: Optional[Publisher] = None
         self._closed = False
 
@@ -417,9 +424,12 @@ class Webhook:
         Takes ``send``'s options plus ``idempotency_key``, ``delay`` and
         ``ttl`` (seconds). Without ``idempotency_key`` the SDK sets one, so
         the resend after a broken stream never stores a message twice. Blocks
-        while the server's window of unanswered messages is full. A refusal
-        arrives on the future as a :class:`~leanmq_grpc.LeanMQError`
-        subclass. :meth:`flush` and :meth:`close` wait for every future.
+        while the server's window of unanswered messages is full. Messages
+        are written in bursts (``publish_settings``: ``max_messages``,
+        ``max_bytes`` or ``max_delay`` after the first of a burst, whichever
+        comes first). A refusal arrives on the future as a
+        :class:`~leanmq_grpc.LeanMQError` subclass. :meth:`flush` and
+        :meth:`close` write the burst at once and wait for every future.
         """
         msg = build_publish_message(
             path,
@@ -432,11 +442,12 @@ class Webhook:
             ttl=ttl,
         )
         if self._publisher is None:
-            self._publisher = Publisher(stream_opener(self._stub, self._metadata))
+            self._publisher = Publisher(stream_opener(self._stub, self._metadata), self.publish_settings)
         return self._publisher.publish(msg)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every :meth:`publish` is answered; False on timeout."""
+        """Write the waiting burst, then wait until every :meth:`publish` is
+        answered; False on timeout."""
         return self._publisher is None or self._publisher.flush(timeout)
 
     # ------------------------------------------------------------ pull processing
