@@ -76,6 +76,23 @@ local function lease_score(deadline, attempt)
   return string.format('%.10f', deadline + attempt / 1024)
 end
 
+-- Keep a lease set in Redis' skiplist encoding. Below 128 members Redis
+-- packs a sorted set in a listpack, where every ZADD, ZMSCORE and
+-- ZRANGEBYSCORE scans the members and parses their scores from text; with
+-- the fractional scores of lease_score that is 16-33 us per ZADD at 120
+-- members against 3-4 us in a skiplist (measured on Redis 7.0). Ordered
+-- delivery with ~100 keys keeps ~100 leases, right in that range. A member
+-- longer than zset-max-listpack-value converts the set, which stays a
+-- skiplist (Redis never converts back) until it is emptied and deleted.
+local function skiplist(leases)
+  local enc = redis.call('OBJECT', 'ENCODING', leases)
+  if enc == 'listpack' or enc == 'ziplist' then
+    local big = string.rep('~', 1024)
+    redis.call('ZADD', leases, 0, big)
+    redis.call('ZREM', leases, big)
+  end
+end
+
 -- The attempt a lease score (or false) vouches for; nil for none.
 local function vouched(score)
   if not score then return nil end
@@ -294,6 +311,7 @@ local function order_settle_ids(stream, group, leases, ids)
   for _, id in ipairs(ids) do
     if order_settle(stream, group, leases, id, entry_key(stream, id), now) then woke = true end
   end
+  if woke then skiplist(leases) end
   return woke
 end
 
@@ -324,6 +342,9 @@ local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_m
       z[#z + 1] = id
     end
   end
-  if #z > 0 then redis.call('ZADD', leases, unpack(z)) end
+  if #z > 0 then
+    redis.call('ZADD', leases, unpack(z))
+    skiplist(leases)
+  end
   return parked, waiting
 end

@@ -140,6 +140,7 @@ if want > 0 then
     end
   end
 end
+if #out > 0 then skiplist(leases) end
 local next_due = -1
 local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
 if #first > 0 then next_due = math.floor(tonumber(first[2])) end
