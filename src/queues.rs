@@ -5,6 +5,8 @@
 //! happens here and nowhere else: ensuring a queue on first use, and giving
 //! credit back (and waking readers) when a delivery is settled.
 
+mod acks;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,16 +50,31 @@ pub struct Queues {
     broker: Arc<Broker>,
     dispatcher: Arc<Dispatcher>,
     coalescer: Coalescer,
+    /// Concurrent Acks share calls (see `acks`).
+    acks: acks::Batcher,
     drain: Drain,
+}
+
+/// What settling needs: Redis, and the readers whose credit comes back.
+#[derive(Clone)]
+struct Settle {
+    broker: Arc<Broker>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl Queues {
     /// The façade over `broker`, its fan-out held to `budget` of unread
     /// bytes, its tasks tracked by `drain`.
     pub fn new(broker: Arc<Broker>, budget: Budget, drain: &Drain) -> Arc<Queues> {
+        let dispatcher = Dispatcher::new(broker.clone(), budget, drain.clone());
+        let settle = Settle {
+            broker: broker.clone(),
+            dispatcher: dispatcher.clone(),
+        };
         Arc::new(Queues {
-            dispatcher: Dispatcher::new(broker.clone(), budget, drain.clone()),
+            dispatcher,
             coalescer: Coalescer::start(broker.clone(), drain),
+            acks: acks::Batcher::start(settle, drain),
             broker,
             drain: drain.clone(),
         })
@@ -176,39 +193,9 @@ impl Queues {
     /// receipt given more than once in one call is settled and counted
     /// once, and every copy reports that one outcome (so a retried batch
     /// that repeats itself reads the same as one that does not).
+    /// Concurrent calls share Redis calls (see `acks`).
     pub async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
-        let (first, repeats) = first_copies(receipts);
-        if !repeats {
-            return self.ack_distinct(receipts).await;
-        }
-        // The distinct receipts, and where each first copy lands among them.
-        let mut unique = Vec::new();
-        let mut at = vec![0; receipts.len()];
-        for (i, &f) in first.iter().enumerate() {
-            if f == i {
-                at[i] = unique.len();
-                unique.push(receipts[i].clone());
-            }
-        }
-        let outcomes = self.ack_distinct(&unique).await?;
-        Ok(first.iter().map(|&f| outcomes[at[f]]).collect())
-    }
-
-    async fn ack_distinct(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
-        let acked = self.broker.ack(receipts).await?;
-        let outcomes = acked.outcomes;
-        // One credit release per (queue, group).
-        for (((queue, group), idx), woke) in by_subscription(receipts).into_iter().zip(acked.woke) {
-            let ids: Vec<&str> = idx
-                .into_iter()
-                .filter(|&i| outcomes[i] != AckOutcome::Stale)
-                .map(|i| receipts[i].id.as_str())
-                .collect();
-            if !ids.is_empty() {
-                self.dispatcher.settled(queue, group, &ids, woke);
-            }
-        }
-        Ok(outcomes)
+        self.acks.ack(receipts).await
     }
 
     /// Retry later, or dead-letter now.
@@ -342,6 +329,47 @@ impl Queues {
 
     pub async fn delete_queue(&self, queue: &str, with_dlq: bool) -> Result<i64> {
         self.broker.delete_queue(queue, with_dlq).await
+    }
+}
+
+impl Settle {
+    /// Settle receipts; what was settled gives its credit back here. A
+    /// receipt given more than once in one call is settled and counted
+    /// once, and every copy reports that one outcome (so a retried batch
+    /// that repeats itself reads the same as one that does not).
+    async fn ack(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        let (first, repeats) = first_copies(receipts);
+        if !repeats {
+            return self.ack_distinct(receipts).await;
+        }
+        // The distinct receipts, and where each first copy lands among them.
+        let mut unique = Vec::new();
+        let mut at = vec![0; receipts.len()];
+        for (i, &f) in first.iter().enumerate() {
+            if f == i {
+                at[i] = unique.len();
+                unique.push(receipts[i].clone());
+            }
+        }
+        let outcomes = self.ack_distinct(&unique).await?;
+        Ok(first.iter().map(|&f| outcomes[at[f]]).collect())
+    }
+
+    async fn ack_distinct(&self, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        let acked = self.broker.ack(receipts).await?;
+        let outcomes = acked.outcomes;
+        // One credit release per (queue, group).
+        for (((queue, group), idx), woke) in by_subscription(receipts).into_iter().zip(acked.woke) {
+            let ids: Vec<&str> = idx
+                .into_iter()
+                .filter(|&i| outcomes[i] != AckOutcome::Stale)
+                .map(|i| receipts[i].id.as_str())
+                .collect();
+            if !ids.is_empty() {
+                self.dispatcher.settled(queue, group, &ids, woke);
+            }
+        }
+        Ok(outcomes)
     }
 }
 

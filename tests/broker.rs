@@ -1175,3 +1175,64 @@ async fn concurrent_sends_share_calls_but_not_failures() {
     assert_eq!(ok, 299);
     assert_eq!(xlen(&redis, "webhook:shared"), 299);
 }
+
+/// Concurrent Ack calls share Redis calls (`queues/acks.rs`): each caller
+/// still gets its own outcomes, in its own order. Every caller acks two
+/// deliveries of its own, a receipt that was never delivered, and one
+/// receipt all callers share, each at a position of its own, so outcomes
+/// handed back to the wrong caller or cut at the wrong place show.
+#[tokio::test]
+async fn concurrent_acks_each_get_their_own_outcomes_in_their_order() {
+    const CALLERS: usize = 40;
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    let n = 2 * CALLERS + 1;
+    for i in 0..n {
+        send(&mut c, "/acks", format!("{i}").as_bytes()).await;
+    }
+    let mut got = receive(&mut c, "/acks", "", n as u32, 30_000).await;
+    assert_eq!(got.len(), n);
+    let shared = got.pop().expect("the shared delivery").receipt;
+    let ghost = leanmq_grpc::broker::receipt::Receipt {
+        queue: "acks".into(),
+        group: "acks-group".into(),
+        id: "1-1".into(),
+        attempt: 1,
+    }
+    .encode(&receipt_keys(&redis));
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(CALLERS));
+    let mut calls = Vec::new();
+    for (i, own) in got.chunks(2).enumerate() {
+        let mut c = c.clone();
+        let start = start.clone();
+        let mut batch = vec![own[0].receipt.clone(), own[1].receipt.clone()];
+        batch.insert(i % 3, ghost.clone());
+        batch.insert((i / 3) % 4, shared.clone());
+        calls.push(tokio::spawn(async move {
+            start.wait().await;
+            let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let outcomes = ack(&mut c, &refs).await;
+            (batch, outcomes)
+        }));
+    }
+    let (mut own_acked, mut shared_acked) = (0, 0);
+    for call in calls {
+        let (batch, outcomes) = call.await.expect("join");
+        assert_eq!(outcomes.len(), batch.len());
+        for (r, o) in batch.iter().zip(outcomes) {
+            if *r == ghost {
+                assert_eq!(o, NOT_PENDING, "a receipt never delivered");
+            } else if *r == shared {
+                assert!(o == ACKED || o == NOT_PENDING, "shared receipt: {o}");
+                shared_acked += usize::from(o == ACKED);
+            } else {
+                assert_eq!(o, ACKED, "a caller's own delivery");
+                own_acked += 1;
+            }
+        }
+    }
+    assert_eq!(own_acked, 2 * CALLERS);
+    assert!(shared_acked >= 1, "the shared receipt was acked by someone");
+    assert_eq!(pending_count(&redis, "webhook:acks", "acks-group"), 0);
+}
