@@ -119,53 +119,6 @@ def build_publish_message(
     return req
 
 
-class _Burst:
-    """The batch: messages published (already counted against the window) but
-    not written yet.
-
-    One implementation of the :class:`PublishSettings` thresholds for
-    :class:`Publisher` and :class:`AsyncPublisher`, so that the thread and
-    asyncio publishers cut the same bursts and cannot drift apart; each keeps
-    only its own locking, ``max_delay`` timer and writes.
-    """
-
-    def __init__(self, settings: PublishSettings) -> None:
-        self._settings = settings
-        # By sequence, in publish order: a resend skips these by sequence.
-        self._requests: Dict[int, pb.PublishRequest] = {}
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._requests)
-
-    def __contains__(self, sequence: object) -> bool:
-        return sequence in self._requests
-
-    def overflows(self, size: int) -> bool:
-        """Whether a message of ``size`` bytes must wait for the next burst, so
-        that a burst passes ``max_bytes`` only when a single message does."""
-        return bool(self._requests) and self._bytes + size > self._settings.max_bytes
-
-    def add(self, req: pb.PublishRequest, size: int) -> None:
-        """``size`` is ``req.ByteSize()``, passed in because the caller has
-        already computed it for :meth:`overflows`."""
-        self._requests[req.sequence] = req
-        self._bytes += size
-
-    def full(self, unanswered: int, window: int) -> bool:
-        """Whether to write now: a threshold is reached, or the window is full
-        and so nothing more could join the burst before an answer."""
-        s = self._settings
-        return len(self._requests) >= s.max_messages or self._bytes >= s.max_bytes or unanswered >= window
-
-    def take(self) -> List[pb.PublishRequest]:
-        """The burst in publish order, emptied, so that it is written once."""
-        burst = list(self._requests.values())
-        self._requests.clear()
-        self._bytes = 0
-        return burst
-
-
 class Publisher:
     """The one Publish stream of a :class:`~leanmq_grpc.Webhook`."""
 
@@ -184,7 +137,9 @@ class Publisher:
         self._thread: Optional[threading.Thread] = None
         self._timer: Optional[threading.Thread] = None
         self._closing = False
-        self._burst = _Burst(self._settings)
+        # The batch: published (in _pending) but not written yet.
+        self._buffer: Dict[int, pb.PublishRequest] = {}
+        self._buffer_bytes = 0
         self._buffer_since = 0.0
 
     def publish(self, message: pb.SendRequest) -> "Future[str]":
@@ -235,20 +190,30 @@ class Publisher:
     # ------------------------------------------------------------ the batch (under _lock)
 
     def _add_to_buffer(self, req: pb.PublishRequest) -> None:
+        s = self._settings
         size = req.ByteSize()
-        if self._burst.overflows(size):
+        if self._buffer and self._buffer_bytes + size > s.max_bytes:
             self._write_buffer()  # the burst so far stays within max_bytes
-        if not self._burst:
+        if not self._buffer:
             self._buffer_since = time.monotonic()
             self._lock.notify_all()  # the timer thread starts counting
-        self._burst.add(req, size)
-        if self._burst.full(len(self._pending), self._window):
+        self._buffer[req.sequence] = req
+        self._buffer_bytes += size
+        if (
+            len(self._buffer) >= s.max_messages
+            or self._buffer_bytes >= s.max_bytes
+            or len(self._pending) >= self._window  # nothing more can join it
+        ):
             self._write_buffer()
 
     def _write_buffer(self) -> None:
         """The buffered messages, as one burst, onto the open stream (or, between
         streams, left to the next one, which writes every unanswered written message)."""
-        burst = self._burst.take()
+        if not self._buffer:
+            return
+        burst = list(self._buffer.values())
+        self._buffer.clear()
+        self._buffer_bytes = 0
         if self._outbox is not None:
             for req in burst:
                 self._outbox.put(req)
@@ -257,7 +222,7 @@ class Publisher:
         """Writes the buffer ``max_delay`` after its first message."""
         with self._lock:
             while not self._closing:
-                if not self._burst:
+                if not self._buffer:
                     self._lock.wait()
                     continue
                 left = self._buffer_since + self._settings.max_delay - time.monotonic()
@@ -284,7 +249,7 @@ class Publisher:
                     return
                 outbox: "queue.Queue[Any]" = queue.Queue()
                 for seq in sorted(self._pending):  # unanswered: sent again, same keys
-                    if seq not in self._burst:  # the batch waits for its own burst
+                    if seq not in self._buffer:  # the batch waits for its own burst
                         outbox.put(self._pending[seq][0])
                 self._outbox = outbox
             answered = 0
@@ -340,7 +305,8 @@ class Publisher:
         with self._lock:
             failed = list(self._pending.values())
             self._pending.clear()
-            self._burst.take()  # failed with the rest, never written
+            self._buffer.clear()
+            self._buffer_bytes = 0
             self._lock.notify_all()
         for _, fut in failed:
             fut.set_exception(err)
@@ -370,7 +336,9 @@ class AsyncPublisher:
         self._outbox: Optional["asyncio.Queue[Any]"] = None
         self._task: Optional["asyncio.Task[None]"] = None
         self._closing = False
-        self._burst = _Burst(self._settings)
+        # The batch: published (in _pending) but not written yet.
+        self._buffer: Dict[int, pb.PublishRequest] = {}
+        self._buffer_bytes = 0
         self._timer: Optional["asyncio.TimerHandle"] = None
 
     async def publish(self, message: pb.SendRequest) -> str:
@@ -405,13 +373,19 @@ class AsyncPublisher:
     # ------------------------------------------------------------ the batch (on the loop)
 
     def _add_to_buffer(self, req: pb.PublishRequest) -> None:
+        s = self._settings
         size = req.ByteSize()
-        if self._burst.overflows(size):
+        if self._buffer and self._buffer_bytes + size > s.max_bytes:
             self._write_buffer()
-        if not self._burst:
-            self._timer = self._asyncio.get_running_loop().call_later(self._settings.max_delay, self._write_buffer)
-        self._burst.add(req, size)
-        if self._burst.full(len(self._pending), self._window):
+        if not self._buffer:
+            self._timer = self._asyncio.get_running_loop().call_later(s.max_delay, self._write_buffer)
+        self._buffer[req.sequence] = req
+        self._buffer_bytes += size
+        if (
+            len(self._buffer) >= s.max_messages
+            or self._buffer_bytes >= s.max_bytes
+            or len(self._pending) >= self._window
+        ):
             self._write_buffer()
 
     def _write_buffer(self) -> None:
@@ -419,7 +393,11 @@ class AsyncPublisher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        burst = self._burst.take()
+        if not self._buffer:
+            return
+        burst = list(self._buffer.values())
+        self._buffer.clear()
+        self._buffer_bytes = 0
         if self._outbox is not None:
             for req in burst:
                 self._outbox.put_nowait(req)
@@ -446,7 +424,7 @@ class AsyncPublisher:
                     return
                 outbox: Any = self._asyncio.Queue()
                 for seq in sorted(self._pending):
-                    if seq not in self._burst:  # the batch waits for its own burst
+                    if seq not in self._buffer:  # the batch waits for its own burst
                         outbox.put_nowait(self._pending[seq][0])
                 self._outbox = outbox
             answered = 0
@@ -503,7 +481,8 @@ class AsyncPublisher:
         async with self._cond:
             failed = list(self._pending.values())
             self._pending.clear()
-            self._burst.take()  # failed with the rest, never written
+            self._buffer.clear()
+            self._buffer_bytes = 0
             self._cond.notify_all()
         for _, fut in failed:
             if not fut.done():
