@@ -69,19 +69,44 @@ impl Coalescer {
 }
 
 /// Take waiting Sends as call slots free up, up to [`MAX_SHARED`] a call.
-async fn gather(
-    broker: Arc<Broker>,
-    mut rx: mpsc::Receiver<Job>,
-    slots: Arc<Semaphore>,
-    drain: Drain,
-) {
+async fn gather(broker: Arc<Broker>, rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, drain: Drain) {
     // On drain, Sends already waiting are still sent (their callers wait);
     // then the task ends, and later Sends get UNAVAILABLE.
+    let call = move |jobs| {
+        let broker = broker.clone();
+        async move { run(&broker, jobs).await }
+    };
+    gather_calls(rx, slots, drain, MAX_SHARED, |_: &Job| 1, call).await;
+}
+
+/// The gathering loop of every sharer (this one, and concurrent Acks in
+/// `queues::acks`): take jobs waiting on `rx` as call slots free up, up to
+/// `max` of their `weight` a call (a first job heavier than that still goes,
+/// alone), and run `call` on each gathered list in a drain-tracked task that
+/// holds its slot until done. On drain, jobs already waiting are still
+/// taken; then the loop ends.
+pub(crate) async fn gather_calls<J, W, C, F>(
+    mut rx: mpsc::Receiver<J>,
+    slots: Arc<Semaphore>,
+    drain: Drain,
+    max: usize,
+    weight: W,
+    call: C,
+) where
+    J: Send + 'static,
+    W: Fn(&J) -> usize,
+    C: Fn(Vec<J>) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut next: Option<J> = None;
     loop {
-        let first = tokio::select! {
-            biased;
-            j = rx.recv() => j,
-            _ = drain.draining() => rx.try_recv().ok(),
+        let first = match next.take() {
+            Some(j) => Some(j),
+            None => tokio::select! {
+                biased;
+                j = rx.recv() => j,
+                _ = drain.draining() => rx.try_recv().ok(),
+            },
         };
         let Some(first) = first else {
             break;
@@ -89,16 +114,19 @@ async fn gather(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        let mut size = weight(&first);
         let mut jobs = vec![first];
-        while jobs.len() < MAX_SHARED {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+        while let Ok(j) = rx.try_recv() {
+            if size + weight(&j) > max {
+                next = Some(j);
+                break;
             }
+            size += weight(&j);
+            jobs.push(j);
         }
-        let broker = broker.clone();
+        let task = call(jobs);
         drain.spawn(async move {
-            run(&broker, jobs).await;
+            task.await;
             drop(permit);
         });
     }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::Settle;
+use crate::broker::coalesce::gather_calls;
 use crate::broker::limits::MAX_ACK_RECEIPTS;
 use crate::broker::receipt::Receipt;
 use crate::broker::AckOutcome;
@@ -80,41 +81,22 @@ impl Batcher {
 
 /// Take waiting Acks as call slots free up, up to [`MAX_SHARED`] receipts a
 /// call (a first job bigger than that still goes, alone).
-async fn gather(settle: Settle, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, drain: Drain) {
+async fn gather(settle: Settle, rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, drain: Drain) {
     // On drain, Acks already waiting are still settled (their callers wait);
     // then the task ends, and later Acks get UNAVAILABLE.
-    let mut next: Option<Job> = None;
-    loop {
-        let first = match next.take() {
-            Some(j) => Some(j),
-            None => tokio::select! {
-                biased;
-                j = rx.recv() => j,
-                _ = drain.draining() => rx.try_recv().ok(),
-            },
-        };
-        let Some(first) = first else {
-            break;
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let mut size = first.receipts.len();
-        let mut jobs = vec![first];
-        while let Ok(j) = rx.try_recv() {
-            if size + j.receipts.len() > MAX_SHARED {
-                next = Some(j);
-                break;
-            }
-            size += j.receipts.len();
-            jobs.push(j);
-        }
+    let call = move |jobs| {
         let settle = settle.clone();
-        drain.spawn(async move {
-            shared(&settle, jobs).await;
-            drop(permit);
-        });
-    }
+        async move { shared(&settle, jobs).await }
+    };
+    gather_calls(
+        rx,
+        slots,
+        drain,
+        MAX_SHARED,
+        |j: &Job| j.receipts.len(),
+        call,
+    )
+    .await;
 }
 
 /// One call for every job's receipts, its outcomes handed back by position.
