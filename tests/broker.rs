@@ -234,15 +234,7 @@ async fn one_ack_call_settles_each_receipt_on_its_own_merits() {
     // Already acked, so no longer pending.
     assert_eq!(ack(&mut c, &[&got[1].receipt]).await, vec![ACKED]);
     let keys = receipt_keys(&redis);
-    let forged = |id: &str| {
-        leanmq_grpc::broker::receipt::Receipt {
-            queue: "mixed".into(),
-            group: "mixed-group".into(),
-            id: id.into(),
-            attempt: 1,
-        }
-        .encode(&keys)
-    };
+    let forged = |id: &str| signed_receipt(&keys, "mixed", id);
     // Ids inside the batch's range that were never sent, and one far
     // beyond any real id, which stretches the range past what one read of
     // the pending entries covers.
@@ -918,13 +910,7 @@ async fn bad_input_gets_precise_statuses() {
     assert_eq!(e.code(), Code::InvalidArgument);
     // A genuinely signed receipt naming a message that never existed:
     // nothing to ack.
-    let forged = leanmq_grpc::broker::receipt::Receipt {
-        queue: "a".into(),
-        group: "a-group".into(),
-        id: "1-1".into(),
-        attempt: 1,
-    }
-    .encode(&receipt_keys(&redis));
+    let forged = signed_receipt(&receipt_keys(&redis), "a", "1-1");
     assert_eq!(ack(&mut c, &[&forged]).await, vec![NOT_PENDING]);
     // Nothing was stored by any of it, and the server still serves.
     assert_eq!(xlen(&redis, "webhook:big"), 0);
@@ -1194,13 +1180,7 @@ async fn concurrent_acks_each_get_their_own_outcomes_in_their_order() {
     let mut got = receive(&mut c, "/acks", "", n as u32, 30_000).await;
     assert_eq!(got.len(), n);
     let shared = got.pop().expect("the shared delivery").receipt;
-    let ghost = leanmq_grpc::broker::receipt::Receipt {
-        queue: "acks".into(),
-        group: "acks-group".into(),
-        id: "1-1".into(),
-        attempt: 1,
-    }
-    .encode(&receipt_keys(&redis));
+    let ghost = signed_receipt(&receipt_keys(&redis), "acks", "1-1");
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(CALLERS));
     let mut calls = Vec::new();
     for (i, own) in got.chunks(2).enumerate() {

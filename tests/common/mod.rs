@@ -421,6 +421,18 @@ pub fn receipt_keys(r: &RedisProc) -> leanmq_grpc::broker::receipt::Keys {
     leanmq_grpc::broker::receipt::Keys::new([key], false).expect("a usable key")
 }
 
+/// A receipt signed with `keys` for attempt 1 of entry `id` of `queue`'s
+/// default group: genuine, whether or not that delivery was ever made.
+pub fn signed_receipt(keys: &leanmq_grpc::broker::receipt::Keys, queue: &str, id: &str) -> String {
+    leanmq_grpc::broker::receipt::Receipt {
+        queue: queue.into(),
+        group: format!("{queue}-group"),
+        id: id.into(),
+        attempt: 1,
+    }
+    .encode(keys)
+}
+
 /// A gRPC-Web request body: `msg` in one uncompressed message frame.
 pub fn grpc_web_body(msg: &impl prost::Message) -> Vec<u8> {
     let bytes = msg.encode_to_vec();
