@@ -72,6 +72,39 @@ async fn ack_anywhere(c: &mut Client, survivor: &mut Client, receipt: &str) -> b
     matches!(outcome, Some(1) | Some(2))
 }
 
+/// Nack `receipt` (retry after 20 ms) on `c`, or on the survivor when
+/// `c`'s leanmqd is gone. Returns when the delivery was settled: when the
+/// nack that took was sent. A first nack whose answer was lost may have
+/// taken, so when the survivor no longer finds the delivery it was settled
+/// when that first nack was sent. `None`: no nack took (the lease runs out).
+async fn nack_anywhere(c: &mut Client, survivor: &mut Client, receipt: &str) -> Option<u64> {
+    let req = || proto::NackRequest {
+        receipt: receipt.to_string(),
+        delay: ms(20),
+        ..Default::default()
+    };
+    let first = now_us();
+    if c.nack(req()).await.is_ok() {
+        return Some(first);
+    }
+    let second = now_us();
+    match survivor.nack(req()).await {
+        Ok(_) => Some(second),
+        // NOT_FOUND or FAILED_PRECONDITION: the delivery no longer holds,
+        // either settled by the first nack or its lease ran out, which is
+        // later.
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::NotFound | tonic::Code::FailedPrecondition
+            ) =>
+        {
+            Some(first)
+        }
+        Err(_) => None,
+    }
+}
+
 /// One subscriber: on `port` until its leanmqd dies, then on `survivor`.
 async fn subscriber(
     n: u64,
@@ -133,17 +166,9 @@ async fn subscriber(
                 acked: false,
             };
             if roll < 0.10 {
-                seen.settled_us = now_us();
-                let nacked = c
-                    .nack(proto::NackRequest {
-                        receipt: d.receipt.clone(),
-                        delay: ms(20),
-                        ..Default::default()
-                    })
-                    .await;
-                if nacked.is_err() {
-                    seen.settled_us = lease_end_us; // never reached: the lease runs out
-                }
+                seen.settled_us = nack_anywhere(&mut c, &mut back, &d.receipt)
+                    .await
+                    .unwrap_or(lease_end_us);
             } else if roll >= 0.15 {
                 let sent = now_us();
                 if ack_anywhere(&mut c, &mut back, &d.receipt).await {
