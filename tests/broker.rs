@@ -312,6 +312,7 @@ async fn receipts_are_checked_against_the_pending_entry_when_no_lease_score_vouc
         "rec-group",
         &got[1].message_id,
         2,
+        None,
     );
     assert_eq!(
         ack(&mut c, &[&got[0].receipt, &got[1].receipt, &got[2].receipt]).await,

@@ -132,6 +132,42 @@ async fn a_nack_or_an_expired_lease_keeps_the_key_waiting_for_that_message() {
     assert_eq!(ack(&mut c, &[&d4.receipt]).await, vec![1]);
 }
 
+/// A keyed delivery's receipt carries its key (version 3), so the ack
+/// needs no read of the entry; a version 2 receipt for it, as a leanmqd
+/// from before ordering keys issued during a rolling upgrade, still settles
+/// it and lets the key's next message go.
+#[tokio::test]
+async fn keyed_receipts_carry_the_key_and_an_older_receipt_still_releases_it() {
+    use leanmq_grpc::broker::receipt::Receipt;
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    let mut s = subscribe(&mut c, "/rk", "", 10, 30_000).await;
+    for b in ["one", "two", "three"] {
+        send_keyed(&mut c, "/rk", "order-9", b).await;
+    }
+    let keys = receipt_keys(&redis);
+    let d1 = next(&mut s).await;
+    let r1 = Receipt::decode(&keys, &d1.receipt).expect("a receipt this leanmqd signed");
+    assert_eq!(
+        (body(&d1).as_str(), r1.ordering_key.as_deref()),
+        ("one", Some("order-9"))
+    );
+    assert_eq!(ack(&mut c, &[&d1.receipt]).await, vec![1]);
+    let d2 = next(&mut s).await;
+    assert_eq!((body(&d2).as_str(), d2.attempt), ("two", 1));
+    let older = Receipt {
+        ordering_key: None,
+        ..Receipt::decode(&keys, &d2.receipt).expect("decodes")
+    }
+    .encode(&keys);
+    assert_ne!(older, d2.receipt);
+    assert_eq!(ack(&mut c, &[&older]).await, vec![1]);
+    let d3 = next(&mut s).await;
+    assert_eq!((body(&d3).as_str(), d3.attempt), ("three", 1));
+    assert_eq!(ack(&mut c, &[&d3.receipt]).await, vec![1]);
+}
+
 #[tokio::test]
 async fn a_poisoned_message_is_dead_lettered_and_its_keys_later_messages_still_arrive() {
     let redis = RedisProc::start();

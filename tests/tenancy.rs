@@ -182,6 +182,7 @@ async fn forged_receipts_make_no_metric_series() {
                     "g",
                     "1-0",
                     1,
+                    None,
                 )
             })
             .collect();

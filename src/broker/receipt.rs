@@ -5,7 +5,12 @@
 //! A receipt is base64url (no padding) of the body
 //! `2\n{queue}\n{group}\n{entry id}\n{attempt}` followed by the first
 //! [`TAG_BYTES`] bytes of the body's HMAC-SHA256 under the replicas' shared
-//! key. The pair (entry id, attempt) names one delivery: Redis counts
+//! key. A delivery with an ordering key gets version 3, the same body with
+//! `\n{ordering key}` after the attempt: the ack then knows the key, which
+//! it needs to let the key's next message go, without reading the entry
+//! back from the stream (a Redis call per message, issue #19). Only keyed
+//! deliveries get it, so a replica of a version before ordering keys still
+//! settles every unkeyed one during a rolling upgrade. The pair (entry id, attempt) names one delivery: Redis counts
 //! deliveries per pending entry, so a receipt from before a redelivery no
 //! longer matches the entry's count (or holder) and is recognized as stale.
 //!
@@ -49,6 +54,9 @@ pub struct Receipt {
     pub id: String,
     /// Delivery count of the entry in its group when this delivery was made.
     pub attempt: u32,
+    /// The entry's ordering key, signed with the rest (version 3); `None`
+    /// for an unkeyed delivery or a version 2 receipt.
+    pub ordering_key: Option<String>,
 }
 
 /// Longest receipt accepted, in bytes (a bound on decoding work).
@@ -149,16 +157,33 @@ impl Keys {
 
 impl Receipt {
     pub fn encode(&self, keys: &Keys) -> String {
-        Self::encode_parts(keys, &self.queue, &self.group, &self.id, self.attempt)
+        Self::encode_parts(
+            keys,
+            &self.queue,
+            &self.group,
+            &self.id,
+            self.attempt,
+            self.ordering_key.as_deref(),
+        )
     }
 
     /// [`Receipt::encode`] from borrowed parts: every delivery makes one, so
     /// it builds no `Receipt` and no intermediate `String`: one buffer, one
     /// HMAC, one base64 string.
-    pub fn encode_parts(keys: &Keys, queue: &str, group: &str, id: &str, attempt: u32) -> String {
-        let mut raw = Vec::with_capacity(queue.len() + group.len() + id.len() + 16 + TAG_BYTES);
+    pub fn encode_parts(
+        keys: &Keys,
+        queue: &str,
+        group: &str,
+        id: &str,
+        attempt: u32,
+        ordering_key: Option<&str>,
+    ) -> String {
+        let key = ordering_key.filter(|k| !k.is_empty());
+        let key_len = key.map_or(0, |k| k.len() + 1);
+        let mut raw =
+            Vec::with_capacity(queue.len() + group.len() + id.len() + key_len + 16 + TAG_BYTES);
         for part in [
-            b"2".as_slice(),
+            if key.is_some() { b"3" } else { b"2" }.as_slice(),
             queue.as_bytes(),
             group.as_bytes(),
             id.as_bytes(),
@@ -168,6 +193,10 @@ impl Receipt {
         }
         // Writing to a Vec cannot fail.
         let _ = write!(raw, "{attempt}");
+        if let Some(k) = key {
+            raw.push(b'\n');
+            raw.extend_from_slice(k.as_bytes());
+        }
         let tag = keys.tag(&raw);
         raw.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(raw)
@@ -185,7 +214,7 @@ impl Receipt {
             .decode(token.as_bytes())
             .map_err(|_| bad("not base64url"))?;
         match raw.first() {
-            Some(b'2') => {
+            Some(v @ (b'2' | b'3')) => {
                 let Some(split) = raw.len().checked_sub(TAG_BYTES) else {
                     return Err(bad("too short"));
                 };
@@ -195,7 +224,7 @@ impl Receipt {
                         "receipt signature does not verify: it was altered or forged, or signed with a key this leanmqd does not hold (--receipt-key)",
                     ));
                 }
-                fields(body, "2")
+                fields(body, if *v == b'3' { "3" } else { "2" })
             }
             Some(b'1') if keys.accept_unsigned => fields(&raw, "1"),
             Some(b'1') => Err(Error::invalid(
@@ -210,8 +239,9 @@ impl Receipt {
 fn fields(body: &[u8], version: &str) -> Result<Receipt> {
     let bad = |why: &str| Error::invalid(format!("malformed receipt: {why}"));
     let text = std::str::from_utf8(body).map_err(|_| bad("not UTF-8"))?;
-    let mut parts = text.split('\n');
-    let (Some(v), Some(queue), Some(group), Some(id), Some(attempt), None) = (
+    // Version 3's last field, the ordering key, is the rest of the body.
+    let mut parts = text.splitn(6, '\n');
+    let (Some(v), Some(queue), Some(group), Some(id), Some(attempt), key) = (
         parts.next(),
         parts.next(),
         parts.next(),
@@ -224,6 +254,12 @@ fn fields(body: &[u8], version: &str) -> Result<Receipt> {
     if v != version {
         return Err(bad("unknown version"));
     }
+    let ordering_key = match (version, key) {
+        ("3", Some(k)) if !k.is_empty() => Some(k.to_string()),
+        ("3", _) => return Err(bad("no ordering key")),
+        (_, None) => None,
+        (_, Some(_)) => return Err(bad("wrong number of fields")),
+    };
     if routing::check_queue_name(queue).is_err() {
         return Err(bad("bad queue name"));
     }
@@ -242,6 +278,7 @@ fn fields(body: &[u8], version: &str) -> Result<Receipt> {
         group: group.to_string(),
         id: id.to_string(),
         attempt,
+        ordering_key,
     })
 }
 
@@ -392,14 +429,46 @@ mod tests {
             group: "billing:v2".into(),
             id: "1732800000000-7".into(),
             attempt: 3,
+            ordering_key: None,
         };
         assert_eq!(Receipt::decode(&keys(), &r.encode(&keys())).ok(), Some(r));
     }
 
     #[test]
+    fn a_keyed_delivery_gets_version_3_with_its_key_signed() {
+        let token = Receipt::encode_parts(&keys(), "q", "q-group", "1-0", 2, Some("order/7"));
+        let raw = URL_SAFE_NO_PAD.decode(&token).expect("base64url");
+        let body = b"3\nq\nq-group\n1-0\n2\norder/7";
+        assert_eq!(raw[..raw.len() - TAG_BYTES], body[..]);
+        let r = Receipt::decode(&keys(), &token).expect("decodes");
+        assert_eq!(r.ordering_key.as_deref(), Some("order/7"));
+        assert_eq!((r.id.as_str(), r.attempt), ("1-0", 2));
+        // An empty key is no key: version 2, as before ordering keys.
+        let plain = Receipt::encode_parts(&keys(), "q", "q-group", "1-0", 2, Some(""));
+        assert_eq!(
+            plain,
+            Receipt::encode_parts(&keys(), "q", "q-group", "1-0", 2, None)
+        );
+    }
+
+    #[test]
+    fn a_version_3_body_without_a_key_or_a_version_2_with_one_is_refused() {
+        let k = keys();
+        for body in ["3\nq\ng\n1-0\n1", "3\nq\ng\n1-0\n1\n", "2\nq\ng\n1-0\n1\nk"] {
+            let mut raw = body.as_bytes().to_vec();
+            raw.extend_from_slice(&k.tag(body.as_bytes()));
+            let err = Receipt::decode(&k, &URL_SAFE_NO_PAD.encode(&raw)).expect_err(body);
+            assert!(
+                err.to_string().contains("malformed receipt"),
+                "{body}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn encodes_the_documented_layout() {
         for attempt in [1, 9, 10, 4_294_967_295] {
-            let token = Receipt::encode_parts(&keys(), "q", "q-group", "1-0", attempt);
+            let token = Receipt::encode_parts(&keys(), "q", "q-group", "1-0", attempt, None);
             let raw = URL_SAFE_NO_PAD.decode(token).expect("base64url");
             let body = format!("2\nq\nq-group\n1-0\n{attempt}").into_bytes();
             assert_eq!(raw[..raw.len() - TAG_BYTES], body[..]);
@@ -445,7 +514,7 @@ mod tests {
     #[test]
     fn a_forged_or_tampered_receipt_is_refused() {
         let k = keys();
-        let genuine = Receipt::encode_parts(&k, "q", "q-group", "1-0", 1);
+        let genuine = Receipt::encode_parts(&k, "q", "q-group", "1-0", 1, None);
         // Another group's delivery, written by hand with a made-up tag.
         let mut forged = b"2\nq\nother-group\n1-0\n1".to_vec();
         forged.extend_from_slice(&[0u8; TAG_BYTES]);
@@ -458,7 +527,7 @@ mod tests {
         for bad in [
             URL_SAFE_NO_PAD.encode(forged),
             URL_SAFE_NO_PAD.encode(raw),
-            Receipt::encode_parts(&stranger, "q", "q-group", "1-0", 1),
+            Receipt::encode_parts(&stranger, "q", "q-group", "1-0", 1, None),
         ] {
             let e = Receipt::decode(&k, &bad);
             assert!(
@@ -490,14 +559,14 @@ mod tests {
     fn rotation_keeps_receipts_signed_with_an_older_key() {
         let (old, new) = ("o".repeat(40), "n".repeat(40));
         let before = Keys::new([&old], false).expect("key");
-        let token = Receipt::encode_parts(&before, "q", "g", "5-1", 2);
+        let token = Receipt::encode_parts(&before, "q", "g", "5-1", 2, None);
         // A new key goes first; the old one still verifies.
         let after = Keys::new([&new, &old], false).expect("keys");
         assert_eq!(
             Receipt::decode(&after, &token).map(|r| r.attempt).ok(),
             Some(2)
         );
-        let newer = Receipt::encode_parts(&after, "q", "g", "5-1", 2);
+        let newer = Receipt::encode_parts(&after, "q", "g", "5-1", 2, None);
         assert_ne!(newer, token, "the first key signs");
         assert!(Receipt::decode(&before, &newer).is_err());
         // Once the old key is dropped, its receipts are refused.
@@ -553,8 +622,9 @@ mod fuzz {
             ms in any::<u64>(),
             seq in any::<u64>(),
             attempt in 1u32..,
+            ordering_key in proptest::option::of("(.|\n){1,80}"),
         ) {
-            let r = Receipt { queue, group, id: format!("{ms}-{seq}"), attempt };
+            let r = Receipt { queue, group, id: format!("{ms}-{seq}"), attempt, ordering_key };
             prop_assert_eq!(Receipt::decode(&keys(), &r.encode(&keys())).ok(), Some(r));
         }
 
@@ -564,7 +634,7 @@ mod fuzz {
             attempt in 1u32..,
             bit in any::<prop::sample::Index>(),
         ) {
-            let token = Receipt::encode_parts(&keys(), "q", &group, "1-0", attempt);
+            let token = Receipt::encode_parts(&keys(), "q", &group, "1-0", attempt, None);
             let mut raw = URL_SAFE_NO_PAD.decode(&token).expect("base64url");
             let i = bit.index(raw.len() * 8);
             raw[i / 8] ^= 1 << (i % 8);

@@ -48,7 +48,10 @@ impl Broker {
                 group,
                 receipts: idx
                     .iter()
-                    .map(|&i| (receipts[i].id.as_str(), receipts[i].attempt))
+                    .map(|&i| {
+                        let r = &receipts[i];
+                        (r.id.as_str(), r.attempt, r.ordering_key.as_deref())
+                    })
                     .collect(),
             };
             self.run(call)

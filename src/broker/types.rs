@@ -132,6 +132,7 @@ impl Delivery {
             group: self.group.clone(),
             id: self.message_id.clone(),
             attempt: self.attempt,
+            ordering_key: self.ordering_key.clone(),
         }
     }
 
@@ -163,6 +164,7 @@ impl Delivery {
             &self.group,
             &self.message_id,
             self.attempt,
+            self.ordering_key.as_deref(),
         )
     }
 }

@@ -429,6 +429,7 @@ pub fn signed_receipt(keys: &leanmq_grpc::broker::receipt::Keys, queue: &str, id
         group: format!("{queue}-group"),
         id: id.into(),
         attempt: 1,
+        ordering_key: None,
     }
     .encode(keys)
 }

@@ -248,69 +248,102 @@ local function order_first(z, key)
   return r[1]
 end
 
--- Make a waiting entry due now (its delivery count kept, as release.lua does).
-local function order_wake(stream, group, leases, id, n, now)
-  redis.call('XCLAIM', stream, group, RETRY, 0, id, 'JUSTID', 'RETRYCOUNT', math.max(n - 1, 0))
-  redis.call('ZADD', leases, now, id)
+-- Make waiting entries IDS due now, with one ZADD. They stay pending under
+-- ORDER_WAIT, counted as the deliveries they had (order_park), until a
+-- fetch finds them due and claims them (the claim counts the next one).
+local function order_wake(leases, ids, now)
+  if #ids == 0 then return end
+  local z, at = {}, string.format('%d', now)
+  for _, id in ipairs(ids) do
+    z[#z + 1] = at
+    z[#z + 1] = id
+  end
+  redis.call('ZADD', leases, unpack(z))
 end
 
--- Park entry ID (delivery count N) to wait for its key's turn; LEASED:
--- it may hold a lease or retry time to drop (never so for a new entry).
-local function order_park(stream, group, leases, id, n, leased)
-  redis.call('XCLAIM', stream, group, ORDER_WAIT, 0, id, 'JUSTID', 'RETRYCOUNT', n)
-  if leased then redis.call('ZREM', leases, id) end
+-- Park entries IDS, N deliveries made (0 for entries just read), to wait
+-- for their key's turn, with one XCLAIM; LEASED: they may hold a lease or
+-- retry time to drop (never so for new entries).
+local function order_park(stream, group, leases, ids, n, leased)
+  if #ids == 0 then return end
+  local args = {stream, group, ORDER_WAIT, 0}
+  for _, id in ipairs(ids) do args[#args + 1] = id end
+  args[#args + 1] = 'JUSTID'
+  args[#args + 1] = 'RETRYCOUNT'
+  args[#args + 1] = n
+  redis.call('XCLAIM', unpack(args))
+  if leased then redis.call('ZREM', leases, unpack(ids)) end
 end
 
 -- Is it entry ID's (ordering key KEY) turn in GROUP? True when it heads
--- its key, or is not registered (unordered for this group). A head that is
--- no longer pending though a later entry was read was settled behind our
--- back (a LeanMQ consumer's XACK, a deleted entry) and is dropped; a head
--- waiting under ORDER_WAIT (its wake-up was missed) is woken.
-local function order_turn(stream, group, leases, id, key, now)
+-- its key, or is not registered (unordered for this group). Only an
+-- earlier member of the key can head it: an entry ahead of the first
+-- member is not registered. An entry behind it waits, unless VERIFY: then
+-- (as the repair round in fetch.lua asks, off the hot path) it is first
+-- checked to be registered at all, and a head no longer pending though a
+-- later entry was read (settled behind our back: a LeanMQ consumer's XACK,
+-- a deleted or trimmed entry) is dropped; a head waiting under ORDER_WAIT
+-- (its wake-up was missed) is woken.
+local function order_turn(stream, group, leases, id, key, now, verify)
   local z = stream .. ':order:' .. group
   local mine = key .. '\0' .. pad(id)
-  if not redis.call('ZSCORE', z, mine) then return true end
+  if verify and not redis.call('ZSCORE', z, mine) then return true end
   for _ = 1, 32 do
     local first = order_first(z, key)
     if first == nil or first == mine then return true end
     local h = member_id(first)
-    local consumer, n = pending(stream, group, h)
+    if id_lt(id, h) then return true end
+    if not verify then return false end
+    local consumer = pending(stream, group, h)
     if consumer == nil then
       redis.call('ZREM', z, first)
     else
-      if consumer == ORDER_WAIT then order_wake(stream, group, leases, h, n, now) end
+      if consumer == ORDER_WAIT then order_wake(leases, {h}, now) end
       return false
     end
   end
   return false
 end
 
--- Entry ID (ordering key KEY) left GROUP's pending list (acked or
--- dead-lettered): its key's next entry, if read and waiting, falls due.
--- Returns true when one did.
-local function order_settle(stream, group, leases, id, key, now)
-  if key == '' then return false end
-  local z = stream .. ':order:' .. group
-  redis.call('ZREM', z, key .. '\0' .. pad(id))
-  local first = order_first(z, key)
-  if first == nil then return false end
-  local h = member_id(first)
-  local consumer, n = pending(stream, group, h)
-  if consumer ~= ORDER_WAIT then return false end
-  order_wake(stream, group, leases, h, n, now)
-  return true
+-- Entries IDS (KEYS[i]: the ordering key of IDS[i], '' for none) left
+-- GROUP's pending list (acked or dead-lettered): each key's next entry, if
+-- read and waiting, falls due. One ZREM and one ZADD for all; returns true
+-- when any fell due.
+local function order_settle(stream, group, leases, ids, keys, now)
+  local z, gone, heads = stream .. ':order:' .. group, {}, {}
+  for i, id in ipairs(ids) do
+    if keys[i] ~= '' then gone[#gone + 1] = keys[i] .. '\0' .. pad(id) end
+  end
+  if #gone == 0 then return false end
+  redis.call('ZREM', z, unpack(gone))
+  local asked = {}
+  for _, key in ipairs(keys) do
+    if key ~= '' and not asked[key] then
+      asked[key] = true
+      local first = order_first(z, key)
+      if first ~= nil then
+        local h = member_id(first)
+        if pending(stream, group, h) == ORDER_WAIT then heads[#heads + 1] = h end
+      end
+    end
+  end
+  order_wake(leases, heads, now)
+  return #heads > 0
 end
 
--- Settle the ordering of entries IDS of GROUP (read from the stream when
--- the group has ordering state at all). Returns true when any key's next
--- entry fell due.
-local function order_settle_ids(stream, group, leases, ids)
+-- Settle the ordering of entries IDS of GROUP, when the group has ordering
+-- state at all. TAGS (id -> '=' .. key, or '' when unknown) give the keys
+-- receipts carry; the others are read from the stream. Returns true when
+-- any key's next entry fell due.
+local function order_settle_ids(stream, group, leases, ids, tags)
   local z = stream .. ':order:' .. group
   if #ids == 0 or redis.call('EXISTS', z) == 0 then return false end
-  local now, woke = now_ms(), false
-  for _, id in ipairs(ids) do
-    if order_settle(stream, group, leases, id, entry_key(stream, id), now) then woke = true end
+  local keys = {}
+  for i, id in ipairs(ids) do
+    local tag = tags and tags[id] or ''
+    if tag ~= '' then keys[i] = string.sub(tag, 2) else keys[i] = entry_key(stream, id) end
   end
+  local woke = order_settle(stream, group, leases, ids, keys, now_ms())
   if woke then skiplist(leases) end
   return woke
 end
@@ -318,13 +351,15 @@ end
 -- Lease entries just read as new (attempt 1) until NOW + LEASE_MS, with one
 -- ZADD, or park those whose TTL has passed (HAS_EXPIRY: the queue has an
 -- expiry set), or, when KEYS (id -> ordering key) names a key whose turn it
--- is not, park them to wait for it. Returns the sets of ids parked for the
--- DLQ and parked to wait. IDS are in stream order, so only a key's first
--- entry among them can be its head: the later ones wait unasked.
+-- is not, park them (with one XCLAIM) to wait for it. Returns the sets of
+-- ids parked for the DLQ and parked to wait. IDS are in stream order, so
+-- only a key's first entry among them can be its head: the later ones wait
+-- unasked. The caller keeps the lease set a skiplist (see skiplist).
 local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_ms, hold_ms, has_expiry, keys)
   -- The score as text, formatted once: a Lua number handed to Redis is
   -- formatted again for every member.
   local z, parked, waiting, deadline = {}, {}, {}, lease_score(now + lease_ms, 1)
+  local wait = {}
   local behind = {} -- keys whose turn an earlier id of IDS has taken or waits for
   for _, id in ipairs(ids) do
     local key = keys and keys[id] or ''
@@ -332,9 +367,9 @@ local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_m
       park(stream, group, leases, stats, id, now, hold_ms, 'expired')
       parked[id] = true
       if key ~= '' then behind[key] = true end
-    elseif key ~= '' and (behind[key] or not order_turn(stream, group, leases, id, key, now)) then
+    elseif key ~= '' and (behind[key] or not order_turn(stream, group, leases, id, key, now, false)) then
       behind[key] = true
-      order_park(stream, group, leases, id, 1, false)
+      wait[#wait + 1] = id
       waiting[id] = true
     else
       if key ~= '' then behind[key] = true end
@@ -342,9 +377,7 @@ local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_m
       z[#z + 1] = id
     end
   end
-  if #z > 0 then
-    redis.call('ZADD', leases, unpack(z))
-    skiplist(leases)
-  end
+  order_park(stream, group, leases, wait, 0, false)
+  if #z > 0 then redis.call('ZADD', leases, unpack(z)) end
   return parked, waiting
 end

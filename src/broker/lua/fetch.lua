@@ -34,13 +34,14 @@ end
 -- head was settled behind leanmqd's back): looked at on the same rounds as
 -- unleased entries, 100 at a time; those whose turn it is fall due now.
 if has_order and unleased_ms > 0 then
-  local waiting = redis.call('XPENDING', stream, group, 'IDLE', unleased_ms, '-', '+', 100, ORDER_WAIT)
+  local waiting, turn = redis.call('XPENDING', stream, group, 'IDLE', unleased_ms, '-', '+', 100, ORDER_WAIT), {}
   for _, p in ipairs(waiting) do
     local key = entry_key(stream, p[1])
-    if key == '' or order_turn(stream, group, leases, p[1], key, now) then
-      order_wake(stream, group, leases, p[1], tonumber(p[4]), now)
+    if key == '' or order_turn(stream, group, leases, p[1], key, now, true) then
+      turn[#turn + 1] = p[1]
     end
   end
+  order_wake(leases, turn, now)
 end
 local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
 -- Those are leased, retrying or woken: a keyed one among them heads its
@@ -82,11 +83,13 @@ if unleased_ms > 0 and #due < count then
 end
 -- Anyone's, such as a crashed LeanMQ Python worker's.
 orphans(orphan_ms)
+-- The leases of due entries delivered, added with one ZADD after the loop.
+local lz = {}
 for i, id in ipairs(due) do
   local consumer, n = pending(stream, group, id)
   if consumer == nil then
     redis.call('ZREM', leases, id) -- settled elsewhere
-    if has_order then order_settle(stream, group, leases, id, entry_key(stream, id), now) end
+    if has_order then order_settle(stream, group, leases, {id}, {entry_key(stream, id)}, now) end
   else
     local exhausted = n >= max_attempts
     if exhausted or expired(id) then
@@ -108,16 +111,18 @@ for i, id in ipairs(due) do
         redis.call('ZREM', leases, id)
       else
         local key = has_order and i > from_leases and field(c[1][2], ORDERING) or nil
-        if key and not order_turn(stream, group, leases, id, key, now) then
-          order_park(stream, group, leases, id, n, true)
+        if key and not order_turn(stream, group, leases, id, key, now, true) then
+          order_park(stream, group, leases, {id}, n, true)
         else
-          redis.call('ZADD', leases, lease_score(now + lease_ms, n + 1), id)
+          lz[#lz + 1] = lease_score(now + lease_ms, n + 1)
+          lz[#lz + 1] = id
           out[#out + 1] = {id, n + 1, c[1][2]}
         end
       end
     end
   end
 end
+if #lz > 0 then redis.call('ZADD', leases, unpack(lz)) end
 local want = count - #out
 if want > 0 then
   local r = redis.call('XREADGROUP', 'GROUP', group, HOLDER, 'COUNT', want, 'STREAMS', stream, '>')
@@ -140,7 +145,7 @@ if want > 0 then
     end
   end
 end
-if #out > 0 then skiplist(leases) end
+if #out > 0 or #dead > 0 then skiplist(leases) end
 local next_due = -1
 local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
 if #first > 0 then next_due = math.floor(tonumber(first[2])) end

@@ -19,4 +19,5 @@ for _, id in ipairs(ids) do
   if parked[id] then list[#list + 1] = id end
   if waiting[id] then wait[#wait + 1] = id end
 end
+if #wait < #ids then skiplist(KEYS[2]) end
 return {now, list, wait}

@@ -212,8 +212,9 @@ pub struct Ack<'a> {
     pub stream: &'a str,
     pub leases: String,
     pub group: &'a str,
-    /// (entry id, attempt) of each receipt.
-    pub receipts: Vec<(&'a str, u32)>,
+    /// (entry id, attempt, ordering key if the receipt names one) of each
+    /// receipt.
+    pub receipts: Vec<(&'a str, u32, Option<&'a str>)>,
 }
 
 /// What `ack.lua` did.
@@ -233,8 +234,16 @@ impl Call for Ack<'_> {
     }
     fn build(&self, inv: &mut ScriptInvocation<'_>) {
         inv.key(self.stream).key(&self.leases).arg(self.group);
-        for (id, attempt) in &self.receipts {
-            inv.arg(*id).arg(*attempt);
+        // The key as ack.lua takes it: `=key` when known, '' when the
+        // receipt does not say (the script then reads it from the entry).
+        let mut tag = String::new();
+        for (id, attempt, key) in &self.receipts {
+            tag.clear();
+            if let Some(k) = key {
+                tag.push('=');
+                tag.push_str(k);
+            }
+            inv.arg(*id).arg(*attempt).arg(tag.as_str());
         }
     }
     fn reply(mut codes: Vec<i64>) -> Result<AckReply> {
