@@ -10,7 +10,9 @@
 //! it needs to let the key's next message go, without reading the entry
 //! back from the stream (a Redis call per message, issue #19). Only keyed
 //! deliveries get it, so a replica of a version before ordering keys still
-//! settles every unkeyed one during a rolling upgrade. The pair (entry id, attempt) names one delivery: Redis counts
+//! settles every unkeyed one during a rolling upgrade.
+//!
+//! The pair (entry id, attempt) names one delivery: Redis counts
 //! deliveries per pending entry, so a receipt from before a redelivery no
 //! longer matches the entry's count (or holder) and is recognized as stale.
 //!

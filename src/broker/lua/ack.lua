@@ -1,6 +1,6 @@
 -- KEYS: stream, leases
--- ARGV: group, then triples (id, count, '=' .. ordering key when the
---       receipt names it, else '': read from the entry if need be)
+-- ARGV: group, then triples (id, count, the ordering key when the receipt
+--       names it, else '': read from the entry if need be)
 -- Returns one code per pair: HELD (now acked), NOT_PENDING or STALE, then
 -- 1 when an ordering key's next entry fell due (see order_settle), else 0.
 -- Checks each receipt (against the attempt its lease's score vouches for,

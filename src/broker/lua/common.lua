@@ -332,16 +332,16 @@ local function order_settle(stream, group, leases, ids, keys, now)
 end
 
 -- Settle the ordering of entries IDS of GROUP, when the group has ordering
--- state at all. TAGS (id -> '=' .. key, or '' when unknown) give the keys
--- receipts carry; the others are read from the stream. Returns true when
--- any key's next entry fell due.
+-- state at all. TAGS (id -> key, or '' when unknown) give the keys receipts
+-- carry (never empty: an unkeyed receipt names none); the others are read
+-- from the stream. Returns true when any key's next entry fell due.
 local function order_settle_ids(stream, group, leases, ids, tags)
   local z = stream .. ':order:' .. group
   if #ids == 0 or redis.call('EXISTS', z) == 0 then return false end
   local keys = {}
   for i, id in ipairs(ids) do
-    local tag = tags and tags[id] or ''
-    if tag ~= '' then keys[i] = string.sub(tag, 2) else keys[i] = entry_key(stream, id) end
+    local tag = tags[id] or ''
+    if tag ~= '' then keys[i] = tag else keys[i] = entry_key(stream, id) end
   end
   local woke = order_settle(stream, group, leases, ids, keys, now_ms())
   if woke then skiplist(leases) end

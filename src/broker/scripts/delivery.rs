@@ -234,16 +234,10 @@ impl Call for Ack<'_> {
     }
     fn build(&self, inv: &mut ScriptInvocation<'_>) {
         inv.key(self.stream).key(&self.leases).arg(self.group);
-        // The key as ack.lua takes it: `=key` when known, '' when the
-        // receipt does not say (the script then reads it from the entry).
-        let mut tag = String::new();
+        // A key is never empty, so '' says the receipt names none (the
+        // script then reads it from the entry).
         for (id, attempt, key) in &self.receipts {
-            tag.clear();
-            if let Some(k) = key {
-                tag.push('=');
-                tag.push_str(k);
-            }
-            inv.arg(*id).arg(*attempt).arg(tag.as_str());
+            inv.arg(*id).arg(*attempt).arg(key.unwrap_or(""));
         }
     }
     fn reply(mut codes: Vec<i64>) -> Result<AckReply> {
