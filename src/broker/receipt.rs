@@ -10,7 +10,10 @@
 //! it needs to let the key's next message go, without reading the entry
 //! back from the stream (a Redis call per message, issue #19). Only keyed
 //! deliveries get it, so a replica of a version before ordering keys still
-//! settles every unkeyed one during a rolling upgrade.
+//! settles every unkeyed one during a rolling upgrade. A key longer than a
+//! Send may give ([`MAX_ORDERING_KEY_BYTES`], so only one another program
+//! wrote into the stream) gets version 2, so that the receipt stays small
+//! enough to settle; its ack reads the key back.
 //!
 //! The pair (entry id, attempt) names one delivery: Redis counts
 //! deliveries per pending entry, so a receipt from before a redelivery no
@@ -40,6 +43,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::limits::MAX_ORDERING_KEY_BYTES;
 use super::Broker;
 use crate::error::{Error, Result};
 use crate::routing;
@@ -180,7 +184,7 @@ impl Receipt {
         attempt: u32,
         ordering_key: Option<&str>,
     ) -> String {
-        let key = ordering_key.filter(|k| !k.is_empty());
+        let key = ordering_key.filter(|k| !k.is_empty() && k.len() <= MAX_ORDERING_KEY_BYTES);
         let key_len = key.map_or(0, |k| k.len() + 1);
         let mut raw =
             Vec::with_capacity(queue.len() + group.len() + id.len() + key_len + 16 + TAG_BYTES);
@@ -454,6 +458,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_longer_than_a_send_may_give_stays_out_of_the_receipt() {
+        let longest = "k".repeat(MAX_ORDERING_KEY_BYTES);
+        let r = Receipt::decode(
+            &keys(),
+            &Receipt::encode_parts(&keys(), "q", "g", "1-0", 1, Some(&longest)),
+        )
+        .expect("decodes");
+        assert_eq!(r.ordering_key.as_deref(), Some(longest.as_str()));
+        // One byte more (or 100 KiB, as a foreign XADD may write): version 2,
+        // well under the receipt bound, still a receipt that settles.
+        for len in [MAX_ORDERING_KEY_BYTES + 1, 100 * 1024] {
+            let token = Receipt::encode_parts(&keys(), "q", "g", "1-0", 1, Some(&"k".repeat(len)));
+            assert!(
+                token.len() < MAX_RECEIPT_BYTES,
+                "{len}: {} bytes",
+                token.len()
+            );
+            let r = Receipt::decode(&keys(), &token).expect("decodes");
+            assert_eq!((r.ordering_key, r.attempt), (None, 1), "{len}");
+        }
+    }
+
+    #[test]
     fn a_version_3_body_without_a_key_or_a_version_2_with_one_is_refused() {
         let k = keys();
         for body in ["3\nq\ng\n1-0\n1", "3\nq\ng\n1-0\n1\n", "2\nq\ng\n1-0\n1\nk"] {
@@ -624,7 +651,7 @@ mod fuzz {
             ms in any::<u64>(),
             seq in any::<u64>(),
             attempt in 1u32..,
-            ordering_key in proptest::option::of("(.|\n){1,80}"),
+            ordering_key in proptest::option::of("(.|\n){1,64}"), // ≤ 256 bytes
         ) {
             let r = Receipt { queue, group, id: format!("{ms}-{seq}"), attempt, ordering_key };
             prop_assert_eq!(Receipt::decode(&keys(), &r.encode(&keys())).ok(), Some(r));
