@@ -97,6 +97,15 @@ class PublishSettings:
                     f"PublishSettings.{name} must be <= {limit} (the largest publish window leanmqd allows), got {v}"
                 )
 
+    @classmethod
+    def given(cls, settings: Optional["PublishSettings"]) -> "PublishSettings":
+        """A constructor's ``publish_settings`` argument: the defaults for None."""
+        if settings is None:
+            return cls()
+        if not isinstance(settings, cls):
+            raise TypeError("publish_settings must be a leanmq_grpc.PublishSettings")
+        return settings
+
 
 def build_publish_message(
     path: str,

@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 
 from ._common import (
+    check_consumer_options,
     FATAL_STREAM_CODES,
     RETRYABLE_CODES,
     SETTLE_RETRY_FOR,
@@ -115,13 +116,9 @@ class AsyncWebhook:
         token: Optional[str] = None,
         publish_settings: Optional[PublishSettings] = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if not 0.1 <= ack_deadline <= 12 * 3600:
-            raise ValueError("ack_deadline must be between 0.1 s and 12 h")
-        if publish_settings is not None and not isinstance(publish_settings, PublishSettings):
-            raise TypeError("publish_settings must be a leanmq_grpc.PublishSettings")
-        self.publish_settings = publish_settings or PublishSettings()
+        check_consumer_options(concurrency, ack_deadline)
+        settings = PublishSettings.given(publish_settings)
+        self.publish_settings = settings
         self.target = target
         self.group = group
         self.consumer = consumer or default_consumer()

@@ -13,6 +13,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 import grpc
 
 from ._common import (
+    check_consumer_options,
     FATAL_STREAM_CODES,
     MAX_ACK_RECEIPTS,
     RETRYABLE_CODES,
@@ -306,12 +307,8 @@ class Webhook:
         token: Optional[str] = None,
         publish_settings: Optional[PublishSettings] = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if not 0.1 <= ack_deadline <= 12 * 3600:
-            raise ValueError("ack_deadline must be between 0.1 s and 12 h")
-        if publish_settings is not None and not isinstance(publish_settings, PublishSettings):
-            raise TypeError("publish_settings must be a leanmq_grpc.PublishSettings")
+        check_consumer_options(concurrency, ack_deadline)
+        settings = PublishSettings.given(publish_settings)
         call_md = call_metadata(metadata, token)  # validates before a channel is made
         if isinstance(target, grpc.Channel):
             self._channel, self._owns_channel = target, False
@@ -332,7 +329,7 @@ class Webhook:
         self._acker = _AckBatcher(self)
         self._services: List["WebhookService"] = []
         self._admin: Optional[Admin] = None
-        self.publish_settings = publish_settings or PublishSettings()
+        self.publish_settings = settings
         self._publisher: Optional[Publisher] = None
         self._closed = False
 

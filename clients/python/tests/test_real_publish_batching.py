@@ -196,6 +196,20 @@ def test_bad_settings_raise(kwargs: Any, error: type, match: str) -> None:
         PublishSettings(**kwargs)
 
 
+@pytest.mark.parametrize("cls", [Webhook, AsyncWebhook])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"concurrency": 0}, "concurrency must be >= 1"),
+        ({"ack_deadline": 0.05}, "ack_deadline must be between 0.1 s and 12 h"),
+        ({"ack_deadline": 12 * 3600 + 1}, "ack_deadline must be between 0.1 s and 12 h"),
+    ],
+)
+def test_both_constructors_bound_the_consumer_settings(cls: Any, kwargs: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls("127.0.0.1:1", **kwargs)
+
+
 def test_settings_are_checked_by_the_constructors() -> None:
     with pytest.raises(TypeError, match="PublishSettings"):
         Webhook("127.0.0.1:1", publish_settings={"max_messages": 10})  # type: ignore[arg-type]
