@@ -128,6 +128,45 @@ def build_publish_message(
     return req
 
 
+class _Burst:
+    """The batch both publishers keep: messages published (and counted
+    against the window) but not written yet, and when to write them."""
+
+    def __init__(self, settings: PublishSettings) -> None:
+        self.settings = settings
+        self.requests: Dict[int, pb.PublishRequest] = {}
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.requests)
+
+    def __contains__(self, sequence: int) -> bool:
+        return sequence in self.requests
+
+    def add(self, req: pb.PublishRequest, window_full: bool) -> Tuple[bool, List[List[pb.PublishRequest]]]:
+        """Add ``req`` (``window_full``: no message can join after it).
+        Returns whether it began a new batch, and the bursts to write now:
+        the batch so far first when ``req`` would take it past ``max_bytes``,
+        then the batch with ``req`` once it is full."""
+        s, due = self.settings, []
+        size = req.ByteSize()
+        if self.requests and self.bytes + size > s.max_bytes:
+            due.append(self.take())  # the burst so far stays within max_bytes
+        began = not self.requests
+        self.requests[req.sequence] = req
+        self.bytes += size
+        if len(self.requests) >= s.max_messages or self.bytes >= s.max_bytes or window_full:
+            due.append(self.take())
+        return began, due
+
+    def take(self) -> List[pb.PublishRequest]:
+        """The batch as one burst, leaving it empty."""
+        burst = list(self.requests.values())
+        self.requests.clear()
+        self.bytes = 0
+        return burst
+
+
 class Publisher:
     """The one Publish stream of a :class:`~leanmq_grpc.Webhook`."""
 
@@ -146,9 +185,7 @@ class Publisher:
         self._thread: Optional[threading.Thread] = None
         self._timer: Optional[threading.Thread] = None
         self._closing = False
-        # The batch: published (in _pending) but not written yet.
-        self._buffer: Dict[int, pb.PublishRequest] = {}
-        self._buffer_bytes = 0
+        self._buffer = _Burst(self._settings)
         self._buffer_since = 0.0
 
     def publish(self, message: pb.SendRequest) -> "Future[str]":
@@ -199,30 +236,21 @@ class Publisher:
     # ------------------------------------------------------------ the batch (under _lock)
 
     def _add_to_buffer(self, req: pb.PublishRequest) -> None:
-        s = self._settings
-        size = req.ByteSize()
-        if self._buffer and self._buffer_bytes + size > s.max_bytes:
-            self._write_buffer()  # the burst so far stays within max_bytes
-        if not self._buffer:
+        began, bursts = self._buffer.add(req, len(self._pending) >= self._window)
+        for burst in bursts:
+            self._put(burst)
+        if began and self._buffer:
             self._buffer_since = time.monotonic()
             self._lock.notify_all()  # the timer thread starts counting
-        self._buffer[req.sequence] = req
-        self._buffer_bytes += size
-        if (
-            len(self._buffer) >= s.max_messages
-            or self._buffer_bytes >= s.max_bytes
-            or len(self._pending) >= self._window  # nothing more can join it
-        ):
-            self._write_buffer()
 
     def _write_buffer(self) -> None:
-        """The buffered messages, as one burst, onto the open stream (or, between
-        streams, left to the next one, which writes every unanswered written message)."""
-        if not self._buffer:
-            return
-        burst = list(self._buffer.values())
-        self._buffer.clear()
-        self._buffer_bytes = 0
+        """The buffered messages, as one burst, onto the open stream."""
+        if self._buffer:
+            self._put(self._buffer.take())
+
+    def _put(self, burst: List[pb.PublishRequest]) -> None:
+        """``burst`` onto the open stream; between streams it is left to the
+        next one, which writes every unanswered written message."""
         if self._outbox is not None:
             for req in burst:
                 self._outbox.put(req)
@@ -314,8 +342,7 @@ class Publisher:
         with self._lock:
             failed = list(self._pending.values())
             self._pending.clear()
-            self._buffer.clear()
-            self._buffer_bytes = 0
+            self._buffer.take()
             self._lock.notify_all()
         for _, fut in failed:
             fut.set_exception(err)
@@ -345,9 +372,7 @@ class AsyncPublisher:
         self._outbox: Optional["asyncio.Queue[Any]"] = None
         self._task: Optional["asyncio.Task[None]"] = None
         self._closing = False
-        # The batch: published (in _pending) but not written yet.
-        self._buffer: Dict[int, pb.PublishRequest] = {}
-        self._buffer_bytes = 0
+        self._buffer = _Burst(self._settings)
         self._timer: Optional["asyncio.TimerHandle"] = None
 
     async def publish(self, message: pb.SendRequest) -> str:
@@ -382,31 +407,26 @@ class AsyncPublisher:
     # ------------------------------------------------------------ the batch (on the loop)
 
     def _add_to_buffer(self, req: pb.PublishRequest) -> None:
-        s = self._settings
-        size = req.ByteSize()
-        if self._buffer and self._buffer_bytes + size > s.max_bytes:
-            self._write_buffer()
-        if not self._buffer:
-            self._timer = self._asyncio.get_running_loop().call_later(s.max_delay, self._write_buffer)
-        self._buffer[req.sequence] = req
-        self._buffer_bytes += size
-        if (
-            len(self._buffer) >= s.max_messages
-            or self._buffer_bytes >= s.max_bytes
-            or len(self._pending) >= self._window
-        ):
-            self._write_buffer()
+        began, bursts = self._buffer.add(req, len(self._pending) >= self._window)
+        for burst in bursts:
+            self._put(burst)
+        if began or not self._buffer:
+            self._cancel_timer()  # the batch it timed was written
+        if began and self._buffer:
+            self._timer = self._asyncio.get_running_loop().call_later(self._settings.max_delay, self._write_buffer)
 
     def _write_buffer(self) -> None:
         """As :meth:`Publisher._write_buffer`; also run by the ``max_delay`` timer."""
+        self._cancel_timer()
+        if self._buffer:
+            self._put(self._buffer.take())
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._buffer:
-            return
-        burst = list(self._buffer.values())
-        self._buffer.clear()
-        self._buffer_bytes = 0
+
+    def _put(self, burst: List[pb.PublishRequest]) -> None:
         if self._outbox is not None:
             for req in burst:
                 self._outbox.put_nowait(req)
@@ -490,8 +510,7 @@ class AsyncPublisher:
         async with self._cond:
             failed = list(self._pending.values())
             self._pending.clear()
-            self._buffer.clear()
-            self._buffer_bytes = 0
+            self._buffer.take()
             self._cond.notify_all()
         for _, fut in failed:
             if not fut.done():
