@@ -59,15 +59,15 @@ def call_metadata(metadata: Optional[Metadata], token: Optional[str]) -> Tuple[T
     return md + (("authorization", f"Bearer {token}"),)
 
 
-# --------------------------------------------------------------------------- paths
-
-
 def check_consumer_options(concurrency: int, ack_deadline: float) -> None:
     """The consumer settings both Webhook constructors take, checked before a channel is made."""
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     if not 0.1 <= ack_deadline <= 12 * 3600:
         raise ValueError("ack_deadline must be between 0.1 s and 12 h")
+
+
+# --------------------------------------------------------------------------- paths
 
 
 def normalize_path(path: str) -> str:

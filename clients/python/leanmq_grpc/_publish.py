@@ -176,7 +176,7 @@ class Publisher:
         settings: Optional[PublishSettings] = None,
     ) -> None:
         self._open = open_stream
-        self._settings = settings or PublishSettings()
+        self._settings = PublishSettings.given(settings)
         self._lock = threading.Condition()
         self._pending: Dict[int, Tuple[pb.PublishRequest, "Future[str]"]] = {}
         self._seq = 0
@@ -364,7 +364,7 @@ class AsyncPublisher:
 
         self._asyncio = asyncio
         self._open = open_stream
-        self._settings = settings or PublishSettings()
+        self._settings = PublishSettings.given(settings)
         self._cond = asyncio.Condition()
         self._pending: Dict[int, Tuple[pb.PublishRequest, "asyncio.Future[str]"]] = {}
         self._seq = 0

@@ -14,7 +14,6 @@ import grpc
 import grpc.aio
 
 from ._common import (
-    check_consumer_options,
     FATAL_STREAM_CODES,
     RETRYABLE_CODES,
     SETTLE_RETRY_FOR,
@@ -30,6 +29,7 @@ from ._common import (
     build_batch_request,
     build_send_request,
     call_metadata,
+    check_consumer_options,
     default_consumer,
     first_extend_delay,
     handler_argument,
@@ -117,8 +117,7 @@ class AsyncWebhook:
         publish_settings: Optional[PublishSettings] = None,
     ) -> None:
         check_consumer_options(concurrency, ack_deadline)
-        settings = PublishSettings.given(publish_settings)
-        self.publish_settings = settings
+        self.publish_settings = PublishSettings.given(publish_settings)
         self.target = target
         self.group = group
         self.consumer = consumer or default_consumer()

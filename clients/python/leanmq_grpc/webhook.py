@@ -13,7 +13,6 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 import grpc
 
 from ._common import (
-    check_consumer_options,
     FATAL_STREAM_CODES,
     MAX_ACK_RECEIPTS,
     RETRYABLE_CODES,
@@ -31,6 +30,7 @@ from ._common import (
     build_batch_request,
     build_send_request,
     call_metadata,
+    check_consumer_options,
     default_consumer,
     first_extend_delay,
     handler_argument,
