@@ -239,6 +239,37 @@ async fn unordered_messages_and_other_keys_flow_past_a_waiting_key() {
     assert_eq!(body(&next(&mut s).await), "slow1");
 }
 
+/// A key's backlog longer than any read (and than the read-ahead it
+/// shrinks to, see `Round_::read_ahead`) stands in front of other traffic
+/// while its head is held: the reader reads on through it, and the
+/// messages behind it arrive.
+#[tokio::test]
+async fn a_waiting_keys_long_backlog_does_not_hold_back_what_follows_it() {
+    let redis = RedisProc::start();
+    let d = Leanmqd::start(&redis.url()).await;
+    let mut c = d.client().await;
+    let stuck = (0..1000).map(|i| keyed("/long", "stuck", &format!("s{i}")));
+    let mut rest: Vec<proto::SendRequest> = (0..10)
+        .map(|i| keyed("/long", &format!("k{i}"), &format!("k{i}")))
+        .collect();
+    rest.push(bytes_send("/long", b"marker"));
+    for messages in [stuck.collect(), rest] {
+        c.send_batch(proto::SendBatchRequest { messages })
+            .await
+            .expect("batch");
+    }
+    let mut s = subscribe(&mut c, "/long", "", 100, 30_000).await;
+    // s0 stays unacked: the other keys and the marker arrive, s1 does not.
+    let got = until(&mut s, "marker").await;
+    let mut want: HashSet<String> = (0..10).map(|i| format!("k{i}")).collect();
+    want.extend(["s0".to_string(), "marker".to_string()]);
+    assert_eq!(bodies(&got), want);
+    assert_eq!(got.len(), 12, "each once");
+    let s0 = got.iter().find(|d| body(d) == "s0").expect("s0");
+    assert_eq!(ack(&mut c, &[&s0.receipt]).await, vec![1]);
+    assert_eq!(body(&next(&mut s).await), "s1");
+}
+
 #[tokio::test]
 async fn each_fan_out_group_keeps_its_own_order() {
     let redis = RedisProc::start();

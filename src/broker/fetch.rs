@@ -79,27 +79,35 @@ impl Broker {
     /// (NOGROUP: Redis restarted empty, or the key was deleted) it is
     /// recreated at `recover_at` — the last stream id this caller had seen,
     /// so entries appended since (ids are time-based) are still delivered —
-    /// and the round is tried once more.
+    /// and the round is tried once more. At most `new_max` of the `count`
+    /// are new entries (the reader's read-ahead).
     pub async fn fetch(
         &self,
         target: &Target,
         count: u32,
+        new_max: u32,
         lease: Duration,
         round: &Round,
         recover_at: &str,
     ) -> Result<Fetched> {
+        let new_max = new_max.max(1); // XREADGROUP's COUNT 0 means no limit
         let once = || async {
             match round {
                 Round::NewOnly if !self.redis.is_cluster() => {
-                    self.fetch_new(target, count, lease).await
+                    self.fetch_new(target, count.min(new_max), lease).await
                 }
-                Round::NewOnly => self.fetch_once(target, count, lease, false, None).await,
+                Round::NewOnly => {
+                    let count = count.min(new_max);
+                    self.fetch_once(target, (count, count), lease, false, None)
+                        .await
+                }
                 Round::Full {
                     scan_orphans,
                     unleased_from,
                 } => {
                     let from = unleased_from.as_deref();
-                    self.fetch_once(target, count, lease, *scan_orphans, from)
+                    let counts = (count, new_max);
+                    self.fetch_once(target, counts, lease, *scan_orphans, from)
                         .await
                 }
             }
@@ -174,6 +182,9 @@ impl Broker {
         }
         out.now_ms = leased.now_ms;
         out.next_due_ms = Some(read.next_due_ms.map_or(soonest, |d| d.min(soonest)));
+        out.read = read.taken.len() as u32;
+        out.full = out.read >= count;
+        out.waited = leased.waiting.len() as u32;
         for (id, data, ordering_key) in read.taken {
             if leased.waiting.contains(&id) {
                 continue; // an earlier entry of its ordering key is unsettled
@@ -240,10 +251,11 @@ impl Broker {
         parse_new_read(&v).ok_or_else(|| bad_reply("fetch"))
     }
 
+    /// A full round of up to `count` deliveries, at most `new_max` of them new.
     async fn fetch_once(
         &self,
         target: &Target,
-        count: u32,
+        (count, new_max): (u32, u32),
         lease: Duration,
         scan_orphans: bool,
         unleased_from: Option<&str>,
@@ -270,6 +282,7 @@ impl Broker {
                     0
                 },
                 unleased_from: unleased_from.unwrap_or("-"),
+                new_max,
             })
             .await?;
         let lease_end = r.now_ms + lease.as_millis() as u64;
@@ -301,6 +314,9 @@ impl Broker {
             next_due_ms: r.next_due_ms,
             last_id: r.last_id,
             unleased_next: unleased_from.and(r.unleased_next),
+            full: r.want > 0 && r.read >= r.want,
+            read: r.read,
+            waited: r.waited,
         })
     }
 

@@ -209,6 +209,12 @@ pub struct Fetched {
     pub last_id: String,
     /// Where the next look for unleased entries goes on (see [`Round`]).
     pub unleased_next: Option<String>,
+    /// The new-entries read came back full (more may be unread), and how
+    /// many of the entries it read wait for their ordering key's turn
+    /// (the reader's read-ahead follows these).
+    pub full: bool,
+    pub read: u32,
+    pub waited: u32,
 }
 
 /// Outcome of acking one receipt.

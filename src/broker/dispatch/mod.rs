@@ -185,6 +185,7 @@ impl Dispatcher {
             .fetch(
                 target,
                 max,
+                max,
                 lease,
                 // Pull consumers also hand out entries a subscription's
                 // reader read but never leased (see `Round`).

@@ -22,6 +22,13 @@ use crate::shutdown::Drain;
 
 /// Longest single wait, so a reader re-checks its state now and then.
 const MAX_BLOCK: Duration = Duration::from_secs(5);
+/// The least read-ahead (see `Round_::read_ahead`).
+const MIN_READ_AHEAD: u32 = 16;
+/// How long a reader whose new entries mostly wait for their ordering
+/// key's turn waits for a settle before reading on anyway (with twice the
+/// read-ahead), so that a key stuck in front of other traffic holds it back
+/// for a few such waits at most.
+const TURN_WAIT: Duration = Duration::from_millis(2);
 
 /// One reader and its subscribers.
 pub struct Reader {
@@ -115,9 +122,12 @@ impl Reader {
             let got = (fetched.deliveries.len() + fetched.exhausted.len()) as u32;
             let (now_ms, next_due_ms) = (fetched.now_ms, fetched.next_due_ms);
             let last_id = fetched.last_id.clone();
+            let (full, waiting) = (fetched.full, r.read_ahead_after(&fetched));
             r.sized(&fetched.deliveries);
             self.deliver(&broker, &drain, fetched, lease).await;
-            if got < count {
+            if full && waiting {
+                self.wait_for_turn(&mut r, &drain).await;
+            } else if got < count && !full {
                 self.block(&broker, &mut r, &drain, &last_id, now_ms, next_due_ms)
                     .await;
             }
@@ -147,6 +157,19 @@ impl Reader {
         }
     }
 
+    /// Step 4 when a full read of new entries mostly waits for their keys'
+    /// turns: more are unread, but reading them now would mostly park them
+    /// too. Wait for a settle here (an ack frees credit) or a wake-up, or
+    /// for [`TURN_WAIT`], after which the read-ahead doubles.
+    async fn wait_for_turn(&self, r: &mut Round_, drain: &Drain) {
+        tokio::select! {
+            _ = self.credit.notified() => {}
+            _ = self.due.notified() => r.due_at = None,
+            _ = tokio::time::sleep(TURN_WAIT) => r.widen(),
+            _ = drain.draining() => {}
+        }
+    }
+
     /// Step 2: one round; `None` after a failure (and its pause).
     async fn fetch(
         &self,
@@ -159,7 +182,7 @@ impl Reader {
         let started = Instant::now();
         let round = r.choose(started);
         match broker
-            .fetch(&self.target, count, lease, &round, &r.seen)
+            .fetch(&self.target, count, r.read_ahead, lease, &round, &r.seen)
             .await
         {
             Ok(f) => {
@@ -268,6 +291,15 @@ struct Round_ {
     /// one fetch of small entries does not open the gate to a burst of
     /// large ones at once).
     entry_bytes: usize,
+    /// Most new entries a round reads. A keyed entry read before its turn
+    /// waits parked, and costs Redis a park, a wake and a second claim
+    /// (about twice the work of one read at its turn). So while reads come
+    /// back mostly waiting (every key in flight), the read-ahead halves
+    /// each round, down to [`MIN_READ_AHEAD`], and the reader waits for a
+    /// settle before reading on; it doubles again on reads that wait for
+    /// nothing, or when no settle comes. Unordered reads never wait, so for
+    /// them it stays at [`FETCH_BATCH`].
+    read_ahead: u32,
 }
 
 impl Round_ {
@@ -283,7 +315,24 @@ impl Round_ {
             seen: String::from("0"),
             due_at: None,
             entry_bytes: largest,
+            read_ahead: FETCH_BATCH,
         }
+    }
+
+    /// Follow a round's new entries (see `read_ahead`); true when most of
+    /// them wait for their key's turn.
+    fn read_ahead_after(&mut self, f: &Fetched) -> bool {
+        let waiting = f.waited > 0 && f.waited * 2 >= f.read;
+        if waiting {
+            self.read_ahead = (self.read_ahead / 2).max(MIN_READ_AHEAD);
+        } else if f.waited == 0 {
+            self.widen();
+        }
+        waiting
+    }
+
+    fn widen(&mut self) {
+        self.read_ahead = (self.read_ahead * 2).min(FETCH_BATCH);
     }
 
     /// Learn the entry size from what a round fetched.

@@ -248,17 +248,29 @@ local function order_first(z, key)
   return r[1]
 end
 
--- Make waiting entries IDS due now, with one ZADD. They stay pending under
--- ORDER_WAIT, counted as the deliveries they had (order_park), until a
--- fetch finds them due and claims them (the claim counts the next one).
-local function order_wake(leases, ids, now)
-  if #ids == 0 then return end
-  local z, at = {}, string.format('%d', now)
-  for _, id in ipairs(ids) do
-    z[#z + 1] = at
-    z[#z + 1] = id
+-- Make waiting entries due now, with one ZADD: WOKEN lists {id, n}, n the
+-- deliveries each had (order_park). They stay pending under ORDER_WAIT
+-- until a fetch finds them due and claims them (the claim counts the next
+-- one). A woken entry's lease score is -(n + 1): below every deadline, so
+-- due at once and first, and a whole number, so it vouches for no attempt
+-- (see lease_score); fetch.lua reads n back from it (woken_count) instead
+-- of asking XPENDING, and claims all woken entries with one XCLAIM.
+local function order_wake(leases, woken)
+  if #woken == 0 then return end
+  local z = {}
+  for _, w in ipairs(woken) do
+    z[#z + 1] = string.format('%d', -(w[2] + 1))
+    z[#z + 1] = w[1]
   end
   redis.call('ZADD', leases, unpack(z))
+end
+
+-- The deliveries a woken entry had, from its lease SCORE; nil for any
+-- other lease (a deadline or a retry time is never negative).
+local function woken_count(score)
+  local s = tonumber(score)
+  if s >= 0 then return nil end
+  return -s - 1
 end
 
 -- Park entries IDS, N deliveries made (0 for entries just read), to wait
@@ -284,7 +296,7 @@ end
 -- later entry was read (settled behind our back: a LeanMQ consumer's XACK,
 -- a deleted or trimmed entry) is dropped; a head waiting under ORDER_WAIT
 -- (its wake-up was missed) is woken.
-local function order_turn(stream, group, leases, id, key, now, verify)
+local function order_turn(stream, group, leases, id, key, verify)
   local z = stream .. ':order:' .. group
   local mine = key .. '\0' .. pad(id)
   if verify and not redis.call('ZSCORE', z, mine) then return true end
@@ -294,11 +306,11 @@ local function order_turn(stream, group, leases, id, key, now, verify)
     local h = member_id(first)
     if id_lt(id, h) then return true end
     if not verify then return false end
-    local consumer = pending(stream, group, h)
+    local consumer, n = pending(stream, group, h)
     if consumer == nil then
       redis.call('ZREM', z, first)
     else
-      if consumer == ORDER_WAIT then order_wake(leases, {h}, now) end
+      if consumer == ORDER_WAIT then order_wake(leases, {{h, n}}) end
       return false
     end
   end
@@ -309,7 +321,7 @@ end
 -- GROUP's pending list (acked or dead-lettered): each key's next entry, if
 -- read and waiting, falls due. One ZREM and one ZADD for all; returns true
 -- when any fell due.
-local function order_settle(stream, group, leases, ids, keys, now)
+local function order_settle(stream, group, leases, ids, keys)
   local z, gone, heads = stream .. ':order:' .. group, {}, {}
   for i, id in ipairs(ids) do
     if keys[i] ~= '' then gone[#gone + 1] = keys[i] .. '\0' .. pad(id) end
@@ -323,11 +335,12 @@ local function order_settle(stream, group, leases, ids, keys, now)
       local first = order_first(z, key)
       if first ~= nil then
         local h = member_id(first)
-        if pending(stream, group, h) == ORDER_WAIT then heads[#heads + 1] = h end
+        local consumer, n = pending(stream, group, h)
+        if consumer == ORDER_WAIT then heads[#heads + 1] = {h, n} end
       end
     end
   end
-  order_wake(leases, heads, now)
+  order_wake(leases, heads)
   return #heads > 0
 end
 
@@ -343,7 +356,7 @@ local function order_settle_ids(stream, group, leases, ids, tags)
     local tag = tags[id] or ''
     if tag ~= '' then keys[i] = tag else keys[i] = entry_key(stream, id) end
   end
-  local woke = order_settle(stream, group, leases, ids, keys, now_ms())
+  local woke = order_settle(stream, group, leases, ids, keys)
   if woke then skiplist(leases) end
   return woke
 end
@@ -367,7 +380,7 @@ local function lease_new(stream, group, leases, expiry, stats, ids, now, lease_m
       park(stream, group, leases, stats, id, now, hold_ms, 'expired')
       parked[id] = true
       if key ~= '' then behind[key] = true end
-    elseif key ~= '' and (behind[key] or not order_turn(stream, group, leases, id, key, now, false)) then
+    elseif key ~= '' and (behind[key] or not order_turn(stream, group, leases, id, key, false)) then
       behind[key] = true
       wait[#wait + 1] = id
       waiting[id] = true

@@ -18,5 +18,5 @@ else
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
-order_settle(KEYS[1], ARGV[1], KEYS[2], {ARGV[2]}, {key}, now_ms())
+order_settle(KEYS[1], ARGV[1], KEYS[2], {ARGV[2]}, {key})
 return {HELD, dlq_id}

@@ -56,7 +56,7 @@ impl Call for Ensure<'_> {
 }
 
 /// `fetch.lua`: a full round (due leases and retries, optionally orphans
-/// and unleased entries, then new entries).
+/// and unleased entries, then up to `new_max` new entries).
 pub struct Fetch<'a> {
     pub keys: &'a QueueKeys,
     pub leases: &'a str,
@@ -71,6 +71,8 @@ pub struct Fetch<'a> {
     pub unleased_idle_ms: u64,
     /// Where that look starts (`-`: from the beginning).
     pub unleased_from: &'a str,
+    /// Most new entries to read (the reader's read-ahead, see `Round_`).
+    pub new_max: u32,
 }
 
 /// One entry a round took: id, attempt (delivery count), its `data`.
@@ -102,6 +104,11 @@ pub struct FetchReply {
     pub next_due_ms: Option<u64>,
     pub last_id: String,
     pub unleased_next: Option<String>,
+    /// New entries asked for and read, and how many of those wait for
+    /// their ordering key's turn.
+    pub want: u32,
+    pub read: u32,
+    pub waited: u32,
 }
 
 impl Call for Fetch<'_> {
@@ -122,17 +129,23 @@ impl Call for Fetch<'_> {
             .arg(self.orphan_idle_ms)
             .arg(self.hold_ms)
             .arg(self.unleased_idle_ms)
-            .arg(self.unleased_from);
+            .arg(self.unleased_from)
+            .arg(self.new_max.max(1));
     }
     fn reply(v: Value) -> Result<FetchReply> {
         parse_fetch(&v).ok_or_else(|| bad_reply("fetch"))
     }
 }
 
-/// `{now, {{id, n, fields}…}, {{id, n, fields, why}…}, next_due | -1, last_id, unleased_next}`.
+/// `{now, {{id, n, fields}…}, {{id, n, fields, why}…}, next_due | -1, last_id,
+/// unleased_next, want, read, waited}`.
 fn parse_fetch(v: &Value) -> Option<FetchReply> {
-    let top = as_array(v).filter(|a| a.len() == 6)?;
+    let top = as_array(v).filter(|a| a.len() == 9)?;
+    let count = |i: usize| as_i64(&top[i]).and_then(|n| u32::try_from(n).ok());
     let mut out = FetchReply {
+        want: count(6)?,
+        read: count(7)?,
+        waited: count(8)?,
         now_ms: as_i64(&top[0])? as u64,
         next_due_ms: as_i64(&top[3]).filter(|d| *d >= 0).map(|d| d as u64),
         last_id: as_string(&top[4]).unwrap_or_else(|| "0-0".into()),
@@ -391,6 +404,9 @@ mod tests {
             Value::Int(-1),
             bulk("1-3"),
             bulk("-"),
+            Value::Int(4),
+            Value::Int(3),
+            Value::Int(2),
         ]);
         let r = Fetch::reply(v).expect("parses");
         assert_eq!(r.now_ms, 1000);
@@ -409,6 +425,7 @@ mod tests {
         assert_eq!(r.parked.len(), 1);
         assert!(!r.parked[0].expired);
         assert_eq!(r.parked[0].count, 5);
+        assert_eq!((r.want, r.read, r.waited), (4, 3, 2));
     }
 
     #[test]
@@ -423,6 +440,9 @@ mod tests {
                 Value::Int(5),
                 bulk("0-0"),
                 Value::Nil,
+                Value::Int(0),
+                Value::Int(0),
+                Value::Int(0),
             ]),
             Value::Array(vec![
                 Value::Int(1),
@@ -431,6 +451,21 @@ mod tests {
                 Value::Int(5),
                 bulk("0-0"),
                 Value::Nil,
+                Value::Int(0),
+                Value::Int(0),
+                Value::Int(0),
+            ]),
+            // a negative count of entries read
+            Value::Array(vec![
+                Value::Int(1),
+                Value::Array(vec![]),
+                Value::Array(vec![]),
+                Value::Int(5),
+                bulk("0-0"),
+                Value::Nil,
+                Value::Int(1),
+                Value::Int(-1),
+                Value::Int(0),
             ]),
         ] {
             assert!(Fetch::reply(v).is_err());
