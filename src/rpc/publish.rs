@@ -10,7 +10,10 @@
 //! the transport; at the window the pump stops reading, so HTTP/2 flow
 //! control holds the client back and nothing buffers without bound. On
 //! drain it stops reading, answers what it has read, and ends the stream
-//! with UNAVAILABLE.
+//! with UNAVAILABLE. A message refused because leanmqd is shutting down
+//! (it was read as the coalescer stopped) is stored nowhere and left
+//! unanswered, so the SDK resends it on its next stream under the
+//! idempotency key it gave it, as it does every unanswered message.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -95,8 +98,11 @@ where
     while reading || !running.is_empty() {
         tokio::select! {
             biased;
-            Some(answer) = running.next(), if !running.is_empty() => {
-                if tx.send(Ok(answer)).await.is_err() {
+            Some((resp, place, closing)) = running.next(), if !running.is_empty() => {
+                if closing {
+                    reading = false;
+                    end = Some(Error::ShuttingDown.into());
+                } else if tx.send(Ok((resp, place))).await.is_err() {
                     return; // the client went away
                 }
             }
@@ -128,12 +134,13 @@ where
     }
 }
 
-/// One message's answer, holding its window place.
+/// One message's answer, holding its window place, and whether it was
+/// refused because leanmqd is shutting down (then it goes unanswered).
 fn one<F, Fut>(
     send: &F,
     req: proto::PublishRequest,
     place: OwnedSemaphorePermit,
-) -> impl Future<Output = (proto::PublishResponse, OwnedSemaphorePermit)>
+) -> impl Future<Output = (proto::PublishResponse, OwnedSemaphorePermit, bool)>
 where
     F: Fn(proto::SendRequest) -> Fut,
     Fut: Future<Output = Result<proto::SendResponse>>,
@@ -148,7 +155,8 @@ where
             Ok(fut) => fut.await,
             Err(e) => Err(e),
         };
-        (answer(sequence, result), place)
+        let closing = matches!(result, Err(Error::ShuttingDown));
+        (answer(sequence, result), place, closing)
     }
 }
 
@@ -263,6 +271,21 @@ mod tests {
             assert_eq!(out.next().await.expect("answer").expect("ok").code, 0);
         }
         drain.trigger();
+        let end = out.next().await.expect("an end").expect_err("unavailable");
+        assert_eq!(end.code(), tonic::Code::Unavailable);
+        assert!(out.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_message_refused_for_shutdown_goes_unanswered_and_the_stream_ends_unavailable() {
+        let drain = Drain::new();
+        // The client keeps its side open; every Send finds the coalescer stopped.
+        let input = futures::stream::iter((0..3).map(req)).chain(futures::stream::pending());
+        let mut out = stream(1, &drain, Box::pin(input), |_| async {
+            Err::<proto::SendResponse, _>(Error::ShuttingDown)
+        });
+        // A window of 1: message 0 is refused before 1 is read, and no
+        // answer says so; the end tells the client to reconnect and resend.
         let end = out.next().await.expect("an end").expect_err("unavailable");
         assert_eq!(end.code(), tonic::Code::Unavailable);
         assert!(out.next().await.is_none());
